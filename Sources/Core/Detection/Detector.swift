@@ -1,0 +1,67 @@
+/// The verdict for one valid record (SEMANTICS.md §2).
+public struct Verdict: Sendable, Hashable {
+    /// Start of the record's window.
+    public var windowStart: Int64
+    /// The window's count after this record; 0 for a late record.
+    public var count: Int64
+    public var isFlagged: Bool
+    public var isLate: Bool
+
+    public init(windowStart: Int64, count: Int64, isFlagged: Bool, isLate: Bool) {
+        self.windowStart = windowStart
+        self.count = count
+        self.isFlagged = isFlagged
+        self.isLate = isLate
+    }
+}
+
+/// SEMANTICS.md §2 in one place: `replay`, `process` and the auditor all call this type, so a
+/// verdict cannot differ between roles. Pure apart from the store it is handed; deterministic.
+public struct Detector: Sendable {
+    public let parameters: DetectorParameters
+    /// Purge once stream time has moved a whole window since the last purge: often enough to
+    /// bound memory, rare enough to cost nothing per record.
+    var nextPurgeAt: Int64?
+
+    public init(parameters: DetectorParameters) {
+        self.parameters = parameters
+    }
+
+    /// Decides one valid record and records its effect in `store`.
+    
+    public mutating func process<Store: WindowStore>(
+        card: String, eventTime t: Int64, store: inout Store
+    ) -> Verdict {
+        let p = parameters
+        let s = p.windowStart(of: t)
+        let cardMax = store.cardMax(card)
+        let streamTime = store.streamTime
+        if p.isClosed(windowStart: s, cardMax: cardMax, streamTime: streamTime) {
+            return Verdict(windowStart: s, count: 0, isFlagged: false, isLate: true)
+        }
+        let k = store.windowCount(card, windowStart: s) + 1
+        let newStreamTime = max(streamTime ?? t, t)
+        store.putAccepted(card, windowStart: s, count: k, cardMax: max(cardMax ?? t, t), streamTime: newStreamTime)
+        if let due = nextPurgeAt {
+            if newStreamTime >= due {
+                store.purgeExpired(p)
+                nextPurgeAt = Self.saturatingAdd(newStreamTime, p.window)
+            }
+        } else {
+            nextPurgeAt = Self.saturatingAdd(newStreamTime, p.window)
+        }
+        return Verdict(windowStart: s, count: k, isFlagged: k > p.threshold, isLate: false)
+    }
+
+    /// The `reason` member of an output record (SEMANTICS.md §2).
+    public func reason(for verdict: Verdict) -> String {
+        if verdict.isLate { return "Late: window closed" }
+        if verdict.isFlagged { return "Flagged: \(verdict.count) transactions in \(parameters.windowPhrase)" }
+        return ""
+    }
+    
+    static func saturatingAdd(_ a: Int64, _ b: Int64) -> Int64 {
+        let (r, o) = a.addingReportingOverflow(b)
+        return o ? .max : r
+    }
+}

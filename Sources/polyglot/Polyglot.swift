@@ -1,0 +1,13 @@
+import ArgumentParser
+import Core
+
+@main
+struct Polyglot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "polyglot",
+        abstract: "Card-fraud stream pipeline: one binary for the processor, the auditor and replay.",
+        version: ProductVersion.description,
+        subcommands: [
+        ]
+    )
+}
