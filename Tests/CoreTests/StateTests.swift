@@ -344,6 +344,18 @@ struct StateTests {
         try store.commit(checkpoint: next)
         try restored.commit(checkpoint: next)
         #expect(try restored.committedState() == store.committedState())
+
+        // And they hold exactly what the in-memory store holds after the same purge: nothing
+        // that may be deleted is left behind.
+        reference.purgeExpired(p)
+        let state = try store.committedState()
+        #expect(state.streamTime == reference.streamTime)
+        let windows = Set(state.windows.map { "\($0.card) \($0.start) \($0.count)" })
+        let referenceWindows = Set(reference.cards.flatMap { card, value in
+            value.windows.map { "\(card) \($0.start) \($0.count)" }
+        })
+        #expect(windows == referenceWindows && !windows.isEmpty)
+        #expect(Set(state.cards.map { "\($0.card) \($0.max)" }) == Set(reference.cards.map { "\($0.key) \($0.value.max)" }))
         try store.close()
         try restored.close()
         #expect(verdicts > 5_000)

@@ -72,13 +72,16 @@ public final class SQLiteWindowStore: WindowStore {
     /// `PRAGMA user_version` of the schema this build writes.
     public static let schemaVersion: Int64 = 1
 
+    /// No secondary index, so every write is one b-tree seek. Windows are keyed by start first:
+    /// new windows append at the end of the tree, the retention purge is a key-range scan, and
+    /// the table's order is the changelog's key order. Cards need no index on their maximum: a
+    /// card expires exactly when its latest window (which always exists, see ``purgeExpired(_:)``)
+    /// leaves retention, so the purge finds expiring cards through their windows.
     static let schema = """
         CREATE TABLE windows(
-            card BLOB NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
-            PRIMARY KEY(card, start)) WITHOUT ROWID;
-        CREATE INDEX windows_by_start ON windows(start);
+            start INTEGER NOT NULL, card BLOB NOT NULL, count INTEGER NOT NULL,
+            PRIMARY KEY(start, card)) WITHOUT ROWID;
         CREATE TABLE cards(card BLOB NOT NULL PRIMARY KEY, max INTEGER NOT NULL) WITHOUT ROWID;
-        CREATE INDEX cards_by_max ON cards(max);
         CREATE TABLE stream(id INTEGER PRIMARY KEY CHECK (id = 1), time INTEGER NOT NULL);
         CREATE TABLE checkpoint(
             id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -110,8 +113,9 @@ public final class SQLiteWindowStore: WindowStore {
     var dirtyWindows: [WindowKey: Int64?] = [:]
     var dirtyCards: [String: Int64?] = [:]
     var dirtyStreamTime: Int64?
-    /// Cards whose maximum moved far enough to close one of their windows since the last purge.
-    var closureCandidates: Set<String> = []
+    /// ``pendingChanges()``'s answer, kept until the dirty set changes, so that ``commit(checkpoint:)``
+    /// writes exactly the records that went to the changelog without encoding and sorting twice.
+    var pendingCache: [ChangelogRecord]?
     var restoring = false
 
     let selectWindow: SQLiteStatement
@@ -124,8 +128,6 @@ public final class SQLiteWindowStore: WindowStore {
     let deleteStream: SQLiteStatement
     let upsertCheckpoint: SQLiteStatement
     let windowsUpTo: SQLiteStatement
-    let cardsUpTo: SQLiteStatement
-    let cardWindowsUpTo: SQLiteStatement
     let beginStatement: SQLiteStatement
     let commitStatement: SQLiteStatement
     let rollbackStatement: SQLiteStatement
@@ -158,11 +160,12 @@ public final class SQLiteWindowStore: WindowStore {
             try db.execute("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -\(max(options.pageCacheKiB, 64))")
             wasCreated = try Self.prepareSchema(db)
 
-            selectWindow = try db.statement("SELECT count FROM windows WHERE card = ?1 AND start = ?2")
+            // Window statements bind the card as ?1 and the start as ?2.
+            selectWindow = try db.statement("SELECT count FROM windows WHERE start = ?2 AND card = ?1")
             selectCard = try db.statement("SELECT max FROM cards WHERE card = ?1")
             upsertWindow = try db.statement(
-                "INSERT INTO windows(card, start, count) VALUES (?1, ?2, ?3) ON CONFLICT(card, start) DO UPDATE SET count = excluded.count")
-            deleteWindow = try db.statement("DELETE FROM windows WHERE card = ?1 AND start = ?2")
+                "INSERT INTO windows(start, card, count) VALUES (?2, ?1, ?3) ON CONFLICT(start, card) DO UPDATE SET count = excluded.count")
+            deleteWindow = try db.statement("DELETE FROM windows WHERE start = ?2 AND card = ?1")
             upsertCard = try db.statement(
                 "INSERT INTO cards(card, max) VALUES (?1, ?2) ON CONFLICT(card) DO UPDATE SET max = excluded.max")
             deleteCard = try db.statement("DELETE FROM cards WHERE card = ?1")
@@ -174,8 +177,6 @@ public final class SQLiteWindowStore: WindowStore {
                 ON CONFLICT(id) DO UPDATE SET source_offset = excluded.source_offset, changelog_offset = excluded.changelog_offset
                 """)
             windowsUpTo = try db.statement("SELECT card, start FROM windows WHERE start <= ?1")
-            cardsUpTo = try db.statement("SELECT card, max FROM cards WHERE max <= ?1")
-            cardWindowsUpTo = try db.statement("SELECT start FROM windows WHERE card = ?1 AND start <= ?2")
             beginStatement = try db.statement("BEGIN IMMEDIATE")
             commitStatement = try db.statement("COMMIT")
             rollbackStatement = try db.statement("ROLLBACK")
@@ -277,26 +278,43 @@ public final class SQLiteWindowStore: WindowStore {
     }
 
     public func putAccepted(_ card: String, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
+        pendingCache = nil
         dirtyWindows[WindowKey(card: card, start: windowStart)] = .some(count)
         let previousDirty = dirtyCards.updateValue(.some(cardMax), forKey: card)
-        let previous: Int64?? = previousDirty ?? cleanCards[card]
-        switch previous {
-        case .some(.some(let old)):
-            if old != cardMax && closesWindow(from: old, to: cardMax) { closureCandidates.insert(card) }
-        case .some(.none):
-            break  // the card had no maximum, so it had no windows to close
-        case .none:
-            closureCandidates.insert(card)  // not looked up first: unknown, check at purge
+        let previous: Int64?
+        if let previousDirty {
+            previous = previousDirty
+        } else if let clean = cleanCards[card] {
+            previous = clean
+        } else {
+            previous = loadCardMax(card)
+            cleanCards[card] = .some(previous)
+        }
+        if let previous, cardMax > previous {
+            dropWindowsClosed(card, from: previous, to: cardMax, except: windowStart)
         }
         dirtyStreamTime = streamTime
     }
 
-    /// Whether moving a card's maximum from `old` to `new` can close a window: window `s` closes
-    /// once `s + W + G <= max`, and window starts are multiples of `W`.
-    func closesWindow(from old: Int64, to new: Int64) -> Bool {
+    /// Deletes the windows of `card` that its maximum moving from `old` to `new` closes, as the
+    /// in-memory store does. Window `s` closes once `s + W + G <= max`; the card's existing
+    /// windows all start at or before `windowStart(old)`; starts are multiples of `W`. So the
+    /// candidates are the few multiples of `W` in `(old - W - G, min(new - W - G, windowStart(old))]`,
+    /// each one lookup (usually cached: the card's recent windows). Only when `G` is many windows
+    /// long are they too many to look up; then retention purges them later.
+    func dropWindowsClosed(_ card: String, from old: Int64, to new: Int64, except current: Int64) {
         let w = Int128(parameters.window)
         let lag = w + Int128(parameters.grace)
-        return Self.floorDivide(Int128(new) - lag, w) > Self.floorDivide(Int128(old) - lag, w)
+        let low = Int128(old) - lag  // exclusive
+        let high = min(Int128(new) - lag, Int128(parameters.windowStart(of: old)))
+        var start = (Self.floorDivide(low, w) + 1) * w
+        guard start <= high, (high - start) / w < 64 else { return }
+        while start <= high {
+            let s = Int64(start)
+            start += w
+            if s == current { continue }
+            if windowCount(card, windowStart: s) != 0 { tombstoneWindow(WindowKey(card: card, start: s)) }
+        }
     }
 
     static func floorDivide(_ a: Int128, _ b: Int128) -> Int128 {
@@ -310,66 +328,45 @@ public final class SQLiteWindowStore: WindowStore {
         return Int64(value)
     }
 
-    /// Deletes (as tombstones in the dirty set) what SEMANTICS.md §2 allows: windows out of
-    /// retention, windows closed by their card's maximum, and expired card maxima. Uses index
-    /// range queries bounded by the cutoffs, plus the dirty set and the cards whose maximum moved
-    /// across a window boundary since the last purge; it never scans the whole store.
+    /// Deletes (as tombstones in the dirty set) what SEMANTICS.md §2 allows and the put path has
+    /// not already deleted: windows out of retention and expired card maxima. Committed windows
+    /// come from one key-range scan up to the retention cutoff (rows already deleted are not in
+    /// it, so the scan reads only what it deletes plus this cycle's pending deletions), pending
+    /// ones from the dirty set. A card's latest window, the one holding its maximum, is never
+    /// closed by the card itself and leaves retention exactly when the card expires
+    /// (`windowStart(max) + W + G <= streamTime - R` is the window's retention rule for
+    /// `s = windowStart(max)`), so checking the card of every window leaving retention finds
+    /// every expiring card without an index on maxima.
     public func purgeExpired(_ parameters: DetectorParameters) {
         guard let now = streamTime else { return }
         let p = parameters
-        let w = Int128(p.window)
-        // A window is out of retention when start <= cutoff; a card expires when
-        // windowStart(max) <= cutoff, that is max < (floor(cutoff / W) + 1) * W.
-        let cutoff = Int128(now) - Int128(p.retention) - w - Int128(p.grace)
+        let cutoff = Int128(now) - Int128(p.retention) - Int128(p.window) - Int128(p.grace)
+        var cardsToCheck: Set<String> = []
 
         if let windowCutoff = Self.clampToInt64(cutoff) {
             forEachRow(windowsUpTo, bind: { $0.bind(windowCutoff, at: 1) }) { row in
                 let key = WindowKey(card: Self.cardString(row, 0), start: row.int64(1))
                 if case .some(.none) = dirtyWindows[key] { return }
                 tombstoneWindow(key, inSQLite: true)
+                cardsToCheck.insert(key.card)
             }
         }
-        if let cardCutoff = Self.clampToInt64((Self.floorDivide(cutoff, w) + 1) * w - 1) {
-            forEachRow(cardsUpTo, bind: { $0.bind(cardCutoff, at: 1) }) { row in
-                let card = Self.cardString(row, 0)
-                let max: Int64
-                switch dirtyCards[card] {
-                case .some(.none): return
-                case .some(.some(let newer)): max = newer
-                case .none: max = row.int64(1)
-                }
-                if p.isCardExpired(cardMax: max, streamTime: now) { tombstoneCard(card, inSQLite: true) }
-            }
-        }
-        var expiredCards: [String] = []
-        for (card, value) in dirtyCards {
-            if let value, p.isCardExpired(cardMax: value, streamTime: now) { expiredCards.append(card) }
-        }
-        for card in expiredCards { tombstoneCard(card) }
-
-        let lag = w + Int128(p.grace)
-        for card in closureCandidates {
-            guard let max = cardMax(card), let cardCutoff = Self.clampToInt64(Int128(max) - lag) else { continue }
-            forEachRow(cardWindowsUpTo, bind: { statement in
-                // The card bytes must outlive the step, so bind inside forEachRow's scope.
-                statement.bind(cardCutoff, at: 2)
-            }, card: card) { row in
-                let key = WindowKey(card: card, start: row.int64(0))
-                if case .some(.none) = dirtyWindows[key] { return }
-                if p.isClosed(windowStart: key.start, cardMax: max, streamTime: now) { tombstoneWindow(key, inSQLite: true) }
-            }
-        }
-        closureCandidates.removeAll(keepingCapacity: true)
-
         var closedWindows: [WindowKey] = []
         for (key, value) in dirtyWindows where value != nil {
             if p.isClosed(windowStart: key.start, cardMax: cardMax(key.card), streamTime: now) { closedWindows.append(key) }
         }
-        for key in closedWindows { tombstoneWindow(key) }
+        for key in closedWindows {
+            tombstoneWindow(key)
+            cardsToCheck.insert(key.card)
+        }
+        for card in cardsToCheck {
+            if let max = cardMax(card), p.isCardExpired(cardMax: max, streamTime: now) { tombstoneCard(card) }
+        }
     }
 
     /// `inSQLite`: the row was just read from SQLite, so it needs a tombstone.
     func tombstoneWindow(_ key: WindowKey, inSQLite: Bool = false) {
+        pendingCache = nil
         // A window after its card's committed maximum (or of a card without one) was never
         // committed: forget it rather than write a row and a tombstone for nothing.
         if !inSQLite, let committed = cleanCards[key.card], committed.map({ key.start > $0 }) ?? true {
@@ -379,8 +376,9 @@ public final class SQLiteWindowStore: WindowStore {
         }
     }
 
-    func tombstoneCard(_ card: String, inSQLite: Bool = false) {
-        if !inSQLite, case .some(.none) = cleanCards[card] {
+    func tombstoneCard(_ card: String) {
+        pendingCache = nil
+        if case .some(.none) = cleanCards[card] {
             dirtyCards[card] = nil
         } else {
             dirtyCards[card] = .some(nil)
@@ -397,6 +395,11 @@ public final class SQLiteWindowStore: WindowStore {
     /// Throws ``readFailure`` if a read failed: the cycle's verdicts cannot be trusted.
     public func pendingChanges() throws(SQLiteError) -> [ChangelogRecord] {
         if let readFailure { throw readFailure }
+        return sortedPendingChanges()
+    }
+
+    func sortedPendingChanges() -> [ChangelogRecord] {
+        if let pendingCache { return pendingCache }
         var records: [ChangelogRecord] = []
         records.reserveCapacity(pendingChangeCount)
         for (key, value) in dirtyWindows {
@@ -408,12 +411,27 @@ public final class SQLiteWindowStore: WindowStore {
         if let dirtyStreamTime {
             records.append(ChangelogRecord(.streamTime(dirtyStreamTime)))
         }
-        records.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        records.sort { Self.precedes($0.key, $1.key) }
+        pendingCache = records
         return records
+    }
+
+    /// Byte order of keys (memcmp, then length), never `String` order, which is Unicode-aware.
+    @inline(__always)
+    static func precedes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.withUnsafeBytes { a in
+            b.withUnsafeBytes { b in
+                let common = min(a.count, b.count)
+                let c = common == 0 ? 0 : memcmp(a.baseAddress!, b.baseAddress!, common)
+                return c != 0 ? c < 0 : a.count < b.count
+            }
+        }
     }
 
     /// Writes every uncommitted change and `checkpoint` in one SQLite transaction, then clears the
     /// dirty set. Call only after the Kafka transaction carrying ``pendingChanges()`` committed.
+    /// It writes those very records (in key order, which is the tables' order), so the store is
+    /// what a restore from the changelog would build.
     /// On error nothing is written and the dirty set is kept, so the call can be retried; if it
     /// keeps failing, the store is behind its changelog and restore repairs it.
     public func commit(checkpoint: StoreCheckpoint) throws(SQLiteError) {
@@ -421,28 +439,18 @@ public final class SQLiteWindowStore: WindowStore {
         guard !restoring else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "commit during a restore: call commitRestore(checkpoint:)")
         }
+        let records = sortedPendingChanges()
         try beginStatement.run()
         do throws(SQLiteError) {
-            for (key, value) in dirtyWindows {
-                let statement = value == nil ? deleteWindow : upsertWindow
-                try Self.withCardBytes(key.card) { (bytes) throws(SQLiteError) in
-                    statement.bindBlobNoCopy(bytes, at: 1)
-                    statement.bind(key.start, at: 2)
-                    if let value { statement.bind(value, at: 3) }
-                    try statement.run()
+            for record in records {
+                // Our own encoding: it parses, so a failure here would be a bug, reported as misuse.
+                do {
+                    try write(record)
+                } catch let error as SQLiteError {
+                    throw error
+                } catch {
+                    throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "could not write own changelog record: \(error)")
                 }
-            }
-            for (card, value) in dirtyCards {
-                let statement = value == nil ? deleteCard : upsertCard
-                try Self.withCardBytes(card) { (bytes) throws(SQLiteError) in
-                    statement.bindBlobNoCopy(bytes, at: 1)
-                    if let value { statement.bind(value, at: 2) }
-                    try statement.run()
-                }
-            }
-            if let dirtyStreamTime {
-                upsertStream.bind(dirtyStreamTime, at: 1)
-                try upsertStream.run()
             }
             upsertCheckpoint.bind(checkpoint.sourceOffset, at: 1)
             upsertCheckpoint.bind(checkpoint.changelogOffset, at: 2)
@@ -466,6 +474,7 @@ public final class SQLiteWindowStore: WindowStore {
     }
 
     func clearDirty() {
+        pendingCache = nil
         dirtyWindows.removeAll(keepingCapacity: true)
         dirtyCards.removeAll(keepingCapacity: true)
         dirtyStreamTime = nil
@@ -483,7 +492,6 @@ public final class SQLiteWindowStore: WindowStore {
             reloadCommittedStreamTime()
         }
         clearDirty()
-        closureCandidates.removeAll(keepingCapacity: true)
     }
 
     // MARK: - Restore
@@ -494,18 +502,30 @@ public final class SQLiteWindowStore: WindowStore {
     /// of it is applied; the restore transaction stays open) or ``SQLiteError``.
     /// Requires no uncommitted changes.
     public func apply(_ record: ChangelogRecord) throws {
-        try record.key.withUnsafeBytes { key in
-            if let value = record.value {
-                try value.withUnsafeBytes { value in try apply(key: key, value: value) }
-            } else {
-                try apply(key: key, value: nil)
-            }
-        }
+        if !restoring { try beginRestore() }
+        try write(record)
     }
 
     /// ``apply(_:)`` on borrowed key and value bytes (nil value: tombstone), copying nothing.
     public func apply(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?) throws {
         if !restoring { try beginRestore() }
+        try write(key: key, value: value)
+    }
+
+    @inline(__always)
+    func write(_ record: ChangelogRecord) throws {
+        try record.key.withUnsafeBytes { key in
+            if let value = record.value {
+                try value.withUnsafeBytes { value in try write(key: key, value: value) }
+            } else {
+                try write(key: key, value: nil)
+            }
+        }
+    }
+
+    /// Parses one encoded record and writes it to its table, in the open transaction.
+    @inline(__always)
+    func write(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?) throws {
         let parsed = try ChangelogRecord.parseKey(key)
         let number: Int64? = try value.map { (v) throws(ChangelogDecodingError) in try ChangelogRecord.parseValue(v) }
         switch parsed.kind {
@@ -539,7 +559,6 @@ public final class SQLiteWindowStore: WindowStore {
         // The cache mirrors committed rows, which the restore is about to change.
         cleanWindows.removeAll(keepingCapacity: true)
         cleanCards.removeAll(keepingCapacity: true)
-        closureCandidates.removeAll(keepingCapacity: true)
     }
 
     /// Commits the records applied since the last call together with `checkpoint` (its
