@@ -30,7 +30,8 @@ struct TemporaryDirectory {
 @Suite("State")
 struct StateTests {
     static let parameters = try! DetectorParameters(window: 1000, threshold: 2, grace: 200, retention: 5000)
-    static let fast = SQLiteWindowStore.Options(integrityCheck: .none)
+    /// Writes to SQLite at every commit; never by elapsed time, which would make tests timing-dependent.
+    static let fast = SQLiteWindowStore.Options(integrityCheck: .none, flushInterval: nil, flushKeys: 0)
 
     // MARK: Changelog encoding
 
@@ -214,6 +215,53 @@ struct StateTests {
         try store.close()
     }
 
+    /// Commits reach SQLite only at a flush: a crash in between leaves the store behind its
+    /// checkpoint, never inconsistent, and replaying the changelog from that checkpoint repairs it.
+    @Test func crashBeforeFlushLeavesStoreBehindAndRestoreRepairs() throws {
+        let dir = try TemporaryDirectory("behind")
+        defer { dir.cleanup() }
+        let deferred = SQLiteWindowStore.Options(integrityCheck: .none, flushInterval: nil, flushKeys: .max)
+        var changelog: [ChangelogRecord] = []
+        var expected: SQLiteWindowStore.CommittedState
+        let crashed = dir.sub("crashed")
+        do {
+            var store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: Self.parameters, options: deferred)
+            var detector = Detector(parameters: Self.parameters)
+            for cycle in 0..<6 {
+                for i in 0..<50 {
+                    _ = detector.process(card: "card-\(i % 7)", eventTime: Int64(cycle * 900 + i * 13), store: &store)
+                }
+                changelog += try store.pendingChanges()
+                try store.commit(checkpoint: StoreCheckpoint(sourceOffset: Int64((cycle + 1) * 50), changelogOffset: Int64(changelog.count)))
+                #expect(store.unflushedChangeCount > 0)
+                if cycle == 2 { try store.flush() }
+            }
+            #expect(store.checkpoint?.sourceOffset == 150)
+            #expect(store.committedCheckpoint?.sourceOffset == 300)
+            // Reads see every commit; a rollback keeps them.
+            store.rollback()
+            let streamTime: Int64 = 5 * 900 + 49 * 13
+            #expect(store.streamTime == streamTime)
+            // A crash now: copy the files as they are (database and WAL), as the process dying
+            // would leave them.
+            let crashedFile = SQLiteWindowStore.path(directory: crashed)
+            try FileManager.default.createDirectory(atPath: crashed, withIntermediateDirectories: true)
+            let live = SQLiteWindowStore.path(directory: dir.sub("live"))
+            try FileManager.default.copyItem(atPath: live, toPath: crashedFile)
+            try FileManager.default.copyItem(atPath: live + "-wal", toPath: crashedFile + "-wal")
+            // What the live store holds once everything is written.
+            expected = try store.committedState()
+            try store.close()
+        }
+        let store = try SQLiteWindowStore(directory: crashed, parameters: Self.parameters, options: Self.fast)
+        let behind = try #require(store.checkpoint)
+        #expect(behind.sourceOffset == 150)
+        for record in changelog[Int(behind.changelogOffset)...] { try store.apply(record) }
+        try store.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: 300, changelogOffset: Int64(changelog.count)))
+        #expect(try store.committedState() == expected)
+        try store.close()
+    }
+
     @Test func restoreRequiresNoPendingChanges() throws {
         let dir = try TemporaryDirectory("restore-pending")
         defer { dir.cleanup() }
@@ -237,8 +285,9 @@ struct StateTests {
     /// store from the changelog the cycles produced and checks it holds the same rows and keeps
     /// giving the same verdicts.
     /// A cache capacity of 0 sends nearly every read to SQLite; 64 evicts often.
-    @Test(arguments: [(UInt64(1), 0), (2, 64), (3, 50_000), (4, 64)])
-    func sameVerdictsAsInMemoryStore(seed: UInt64, cacheCapacity: Int) throws {
+    /// Flushes to SQLite at every commit, every few hundred keys, or only at reopen.
+    @Test(arguments: [(UInt64(1), 0, 0), (2, 64, 300), (3, 50_000, Int.max), (4, 64, 0), (5, 0, 1_000)])
+    func sameVerdictsAsInMemoryStore(seed: UInt64, cacheCapacity: Int, flushKeys: Int) throws {
         let p = Self.parameters
         let dir = try TemporaryDirectory("differential")
         defer { dir.cleanup() }
@@ -248,7 +297,8 @@ struct StateTests {
         var reference = InMemoryWindowStore(parameters: p)
         var referenceDetector = Detector(parameters: p)
         var store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: p,
-                                          options: .init(cacheCapacity: cacheCapacity, integrityCheck: .quick))
+                                          options: .init(cacheCapacity: cacheCapacity, integrityCheck: .quick,
+                                                         flushInterval: nil, flushKeys: flushKeys))
         var detector = Detector(parameters: p)
         var changelog: [ChangelogRecord] = []
         var clock: Int64 = 0
@@ -307,7 +357,8 @@ struct StateTests {
             if cycle % 13 == 12 {
                 try store.close()
                 store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: p,
-                                              options: .init(cacheCapacity: cacheCapacity, integrityCheck: .full))
+                                              options: .init(cacheCapacity: cacheCapacity, integrityCheck: .full,
+                                                             flushInterval: nil, flushKeys: flushKeys))
                 #expect(store.checkpoint?.sourceOffset == offset)
             }
         }

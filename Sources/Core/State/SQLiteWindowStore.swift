@@ -18,15 +18,21 @@ public struct StoreCheckpoint: Sendable, Hashable {
 /// One input partition's window state (SEMANTICS.md §2) in SQLite, for `polyglot process`.
 ///
 /// **Write-back cache.** The detector's reads hit an in-memory map of uncommitted changes (the
-/// dirty set), then a bounded cache of committed rows, then SQLite; its writes only touch the
-/// dirty set. ``pendingChanges()`` turns the dirty set into one changelog record per key, and
-/// ``commit(checkpoint:)`` writes it to SQLite in one transaction together with the checkpoint,
-/// so both the store and the changelog see one write per key per commit, not one per record.
+/// dirty set), then a cache of committed rows, then SQLite; its writes only touch the dirty set.
+/// ``pendingChanges()`` turns the dirty set into one changelog record per key and
+/// ``commit(checkpoint:)`` moves it to the committed layer, which ``flush()`` writes to SQLite in
+/// one transaction together with the checkpoint. So the changelog sees one write per key per
+/// commit and SQLite one write per key per flush, never one per record.
 ///
 /// **Cycle**, as the processor drives it:
 /// 1. feed records through ``Detector/process(card:eventTime:store:)``;
 /// 2. send ``pendingChanges()`` to the changelog inside the Kafka transaction;
-/// 3. after Kafka commits, ``commit(checkpoint:)``; if Kafka aborts, ``rollback()``.
+/// 3. after Kafka commits, ``commit(checkpoint:)`` (it flushes to SQLite when due);
+///    if Kafka aborts, ``rollback()``;
+/// 4. on revocation or shutdown, after the last commit, ``close()`` (it flushes).
+/// On assignment: open; if ``checkpoint`` is nil or behind the changelog's end, ``apply(_:)``
+/// the changelog from ``checkpoint``'s `changelogOffset` (or the start) and
+/// ``commitRestore(checkpoint:)``; then resume input at ``checkpoint``'s `sourceOffset`.
 ///
 /// **Threading.** Every call may block on disk. Use a store from one thread at a time: the
 /// task's dedicated thread, never the Swift cooperative pool. Not `Sendable`, on purpose.
@@ -38,9 +44,9 @@ public struct StoreCheckpoint: Sendable, Hashable {
 ///
 /// **Durability.** WAL with `synchronous=NORMAL`: a power loss may lose the last SQLite
 /// transactions but never corrupts the file. That is enough because Kafka holds the truth: the
-/// checkpoint row commits atomically with the state, so a lost transaction leaves the store
-/// consistent but *behind*, which restore from the changelog repairs; a full fsync per commit
-/// would buy nothing.
+/// checkpoint row commits atomically with the state, so a lost transaction (or a crash before a
+/// flush) leaves the store consistent but *behind*, which restore from the changelog repairs; a
+/// full fsync per commit would buy nothing.
 public final class SQLiteWindowStore: WindowStore {
     /// Tuning; the defaults suit 32 partitions per process.
     public struct Options: Sendable, Hashable {
@@ -50,6 +56,11 @@ public final class SQLiteWindowStore: WindowStore {
         public var pageCacheKiB: Int
         /// The check run at open to detect corruption.
         public var integrityCheck: IntegrityCheck
+        /// A commit writes to SQLite once this long has passed since the last write (nil: only
+        /// by ``flushKeys`` or an explicit ``SQLiteWindowStore/flush()``).
+        public var flushInterval: Duration?
+        /// ... or once this many committed keys wait to be written (0: at every commit).
+        public var flushKeys: Int
 
         public enum IntegrityCheck: Sendable, Hashable {
             /// No check (tests and benchmarks that open many stores).
@@ -60,10 +71,13 @@ public final class SQLiteWindowStore: WindowStore {
             case full
         }
 
-        public init(cacheCapacity: Int = 50_000, pageCacheKiB: Int = 8_192, integrityCheck: IntegrityCheck = .quick) {
+        public init(cacheCapacity: Int = 50_000, pageCacheKiB: Int = 8_192, integrityCheck: IntegrityCheck = .quick,
+                    flushInterval: Duration? = .seconds(1), flushKeys: Int = 50_000) {
             self.cacheCapacity = cacheCapacity
             self.pageCacheKiB = pageCacheKiB
             self.integrityCheck = integrityCheck
+            self.flushInterval = flushInterval
+            self.flushKeys = flushKeys
         }
     }
 
@@ -96,8 +110,11 @@ public final class SQLiteWindowStore: WindowStore {
     public let directory: String
     public let parameters: DetectorParameters
     public let options: Options
-    /// The checkpoint of the last commit (read at open; nil for a new or never-committed store).
+    /// The checkpoint stored in SQLite with the state it describes: read at open (nil for a new
+    /// store), advanced by each flush. Restore resumes from its `changelogOffset`.
     public private(set) var checkpoint: StoreCheckpoint?
+    /// The checkpoint of the last ``commit(checkpoint:)``, flushed or not.
+    public var committedCheckpoint: StoreCheckpoint? { unflushedCheckpoint ?? checkpoint }
     /// Whether opening created the database (no state yet: restore from the changelog's start).
     public let wasCreated: Bool
     /// The first SQLite error met by a read since the last commit or rollback (see the type's notes).
@@ -105,10 +122,18 @@ public final class SQLiteWindowStore: WindowStore {
 
     let connection: SQLiteConnection
 
-    // Committed state cache: mirrors SQLite. A nil value means "known absent".
-    var cleanWindows: [WindowKey: Int64?] = [:]
-    var cleanCards: [String: Int64?] = [:]
+    // Cache of the committed state (SQLite plus the unflushed layer). A nil value means
+    // "known absent". Holds every unflushed key, so it is only trimmed right after a flush.
+    var committedWindows: [WindowKey: Int64?] = [:]
+    var committedCards: [String: Int64?] = [:]
     var committedStreamTime: Int64?
+    // Committed in Kafka, not yet written to SQLite. A nil value is a deletion.
+    var unflushedWindows: [WindowKey: Int64?] = [:]
+    var unflushedCards: [String: Int64?] = [:]
+    var unflushedStreamTime: Int64?
+    /// The checkpoint of the last commit, when newer than the one in SQLite.
+    var unflushedCheckpoint: StoreCheckpoint?
+    var lastFlush: ContinuousClock.Instant
     // Uncommitted changes. A nil value is a deletion (tombstone).
     var dirtyWindows: [WindowKey: Int64?] = [:]
     var dirtyCards: [String: Int64?] = [:]
@@ -187,6 +212,7 @@ public final class SQLiteWindowStore: WindowStore {
                 checkpoint = StoreCheckpoint(sourceOffset: read.int64(0), changelogOffset: read.int64(1))
             }
             read.reset()
+            lastFlush = ContinuousClock.now
         } catch {
             try? db.close()
             throw error
@@ -245,12 +271,18 @@ public final class SQLiteWindowStore: WindowStore {
         return true
     }
 
-    /// Discards uncommitted changes and closes the database. Call before ``destroy(directory:)``
-    /// or handing the partition to another owner; the processor commits first.
+    /// Discards uncommitted changes, writes committed ones (``flush()``) and closes the database.
+    /// Call before ``destroy(directory:)`` or handing the partition to another owner; the
+    /// processor commits first. If the flush fails the database is still closed (it is behind,
+    /// which restore repairs) and the error is thrown.
     public func close() throws(SQLiteError) {
         if connection.inTransaction { try? rollbackStatement.run() }
+        restoring = false
         clearDirty()
+        var flushError: SQLiteError?
+        do { try flush() } catch { flushError = error }
         try connection.close()
+        if let flushError { throw flushError }
     }
 
     // MARK: - WindowStore
@@ -259,9 +291,9 @@ public final class SQLiteWindowStore: WindowStore {
 
     public func cardMax(_ card: String) -> Int64? {
         if let value = dirtyCards[card] { return value }
-        if let value = cleanCards[card] { return value }
+        if let value = committedCards[card] { return value }
         let value = loadCardMax(card)
-        cleanCards[card] = .some(value)
+        committedCards[card] = .some(value)
         return value
     }
 
@@ -271,9 +303,9 @@ public final class SQLiteWindowStore: WindowStore {
         guard let max = cardMax(card), windowStart <= max else { return 0 }
         let key = WindowKey(card: card, start: windowStart)
         if let value = dirtyWindows[key] { return value ?? 0 }
-        if let value = cleanWindows[key] { return value ?? 0 }
+        if let value = committedWindows[key] { return value ?? 0 }
         let value = loadWindow(key)
-        cleanWindows[key] = .some(value)
+        committedWindows[key] = .some(value)
         return value ?? 0
     }
 
@@ -284,11 +316,11 @@ public final class SQLiteWindowStore: WindowStore {
         let previous: Int64?
         if let previousDirty {
             previous = previousDirty
-        } else if let clean = cleanCards[card] {
+        } else if let clean = committedCards[card] {
             previous = clean
         } else {
             previous = loadCardMax(card)
-            cleanCards[card] = .some(previous)
+            committedCards[card] = .some(previous)
         }
         if let previous, cardMax > previous {
             dropWindowsClosed(card, from: previous, to: cardMax, except: windowStart)
@@ -346,7 +378,12 @@ public final class SQLiteWindowStore: WindowStore {
         if let windowCutoff = Self.clampToInt64(cutoff) {
             forEachRow(windowsUpTo, bind: { $0.bind(windowCutoff, at: 1) }) { row in
                 let key = WindowKey(card: Self.cardString(row, 0), start: row.int64(1))
-                if case .some(.none) = dirtyWindows[key] { return }
+                // Deleted already, in this cycle or in a commit not yet flushed.
+                switch dirtyWindows[key] {
+                case .some(.none): return
+                case .some(.some): break
+                case .none: if case .some(.none) = unflushedWindows[key] { return }
+                }
                 tombstoneWindow(key, inSQLite: true)
                 cardsToCheck.insert(key.card)
             }
@@ -369,7 +406,7 @@ public final class SQLiteWindowStore: WindowStore {
         pendingCache = nil
         // A window after its card's committed maximum (or of a card without one) was never
         // committed: forget it rather than write a row and a tombstone for nothing.
-        if !inSQLite, let committed = cleanCards[key.card], committed.map({ key.start > $0 }) ?? true {
+        if !inSQLite, let committed = committedCards[key.card], committed.map({ key.start > $0 }) ?? true {
             dirtyWindows[key] = nil
         } else {
             dirtyWindows[key] = .some(nil)
@@ -378,7 +415,7 @@ public final class SQLiteWindowStore: WindowStore {
 
     func tombstoneCard(_ card: String) {
         pendingCache = nil
-        if case .some(.none) = cleanCards[card] {
+        if case .some(.none) = committedCards[card] {
             dirtyCards[card] = nil
         } else {
             dirtyCards[card] = .some(nil)
@@ -428,49 +465,93 @@ public final class SQLiteWindowStore: WindowStore {
         }
     }
 
-    /// Writes every uncommitted change and `checkpoint` in one SQLite transaction, then clears the
-    /// dirty set. Call only after the Kafka transaction carrying ``pendingChanges()`` committed.
-    /// It writes those very records (in key order, which is the tables' order), so the store is
-    /// what a restore from the changelog would build.
-    /// On error nothing is written and the dirty set is kept, so the call can be retried; if it
-    /// keeps failing, the store is behind its changelog and restore repairs it.
+    /// Makes the uncommitted changes committed: call it only after the Kafka transaction carrying
+    /// ``pendingChanges()`` committed. Reads see them from now on and ``rollback()`` keeps them.
+    ///
+    /// They are written to SQLite, with `checkpoint`, by ``flush()``, which this call runs when
+    /// ``Options/flushInterval`` has passed or ``Options/flushKeys`` keys wait. Writing at every
+    /// Kafka commit would cost a SQLite transaction (and a WAL write of every page touched) per
+    /// 100 ms per partition for little gain: until a flush, SQLite is merely behind, with a
+    /// checkpoint saying by how much, and restore from the changelog repairs that after a crash.
+    /// A thrown error concerns only that write (the commit itself took effect); the next commit
+    /// retries it.
     public func commit(checkpoint: StoreCheckpoint) throws(SQLiteError) {
         if let readFailure { throw readFailure }
         guard !restoring else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "commit during a restore: call commitRestore(checkpoint:)")
         }
-        let records = sortedPendingChanges()
+        for (key, value) in dirtyWindows {
+            committedWindows[key] = .some(value)
+            unflushedWindows[key] = .some(value)
+        }
+        for (card, value) in dirtyCards {
+            committedCards[card] = .some(value)
+            unflushedCards[card] = .some(value)
+        }
+        if let dirtyStreamTime {
+            committedStreamTime = dirtyStreamTime
+            unflushedStreamTime = dirtyStreamTime
+        }
+        unflushedCheckpoint = checkpoint
+        clearDirty()
+        if unflushedWindows.count + unflushedCards.count >= options.flushKeys
+            || options.flushInterval.map({ ContinuousClock.now - lastFlush >= $0 }) ?? false {
+            try flush()
+        }
+    }
+
+    /// Number of committed keys not yet written to SQLite.
+    public var unflushedChangeCount: Int { unflushedWindows.count + unflushedCards.count + (unflushedStreamTime == nil ? 0 : 1) }
+
+    /// Writes every committed change and the last commit's checkpoint to SQLite in one
+    /// transaction (windows in key order, which is the table's order). On error nothing is
+    /// written and the changes stay queued, so the call can be retried.
+    public func flush() throws(SQLiteError) {
+        lastFlush = ContinuousClock.now
+        guard let target = unflushedCheckpoint else { return }
         try beginStatement.run()
         do throws(SQLiteError) {
-            for record in records {
-                // Our own encoding: it parses, so a failure here would be a bug, reported as misuse.
-                do {
-                    try write(record)
-                } catch let error as SQLiteError {
-                    throw error
-                } catch {
-                    throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "could not write own changelog record: \(error)")
+            let windows = unflushedWindows.sorted { a, b in
+                a.key.start != b.key.start ? a.key.start < b.key.start : a.key.card < b.key.card
+            }
+            for (key, value) in windows {
+                let statement = value == nil ? deleteWindow : upsertWindow
+                try Self.withCardBytes(key.card) { (bytes) throws(SQLiteError) in
+                    statement.bindBlobNoCopy(bytes, at: 1)
+                    statement.bind(key.start, at: 2)
+                    if let value { statement.bind(value, at: 3) }
+                    try statement.run()
                 }
             }
-            upsertCheckpoint.bind(checkpoint.sourceOffset, at: 1)
-            upsertCheckpoint.bind(checkpoint.changelogOffset, at: 2)
+            let cards = unflushedCards.sorted { $0.key < $1.key }
+            for (card, value) in cards {
+                let statement = value == nil ? deleteCard : upsertCard
+                try Self.withCardBytes(card) { (bytes) throws(SQLiteError) in
+                    statement.bindBlobNoCopy(bytes, at: 1)
+                    if let value { statement.bind(value, at: 2) }
+                    try statement.run()
+                }
+            }
+            if let unflushedStreamTime {
+                upsertStream.bind(unflushedStreamTime, at: 1)
+                try upsertStream.run()
+            }
+            upsertCheckpoint.bind(target.sourceOffset, at: 1)
+            upsertCheckpoint.bind(target.changelogOffset, at: 2)
             try upsertCheckpoint.run()
             try commitStatement.run()
         } catch {
             try? rollbackStatement.run()
             throw error
         }
-        mergeDirtyIntoCache()
-        self.checkpoint = checkpoint
-    }
-
-    func mergeDirtyIntoCache() {
-        if cleanWindows.count + dirtyWindows.count > options.cacheCapacity { cleanWindows.removeAll(keepingCapacity: true) }
-        if cleanCards.count + dirtyCards.count > options.cacheCapacity { cleanCards.removeAll(keepingCapacity: true) }
-        for (key, value) in dirtyWindows { cleanWindows[key] = .some(value) }
-        for (card, value) in dirtyCards { cleanCards[card] = .some(value) }
-        if let dirtyStreamTime { committedStreamTime = dirtyStreamTime }
-        clearDirty()
+        unflushedWindows.removeAll(keepingCapacity: true)
+        unflushedCards.removeAll(keepingCapacity: true)
+        unflushedStreamTime = nil
+        unflushedCheckpoint = nil
+        checkpoint = target
+        // The cache may shrink now that it holds no unflushed key.
+        if committedWindows.count > options.cacheCapacity { committedWindows.removeAll(keepingCapacity: true) }
+        if committedCards.count > options.cacheCapacity { committedCards.removeAll(keepingCapacity: true) }
     }
 
     func clearDirty() {
@@ -487,8 +568,8 @@ public final class SQLiteWindowStore: WindowStore {
         if connection.inTransaction { try? rollbackStatement.run() }
         if restoring {
             restoring = false
-            cleanWindows.removeAll(keepingCapacity: true)
-            cleanCards.removeAll(keepingCapacity: true)
+            committedWindows.removeAll(keepingCapacity: true)
+            committedCards.removeAll(keepingCapacity: true)
             reloadCommittedStreamTime()
         }
         clearDirty()
@@ -554,11 +635,12 @@ public final class SQLiteWindowStore: WindowStore {
         guard pendingChangeCount == 0 else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "restore with uncommitted changes: commit or roll back first")
         }
+        try flush()
         try beginStatement.run()
         restoring = true
         // The cache mirrors committed rows, which the restore is about to change.
-        cleanWindows.removeAll(keepingCapacity: true)
-        cleanCards.removeAll(keepingCapacity: true)
+        committedWindows.removeAll(keepingCapacity: true)
+        committedCards.removeAll(keepingCapacity: true)
     }
 
     /// Commits the records applied since the last call together with `checkpoint` (its
@@ -672,7 +754,9 @@ extension SQLiteWindowStore {
         var description: String { "\(windows.count) windows, \(cards.count) cards, stream time \(streamTime.map(String.init) ?? "none")" }
     }
 
+    /// Flushes first, so that SQLite holds everything committed.
     func committedState() throws(SQLiteError) -> CommittedState {
+        try flush()
         var state = CommittedState()
         let windows = try connection.statement("SELECT card, start, count FROM windows ORDER BY card, start")
         while try windows.step() {
