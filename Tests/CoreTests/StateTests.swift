@@ -142,6 +142,28 @@ struct StateTests {
         try store.close()
     }
 
+    /// Card ids are bytes: "é" precomposed and decomposed are canonically equivalent `String`s
+    /// (equal under `==`) but two different cards, in SQLite, in the changelog and in memory.
+    @Test func canonicallyEquivalentCardIdsAreDifferentCards() throws {
+        let dir = try TemporaryDirectory("canonical")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        var detector = Detector(parameters: Self.parameters)
+        let composed = "caf\u{E9}"
+        let decomposed = "cafe\u{301}"
+        #expect(composed == decomposed)  // the premise: Swift's String equality merges them
+        var counts: [Int64] = []
+        for card in [composed, decomposed, composed, decomposed, decomposed] {
+            counts.append(detector.process(card: card, eventTime: 100, store: &store).count)
+        }
+        #expect(counts == [1, 1, 2, 2, 3])
+        let cards = try store.pendingChanges().filter { $0.key[1] == UInt8(ascii: "m") }
+        #expect(cards.count == 2)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 5, changelogOffset: 9))
+        #expect(try store.committedState().windows.map(\.count).sorted() == [2, 3])
+        try store.close()
+    }
+
     @Test func rollbackReadsAsOfTheLastCommit() throws {
         let dir = try TemporaryDirectory("rollback")
         defer { dir.cleanup() }

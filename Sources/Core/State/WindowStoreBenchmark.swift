@@ -9,8 +9,8 @@ import Darwin
 ///
 /// 1. **detect**: records through ``Detector`` and the store in commit cycles (pending changes,
 ///    then commit), as one `polyglot process` task runs them.
-/// 2. **commit**: one commit of a dirty set of a given size, first inserting every key, then
-///    updating every key.
+/// 2. **commit+flush**: one commit of a dirty set of a given size and its write to SQLite, first
+///    inserting every key, then updating every key.
 /// 3. **restore**: applying the changelog that run 1 produced to a new store.
 public enum WindowStoreBenchmark {
     public struct Configuration: Sendable {
@@ -21,7 +21,7 @@ public enum WindowStoreBenchmark {
         /// Event-time step between records in run 1, in ms (with the default 1 h retention, 10 ms
         /// makes 500,000 records span 83 minutes, so retention purges happen too).
         public var eventTimeStep: Int64 = 10
-        /// Dirty keys in run 2 (half windows, half card maxima).
+        /// Dirty keys in run 2 (half windows, half card maxima), committed and flushed to SQLite.
         public var commitKeys = 20_000
         public var parameters = DetectorParameters.default
         public init() {}
@@ -32,6 +32,9 @@ public enum WindowStoreBenchmark {
         public var detectSeconds = 0.0
         public var commits = 0
         public var commitSecondsInDetect = 0.0
+        public var flushesInDetect = 0
+        public var keysFlushedInDetect = 0
+        public var flushSecondsInDetect = 0.0
         public var changelogRecords = 0
         public var commitKeys = 0
         public var commitInsertSeconds = 0.0
@@ -48,8 +51,9 @@ public enum WindowStoreBenchmark {
             func ms(_ s: Double) -> String { String(Int((s * 1000).rounded())) + " ms" }
             return """
                 detect:  \(records) records, \(commits) commits in \(ms(detectSeconds)) = \(rate(records, detectSeconds)) \
-                (of which pendingChanges+commit \(ms(commitSecondsInDetect))); CPU \(ms(detectCPUSeconds)) = \(rate(records, detectCPUSeconds))
-                commit:  \(commitKeys) dirty keys: insert \(ms(commitInsertSeconds)) (CPU \(ms(commitInsertCPUSeconds))), \
+                (of which pendingChanges+commit \(ms(commitSecondsInDetect)), including \(flushesInDetect) flushes of \
+                \(keysFlushedInDetect) keys in \(ms(flushSecondsInDetect))); CPU \(ms(detectCPUSeconds)) = \(rate(records, detectCPUSeconds))
+                commit+flush: \(commitKeys) dirty keys: insert \(ms(commitInsertSeconds)) (CPU \(ms(commitInsertCPUSeconds))), \
                 update \(ms(commitUpdateSeconds)) (CPU \(ms(commitUpdateCPUSeconds)))
                 restore: \(changelogRecords) changelog records in \(ms(restoreSeconds)) = \(rate(changelogRecords, restoreSeconds)); \
                 CPU \(ms(restoreCPUSeconds)) = \(rate(changelogRecords, restoreCPUSeconds))
@@ -92,6 +96,9 @@ public enum WindowStoreBenchmark {
             }
         }
         figures.records = c.records
+        figures.flushesInDetect = store.statistics.flushes
+        figures.keysFlushedInDetect = store.statistics.keysFlushed
+        figures.flushSecondsInDetect = seconds(store.statistics.flushTime)
         figures.detectSeconds = seconds(clock.now - detectStart)
         figures.detectCPUSeconds = threadCPUSeconds() - detectCPU
         figures.commitSecondsInDetect = seconds(commitTime)
@@ -109,6 +116,7 @@ public enum WindowStoreBenchmark {
             let t0 = clock.now
             let cpu0 = threadCPUSeconds()
             try commitStore.commit(checkpoint: StoreCheckpoint(sourceOffset: Int64(round), changelogOffset: Int64(round)))
+            try commitStore.flush()
             let elapsed = seconds(clock.now - t0)
             let cpu = threadCPUSeconds() - cpu0
             if round == 0 {
