@@ -509,9 +509,12 @@ public final class SQLiteWindowStore: WindowStore {
                 closed.append(key)
             }
         }
-        for key in dirtyWindowKeys {
-            guard let slot = windows[key], slot.current != nil else { continue }
-            if p.isClosed(windowStart: key.start, cardMax: cardMax(key.card), streamTime: now) { closed.append(key) }
+        // Changed in this cycle, or committed but not yet in SQLite (so not in the scan above).
+        for keys in [dirtyWindowKeys, unflushedWindowKeys] {
+            for key in keys {
+                guard let slot = windows[key], slot.current != nil else { continue }
+                if p.isClosed(windowStart: key.start, cardMax: cardMax(key.card), streamTime: now) { closed.append(key) }
+            }
         }
         for key in closed {
             setWindow(key, nil)
@@ -536,8 +539,6 @@ public final class SQLiteWindowStore: WindowStore {
         if let pendingCache { return pendingCache }
         var records: [ChangelogRecord] = []
         records.reserveCapacity(pendingChangeCount)
-        // Emitted in encoded-key order: tag 'm' (cards) < 't' (stream time) < 'w' (windows).
-        dirtyCardKeys.sort { Self.bytesPrecede($0.card, $1.card) }
         for key in dirtyCardKeys {
             guard let slot = cards[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
             records.append(ChangelogRecord(.cardMax(card: key.card, max: slot.current)))
@@ -545,13 +546,57 @@ public final class SQLiteWindowStore: WindowStore {
         if let dirtyStreamTime {
             records.append(ChangelogRecord(.streamTime(dirtyStreamTime)))
         }
-        dirtyWindowKeys.sort(by: WindowKey.keyOrder)
         for key in dirtyWindowKeys {
             guard let slot = windows[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
             records.append(ChangelogRecord(.window(card: key.card, windowStart: key.start, count: slot.current)))
         }
+        records = Self.sortedByKey(records)
         pendingCache = records
         return records
+    }
+
+    /// `records` in key byte order. Sorts (first 16 key bytes as two big-endian integers, index)
+    /// triples: integer compares settle nearly every comparison without touching the arrays.
+    static func sortedByKey(_ records: [ChangelogRecord]) -> [ChangelogRecord] {
+        var order: [(UInt64, UInt64, Int)] = []
+        order.reserveCapacity(records.count)
+        for (i, record) in records.enumerated() {
+            let (a, b) = record.key.withUnsafeBytes(prefix16)
+            order.append((a, b, i))
+        }
+        order.sort { x, y in
+            if x.0 != y.0 { return x.0 < y.0 }
+            if x.1 != y.1 { return x.1 < y.1 }
+            return precedes(records[x.2].key, records[y.2].key)
+        }
+        return order.map { records[$0.2] }
+    }
+
+    /// The first 16 bytes as two big-endian integers, zero-padded.
+    @inline(__always)
+    static func prefix16(_ bytes: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
+        if bytes.count >= 16 {
+            return (UInt64(bigEndian: bytes.loadUnaligned(as: UInt64.self)),
+                    UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        }
+        var a: UInt64 = 0
+        var b: UInt64 = 0
+        for i in 0..<16 {
+            let byte = i < bytes.count ? UInt64(bytes[i]) : 0
+            if i < 8 { a = a << 8 | byte } else { b = b << 8 | byte }
+        }
+        return (a, b)
+    }
+
+    /// Byte order of keys (memcmp, then length).
+    static func precedes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.withUnsafeBytes { a in
+            b.withUnsafeBytes { b in
+                let common = min(a.count, b.count)
+                let c = common == 0 ? 0 : memcmp(a.baseAddress!, b.baseAddress!, common)
+                return c != 0 ? c < 0 : a.count < b.count
+            }
+        }
     }
 
     /// Makes the uncommitted changes committed: call it only after the Kafka transaction carrying
@@ -635,6 +680,7 @@ public final class SQLiteWindowStore: WindowStore {
         lastFlush = started
         guard let target = unflushedCheckpoint else { return }
         defer { statistics.flushTime += ContinuousClock.now - started }
+        // Key order is the tables' order: writes then walk each b-tree once, left to right.
         unflushedWindowKeys.sort(by: WindowKey.keyOrder)
         unflushedCardKeys.sort { Self.bytesPrecede($0.card, $1.card) }
         try beginStatement.run()
