@@ -308,7 +308,7 @@ struct StateTests {
     /// giving the same verdicts.
     /// A cache capacity of 0 sends nearly every read to SQLite; 64 evicts often.
     /// Flushes to SQLite at every commit, every few hundred keys, or only at reopen.
-    @Test(arguments: [(UInt64(1), 0, 0), (2, 64, 300), (3, 50_000, Int.max), (4, 64, 0), (5, 0, 1_000)])
+    @Test(arguments: [(UInt64(1), 0, 0), (2, 64, 300), (3, 50_000, Int.max), (4, 64, 0), (5, 0, 1_000), (6, 64, 1), (7, 50_000, 37)])
     func sameVerdictsAsInMemoryStore(seed: UInt64, cacheCapacity: Int, flushKeys: Int) throws {
         let p = Self.parameters
         let dir = try TemporaryDirectory("differential")

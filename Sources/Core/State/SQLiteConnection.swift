@@ -243,6 +243,17 @@ public final class SQLiteStatement {
         while try step() {}
     }
 
+    /// ``run()`` for closures that cannot throw: returns the error instead (nil on success).
+    @inline(__always)
+    public func runReturningError() -> SQLiteError? {
+        do throws(SQLiteError) {
+            try run()
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     @inline(__always)
     public func bind(_ value: Int64, at index: Int32) {
         sqlite3_bind_int64(handle, index, value)

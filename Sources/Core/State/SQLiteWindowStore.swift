@@ -163,20 +163,33 @@ public final class SQLiteWindowStore: WindowStore {
         }
     }
 
-    /// One key's state in the cache: its value with uncommitted changes (`current`) and as of the
-    /// last commit (`committed`, when known). nil values mean absent.
+    /// One key's state in the cache: its value with uncommitted changes (`current`), as of the
+    /// last commit (`committed`) and in SQLite (`persisted`), the last two when known. nil values
+    /// mean absent. A key whose committed value equals its persisted one needs no write: in a
+    /// backfill most windows open and close between two flushes and never reach SQLite.
     struct Slot {
         var current: Int64?
         var committed: Int64?
-        /// Whether `committed` is known; false for a key written without being read first.
+        var persisted: Int64?
+        /// Whether `committed` and `persisted` are known; false for a key written without being
+        /// read first (a flush makes both known).
         var committedKnown: Bool
+        var persistedKnown: Bool
         /// In the dirty list: changed since the last commit.
         var dirty: Bool
         /// In the unflushed list: committed, not yet written to SQLite.
         var unflushed: Bool
 
         static func clean(_ value: Int64?) -> Slot {
-            Slot(current: value, committed: value, committedKnown: true, dirty: false, unflushed: false)
+            Slot(current: value, committed: value, persisted: value, committedKnown: true, persistedKnown: true,
+                 dirty: false, unflushed: false)
+        }
+
+        /// A key first seen being written: `knownAbsent` when it is known to exist neither
+        /// committed nor in SQLite.
+        static func written(_ value: Int64?, knownAbsent: Bool) -> Slot {
+            Slot(current: value, committed: nil, persisted: nil, committedKnown: knownAbsent, persistedKnown: knownAbsent,
+                 dirty: true, unflushed: false)
         }
     }
 
@@ -400,8 +413,10 @@ public final class SQLiteWindowStore: WindowStore {
         let cardKey = CardKey(card: card)
         let windowKey = WindowKey(card: card, start: windowStart)
         if let i = cards.index(forKey: cardKey) {
-            // A window after the card's committed maximum (or of a card with none) is known
-            // absent from the committed state: deleted again before the commit, it costs nothing.
+            // A window after the card's committed maximum (or of a card with none) exists neither
+            // committed nor in SQLite (whose maximum is never larger: a card's maximum only grows,
+            // and a card re-created after expiring starts past every window it had), so deleted
+            // again before a commit or a flush, it costs nothing.
             let slot = cards.values[i]
             let knownAbsent = slot.committedKnown && (slot.committed.map { windowStart > $0 } ?? true)
             setWindow(windowKey, count, knownAbsent: knownAbsent)  // leaves `cards`, so `i`, alone
@@ -433,7 +448,7 @@ public final class SQLiteWindowStore: WindowStore {
             }
             windows.values[i].current = value
         } else {
-            windows[key] = Slot(current: value, committed: nil, committedKnown: knownAbsent, dirty: true, unflushed: false)
+            windows[key] = .written(value, knownAbsent: knownAbsent)
             dirtyWindowKeys.append(key)
         }
     }
@@ -448,7 +463,7 @@ public final class SQLiteWindowStore: WindowStore {
             }
             cards.values[i].current = value
         } else {
-            cards[key] = Slot(current: value, committed: nil, committedKnown: false, dirty: true, unflushed: false)
+            cards[key] = .written(value, knownAbsent: false)
             dirtyCardKeys.append(key)
         }
     }
@@ -681,30 +696,28 @@ public final class SQLiteWindowStore: WindowStore {
         guard let target = unflushedCheckpoint else { return }
         defer { statistics.flushTime += ContinuousClock.now - started }
         // Key order is the tables' order: writes then walk each b-tree once, left to right.
-        unflushedWindowKeys.sort(by: WindowKey.keyOrder)
-        unflushedCardKeys.sort { Self.bytesPrecede($0.card, $1.card) }
+        let windowWrites = Self.windowsInKeyOrder(unflushedWindowKeys, windows)
+        let cardWrites = Self.cardsInKeyOrder(unflushedCardKeys, cards)
         try beginStatement.run()
         do throws(SQLiteError) {
-            for key in unflushedWindowKeys {
-                guard let slot = windows[key] else { continue }
-                let value = slot.committed
+            for (key, value) in windowWrites {
                 let statement = value == nil ? deleteWindow : upsertWindow
-                try Self.withCardBytes(key.card) { (bytes) throws(SQLiteError) in
+                let failure = Self.withCardBytes(key.card) { bytes in
                     statement.bindBlobNoCopy(bytes, at: 1)
                     statement.bind(key.start, at: 2)
                     if let value { statement.bind(value, at: 3) }
-                    try statement.run()
+                    return statement.runReturningError()
                 }
+                if let failure { throw failure }
             }
-            for key in unflushedCardKeys {
-                guard let slot = cards[key] else { continue }
-                let value = slot.committed
+            for (key, value) in cardWrites {
                 let statement = value == nil ? deleteCard : upsertCard
-                try Self.withCardBytes(key.card) { (bytes) throws(SQLiteError) in
+                let failure = Self.withCardBytes(key.card) { bytes in
                     statement.bindBlobNoCopy(bytes, at: 1)
                     if let value { statement.bind(value, at: 2) }
-                    try statement.run()
+                    return statement.runReturningError()
                 }
+                if let failure { throw failure }
             }
             if let unflushedStreamTime {
                 upsertStream.bind(unflushedStreamTime, at: 1)
@@ -718,16 +731,67 @@ public final class SQLiteWindowStore: WindowStore {
             try? rollbackStatement.run()
             throw error
         }
+        statistics.keysFlushed += windowWrites.count + cardWrites.count
+        for key in unflushedWindowKeys { Self.markPersisted(key, in: &windows) }
+        for key in unflushedCardKeys { Self.markPersisted(key, in: &cards) }
         statistics.flushes += 1
-        statistics.keysFlushed += unflushedChangeCount
-        for key in unflushedWindowKeys { windows[key]?.unflushed = false }
-        for key in unflushedCardKeys { cards[key]?.unflushed = false }
         unflushedWindowKeys.removeAll(keepingCapacity: true)
         unflushedCardKeys.removeAll(keepingCapacity: true)
         unflushedStreamTime = nil
         unflushedCheckpoint = nil
         checkpoint = target
         trimCache()
+    }
+
+    /// The keys to write and their committed values, in key order, skipping keys whose
+    /// committed value is already SQLite's.
+    static func windowsInKeyOrder(_ keys: [WindowKey], _ map: [WindowKey: Slot]) -> [(WindowKey, Int64?)] {
+        var writes: [(start: UInt64, prefix: UInt64, key: WindowKey, value: Int64?)] = []
+        writes.reserveCapacity(keys.count)
+        for key in keys {
+            guard let slot = map[key], !(slot.persistedKnown && slot.persisted == slot.committed) else { continue }
+            writes.append((UInt64(bitPattern: key.start), cardPrefix(key.card), key, slot.committed))
+        }
+        writes.sort { a, b in
+            if a.start != b.start { return a.start < b.start }
+            if a.prefix != b.prefix { return a.prefix < b.prefix }
+            return bytesPrecede(a.key.card, b.key.card)
+        }
+        return writes.map { ($0.key, $0.value) }
+    }
+
+    static func cardsInKeyOrder(_ keys: [CardKey], _ map: [CardKey: Slot]) -> [(CardKey, Int64?)] {
+        var writes: [(prefix: UInt64, key: CardKey, value: Int64?)] = []
+        writes.reserveCapacity(keys.count)
+        for key in keys {
+            guard let slot = map[key], !(slot.persistedKnown && slot.persisted == slot.committed) else { continue }
+            writes.append((cardPrefix(key.card), key, slot.committed))
+        }
+        writes.sort { a, b in a.prefix != b.prefix ? a.prefix < b.prefix : bytesPrecede(a.key.card, b.key.card) }
+        return writes.map { ($0.key, $0.value) }
+    }
+
+    /// The card's first 8 bytes as a big-endian integer, zero-padded.
+    static func cardPrefix(_ card: String) -> UInt64 {
+        var card = card
+        return card.withUTF8 { bytes in
+            var v: UInt64 = 0
+            for i in 0..<8 { v = v << 8 | (i < bytes.count ? UInt64(bytes[i]) : 0) }
+            return v
+        }
+    }
+
+    /// After a flush: SQLite now holds the committed value. Absent keys leave the cache (deleted
+    /// windows are not asked about again) unless changed since.
+    static func markPersisted<Key: Hashable>(_ key: Key, in map: inout [Key: Slot]) {
+        guard let i = map.index(forKey: key) else { return }
+        if map.values[i].committed == nil && !map.values[i].dirty {
+            map.remove(at: i)
+            return
+        }
+        map.values[i].persisted = map.values[i].committed
+        map.values[i].persistedKnown = true
+        map.values[i].unflushed = false
     }
 
     /// Forgets cached keys once there are too many, keeping the dirty ones (none at a commit).
