@@ -513,22 +513,22 @@ public final class SQLiteWindowStore: WindowStore {
     public func purgeExpired(_ parameters: DetectorParameters) {
         guard let now = streamTime else { return }
         let p = parameters
+        // Window `s` is out of retention when `s <= cutoff`; below Int64's range nothing is.
         let cutoff = Int128(now) - Int128(p.retention) - Int128(p.window) - Int128(p.grace)
+        guard let windowCutoff = Self.clampToInt64(cutoff) else { return }
         var closed: [WindowKey] = []
-
-        if let windowCutoff = Self.clampToInt64(cutoff) {
-            forEachRow(windowsUpTo, bind: { $0.bind(windowCutoff, at: 1) }) { row in
-                let key = WindowKey(card: Self.cardString(row, 0), start: row.int64(1))
-                // Skip rows deleted already, in this cycle or in a commit not yet flushed.
-                if let slot = windows[key], slot.current == nil { return }
-                closed.append(key)
-            }
+        forEachRow(windowsUpTo, bind: { $0.bind(windowCutoff, at: 1) }) { row in
+            let key = WindowKey(card: Self.cardString(row, 0), start: row.int64(1))
+            // Skip rows deleted already, in this cycle or in a commit not yet flushed.
+            if let slot = windows[key], slot.current == nil { return }
+            closed.append(key)
         }
         // Changed in this cycle, or committed but not yet in SQLite (so not in the scan above).
+        // Windows closed by their card's maximum went at put time, so only retention is left to
+        // check, and it needs no lookup.
         for keys in [dirtyWindowKeys, unflushedWindowKeys] {
-            for key in keys {
-                guard let slot = windows[key], slot.current != nil else { continue }
-                if p.isClosed(windowStart: key.start, cardMax: cardMax(key.card), streamTime: now) { closed.append(key) }
+            for key in keys where key.start <= windowCutoff {
+                if let slot = windows[key], slot.current != nil { closed.append(key) }
             }
         }
         for key in closed {
