@@ -243,12 +243,14 @@ struct StateTests {
         let dir = try TemporaryDirectory("behind")
         defer { dir.cleanup() }
         let deferred = SQLiteWindowStore.Options(integrityCheck: .none, flushInterval: nil, flushKeys: .max)
+        // A long retention: no purge (which flushes) during the test, so only the explicit flush writes.
+        let parameters = try DetectorParameters(window: 1000, threshold: 2, grace: 200, retention: 1_000_000)
         var changelog: [ChangelogRecord] = []
         var expected: SQLiteWindowStore.CommittedState
         let crashed = dir.sub("crashed")
         do {
-            var store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: Self.parameters, options: deferred)
-            var detector = Detector(parameters: Self.parameters)
+            var store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: parameters, options: deferred)
+            var detector = Detector(parameters: parameters)
             for cycle in 0..<6 {
                 for i in 0..<50 {
                     _ = detector.process(card: "card-\(i % 7)", eventTime: Int64(cycle * 900 + i * 13), store: &store)
@@ -275,7 +277,7 @@ struct StateTests {
             expected = try store.committedState()
             try store.close()
         }
-        let store = try SQLiteWindowStore(directory: crashed, parameters: Self.parameters, options: Self.fast)
+        let store = try SQLiteWindowStore(directory: crashed, parameters: parameters, options: Self.fast)
         let behind = try #require(store.checkpoint)
         #expect(behind.sourceOffset == 150)
         for record in changelog[Int(behind.changelogOffset)...] { try store.apply(record) }

@@ -503,9 +503,9 @@ public final class SQLiteWindowStore: WindowStore {
 
     /// Deletes (as tombstones in the dirty set) what SEMANTICS.md §2 allows and the put path has
     /// not already deleted: windows out of retention and expired card maxima. Committed windows
-    /// come from one key-range scan up to the retention cutoff (rows already deleted are not in
-    /// it, so the scan reads only what it deletes plus deletions not yet flushed), changed ones
-    /// from the dirty list. A card's latest window, the one holding its maximum, is never closed
+    /// come from one key-range scan up to the retention cutoff after a ``flush()`` (rows already
+    /// deleted are not in it, so the scan reads only what it deletes), changed ones from the
+    /// dirty list. A card's latest window, the one holding its maximum, is never closed
     /// by the card itself and leaves retention exactly when the card expires
     /// (`windowStart(max) + W + G <= streamTime - R` is the window's retention rule for
     /// `s = windowStart(max)`), so checking the card of every window leaving retention finds
@@ -516,6 +516,10 @@ public final class SQLiteWindowStore: WindowStore {
         // Window `s` is out of retention when `s <= cutoff`; below Int64's range nothing is.
         let cutoff = Int128(now) - Int128(p.retention) - Int128(p.window) - Int128(p.grace)
         guard let windowCutoff = Self.clampToInt64(cutoff) else { return }
+        // Committed changes go to SQLite first, so that one range scan sees every committed
+        // window. Should that write fail, the scan sees what is there and the unflushed keys are
+        // checked one by one below; the next commit retries the write and reports the error.
+        let flushed = (try? flush()) != nil
         var closed: [WindowKey] = []
         forEachRow(windowsUpTo, bind: { $0.bind(windowCutoff, at: 1) }) { row in
             let key = WindowKey(card: Self.cardString(row, 0), start: row.int64(1))
@@ -523,10 +527,9 @@ public final class SQLiteWindowStore: WindowStore {
             if let slot = windows[key], slot.current == nil { return }
             closed.append(key)
         }
-        // Changed in this cycle, or committed but not yet in SQLite (so not in the scan above).
-        // Windows closed by their card's maximum went at put time, so only retention is left to
-        // check, and it needs no lookup.
-        for keys in [dirtyWindowKeys, unflushedWindowKeys] {
+        // Changed in this cycle (so not in the scan above). Windows closed by their card's
+        // maximum went at put time, so only retention is left to check, and it needs no lookup.
+        for keys in flushed ? [dirtyWindowKeys] : [dirtyWindowKeys, unflushedWindowKeys] {
             for key in keys where key.start <= windowCutoff {
                 if let slot = windows[key], slot.current != nil { closed.append(key) }
             }
