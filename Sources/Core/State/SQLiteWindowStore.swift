@@ -231,6 +231,11 @@ public final class SQLiteWindowStore: WindowStore {
     /// ``pendingChanges()``'s answer, kept until the dirty set changes.
     var pendingCache: [ChangelogRecord]?
     var restoring = false
+    // Changelog records applied since the restore began, one entry per key (nil: deleted).
+    var restoreWindows: [WindowKey: Int64?] = [:]
+    var restoreCards: [CardKey: Int64?] = [:]
+    var restoreStreamTime: Int64??
+    var restoreIntoEmpty = false
 
     let selectWindow: SQLiteStatement
     let selectCard: SQLiteStatement
@@ -699,9 +704,52 @@ public final class SQLiteWindowStore: WindowStore {
         guard let target = unflushedCheckpoint else { return }
         defer { statistics.flushTime += ContinuousClock.now - started }
         // Key order is the tables' order: writes then walk each b-tree once, left to right.
-        let windowWrites = Self.windowsInKeyOrder(unflushedWindowKeys, windows)
-        let cardWrites = Self.cardsInKeyOrder(unflushedCardKeys, cards)
-        try beginStatement.run()
+        let windowWrites = Self.windowsInKeyOrder(unflushedWindowKeys.lazy.compactMap { [windows] key in
+            windows[key].flatMap { $0.persistedKnown && $0.persisted == $0.committed ? nil : (key, $0.committed) }
+        })
+        let cardWrites = Self.cardsInKeyOrder(unflushedCardKeys.lazy.compactMap { [cards] key in
+            cards[key].flatMap { $0.persistedKnown && $0.persisted == $0.committed ? nil : (key, $0.committed) }
+        })
+        try persist(windows: windowWrites, cards: cardWrites, streamTime: unflushedStreamTime.map { .some($0) },
+                    checkpoint: target)
+        statistics.keysFlushed += windowWrites.count + cardWrites.count
+        for key in unflushedWindowKeys { Self.markPersisted(key, in: &windows) }
+        for key in unflushedCardKeys { Self.markPersisted(key, in: &cards) }
+        statistics.flushes += 1
+        unflushedWindowKeys.removeAll(keepingCapacity: true)
+        unflushedCardKeys.removeAll(keepingCapacity: true)
+        unflushedStreamTime = nil
+        unflushedCheckpoint = nil
+        checkpoint = target
+        trimCache()
+    }
+
+    /// `writes` in key order.
+    static func windowsInKeyOrder<S: Sequence<(WindowKey, Int64?)>>(_ writes: S) -> [(WindowKey, Int64?)] {
+        var sorted: [(start: UInt64, prefix: UInt64, key: WindowKey, value: Int64?)] = []
+        sorted.reserveCapacity(writes.underestimatedCount)
+        for (key, value) in writes { sorted.append((UInt64(bitPattern: key.start), cardPrefix(key.card), key, value)) }
+        sorted.sort { a, b in
+            if a.start != b.start { return a.start < b.start }
+            if a.prefix != b.prefix { return a.prefix < b.prefix }
+            return bytesPrecede(a.key.card, b.key.card)
+        }
+        return sorted.map { ($0.key, $0.value) }
+    }
+
+    static func cardsInKeyOrder<S: Sequence<(CardKey, Int64?)>>(_ writes: S) -> [(CardKey, Int64?)] {
+        var sorted: [(prefix: UInt64, key: CardKey, value: Int64?)] = []
+        sorted.reserveCapacity(writes.underestimatedCount)
+        for (key, value) in writes { sorted.append((cardPrefix(key.card), key, value)) }
+        sorted.sort { a, b in a.prefix != b.prefix ? a.prefix < b.prefix : bytesPrecede(a.key.card, b.key.card) }
+        return sorted.map { ($0.key, $0.value) }
+    }
+
+    /// Writes rows (nil: delete), the stream time (`.some(nil)`: delete) and the checkpoint in
+    /// one SQLite transaction; nothing on error.
+    func persist(windows windowWrites: [(WindowKey, Int64?)], cards cardWrites: [(CardKey, Int64?)],
+                 streamTime: Int64??, checkpoint target: StoreCheckpoint) throws(SQLiteError) {
+        if !connection.inTransaction { try beginStatement.run() }
         do throws(SQLiteError) {
             for (key, value) in windowWrites {
                 let statement = value == nil ? deleteWindow : upsertWindow
@@ -722,9 +770,14 @@ public final class SQLiteWindowStore: WindowStore {
                 }
                 if let failure { throw failure }
             }
-            if let unflushedStreamTime {
-                upsertStream.bind(unflushedStreamTime, at: 1)
+            switch streamTime {
+            case .some(.some(let time)):
+                upsertStream.bind(time, at: 1)
                 try upsertStream.run()
+            case .some(.none):
+                try deleteStream.run()
+            case .none:
+                break
             }
             upsertCheckpoint.bind(target.sourceOffset, at: 1)
             upsertCheckpoint.bind(target.changelogOffset, at: 2)
@@ -734,44 +787,6 @@ public final class SQLiteWindowStore: WindowStore {
             try? rollbackStatement.run()
             throw error
         }
-        statistics.keysFlushed += windowWrites.count + cardWrites.count
-        for key in unflushedWindowKeys { Self.markPersisted(key, in: &windows) }
-        for key in unflushedCardKeys { Self.markPersisted(key, in: &cards) }
-        statistics.flushes += 1
-        unflushedWindowKeys.removeAll(keepingCapacity: true)
-        unflushedCardKeys.removeAll(keepingCapacity: true)
-        unflushedStreamTime = nil
-        unflushedCheckpoint = nil
-        checkpoint = target
-        trimCache()
-    }
-
-    /// The keys to write and their committed values, in key order, skipping keys whose
-    /// committed value is already SQLite's.
-    static func windowsInKeyOrder(_ keys: [WindowKey], _ map: [WindowKey: Slot]) -> [(WindowKey, Int64?)] {
-        var writes: [(start: UInt64, prefix: UInt64, key: WindowKey, value: Int64?)] = []
-        writes.reserveCapacity(keys.count)
-        for key in keys {
-            guard let slot = map[key], !(slot.persistedKnown && slot.persisted == slot.committed) else { continue }
-            writes.append((UInt64(bitPattern: key.start), cardPrefix(key.card), key, slot.committed))
-        }
-        writes.sort { a, b in
-            if a.start != b.start { return a.start < b.start }
-            if a.prefix != b.prefix { return a.prefix < b.prefix }
-            return bytesPrecede(a.key.card, b.key.card)
-        }
-        return writes.map { ($0.key, $0.value) }
-    }
-
-    static func cardsInKeyOrder(_ keys: [CardKey], _ map: [CardKey: Slot]) -> [(CardKey, Int64?)] {
-        var writes: [(prefix: UInt64, key: CardKey, value: Int64?)] = []
-        writes.reserveCapacity(keys.count)
-        for key in keys {
-            guard let slot = map[key], !(slot.persistedKnown && slot.persisted == slot.committed) else { continue }
-            writes.append((cardPrefix(key.card), key, slot.committed))
-        }
-        writes.sort { a, b in a.prefix != b.prefix ? a.prefix < b.prefix : bytesPrecede(a.key.card, b.key.card) }
-        return writes.map { ($0.key, $0.value) }
     }
 
     /// The card's first 8 bytes as a big-endian integer, zero-padded.
@@ -814,9 +829,9 @@ public final class SQLiteWindowStore: WindowStore {
         if connection.inTransaction { try? rollbackStatement.run() }
         if restoring {
             restoring = false
-            windows.removeAll(keepingCapacity: true)
-            cards.removeAll(keepingCapacity: true)
-            reloadCommittedStreamTime()
+            restoreWindows.removeAll(keepingCapacity: true)
+            restoreCards.removeAll(keepingCapacity: true)
+            restoreStreamTime = nil
         }
         for key in dirtyWindowKeys { Self.rollbackSlot(key, in: &windows) }
         for key in dirtyCardKeys { Self.rollbackSlot(key, in: &cards) }
@@ -838,60 +853,38 @@ public final class SQLiteWindowStore: WindowStore {
 
     // MARK: - Restore
 
-    /// Applies one record read from the changelog. Records are applied in one SQLite transaction
-    /// until ``commitRestore(checkpoint:)``; applying is idempotent, so replaying a range twice
-    /// gives the same state. Throws ``ChangelogDecodingError`` for a malformed record (nothing
-    /// of it is applied; the restore transaction stays open) or ``SQLiteError``.
+    /// Applies one record read from the changelog. Records are gathered in memory, one entry per
+    /// key (a changelog replayed from its start mostly holds windows written and deleted again),
+    /// and written to SQLite by ``commitRestore(checkpoint:)``. Applying is idempotent, so
+    /// replaying a range twice gives the same state. Throws ``ChangelogDecodingError`` for a
+    /// malformed record (nothing of it is applied; the restore stays open) or ``SQLiteError``.
     /// Requires no uncommitted changes.
     public func apply(_ record: ChangelogRecord) throws {
-        if !restoring { try beginRestore() }
-        try write(record)
-        statistics.recordsRestored += 1
+        try record.key.withUnsafeBytes { key in
+            if let value = record.value {
+                try value.withUnsafeBytes { value in try apply(key: key, value: value) }
+            } else {
+                try apply(key: key, value: nil)
+            }
+        }
     }
 
     /// ``apply(_:)`` on borrowed key and value bytes (nil value: tombstone), copying nothing.
     public func apply(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?) throws {
         if !restoring { try beginRestore() }
-        try write(key: key, value: value)
-        statistics.recordsRestored += 1
-    }
-
-    @inline(__always)
-    func write(_ record: ChangelogRecord) throws {
-        try record.key.withUnsafeBytes { key in
-            if let value = record.value {
-                try value.withUnsafeBytes { value in try write(key: key, value: value) }
-            } else {
-                try write(key: key, value: nil)
-            }
-        }
-    }
-
-    /// Parses one encoded record and writes it to its table, in the open transaction.
-    @inline(__always)
-    func write(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?) throws {
         let parsed = try ChangelogRecord.parseKey(key)
         let number: Int64? = try value.map { (v) throws(ChangelogDecodingError) in try ChangelogRecord.parseValue(v) }
         switch parsed.kind {
         case .window:
-            let statement = number == nil ? deleteWindow : upsertWindow
-            statement.bindBlobNoCopy(UnsafeRawBufferPointer(rebasing: key[parsed.card]), at: 1)
-            statement.bind(parsed.windowStart, at: 2)
-            if let number { statement.bind(number, at: 3) }
-            try statement.run()
+            let card = String(decoding: UnsafeRawBufferPointer(rebasing: key[parsed.card]), as: UTF8.self)
+            restoreWindows[WindowKey(card: card, start: parsed.windowStart)] = .some(number)
         case .cardMax:
-            let statement = number == nil ? deleteCard : upsertCard
-            statement.bindBlobNoCopy(UnsafeRawBufferPointer(rebasing: key[parsed.card]), at: 1)
-            if let number { statement.bind(number, at: 2) }
-            try statement.run()
+            let card = String(decoding: UnsafeRawBufferPointer(rebasing: key[parsed.card]), as: UTF8.self)
+            restoreCards[CardKey(card: card)] = .some(number)
         case .streamTime:
-            if let number {
-                upsertStream.bind(number, at: 1)
-                try upsertStream.run()
-            } else {
-                try deleteStream.run()
-            }
+            restoreStreamTime = .some(number)
         }
+        statistics.recordsRestored += 1
     }
 
     func beginRestore() throws(SQLiteError) {
@@ -899,7 +892,10 @@ public final class SQLiteWindowStore: WindowStore {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "restore with uncommitted changes: commit or roll back first")
         }
         try flush()
-        try beginStatement.run()
+        // Deleting a key SQLite does not hold is a wasted b-tree search: skip them all when
+        // restoring into an empty store, the usual case.
+        restoreIntoEmpty = try connection.scalarInt64(
+            "SELECT NOT EXISTS (SELECT 1 FROM windows) AND NOT EXISTS (SELECT 1 FROM cards)") == 1
         restoring = true
         // The cache mirrors committed rows, which the restore is about to change.
         windows.removeAll(keepingCapacity: true)
@@ -907,22 +903,24 @@ public final class SQLiteWindowStore: WindowStore {
         lastCardValid = false
     }
 
-    /// Commits the records applied since the last call together with `checkpoint` (its
-    /// `changelogOffset` is the next changelog offset to read). May be called periodically during
-    /// a long restore to bound the transaction; call it once more at the end.
+    /// Writes the records applied since the last call, in one SQLite transaction, together with
+    /// `checkpoint` (its `changelogOffset` is the next changelog offset to read). May be called
+    /// periodically during a long restore to bound memory; call it once more at the end.
     public func commitRestore(checkpoint: StoreCheckpoint) throws(SQLiteError) {
         if !restoring { try beginRestore() }
+        let skipDeletes = restoreIntoEmpty
+        let windowWrites = Self.windowsInKeyOrder(restoreWindows.lazy.filter { !(skipDeletes && $0.value == nil) }.map { ($0.key, $0.value) })
+        let cardWrites = Self.cardsInKeyOrder(restoreCards.lazy.filter { !(skipDeletes && $0.value == nil) }.map { ($0.key, $0.value) })
         do throws(SQLiteError) {
-            upsertCheckpoint.bind(checkpoint.sourceOffset, at: 1)
-            upsertCheckpoint.bind(checkpoint.changelogOffset, at: 2)
-            try upsertCheckpoint.run()
-            try commitStatement.run()
+            try persist(windows: windowWrites, cards: cardWrites, streamTime: restoreStreamTime, checkpoint: checkpoint)
         } catch {
-            try? rollbackStatement.run()
-            restoring = false
-            reloadCommittedStreamTime()
+            // The applied records stay gathered: the call can be retried, or rollback() drops them.
             throw error
         }
+        restoreWindows.removeAll(keepingCapacity: true)
+        restoreCards.removeAll(keepingCapacity: true)
+        restoreStreamTime = nil
+        restoreIntoEmpty = false
         restoring = false
         self.checkpoint = checkpoint
         reloadCommittedStreamTime()
