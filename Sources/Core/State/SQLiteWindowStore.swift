@@ -17,12 +17,13 @@ public struct StoreCheckpoint: Sendable, Hashable {
 
 /// One input partition's window state (SEMANTICS.md §2) in SQLite, for `polyglot process`.
 ///
-/// **Write-back cache.** The detector's reads hit an in-memory map of uncommitted changes (the
-/// dirty set), then a cache of committed rows, then SQLite; its writes only touch the dirty set.
-/// ``pendingChanges()`` turns the dirty set into one changelog record per key and
-/// ``commit(checkpoint:)`` moves it to the committed layer, which ``flush()`` writes to SQLite in
-/// one transaction together with the checkpoint. So the changelog sees one write per key per
-/// commit and SQLite one write per key per flush, never one per record.
+/// **Write-back cache.** Every key read or written has a slot in memory holding its value with
+/// uncommitted changes, as of the last commit and in SQLite; reads that miss go to SQLite by
+/// primary key. Writes only touch slots and mark them dirty. ``pendingChanges()`` turns the
+/// dirty keys into one changelog record each, ``commit(checkpoint:)`` makes them committed, and
+/// ``flush()`` writes what changed since SQLite last saw it, with the checkpoint, in one SQLite
+/// transaction. So the changelog sees one write per key per commit and SQLite at most one per
+/// key per flush (none for a window opened and closed in between), never one per record.
 ///
 /// **Cycle**, as the processor drives it:
 /// 1. feed records through ``Detector/process(card:eventTime:store:)``;
@@ -50,7 +51,8 @@ public struct StoreCheckpoint: Sendable, Hashable {
 public final class SQLiteWindowStore: WindowStore {
     /// Tuning; the defaults suit 32 partitions per process.
     public struct Options: Sendable, Hashable {
-        /// How many committed windows (and, separately, card maxima) to keep cached in memory.
+        /// How many windows (and, separately, card maxima) to keep cached in memory; the cache is
+        /// emptied at a flush that finds it larger.
         public var cacheCapacity: Int
         /// SQLite page cache per store, in KiB.
         public var pageCacheKiB: Int
@@ -67,7 +69,7 @@ public final class SQLiteWindowStore: WindowStore {
             case none
             /// `PRAGMA quick_check`: page and b-tree structure, O(file size), no index cross-check.
             case quick
-            /// `PRAGMA integrity_check`: also verifies that indexes match their tables.
+            /// `PRAGMA integrity_check`: the thorough check, also of record contents; slower.
             case full
         }
 
@@ -130,12 +132,6 @@ public final class SQLiteWindowStore: WindowStore {
             hasher.combine(start)
             var card = card
             card.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
-        }
-
-        /// The order of the encoded changelog keys: start as unsigned big-endian, then card bytes.
-        @inline(__always)
-        static func keyOrder(_ a: WindowKey, _ b: WindowKey) -> Bool {
-            a.start != b.start ? UInt64(bitPattern: a.start) < UInt64(bitPattern: b.start) : bytesPrecede(a.card, b.card)
         }
     }
 
@@ -981,26 +977,15 @@ public final class SQLiteWindowStore: WindowStore {
         }
     }
 
-    /// Steps `statement` over all its rows (after `bind`, and binding `card` as parameter 1 when
-    /// given), recording a failure in ``readFailure``. The rows must be consumed inside `row`.
-    func forEachRow(_ statement: SQLiteStatement, bind: (SQLiteStatement) -> Void, card: String? = nil,
-                    row: (SQLiteStatement) -> Void) {
-        func run() {
-            bind(statement)
-            defer { statement.reset() }
-            do throws(SQLiteError) {
-                while try statement.step() { row(statement) }
-            } catch {
-                readFailure = readFailure ?? error
-            }
-        }
-        if let card {
-            Self.withCardBytes(card) { bytes in
-                statement.bindBlobNoCopy(bytes, at: 1)
-                run()
-            }
-        } else {
-            run()
+    /// Steps `statement` over all its rows (after `bind`), recording a failure in
+    /// ``readFailure``. The rows must be consumed inside `row`.
+    func forEachRow(_ statement: SQLiteStatement, bind: (SQLiteStatement) -> Void, row: (SQLiteStatement) -> Void) {
+        bind(statement)
+        defer { statement.reset() }
+        do throws(SQLiteError) {
+            while try statement.step() { row(statement) }
+        } catch {
+            readFailure = readFailure ?? error
         }
     }
 }

@@ -135,13 +135,13 @@ public enum WindowStoreBenchmark {
         figures.commitKeys = 2 * half
         try commitStore.close()
 
-        // 3. Restore run 1's changelog into a new store, committing every 100,000 records.
+        // 3. Restore run 1's changelog into a new store, committing every 250,000 records.
         let restored = try SQLiteWindowStore(directory: directory + "/restore", parameters: c.parameters, options: options)
         let restoreStart = clock.now
         let restoreCPU = threadCPUSeconds()
         for (i, record) in changelog.enumerated() {
             try restored.apply(record)
-            if (i + 1) % 100_000 == 0 {
+            if (i + 1) % 250_000 == 0 {
                 try restored.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: -1, changelogOffset: Int64(i + 1)))
             }
         }
