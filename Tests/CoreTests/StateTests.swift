@@ -286,6 +286,25 @@ struct StateTests {
         try store.close()
     }
 
+    /// A failed read cannot throw through ``WindowStore``; it must stop the cycle from committing.
+    @Test func readFailureBlocksTheCommit() throws {
+        let dir = try TemporaryDirectory("read-failure")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        var detector = Detector(parameters: Self.parameters)
+        _ = detector.process(card: "a", eventTime: 100, store: &store)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 1, changelogOffset: 3))
+        // Pull SQLite out from under the store: every later read fails.
+        try store.connection.close()
+        #expect(detector.process(card: "unseen", eventTime: 200, store: &store).count == 1)
+        #expect(store.readFailure?.code == .apiMisuse)
+        #expect(throws: SQLiteError.self) { try store.pendingChanges() }
+        #expect(throws: SQLiteError.self) { try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 2, changelogOffset: 6)) }
+        store.rollback()
+        #expect(store.readFailure == nil)
+        #expect(store.committedCheckpoint == StoreCheckpoint(sourceOffset: 1, changelogOffset: 3))
+    }
+
     @Test func restoreRequiresNoPendingChanges() throws {
         let dir = try TemporaryDirectory("restore-pending")
         defer { dir.cleanup() }
