@@ -164,6 +164,32 @@ struct StateTests {
         try store.close()
     }
 
+    /// Times up to Int64.max: cutoffs and window ends leave Int64, nothing may trap or wrap.
+    @Test func extremeTimesMatchTheInMemoryStore() throws {
+        let dir = try TemporaryDirectory("extreme")
+        defer { dir.cleanup() }
+        let p = Self.parameters
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: p, options: Self.fast)
+        var reference = InMemoryWindowStore(parameters: p)
+        var detector = Detector(parameters: p)
+        var referenceDetector = Detector(parameters: p)
+        let max = Int64.max
+        let times: [Int64] = [0, 1, 999, max - 20_000, max - 9_000, max - 1_500, max - 1_000, max, max - 1, max - 7_000, 0, max]
+        for (i, t) in times.enumerated() {
+            for card in ["a", "b"] {
+                let expected = referenceDetector.process(card: card, eventTime: t, store: &reference)
+                #expect(detector.process(card: card, eventTime: t, store: &store) == expected, "\(card) at \(t)")
+            }
+            store.purgeExpired(p)
+            reference.purgeExpired(p)
+            _ = try store.pendingChanges()
+            try store.commit(checkpoint: StoreCheckpoint(sourceOffset: Int64(i + 1), changelogOffset: 0))
+        }
+        #expect(store.streamTime == max)
+        #expect(try store.committedState().windows.allSatisfy { $0.start == max - max % p.window })
+        try store.close()
+    }
+
     @Test func rollbackReadsAsOfTheLastCommit() throws {
         let dir = try TemporaryDirectory("rollback")
         defer { dir.cleanup() }

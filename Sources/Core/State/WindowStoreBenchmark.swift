@@ -112,11 +112,12 @@ public enum WindowStoreBenchmark {
         // 2. One commit of `commitKeys` dirty keys, inserted, then updated.
         let commitStore = try SQLiteWindowStore(directory: directory + "/commit", parameters: c.parameters, options: options)
         let half = c.commitKeys / 2
+        let commitCards = (0..<half).map { "card-" + String(1_000_000_000 + $0) }
         for round in 0..<2 {
-            for k in 0..<half {
-                let card = cardIds[k % c.cards]
-                commitStore.putAccepted(card, windowStart: 60_000 * Int64(k / c.cards), count: Int64(round + 1),
-                                        cardMax: Int64(round) * 1_000 + Int64(k), streamTime: Int64(k))
+            for (k, card) in commitCards.enumerated() {
+                // One window and one card maximum per card: `commitKeys` distinct keys.
+                commitStore.putAccepted(card, windowStart: 0, count: Int64(round + 1),
+                                        cardMax: Int64(round) * 1_000 + Int64(k % 1_000), streamTime: Int64(k))
             }
             let t0 = clock.now
             let cpu0 = threadCPUSeconds()
