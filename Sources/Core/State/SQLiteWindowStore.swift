@@ -285,7 +285,12 @@ public final class SQLiteWindowStore: WindowStore {
             guard mode == ["wal"] else {
                 throw SQLiteError(code: .other(0), resultCode: 0, message: "could not enable WAL (journal mode \(mode))")
             }
-            try db.execute("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -\(max(options.pageCacheKiB, 64))")
+            // journal_size_limit: after a checkpoint, truncate the WAL beyond 16 MiB, so 32 stores
+            // do not each keep their largest WAL forever.
+            try db.execute("""
+                PRAGMA synchronous = NORMAL; PRAGMA cache_size = -\(max(options.pageCacheKiB, 64));
+                PRAGMA journal_size_limit = 16777216
+                """)
             wasCreated = try Self.prepareSchema(db)
 
             // Window statements bind the card as ?1 and the start as ?2.
