@@ -261,6 +261,8 @@ public final class SQLiteWindowStore: WindowStore {
     let rollbackStatement: SQLiteStatement
 
     /// Opens the store in `directory` (created when missing), creating the database when absent.
+    /// `parameters` must be the ones the task's ``Detector`` uses: the put path deletes the
+    /// windows a card's new maximum closes by them.
     ///
     /// Throws an ``SQLiteError`` whose ``SQLiteError/requiresRebuild`` is true when the file is
     /// corrupt, not a database, or of an unknown schema: delete it with ``destroy(directory:)``
