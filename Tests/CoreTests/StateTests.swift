@@ -419,6 +419,9 @@ struct StateTests {
                 verdicts += 1
             }
             let changes = try store.pendingChanges()
+            var encoded = ChangelogBatch()
+            try store.pendingChanges(into: &encoded)
+            #expect(encoded.records == changes)
             // One record per key per commit, in strictly increasing key byte order.
             #expect(zip(changes, changes.dropFirst()).allSatisfy { SQLiteWindowStore.precedes($0.key, $1.key) })
             offset += Int64(batch.count)

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One record of a window store's changelog topic: the key and value bytes of a Kafka record.
 ///
 /// Encoding, version 1. Every key starts with the version byte `0x01`, then a one-byte tag:
@@ -174,4 +180,92 @@ public struct ChangelogDecodingError: Error, Sendable, Hashable, CustomStringCon
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { "malformed changelog record: \(message)" }
+}
+
+/// Changelog records encoded back to back in one buffer (same encoding as ``ChangelogRecord``),
+/// reused from cycle to cycle: filling it allocates nothing per record once it has grown,
+/// where a `[ChangelogRecord]` costs two arrays per record. Records are in key byte order.
+public struct ChangelogBatch: Sendable {
+    struct Entry: Sendable {
+        var keyStart: Int32
+        var keyCount: Int32
+        /// -1 for a tombstone; values are always 8 bytes.
+        var valueStart: Int32
+    }
+
+    var bytes: [UInt8] = []
+    var entries: [Entry] = []
+
+    public init() {}
+
+    /// Number of records.
+    public var count: Int { entries.count }
+    public var isEmpty: Bool { entries.isEmpty }
+    /// Total key and value bytes.
+    public var byteCount: Int { bytes.count }
+
+    /// Calls `body` with record `index`'s key and value bytes (nil value: tombstone), valid only
+    /// during the call.
+    public func withRecord<R>(at index: Int, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer?) throws -> R) rethrows -> R {
+        let e = entries[index]
+        return try bytes.withUnsafeBytes { all in
+            let key = UnsafeRawBufferPointer(rebasing: all[Int(e.keyStart)..<Int(e.keyStart + e.keyCount)])
+            let value = e.valueStart < 0 ? nil : UnsafeRawBufferPointer(rebasing: all[Int(e.valueStart)..<Int(e.valueStart) + 8])
+            return try body(key, value)
+        }
+    }
+
+    /// Record `index` as a ``ChangelogRecord`` (copies).
+    public func record(at index: Int) -> ChangelogRecord {
+        withRecord(at: index) { key, value in ChangelogRecord(key: Array(key), value: value.map { Array($0) }) }
+    }
+
+    /// Every record, as ``ChangelogRecord``s (copies).
+    public var records: [ChangelogRecord] { (0..<count).map(record(at:)) }
+
+    mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        entries.removeAll(keepingCapacity: true)
+    }
+
+    mutating func append(tag: UInt8, windowStart: Int64?, card: String, value: Int64?) {
+        let start = bytes.count
+        bytes.append(ChangelogRecord.version)
+        bytes.append(tag)
+        if let windowStart { ChangelogRecord.appendBigEndian(windowStart, to: &bytes) }
+        bytes.append(contentsOf: card.utf8)
+        let keyCount = bytes.count - start
+        var valueStart: Int32 = -1
+        if let value {
+            valueStart = Int32(bytes.count)
+            ChangelogRecord.appendBigEndian(value, to: &bytes)
+        }
+        entries.append(Entry(keyStart: Int32(start), keyCount: Int32(keyCount), valueStart: valueStart))
+    }
+
+    /// Puts the entries in key byte order (the bytes stay where they are).
+    mutating func sortByKey() {
+        let sorted: [Entry] = bytes.withUnsafeBytes { all in
+            func key(_ e: Entry) -> UnsafeRawBufferPointer {
+                UnsafeRawBufferPointer(rebasing: all[Int(e.keyStart)..<Int(e.keyStart + e.keyCount)])
+            }
+            var order: [(UInt64, UInt64, Entry)] = []
+            order.reserveCapacity(entries.count)
+            for e in entries {
+                let (a, b) = SQLiteWindowStore.prefix16(key(e))
+                order.append((a, b, e))
+            }
+            order.sort { x, y in
+                if x.0 != y.0 { return x.0 < y.0 }
+                if x.1 != y.1 { return x.1 < y.1 }
+                let p = key(x.2)
+                let q = key(y.2)
+                let common = min(p.count, q.count)
+                let c = common == 0 ? 0 : memcmp(p.baseAddress!, q.baseAddress!, common)
+                return c != 0 ? c < 0 : p.count < q.count
+            }
+            return order.map(\.2)
+        }
+        entries = sorted
+    }
 }

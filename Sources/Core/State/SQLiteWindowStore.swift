@@ -576,39 +576,34 @@ public final class SQLiteWindowStore: WindowStore {
     public func pendingChanges() throws(SQLiteError) -> [ChangelogRecord] {
         if let readFailure { throw readFailure }
         if let pendingCache { return pendingCache }
-        var records: [ChangelogRecord] = []
-        records.reserveCapacity(pendingChangeCount)
-        for key in dirtyCardKeys {
-            guard let slot = cards[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
-            records.append(ChangelogRecord(.cardMax(card: key.card, max: slot.current)))
-        }
-        if let dirtyStreamTime {
-            records.append(ChangelogRecord(.streamTime(dirtyStreamTime)))
-        }
-        for key in dirtyWindowKeys {
-            guard let slot = windows[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
-            records.append(ChangelogRecord(.window(card: key.card, windowStart: key.start, count: slot.current)))
-        }
-        records = Self.sortedByKey(records)
+        var batch = ChangelogBatch()
+        encodePendingChanges(into: &batch)
+        let records = batch.records
         pendingCache = records
         return records
     }
 
-    /// `records` in key byte order. Sorts (first 16 key bytes as two big-endian integers, index)
-    /// triples: integer compares settle nearly every comparison without touching the arrays.
-    static func sortedByKey(_ records: [ChangelogRecord]) -> [ChangelogRecord] {
-        var order: [(UInt64, UInt64, Int)] = []
-        order.reserveCapacity(records.count)
-        for (i, record) in records.enumerated() {
-            let (a, b) = record.key.withUnsafeBytes(prefix16)
-            order.append((a, b, i))
+    /// ``pendingChanges()`` into a reusable buffer (emptied first): the same records in the same
+    /// order, without two allocations per record.
+    public func pendingChanges(into batch: inout ChangelogBatch) throws(SQLiteError) {
+        if let readFailure { throw readFailure }
+        encodePendingChanges(into: &batch)
+    }
+
+    func encodePendingChanges(into batch: inout ChangelogBatch) {
+        batch.removeAll()
+        for key in dirtyCardKeys {
+            guard let slot = cards[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
+            batch.append(tag: ChangelogRecord.cardMaxTag, windowStart: nil, card: key.card, value: slot.current)
         }
-        order.sort { x, y in
-            if x.0 != y.0 { return x.0 < y.0 }
-            if x.1 != y.1 { return x.1 < y.1 }
-            return precedes(records[x.2].key, records[y.2].key)
+        if let dirtyStreamTime {
+            batch.append(tag: ChangelogRecord.streamTimeTag, windowStart: nil, card: "", value: dirtyStreamTime)
         }
-        return order.map { records[$0.2] }
+        for key in dirtyWindowKeys {
+            guard let slot = windows[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
+            batch.append(tag: ChangelogRecord.windowTag, windowStart: key.start, card: key.card, value: slot.current)
+        }
+        batch.sortByKey()
     }
 
     /// The first 16 bytes as two big-endian integers, zero-padded.
