@@ -40,6 +40,7 @@ struct CodecTests {
         ("{\"transactionId\":\"a\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1} x", .invalidJSON),
         ("{\"transactionId\":\"a\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1,}", .invalidJSON),
         ("{\"transactionId\":\"a\tb\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
+        ("{\"transactionId\":\"abcdefghijklmnopqrstuvw\u{1}xyz\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
         ("{\"transactionId\":\"a\\x\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
         ("\u{FEFF}{\"transactionId\":\"a\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
         ("[1,2]", .notObject),
@@ -90,6 +91,17 @@ struct CodecTests {
         let twoByte = String(repeating: "\\u00e9", count: 512)
         #expect(decoder.code(of: #"{"transactionId":"\#(twoByte)","cardId":"b","amount":1,"timestamp":0}"#) == nil)
         #expect(decoder.code(of: #"{"transactionId":"\#(twoByte)a","cardId":"b","amount":1,"timestamp":0}"#) == .invalidValue)
+    }
+
+    @Test func scansLongStringsWordByWord() throws {
+        var decoder = TransactionDecoder()
+        // Quotes, escapes and non-ASCII at every offset within an 8-byte word.
+        for k in 0..<17 {
+            let pad = String(repeating: "x", count: k)
+            let t = try decoder.decode(Array(#"{"transactionId":"\#(pad)\"\#(pad)é\#(pad)","cardId":"\#(pad)c","amount":1,"timestamp":1}"#.utf8))
+            #expect(t.transactionId == pad + "\"" + pad + "é" + pad)
+            #expect(t.cardId == pad + "c")
+        }
     }
 
     @Test func decodesEscapesAndSurrogatePairs() throws {
@@ -186,6 +198,13 @@ struct CodecTests {
         let t = try decoder.decode(Array(#"{"transactionId":"q\"b\\s\/é\u0001\u001f\b\f\n\r\t\u007f","cardId":"c","amount":1,"timestamp":1}"#.utf8))
         let out = String(decoding: EnrichedRecordEncoder(parameters: .default).encode(t, Verdict(windowStart: 0, count: 1, isFlagged: false, isLate: false)), as: UTF8.self)
         #expect(out.hasPrefix(#"{"transactionId":"q\"b\\s/é\u0001\u001f\b\f\n\r\t"# + "\u{7f}\""))
+    }
+
+    @Test(arguments: [0, 5, 9, 10, 42, 99, 100, 101, 999, 1_000, 1_767_225_600_000, -1, -10, -99, -100, Int64.max, Int64.min, Int64.max - 1])
+    func writesIntegers(_ v: Int64) {
+        let buffer = ByteBuffer(capacity: 1)
+        buffer.appendInteger(v)
+        #expect(String(decoding: buffer.array, as: UTF8.self) == String(v))
     }
 
     @Test func comparesDecimalsExactly() {

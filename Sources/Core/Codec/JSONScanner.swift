@@ -285,7 +285,25 @@ struct JSONScanner {
     private mutating func scanString() throws(ParseError) -> Bool {
         pos += 1
         var escaped = false
+        let raw = UnsafeRawPointer(base)
         while pos < end {
+            // Eight bytes at a time until a quote, a backslash or a control character: the
+            // lowest flagged byte of the SWAR test is exact (borrows only run upward).
+            while pos + 8 <= end {
+                let w = raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self)
+                let quote = w ^ 0x2222_2222_2222_2222, backslash = w ^ 0x5C5C_5C5C_5C5C_5C5C
+                let special = ((quote &- 0x0101_0101_0101_0101) & ~quote)
+                    | ((backslash &- 0x0101_0101_0101_0101) & ~backslash)
+                    | ((w &- 0x2020_2020_2020_2020) & ~w)
+                let hits = special & 0x8080_8080_8080_8080
+                if hits == 0 {
+                    pos += 8
+                } else {
+                    pos += hits.trailingZeroBitCount >> 3
+                    break
+                }
+            }
+            guard pos < end else { break }
             let c = base[pos]
             if c == UInt8(ascii: "\"") {
                 pos += 1

@@ -34,6 +34,23 @@ public struct TransactionDecoder: Sendable {
         kafkaTimestamp: Int64? = nil,
         maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
     ) throws(Rejection) -> Transaction {
+        let view = try decodeView(bytes, kafkaTimestamp: kafkaTimestamp, maxFutureSkew: maxFutureSkew)
+        let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        return Transaction(
+            transactionId: string(view.transactionId, base: base),
+            cardId: string(view.cardId, base: base),
+            amount: DecimalText(unchecked: String(decoding: UnsafeBufferPointer(start: base + view.amount.start, count: view.amount.length), as: UTF8.self)),
+            timestamp: view.timestamp)
+    }
+
+    /// Checks one record completely (every rule of SEMANTICS.md §1) and returns where its
+    /// members are, without building Strings: the hot path of replay copies ids without
+    /// escapes straight from input to output.
+    public mutating func decodeView(
+        _ bytes: UnsafeRawBufferPointer,
+        kafkaTimestamp: Int64? = nil,
+        maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
+    ) throws(Rejection) -> TransactionView {
         let count = bytes.count
         if count > Self.maxRecordBytes {
             throw Rejection(.tooLarge, "record is \(count) bytes; the limit is \(Self.maxRecordBytes)")
@@ -96,8 +113,8 @@ public struct TransactionDecoder: Sendable {
         if !timestamp.isIntegerLiteral {
             throw Rejection(.wrongType, "timestamp must be an integer literal (no fraction, no exponent)")
         }
-        let transactionIdString = try string(transactionId, base: base, name: "transactionId")
-        let cardIdString = try string(cardId, base: base, name: "cardId")
+        try checkLength(transactionId, base: base, name: "transactionId")
+        try checkLength(cardId, base: base, name: "cardId")
         try Self.checkAmount(amount, base: base)
         let t = try Self.timestampValue(timestamp, base: base)
         if let kafkaTimestamp, Int128(t) > Int128(kafkaTimestamp) + Int128(maxFutureSkew) {
@@ -105,10 +122,10 @@ public struct TransactionDecoder: Sendable {
                 .invalidValue,
                 "timestamp \(t) is more than \(maxFutureSkew) ms ahead of the record's Kafka timestamp \(kafkaTimestamp)")
         }
-        let amountText = String(decoding: UnsafeBufferPointer(start: base + amount.start, count: amount.length), as: UTF8.self)
-        return Transaction(
-            transactionId: transactionIdString, cardId: cardIdString,
-            amount: DecimalText(unchecked: amountText), timestamp: t)
+        return TransactionView(
+            transactionId: TransactionView.Span(transactionId), cardId: TransactionView.Span(cardId),
+            amount: TransactionView.Span(amount), timestamp: t, timestampText: TransactionView.Span(timestamp),
+            timestampIsCanonical: base[timestamp.start] != UInt8(ascii: "-"))
     }
 
     /// Convenience for tests and small callers.
@@ -122,17 +139,13 @@ public struct TransactionDecoder: Sendable {
         }
     }
 
-    private mutating func string(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>, name: String) throws(Rejection) -> String {
-        let s: String
-        let byteCount: Int
+    /// SEMANTICS.md §1: ids are 1 to 1024 bytes, counted after unescaping.
+    private mutating func checkLength(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>, name: String) throws(Rejection) {
+        var byteCount = value.length
         if value.hasEscapes {
             scratch.removeAll(keepingCapacity: true)
             JSONScanner.unescape(base + value.start, value.length, into: &scratch)
             byteCount = scratch.count
-            s = String(decoding: scratch, as: UTF8.self)
-        } else {
-            byteCount = value.length
-            s = String(decoding: UnsafeBufferPointer(start: base + value.start, count: value.length), as: UTF8.self)
         }
         if byteCount == 0 {
             throw Rejection(.invalidValue, "\(name) must not be empty")
@@ -140,7 +153,16 @@ public struct TransactionDecoder: Sendable {
         if byteCount > Self.maxIdBytes {
             throw Rejection(.invalidValue, "\(name) is \(byteCount) bytes; the limit is \(Self.maxIdBytes)")
         }
-        return s
+    }
+
+    /// The decoded value of a checked string member.
+    private mutating func string(_ span: TransactionView.Span, base: UnsafePointer<UInt8>) -> String {
+        if span.hasEscapes {
+            scratch.removeAll(keepingCapacity: true)
+            JSONScanner.unescape(base + span.start, span.length, into: &scratch)
+            return String(decoding: scratch, as: UTF8.self)
+        }
+        return String(decoding: UnsafeBufferPointer(start: base + span.start, count: span.length), as: UTF8.self)
     }
 
     /// SEMANTICS.md §1: the amount is m × 10^e with m of at most 38 digits (leading zeros dropped,

@@ -17,6 +17,8 @@ import Glibc
 ///
 /// Not thread-safe: one store per partition, used from one thread.
 public final class InMemoryWindowStore: WindowStore {
+    public typealias CardKey = CardBytes
+
     /// One cache line per card.
     struct Entry {
         var hash: UInt64
@@ -49,7 +51,6 @@ public final class InMemoryWindowStore: WindowStore {
     private var extraWindows: [[UInt8]: [(start: Int64, count: Int64)]] = [:]
     private let seed: UInt64
     /// The entry the last lookup found: the detector asks about the same card several times.
-    private var lastCard = ""
     private var lastEntry = -1
 
     public private(set) var streamTime: Int64?
@@ -99,12 +100,12 @@ public final class InMemoryWindowStore: WindowStore {
 
     // MARK: WindowStore
 
-    public func cardMax(_ card: String) -> Int64? {
+    public func cardMax(_ card: CardBytes) -> Int64? {
         let e = find(card)
         return e < 0 ? nil : entries[e].max
     }
 
-    public func windowCount(_ card: String, windowStart: Int64) -> Int64 {
+    public func windowCount(_ card: CardBytes, windowStart: Int64) -> Int64 {
         let e = find(card)
         guard e >= 0 else { return 0 }
         let entry = entries[e]
@@ -115,7 +116,7 @@ public final class InMemoryWindowStore: WindowStore {
         return 0
     }
 
-    public func putAccepted(_ card: String, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
+    public func putAccepted(_ card: CardBytes, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
         self.streamTime = streamTime
         var e = find(card)
         if e < 0 { e = insert(card) }
@@ -178,28 +179,39 @@ public final class InMemoryWindowStore: WindowStore {
         }
     }
 
-    /// Starts loading the index slots and entries of the cards about to be looked up, so that
-    /// their cache misses overlap instead of being taken one record at a time (on replay of
-    /// 1,000,000 records over 100,000 cards, lookups went from the largest cost to a small one).
-    /// A hint only: nothing depends on it.
-    public func prefetch(_ cards: [String]) {
+    /// Plans the lookups of a batch of cards so that ``prefetch(ahead:)`` can start loading
+    /// their index slots and entries some records before each is needed: at ~200 ns a
+    /// dependent miss on the machines we measured, lookups were the largest cost of replay;
+    /// overlapped a few dozen records ahead, they mostly hit the cache.
+    /// Hints only: nothing depends on them.
+    public func planLookups(_ count: Int, card: (Int) -> CardBytes?) {
         let mask = indexCapacity - 1
-        prefetchSlots.removeAll(keepingCapacity: true)
-        for card in cards {
-            var card = card
-            let h = card.withUTF8 { hash($0.baseAddress ?? UnsafePointer(keys), $0.count) }
-            let slot = Int(truncatingIfNeeded: h >> 7) & mask
-            polyglot_prefetch(index + slot)
-            prefetchSlots.append(slot)
+        plannedSlots.removeAll(keepingCapacity: true)
+        for i in 0..<count {
+            if let key = card(i) {
+                plannedSlots.append(Int(truncatingIfNeeded: hash(key.base, key.count) >> 7) & mask)
+            } else {
+                plannedSlots.append(-1)
+            }
         }
-        // The index is small and now mostly cached: start the entries' loads too.
-        for slot in prefetchSlots {
-            let e = index[slot]
+        plannedCapacity = indexCapacity
+    }
+
+    /// Starts the loads for the planned lookups after the `i`th: the index slot far ahead, the
+    /// entry (whose slot should be cached by now) nearer.
+    @inline(__always)
+    public func prefetch(ahead i: Int) {
+        guard plannedCapacity == indexCapacity else { return }
+        let far = i + 24, near = i + 12
+        if far < plannedSlots.count, plannedSlots[far] >= 0 { polyglot_prefetch(index + plannedSlots[far]) }
+        if near < plannedSlots.count, plannedSlots[near] >= 0 {
+            let e = index[plannedSlots[near]]
             if e != 0 { polyglot_prefetch(entries + Int(e) - 1) }
         }
     }
 
-    private var prefetchSlots: [Int] = []
+    private var plannedSlots: [Int] = []
+    private var plannedCapacity = 0
 
     // MARK: Table
 
@@ -236,59 +248,50 @@ public final class InMemoryWindowStore: WindowStore {
         Array(UnsafeBufferPointer(start: keys + Int(entry.keyOffset), count: Int(entry.keyLength)))
     }
 
-    /// The entry holding `card`, or -1.
-    private func find(_ card: String) -> Int {
-        if lastEntry >= 0 && lastCard == card { return lastEntry }
-        var card = card
-        let e = card.withUTF8 { bytes -> Int in
-            let base = bytes.baseAddress ?? UnsafePointer(keys)
-            let n = bytes.count
-            let h = hash(base, n)
-            let prefix = Self.prefix(base, n)
-            let mask = indexCapacity - 1
-            var i = Int(truncatingIfNeeded: h >> 7) & mask
-            while true {
-                let slot = index[i]
-                if slot == 0 { return -1 }
-                let e = Int(slot) - 1
-                let entry = entries + e
-                if entry.pointee.hash == h && Int(entry.pointee.keyLength) == n && entry.pointee.prefix == prefix
-                    && (n <= 16 || memcmpBytes(keys + Int(entry.pointee.keyOffset), base, n))
-                {
-                    return e
-                }
-                i = (i + 1) & mask
-            }
-        }
-        if e >= 0 {
-            lastCard = card
-            lastEntry = e
-        }
-        return e
+    /// Whether entry `e` holds the key `card`.
+    @inline(__always)
+    private func matches(_ e: Int, _ card: CardBytes, _ prefix: (UInt64, UInt64)) -> Bool {
+        let entry = entries + e
+        return Int(entry.pointee.keyLength) == card.count && entry.pointee.prefix == prefix
+            && (card.count <= 16 || memcmpBytes(keys + Int(entry.pointee.keyOffset), card.base, card.count))
     }
 
-    private func insert(_ card: String) -> Int {
+    /// The entry holding `card`, or -1.
+    private func find(_ card: CardBytes) -> Int {
+        let prefix = Self.prefix(card.base, card.count)
+        if lastEntry >= 0 && matches(lastEntry, card, prefix) { return lastEntry }
+        let h = hash(card.base, card.count)
+        let mask = indexCapacity - 1
+        var i = Int(truncatingIfNeeded: h >> 7) & mask
+        while true {
+            let slot = index[i]
+            if slot == 0 { return -1 }
+            let e = Int(slot) - 1
+            if entries[e].hash == h && matches(e, card, prefix) {
+                lastEntry = e
+                return e
+            }
+            i = (i + 1) & mask
+        }
+    }
+
+    private func insert(_ card: CardBytes) -> Int {
         if (entryCount + 1) * 2 > indexCapacity { rebuild(indexCapacity: indexCapacity * 2) { _, _ in true } }
         if entryCount == entriesCapacity { growEntries(to: entriesCapacity * 2) }
-        var card = card
-        let e = card.withUTF8 { bytes -> Int in
-            let n = bytes.count
-            // Card ids are at most 1024 bytes (SEMANTICS.md §1), and an arena over 4 GiB would
-            // mean millions of cards of maximal length in one partition.
-            precondition(n <= Int(UInt16.max) && keysUsed + n <= Int(UInt32.max), "card id or key arena too large")
-            if keysUsed + n > keysCapacity { growKeys(to: keysUsed + n) }
-            if let base = bytes.baseAddress { (keys + keysUsed).update(from: base, count: n) }
-            let h = hash(keys + keysUsed, n)
-            let e = entryCount
-            (entries + e).initialize(to: Entry(
-                hash: h, prefix: Self.prefix(keys + keysUsed, n), max: 0,
-                keyOffset: UInt32(keysUsed), keyLength: UInt16(n)))
-            index[emptySlot(for: h)] = UInt32(e + 1)
-            keysUsed += n
-            entryCount += 1
-            return e
-        }
-        lastCard = card
+        let n = card.count
+        // Card ids are at most 1024 bytes (SEMANTICS.md §1), and an arena over 4 GiB would
+        // mean millions of cards of maximal length in one partition.
+        precondition(n <= Int(UInt16.max) && keysUsed + n <= Int(UInt32.max), "card id or key arena too large")
+        if keysUsed + n > keysCapacity { growKeys(to: keysUsed + n) }
+        (keys + keysUsed).update(from: card.base, count: n)
+        let h = hash(keys + keysUsed, n)
+        let e = entryCount
+        (entries + e).initialize(to: Entry(
+            hash: h, prefix: Self.prefix(keys + keysUsed, n), max: 0,
+            keyOffset: UInt32(keysUsed), keyLength: UInt16(n)))
+        index[emptySlot(for: h)] = UInt32(e + 1)
+        keysUsed += n
+        entryCount += 1
         lastEntry = e
         return e
     }
@@ -345,6 +348,5 @@ public final class InMemoryWindowStore: WindowStore {
         entryCount = kept
         oldKeys.deallocate()
         lastEntry = -1
-        lastCard = ""
     }
 }
