@@ -140,6 +140,17 @@ struct CodecTests {
         }
     }
 
+    @Test func validatesUTF8AtEveryLength() {
+        // Lengths around the 8- and 32-byte steps, with and without a bad byte at the end.
+        for n in 1..<80 {
+            let ascii = [UInt8](repeating: UInt8(ascii: "a"), count: n)
+            #expect(UTF8Validation.firstInvalidByte(ascii, n) == nil)
+            #expect(UTF8Validation.firstInvalidByte(ascii + [0xFF], n + 1) == n)
+            #expect(UTF8Validation.firstInvalidByte(ascii + [0xC3, 0xA9], n + 2) == nil)
+            #expect(UTF8Validation.firstInvalidByte(ascii + [0xC3], n + 1) == n)
+        }
+    }
+
     @Test func boundsNestingDepth() {
         var decoder = TransactionDecoder()
         func record(depth: Int) -> String {

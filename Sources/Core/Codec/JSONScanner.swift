@@ -66,6 +66,8 @@ struct JSONScanner {
     private(set) var sawLoneSurrogate = false
     private(set) var duplicateName: String?
     private(set) var members = Members()
+    /// Bits of the known members seen in the record (see `knownMember`).
+    private var seenMembers = 0
 
     init(base: UnsafePointer<UInt8>, end: Int, names: [NameRef], nameBytes: [UInt8]) {
         self.base = base
@@ -177,7 +179,16 @@ struct JSONScanner {
             } else {
                 name = NameRef(start: nameStart, length: nameLength, decoded: false)
             }
-            if duplicateName == nil {
+            // In the record itself, the four members SEMANTICS.md reads are tracked by a bit
+            // each, and only other names are compared with each other: a typical record then
+            // costs no name comparison at all.
+            let known = isTopLevel ? knownMember(name) : -1
+            if known >= 0 {
+                if seenMembers & (1 << known) != 0 && duplicateName == nil {
+                    duplicateName = "\"" + String(decoding: bytes(of: name), as: UTF8.self) + "\""
+                }
+                seenMembers |= 1 << known
+            } else if duplicateName == nil {
                 if nameSet == nil && names.count - frameStart >= Self.linearNameLimit {
                     var set = Set<[UInt8]>()
                     for i in frameStart..<names.count { set.insert(bytes(of: names[i])) }
@@ -193,7 +204,7 @@ struct JSONScanner {
                     duplicateName = "\"" + String(decoding: bytes(of: name), as: UTF8.self) + "\""
                 }
             }
-            names.append(name)
+            if known < 0 { names.append(name) }
             skipWhitespace()
             guard pos < end, base[pos] == UInt8(ascii: ":") else {
                 throw ParseError(message: "expected ':' at byte \(pos)")
@@ -201,7 +212,13 @@ struct JSONScanner {
             pos += 1
             skipWhitespace()
             let value = try parseValue(depth: depth + 1)
-            if isTopLevel { capture(name, value) }
+            switch known {
+            case 0: members.transactionId = value
+            case 1: members.cardId = value
+            case 2: members.amount = value
+            case 3: members.timestamp = value
+            default: break
+            }
             skipWhitespace()
             guard pos < end else { throw ParseError(message: "unterminated object") }
             let c = base[pos]
@@ -235,28 +252,26 @@ struct JSONScanner {
         }
     }
 
-    /// Keeps the four members SEMANTICS.md §1 reads. Names compare by decoded value.
-    private mutating func capture(_ name: NameRef, _ value: ValueRef) {
-        let p: UnsafePointer<UInt8>
+    /// Which of the four members SEMANTICS.md §1 reads `name` is (0 to 3), or -1. Names
+    /// compare by decoded value.
+    private func knownMember(_ name: NameRef) -> Int {
         if name.decoded {
             // Rare (an escaped member name): compare a copy.
-            let decoded = bytes(of: name)
-            switch decoded {
-            case Array("transactionId".utf8): members.transactionId = value
-            case Array("cardId".utf8): members.cardId = value
-            case Array("amount".utf8): members.amount = value
-            case Array("timestamp".utf8): members.timestamp = value
-            default: break
+            switch bytes(of: name) {
+            case Array("transactionId".utf8): return 0
+            case Array("cardId".utf8): return 1
+            case Array("amount".utf8): return 2
+            case Array("timestamp".utf8): return 3
+            default: return -1
             }
-            return
         }
-        p = base + name.start
+        let p = base + name.start
         switch name.length {
-        case 13 where memcmpBytes(p, StaticString("transactionId").utf8Start, 13): members.transactionId = value
-        case 6 where memcmpBytes(p, StaticString("cardId").utf8Start, 6): members.cardId = value
-        case 6 where memcmpBytes(p, StaticString("amount").utf8Start, 6): members.amount = value
-        case 9 where memcmpBytes(p, StaticString("timestamp").utf8Start, 9): members.timestamp = value
-        default: break
+        case 13 where memcmpBytes(p, StaticString("transactionId").utf8Start, 13): return 0
+        case 6 where memcmpBytes(p, StaticString("cardId").utf8Start, 6): return 1
+        case 6 where memcmpBytes(p, StaticString("amount").utf8Start, 6): return 2
+        case 9 where memcmpBytes(p, StaticString("timestamp").utf8Start, 9): return 3
+        default: return -1
         }
     }
 
