@@ -64,13 +64,12 @@ public enum ImageRenderer {
     }
 }
 
-/// Formats milliseconds the way the duration flags read them: the largest exact unit.
+/// Formats milliseconds the way the duration flags read them: whole hours as `h`, whole
+/// seconds as `s` (`60s` reads better than `1m` next to the flags' own examples), else `ms`.
 enum DurationText {
     static func format(milliseconds value: Int64) -> String {
-        if value == 0 { return "0s" }
-        for (unit, size) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1_000)] where value % size == 0 {
-            return "\(value / size)\(unit)"
-        }
+        if value != 0, value % 3_600_000 == 0 { return "\(value / 3_600_000)h" }
+        if value % 1_000 == 0 { return "\(value / 1_000)s" }
         return "\(value)ms"
     }
 }

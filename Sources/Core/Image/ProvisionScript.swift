@@ -63,15 +63,14 @@ enum ProvisionScript {
         [[ "$expected_sha256" =~ ^[0-9a-f]{64}$ ]] ||
           die "set POLYGLOT_BINARY_SHA256 to the binary's sha256 (64 lowercase hex digits)"
         source_dir=${1:-$(dirname -- "$(readlink -f -- "$0")")}
-        [[ "$(id -u)" -eq 0 ]] || die "run as root"
-        [[ -e /proc/self/exe ]] || die "/proc is not mounted (the fingerprint hashes /proc/self/exe)"
         for file in polyglot polyglot@.service polyglot.env; do
           [[ -f "$source_dir/$file" ]] || die "missing $source_dir/$file"
         done
-
         actual_sha256=$(sha256_of "$source_dir/polyglot")
         [[ "$actual_sha256" == "$expected_sha256" ]] ||
           die "$source_dir/polyglot has sha256 $actual_sha256, expected $expected_sha256"
+        [[ "$(id -u)" -eq 0 ]] || die "run as root"
+        [[ -e /proc/self/exe ]] || die "/proc is not mounted (the fingerprint hashes /proc/self/exe)"
 
         log "installing runtime packages: ${runtime_packages[*]}"
         export DEBIAN_FRONTEND=noninteractive
