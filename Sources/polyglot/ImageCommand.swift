@@ -1,6 +1,5 @@
 import ArgumentParser
 import Core
-import Foundation
 
 /// `polyglot image`: the machine image as code, and the drift check run at every start.
 struct ImageCommand: ParsableCommand {
@@ -70,7 +69,11 @@ struct ImageCommand: ParsableCommand {
             } catch {
                 throw ValidationError(error.message)
             }
-            try ImageRenderer.write(files, to: out)
+            do {
+                try ImageRenderer.write(files, to: out)
+            } catch {
+                throw CommandFailure(error.description)
+            }
             for file in files { print("\(out)/\(file.name)") }
         }
     }
@@ -89,7 +92,12 @@ struct ImageCommand: ParsableCommand {
         var digest = false
 
         func run() throws {
-            let fingerprint = try EnvironmentFingerprint.current()
+            let fingerprint: EnvironmentFingerprint
+            do {
+                fingerprint = try EnvironmentFingerprint.current()
+            } catch {
+                throw CommandFailure(error.description)
+            }
             print(digest ? fingerprint.digest : fingerprint.canonicalJSON)
         }
     }
@@ -111,20 +119,16 @@ struct ImageCommand: ParsableCommand {
             do {
                 outcome = try FingerprintVerification.verify(running: EnvironmentFingerprint.current(), bakedFileAt: fingerprint)
             } catch {
-                printError("polyglot image verify: \(error)")
+                StandardError.write("polyglot image verify: \(error)\n")
                 throw ExitCode(2)
             }
             switch outcome {
             case .match:
                 print(outcome.report(bakedFile: fingerprint))
             case .drift:
-                printError(outcome.report(bakedFile: fingerprint))
+                StandardError.write(outcome.report(bakedFile: fingerprint) + "\n")
                 throw ExitCode(1)
             }
         }
     }
-}
-
-private func printError(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
 }

@@ -151,15 +151,11 @@ public struct BakedFingerprint: Sendable, Equatable {
 
     /// Reads and parses the fingerprint file at `path`.
     public init(contentsOfFile path: String) throws(ImageError) {
-        let bytes: Data
-        do {
-            bytes = try Data(contentsOf: URL(fileURLWithPath: path))
-        } catch {
-            let errno = (error as NSError).userInfo[NSUnderlyingErrorKey].flatMap { ($0 as? NSError)?.code }
-            throw ImageError(.readFailed, "cannot read fingerprint file \(path): \(error.localizedDescription)", systemError: errno.map(Int32.init))
-        }
-        try self.init(json: bytes, source: path)
+        try self.init(json: FileDigest.contents(ofFileAtPath: path, limit: Self.sizeLimit), source: path)
     }
+
+    /// A fingerprint is a few hundred bytes; anything past this is not one.
+    static let sizeLimit = 64 * 1024
 
     /// The digest the baked environment had, computed as `EnvironmentFingerprint.digest` is.
     public var digest: String {
@@ -321,6 +317,32 @@ enum FileDigest {
             out.append(digits[Int(byte & 0x0f)])
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The whole file, failing with `readFailed` (and its errno) when it cannot be read or is
+    /// larger than `limit` bytes.
+    static func contents(ofFileAtPath path: String, limit: Int) throws(ImageError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            throw ImageError(.readFailed, "cannot read \(path): \(String(cString: strerror(code)))", systemError: code)
+        }
+        defer { close(fd) }
+        var bytes = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                throw ImageError(.readFailed, "cannot read \(path): \(String(cString: strerror(code)))", systemError: code)
+            }
+            if count == 0 { return bytes }
+            bytes += chunk[0..<count]
+            guard bytes.count <= limit else {
+                throw ImageError(.readFailed, "\(path) is larger than \(limit) bytes: not a fingerprint file")
+            }
+        }
     }
 
     /// Streams the file through SHA-256 in 1 MiB reads, so hashing a large binary needs no more.
