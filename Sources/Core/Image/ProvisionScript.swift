@@ -74,6 +74,8 @@ enum ProvisionScript {
 
         log "installing runtime packages: ${runtime_packages[*]}"
         export DEBIAN_FRONTEND=noninteractive
+        # Re-provisioning is a new bake: let the held packages move, then hold them again.
+        apt-mark unhold libc6 librdkafka1 libsqlite3-0 >/dev/null 2>&1 || true
         apt-get update -q
         apt-get install -y -q --no-install-recommends "${runtime_packages[@]}"
         # The fingerprint records glibc, librdkafka and SQLite: an unattended
