@@ -14,7 +14,7 @@
 #                       [--mirror URL] [--refresh] [--keep]
 #
 #   --binary   release binary (default: .build/release/polyglot), built with
-#              swift build -c release -Xswiftc -static-swift-stdlib
+#              swift build -c release --static-swift-stdlib
 #   --vectors  folder of NAME.in.jsonl / NAME.out.jsonl / NAME.dlq.jsonl and the
 #              README.md table of replay flags (default: ../shared/vectors,
 #              beside the repository)
@@ -84,10 +84,10 @@ detect_mirror() {
 for tool in debootstrap chroot mount umount tar sha256sum cmp diff; do
   command -v "${tool}" >/dev/null || die "${tool} is missing (apt-get install debootstrap diffutils)"
 done
-[[ -x ${binary} ]] || die "no binary at ${binary}: build it with swift build -c release -Xswiftc -static-swift-stdlib"
+[[ -x ${binary} ]] || die "no binary at ${binary}: build it with swift build -c release --static-swift-stdlib"
 binary=$(readlink -f -- "${binary}")
 if ldd "${binary}" 2>/dev/null | grep -q 'libswiftCore'; then
-  die "${binary} links the Swift runtime dynamically: build it with -Xswiftc -static-swift-stdlib"
+  die "${binary} links the Swift runtime dynamically: build it with --static-swift-stdlib"
 fi
 [[ -d ${vectors} ]] || die "no vectors folder at ${vectors} (pass --vectors)"
 vectors=$(readlink -f -- "${vectors}")

@@ -57,7 +57,7 @@ variable "version" {
 variable "binary_path" {
   type        = string
   default     = ".build/release/polyglot"
-  description = "The release binary (swift build -c release -Xswiftc -static-swift-stdlib)."
+  description = "The release binary (swift build -c release --static-swift-stdlib)."
 
   validation {
     condition     = can(regex("^[A-Za-z0-9._/@+-]+$", var.binary_path))

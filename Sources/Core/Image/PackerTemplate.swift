@@ -54,7 +54,7 @@ enum PackerTemplate {
         )
         out += variable(
             "binary_path", type: "string", default: hcl(options.binaryPath),
-            description: "The release binary (swift build -c release -Xswiftc -static-swift-stdlib).",
+            description: "The release binary (swift build -c release --static-swift-stdlib).",
             condition: "can(regex(\(hcl(pattern.binaryPath)), var.binary_path))",
             error: "The binary path must be a plain relative or absolute path."
         )

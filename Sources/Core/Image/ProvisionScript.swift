@@ -1,7 +1,7 @@
 /// `provision.sh`: installs polyglot into the machine it runs on, or into the root of the chroot
 /// it runs in. Packer runs it on the build instance and `image/bake-local.sh` in a chroot.
 enum ProvisionScript {
-    /// Debian packages the binary needs at run time (a `-static-swift-stdlib` build still links
+    /// Debian packages the binary needs at run time (a `--static-swift-stdlib` build still links
     /// glibc, libstdc++, librdkafka and SQLite dynamically).
     static let runtimePackages = ["librdkafka1", "libsqlite3-0", "libstdc++6", "ca-certificates"]
 
