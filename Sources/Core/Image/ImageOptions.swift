@@ -60,7 +60,7 @@ public struct ImageOptions: Sendable, Equatable {
     public func validate() throws(ConfigurationError) {
         try Self.check(region, Pattern.region, flag: "--region", example: "eu-central-1")
         try Self.check(instanceType, Pattern.instanceType, flag: "--instance-type", example: "t3.small")
-        try Self.check(version, Pattern.version, flag: "--version", example: "1.2.3")
+        try Self.check(version, Pattern.version, flag: "--image-version", example: "1.2.3")
         try Self.check(installPath, Pattern.installPath, flag: "--install-path", example: "/usr/local/bin/polyglot")
         try Self.check(binaryPath, Pattern.binaryPath, flag: "--binary-path", example: ".build/release/polyglot")
         if let binarySha256 {
