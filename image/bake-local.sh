@@ -7,11 +7,15 @@
 #      SAME provision.sh that Packer runs, in a chroot;
 #   3. inside the chroot, run `polyglot replay` on the shared vectors and
 #      compare with the expected outputs byte for byte, run
-#      `polyglot image verify`, and check that a changed fingerprint is caught.
+#      `polyglot image verify`, and check that a changed fingerprint is caught;
+#   4. with --boot, add systemd to the root filesystem, boot it in a container
+#      (systemd-nspawn) and run polyglot@process.service, its sandbox and its
+#      `image verify` ExecStartPre as on EC2, with ExecStart replaced by a
+#      replay of the `basic` vector, and compare that output too.
 #
 # Usage, as root (debootstrap, chroot and mount need it):
 #   image/bake-local.sh [--binary PATH] [--vectors DIR] [--cache DIR]
-#                       [--mirror URL] [--refresh] [--keep]
+#                       [--mirror URL] [--refresh] [--boot] [--keep]
 #
 #   --binary   release binary (default: .build/release/polyglot), built with
 #              swift build -c release --static-swift-stdlib
@@ -23,6 +27,8 @@
 #   --mirror   Debian mirror (default: POLYGLOT_DEBIAN_MIRROR, else the first
 #              Debian mirror in this machine's apt sources)
 #   --refresh  debootstrap again even when the cache holds a root filesystem
+#   --boot     also boot the image under systemd (needs systemd-nspawn, from
+#              Debian's systemd-container)
 #   --keep     keep the baked root filesystem (its path is printed)
 set -euo pipefail
 
@@ -37,6 +43,7 @@ vectors=${repo_root}/../shared/vectors
 cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/polyglot-bake
 mirror=${POLYGLOT_DEBIAN_MIRROR:-}
 refresh=false
+boot=false
 keep=false
 
 die() {
@@ -59,6 +66,7 @@ while (($# > 0)); do
     --cache) cache=${2:?--cache needs a folder}; shift 2 ;;
     --mirror) mirror=${2:?--mirror needs a URL}; shift 2 ;;
     --refresh) refresh=true; shift ;;
+    --boot) boot=true; shift ;;
     --keep) keep=true; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -92,6 +100,10 @@ fi
 [[ -d ${vectors} ]] || die "no vectors folder at ${vectors} (pass --vectors)"
 vectors=$(readlink -f -- "${vectors}")
 [[ -f ${vectors}/README.md ]] || die "no ${vectors}/README.md with the replay flags of each case"
+if [[ ${boot} == true ]]; then
+  command -v systemd-nspawn >/dev/null || die "--boot needs systemd-nspawn (apt-get install systemd-container)"
+  [[ -f ${vectors}/basic.in.jsonl && -f ${vectors}/basic.out.jsonl ]] || die "--boot replays the basic vector: none in ${vectors}"
+fi
 if [[ -z ${mirror} ]]; then
   mirror=$(detect_mirror) || die "no Debian mirror in the apt sources: pass --mirror URL"
 fi
@@ -244,7 +256,69 @@ for input in "${vectors}"/*.in.jsonl; do
 done
 ((cases > 0)) || fail "no vector was replayed"
 
+# 5. Boot: the unit as written, under a real systemd, in a container.
+booted=""
+if [[ ${boot} == true ]]; then
+  log "installing systemd into the root filesystem to boot it"
+  if ! {
+    in_chroot apt-get update -q &&
+      in_chroot env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        systemd systemd-sysv dbus
+  } >"${work}/boot-apt.log" 2>&1; then
+    tail -n 30 "${work}/boot-apt.log" >&2
+    die "could not install systemd to boot the image"
+  fi
+  umount -- "${rootfs}/proc"
+  rm -f -- "${rootfs}/usr/sbin/policy-rc.d"
+  install -d -m 0755 -- "${rootfs}/usr/share/polyglot-bake"
+  install -m 0644 -- "${vectors}/basic.in.jsonl" "${rootfs}/usr/share/polyglot-bake/"
+  dropin=${rootfs}/etc/systemd/system/polyglot@process.service.d
+  install -d -m 0755 -- "${dropin}"
+  cat >"${dropin}/bake.conf" <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/usr/local/bin/polyglot replay /usr/share/polyglot-bake/basic.in.jsonl -o %S/polyglot/%i/out.jsonl --no-progress
+UNIT
+  cat >"${rootfs}/etc/systemd/system/bake-report.service" <<'UNIT'
+[Unit]
+Description=Report polyglot@process.service to the local bake, then power off
+After=polyglot@process.service
+Requires=polyglot@process.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'systemctl show -p Result -p ExecMainStatus polyglot@process.service >/root/bake-report; systemd-analyze security --no-pager polyglot@process.service | tail -n 1 >>/root/bake-report; journalctl -b --no-pager -o cat -u polyglot@process.service >/root/bake-journal'
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  in_chroot systemctl enable polyglot@process.service bake-report.service >/dev/null 2>&1
+  log "booting the image with systemd-nspawn"
+  if ! timeout 180 systemd-nspawn --quiet --directory="${rootfs}" --boot --register=no --keep-unit \
+    --private-network >"${work}/boot.log" 2>&1; then
+    tail -n 30 "${work}/boot.log" >&2
+    fail "the booted image did not power off cleanly"
+  fi
+  report=$(cat -- "${rootfs}/root/bake-report" 2>/dev/null || true)
+  [[ ${report} == *Result=success* && ${report} == *ExecMainStatus=0* ]] ||
+    fail "polyglot@process.service did not succeed in the booted image: ${report:-no report}"
+  grep -q 'polyglot image verify: the environment matches' -- "${rootfs}/root/bake-journal" 2>/dev/null ||
+    fail "the unit's ExecStartPre did not verify the fingerprint"
+  if ! cmp -- "${vectors}/basic.out.jsonl" "${rootfs}/var/lib/private/polyglot/process/out.jsonl"; then
+    fail "basic: output of the booted unit differs from basic.out.jsonl"
+  fi
+  exposure=$(grep -oE 'exposure level for [^:]+: [0-9.]+' <<<"${report}" | grep -oE '[0-9.]+$' || true)
+  if [[ -z ${exposure} ]] || ! awk -v e="${exposure}" 'BEGIN { exit !(e <= 3.0) }'; then
+    fail "exposure of polyglot@process.service is ${exposure:-unknown}, above 3.0"
+  fi
+  if ((failures > 0)); then
+    cat -- "${rootfs}/root/bake-journal" >&2 2>/dev/null || true
+  fi
+  booted=", booted under systemd (exposure ${exposure:-unknown})"
+fi
+
 if ((failures > 0)); then
   die "${failures} check(s) failed after ${SECONDS}s"
 fi
-log "OK: provisioned, verified, drift caught, ${cases} vector(s) byte-identical in ${SECONDS}s"
+log "OK: provisioned, verified, drift caught, ${cases} vector(s) byte-identical${booted} in ${SECONDS}s"

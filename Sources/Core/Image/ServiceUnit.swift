@@ -68,6 +68,9 @@ enum ServiceUnit {
         SystemCallArchitectures=native
         SystemCallFilter=@system-service
         SystemCallFilter=~@privileged @resources
+        # libdispatch sets each worker thread's nice level; denied, every thread start
+        # logs an EPERM. Raising priority still needs a capability the unit lacks.
+        SystemCallFilter=setpriority
         SystemCallErrorNumber=EPERM
 
         [Install]
