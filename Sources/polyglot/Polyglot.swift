@@ -9,6 +9,7 @@ struct Polyglot: AsyncParsableCommand {
         version: ProductVersion.description,
         subcommands: [
             ReplayCommand.self,
+            GenerateCommand.self,
             ImageCommand.self,
         ]
     )

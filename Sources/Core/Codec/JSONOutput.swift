@@ -4,35 +4,39 @@
 public enum JSONOutput {
     /// Appends `s` as a JSON string, quotes included.
     @inline(__always)
-    public static func appendString(_ s: String, to out: inout [UInt8]) {
+    public static func appendString(_ s: String, to out: ByteBuffer) {
         var s = s
-        s.withUTF8 { appendString(bytes: $0, to: &out) }
+        s.withUTF8 { appendString(bytes: $0, to: out) }
     }
 
     /// Appends UTF-8 `bytes` as a JSON string, quotes included.
-    public static func appendString(bytes: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+    public static func appendString(bytes: UnsafeBufferPointer<UInt8>, to out: ByteBuffer) {
         out.append(UInt8(ascii: "\""))
         var runStart = 0
         var i = 0
         let n = bytes.count
+        guard let base = bytes.baseAddress else {
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         while i < n {
-            let c = bytes[i]
+            let c = base[i]
             if c >= 0x20 && c != UInt8(ascii: "\"") && c != UInt8(ascii: "\\") {
                 i += 1
                 continue
             }
-            if i > runStart { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<i])) }
-            appendEscape(c, to: &out)
+            if i > runStart { out.append(base + runStart, count: i - runStart) }
+            appendEscape(c, to: out)
             i += 1
             runStart = i
         }
-        if n > runStart { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<n])) }
+        if n > runStart { out.append(base + runStart, count: n - runStart) }
         out.append(UInt8(ascii: "\""))
     }
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
-    private static func appendEscape(_ c: UInt8, to out: inout [UInt8]) {
+    private static func appendEscape(_ c: UInt8, to out: ByteBuffer) {
         out.append(UInt8(ascii: "\\"))
         switch c {
         case UInt8(ascii: "\""): out.append(UInt8(ascii: "\""))
@@ -43,37 +47,14 @@ public enum JSONOutput {
         case 0x0D: out.append(UInt8(ascii: "r"))
         case 0x09: out.append(UInt8(ascii: "t"))
         default:
-            out.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hexDigits[Int(c >> 4)], hexDigits[Int(c & 0xF)]])
+            out.append(UInt8(ascii: "u"))
+            out.append(UInt8(ascii: "0"))
+            out.append(UInt8(ascii: "0"))
+            out.append(hexDigits[Int(c >> 4)])
+            out.append(hexDigits[Int(c & 0xF)])
         }
     }
 
-    /// Appends the decimal digits of `v`.
-    @inline(__always)
-    public static func appendInteger(_ v: Int64, to out: inout [UInt8]) {
-        if v >= 0 && v < 10 {
-            out.append(UInt8(truncatingIfNeeded: v) + 48)
-            return
-        }
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { buf in
-            var m = v.magnitude
-            var i = 20
-            while m > 0 {
-                i -= 1
-                buf[i] = UInt8(truncatingIfNeeded: m % 10) + 48
-                m /= 10
-            }
-            if v < 0 {
-                i -= 1
-                buf[i] = UInt8(ascii: "-")
-            }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[i..<20]))
-        }
-    }
-
-    @inline(__always)
-    static func appendLiteral(_ s: StaticString, to out: inout [UInt8]) {
-        out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
-    }
 }
 
 /// Writes the output record of SEMANTICS.md §3, byte for byte:
@@ -88,40 +69,39 @@ public struct EnrichedRecordEncoder: Sendable {
     }
 
     /// Appends the record's JSON (no newline) to `out`.
-    public func append(_ transaction: Transaction, _ verdict: Verdict, to out: inout [UInt8]) {
-        JSONOutput.appendLiteral("{\"transactionId\":", to: &out)
-        JSONOutput.appendString(transaction.transactionId, to: &out)
-        JSONOutput.appendLiteral(",\"cardId\":", to: &out)
-        JSONOutput.appendString(transaction.cardId, to: &out)
-        JSONOutput.appendLiteral(",\"amount\":", to: &out)
+    public func append(_ transaction: Transaction, _ verdict: Verdict, to out: ByteBuffer) {
+        out.append("{\"transactionId\":")
+        JSONOutput.appendString(transaction.transactionId, to: out)
+        out.append(",\"cardId\":")
+        JSONOutput.appendString(transaction.cardId, to: out)
+        out.append(",\"amount\":")
         var amount = transaction.amount.text
-        amount.withUTF8 { out.append(contentsOf: $0) }
+        amount.withUTF8 { out.append(UnsafeRawBufferPointer($0)) }
         if verdict.isLate {
-            JSONOutput.appendLiteral(",\"isFlagged\":false,\"reason\":\"Late: window closed\"", to: &out)
+            out.append(",\"isFlagged\":false,\"reason\":\"Late: window closed\"")
         } else if verdict.isFlagged {
-            JSONOutput.appendLiteral(",\"isFlagged\":true,\"reason\":\"Flagged: ", to: &out)
-            JSONOutput.appendInteger(verdict.count, to: &out)
-            JSONOutput.appendLiteral(" transactions in ", to: &out)
-            out.append(contentsOf: windowPhrase)
+            out.append(",\"isFlagged\":true,\"reason\":\"Flagged: ")
+            out.appendInteger(verdict.count)
+            out.append(" transactions in ")
+            out.append(windowPhrase)
             out.append(UInt8(ascii: "\""))
         } else {
-            JSONOutput.appendLiteral(",\"isFlagged\":false,\"reason\":\"\"", to: &out)
+            out.append(",\"isFlagged\":false,\"reason\":\"\"")
         }
-        JSONOutput.appendLiteral(",\"timestamp\":", to: &out)
-        JSONOutput.appendInteger(transaction.timestamp, to: &out)
-        JSONOutput.appendLiteral(",\"windowStart\":", to: &out)
-        JSONOutput.appendInteger(verdict.windowStart, to: &out)
-        JSONOutput.appendLiteral(",\"count\":", to: &out)
-        JSONOutput.appendInteger(verdict.count, to: &out)
+        out.append(",\"timestamp\":")
+        out.appendInteger(transaction.timestamp)
+        out.append(",\"windowStart\":")
+        out.appendInteger(verdict.windowStart)
+        out.append(",\"count\":")
+        out.appendInteger(verdict.count)
         out.append(UInt8(ascii: "}"))
     }
 
     /// The record's JSON as a new array.
     public func encode(_ transaction: Transaction, _ verdict: Verdict) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(160)
-        append(transaction, verdict, to: &out)
-        return out
+        let out = ByteBuffer(capacity: 256)
+        append(transaction, verdict, to: out)
+        return out.array
     }
 }
 
@@ -129,15 +109,15 @@ public struct EnrichedRecordEncoder: Sendable {
 public enum DeadLetterLine {
     /// Appends one DLQ line (with its newline). `raw` is the line's bytes; invalid UTF-8 in it is
     /// replaced by U+FFFD so the DLQ file itself stays valid JSON.
-    public static func append(line: Int, rejection: Rejection, raw: UnsafeRawBufferPointer, to out: inout [UInt8]) {
-        JSONOutput.appendLiteral("{\"line\":", to: &out)
-        JSONOutput.appendInteger(Int64(line), to: &out)
-        JSONOutput.appendLiteral(",\"error\":", to: &out)
-        JSONOutput.appendString(rejection.code.rawValue, to: &out)
-        JSONOutput.appendLiteral(",\"message\":", to: &out)
-        JSONOutput.appendString(rejection.message, to: &out)
-        JSONOutput.appendLiteral(",\"raw\":", to: &out)
-        JSONOutput.appendString(String(decoding: raw, as: UTF8.self), to: &out)
-        JSONOutput.appendLiteral("}\n", to: &out)
+    public static func append(line: Int, rejection: Rejection, raw: UnsafeRawBufferPointer, to out: ByteBuffer) {
+        out.append("{\"line\":")
+        out.appendInteger(Int64(line))
+        out.append(",\"error\":")
+        JSONOutput.appendString(rejection.code.rawValue, to: out)
+        out.append(",\"message\":")
+        JSONOutput.appendString(rejection.message, to: out)
+        out.append(",\"raw\":")
+        JSONOutput.appendString(String(decoding: raw, as: UTF8.self), to: out)
+        out.append("}\n")
     }
 }

@@ -70,10 +70,9 @@ struct JSONScanner {
     init(base: UnsafePointer<UInt8>, end: Int, names: [NameRef], nameBytes: [UInt8]) {
         self.base = base
         self.end = end
+        // The caller empties these and drops its references, so appends never copy.
         self.names = names
         self.nameBytes = nameBytes
-        self.names.removeAll(keepingCapacity: true)
-        self.nameBytes.removeAll(keepingCapacity: true)
     }
 
     mutating func takeNames() -> [NameRef] {

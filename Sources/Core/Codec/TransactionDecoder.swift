@@ -46,6 +46,8 @@ public struct TransactionDecoder: Sendable {
         }
         // Hand the scratch buffers to the scanner (leaving ours empty keeps them uniquely
         // referenced, so appending never copies), and take them back afterwards.
+        names.removeAll(keepingCapacity: true)
+        nameBytes.removeAll(keepingCapacity: true)
         var parser = JSONScanner(base: base, end: count, names: names, nameBytes: nameBytes)
         names = []
         nameBytes = []

@@ -80,19 +80,11 @@ public final class FileStream {
         }
     }
 
-    /// Writes `bytes` and empties the array, keeping its capacity.
-    public func drain(_ bytes: inout [UInt8]) throws(FileIOError) {
-        guard !bytes.isEmpty else { return }
-        let failure = bytes.withUnsafeBytes { raw -> FileIOError? in
-            do throws(FileIOError) {
-                try write(raw)
-                return nil
-            } catch {
-                return error
-            }
-        }
-        if let failure { throw failure }
-        bytes.removeAll(keepingCapacity: true)
+    /// Writes the buffer's bytes and empties it, keeping its capacity.
+    public func drain(_ buffer: ByteBuffer) throws(FileIOError) {
+        guard !buffer.isEmpty else { return }
+        try write(buffer.bytes)
+        buffer.removeAll()
     }
 
     /// Closes the descriptor (not stdin/stdout), reporting a failed close, which on some file

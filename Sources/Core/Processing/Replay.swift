@@ -78,6 +78,31 @@ public struct Replay {
         }
     }
 
+    /// One hand-over from the decoding thread to the detecting thread. A class so that its
+    /// arrays travel by reference and are reused batch after batch.
+    final class Batch: @unchecked Sendable {
+        enum Entry {
+            case valid(Transaction)
+            case rejected(line: Int, Rejection, raw: [UInt8])
+        }
+        var entries: [Entry] = []
+        /// The valid records' card ids, for the store's prefetch.
+        var cards: [String] = []
+        var consumedBytes = 0
+        init() {
+            entries.reserveCapacity(Replay.batchSize)
+            cards.reserveCapacity(Replay.batchSize)
+        }
+    }
+
+    static let batchSize = 2_048
+    static let batchesInFlight = 4
+
+    private struct Stopped: Error {}
+
+    /// Two threads: one reads and decodes (the strict JSON work), the other runs the detector and
+    /// writes; batches of decoded records pass between them. The detector stays sequential, so
+    /// output order and verdicts are those of a single thread.
     private func runUnwrapped() throws(FileIOError) -> ReplaySummary {
         let clock = ContinuousClock()
         let started = clock.now
@@ -85,63 +110,112 @@ public struct Replay {
         let output = try FileStream.openForWriting(options.output)
         let deadLetters = try options.deadLetters.map { path throws(FileIOError) in try FileStream.openForWriting(path) }
 
+        let full = HandoffQueue<Batch>(limit: Self.batchesInFlight)
+        let free = HandoffQueue<Batch>(limit: Self.batchesInFlight)
+        for _ in 0..<Self.batchesInFlight { free.put(Batch()) }
+        let readFailure = FailureBox()
+        let lineCount = FailureBox()
+        let reader = DedicatedThread.start {
+            Self.decodeLines(input: input, full: full, free: free, failure: readFailure, lines: lineCount)
+        }
+
         let parameters = options.parameters
-        var decoder = TransactionDecoder()
         var detector = Detector(parameters: parameters)
-        var store = InMemoryWindowStore(parameters: parameters)
+        var store = InMemoryWindowStore(parameters: parameters, initialCapacity: 1 << 16)
         let encoder = EnrichedRecordEncoder(parameters: parameters)
         var summary = ReplaySummary()
-        var out: [UInt8] = []
-        out.reserveCapacity(Self.flushBytes + 64 * 1024)
-        var dlq: [UInt8] = []
+        let out = ByteBuffer(capacity: Self.flushBytes + 64 * 1024)
+        let dlq = ByteBuffer(capacity: 64 * 1024)
         var progress = options.showProgress ? ProgressBar(totalBytes: input.regularFileSize) : nil
-        let maxBytes = TransactionDecoder.maxRecordBytes
+        var writeFailure: FileIOError?
 
-        do throws(LineReaderError<FileIOError>) {
-            try LineReader(stream: input).forEachLine { (line, number, fullLength, consumed) throws(FileIOError) in
-                summary.lines = number
-                if Self.isBlank(line) { return }
-                let transaction: Transaction
-                do throws(Rejection) {
-                    if fullLength > maxBytes {
-                        throw Rejection(.tooLarge, "line is \(fullLength) bytes; the limit is \(maxBytes) (raw holds its first \(maxBytes + 1) bytes)")
+        while let batch = full.take() {
+            do throws(FileIOError) {
+                store.prefetch(batch.cards)
+                for entry in batch.entries {
+                    switch entry {
+                    case .valid(let transaction):
+                        let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &store)
+                        summary.records += 1
+                        if verdict.isFlagged { summary.flagged += 1 }
+                        if verdict.isLate { summary.late += 1 }
+                        encoder.append(transaction, verdict, to: out)
+                        out.append(0x0A)
+                    case .rejected(let line, let rejection, let raw):
+                        summary.rejected[rejection.code, default: 0] += 1
+                        if let deadLetters {
+                            raw.withUnsafeBytes { DeadLetterLine.append(line: line, rejection: rejection, raw: $0, to: dlq) }
+                            if dlq.count >= Self.flushBytes { try deadLetters.drain(dlq) }
+                        }
                     }
-                    transaction = try decoder.decode(line)
-                } catch {
-                    summary.rejected[error.code, default: 0] += 1
-                    if let deadLetters {
-                        DeadLetterLine.append(line: number, rejection: error, raw: line, to: &dlq)
-                        if dlq.count >= Self.flushBytes { try deadLetters.drain(&dlq) }
-                    }
-                    return
                 }
-                let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &store)
-                summary.records += 1
-                if verdict.isFlagged { summary.flagged += 1 }
-                if verdict.isLate { summary.late += 1 }
-                encoder.append(transaction, verdict, to: &out)
-                out.append(0x0A)
-                if out.count >= Self.flushBytes {
-                    try output.drain(&out)
-                    if progress != nil { progress!.update(bytes: consumed, records: summary.records) }
-                }
+                if out.count >= Self.flushBytes { try output.drain(out) }
+            } catch {
+                writeFailure = error
+                full.close()
+                free.close()
+                break
             }
-        } catch {
-            switch error {
-            case .io(let e): throw e
-            case .body(let e): throw e
-            }
+            progress?.update(bytes: batch.consumedBytes, records: summary.records)
+            batch.entries.removeAll(keepingCapacity: true)
+            batch.cards.removeAll(keepingCapacity: true)
+            free.put(batch)
         }
-        try output.drain(&out)
+        reader.join()
+        if let writeFailure { throw writeFailure }
+        if let failure = readFailure.error { throw failure }
+        summary.lines = lineCount.count
+        try output.drain(out)
         try output.close()
         if let deadLetters {
-            try deadLetters.drain(&dlq)
+            try deadLetters.drain(dlq)
             try deadLetters.close()
         }
         try input.close()
         progress?.finish()
         summary.seconds = ProgressBar.seconds(clock.now - started)
         return summary
+    }
+
+    /// Where the decoding thread leaves its outcome for the detecting thread; read after `join`.
+    private final class FailureBox: @unchecked Sendable {
+        var error: FileIOError?
+        var count = 0
+    }
+
+    /// The decoding thread: lines to batches of decoded records or rejections.
+    private static func decodeLines(
+        input: FileStream, full: HandoffQueue<Batch>, free: HandoffQueue<Batch>, failure: FailureBox, lines: FailureBox
+    ) {
+        defer { full.close() }
+        guard var batch = free.take() else { return }
+        var decoder = TransactionDecoder()
+        let maxBytes = TransactionDecoder.maxRecordBytes
+        do throws(LineReaderError<Stopped>) {
+            try LineReader(stream: input).forEachLine { (line, number, fullLength, consumed) throws(Stopped) in
+                lines.count = number
+                if isBlank(line) { return }
+                do throws(Rejection) {
+                    if fullLength > maxBytes {
+                        throw Rejection(.tooLarge, "line is \(fullLength) bytes; the limit is \(maxBytes) (raw holds its first \(maxBytes + 1) bytes)")
+                    }
+                    let transaction = try decoder.decode(line)
+                    batch.entries.append(.valid(transaction))
+                    batch.cards.append(transaction.cardId)
+                } catch {
+                    batch.entries.append(.rejected(line: number, error, raw: Array(line)))
+                }
+                if batch.entries.count >= batchSize {
+                    batch.consumedBytes = consumed
+                    guard full.put(batch), let next = free.take() else { throw Stopped() }
+                    batch = next
+                }
+            }
+        } catch {
+            if case .io(let e) = error { failure.error = e }
+            return
+        }
+        if !batch.entries.isEmpty { full.put(batch) }
     }
 
     /// SEMANTICS.md §1: a line of nothing but spaces, tabs and `\r` is skipped silently.
