@@ -17,8 +17,8 @@
 #   image/bake-local.sh [--binary PATH] [--vectors DIR] [--cache DIR]
 #                       [--mirror URL] [--refresh] [--boot] [--keep]
 #
-#   --binary   release binary (default: .build/release/polyglot), built with
-#              swift build -c release --static-swift-stdlib
+#   --binary   release binary (default: .build-release/release/polyglot), built with
+#              swift build -c release --static-swift-stdlib --scratch-path .build-release
 #   --vectors  folder of NAME.in.jsonl / NAME.out.jsonl / NAME.dlq.jsonl and the
 #              README.md table of replay flags (default: ../shared/vectors,
 #              beside the repository)
@@ -38,7 +38,7 @@ readonly image_dir
 repo_root=$(dirname -- "${image_dir}")
 readonly repo_root
 
-binary=${repo_root}/.build/release/polyglot
+binary=${repo_root}/.build-release/release/polyglot
 vectors=${repo_root}/../shared/vectors
 cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/polyglot-bake
 mirror=${POLYGLOT_DEBIAN_MIRROR:-}
@@ -92,7 +92,7 @@ detect_mirror() {
 for tool in debootstrap chroot mount umount tar sha256sum cmp diff; do
   command -v "${tool}" >/dev/null || die "${tool} is missing (apt-get install debootstrap diffutils)"
 done
-[[ -x ${binary} ]] || die "no binary at ${binary}: build it with swift build -c release --static-swift-stdlib"
+[[ -x ${binary} ]] || die "no binary at ${binary}: build it with swift build -c release --static-swift-stdlib --scratch-path .build-release"
 binary=$(readlink -f -- "${binary}")
 if ldd "${binary}" 2>/dev/null | grep -q 'libswiftCore'; then
   die "${binary} links the Swift runtime dynamically: build it with --static-swift-stdlib"

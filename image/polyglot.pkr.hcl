@@ -7,7 +7,7 @@
 #
 #   packer init image/
 #   packer build \
-#     -var "binary_sha256=$(sha256sum .build/release/polyglot | cut -d' ' -f1)" \
+#     -var "binary_sha256=$(sha256sum .build-release/release/polyglot | cut -d' ' -f1)" \
 #     -var "git_sha=$(git rev-parse HEAD)" \
 #     image/
 
@@ -56,8 +56,8 @@ variable "version" {
 
 variable "binary_path" {
   type        = string
-  default     = ".build/release/polyglot"
-  description = "The release binary (swift build -c release --static-swift-stdlib)."
+  default     = ".build-release/release/polyglot"
+  description = "The release binary (swift build -c release --static-swift-stdlib --scratch-path .build-release)."
 
   validation {
     condition     = can(regex("^[A-Za-z0-9._/@+-]+$", var.binary_path))

@@ -14,7 +14,7 @@ public struct ImageOptions: Sendable, Equatable {
     /// Where `provision.sh` installs the binary and the unit runs it from.
     public var installPath: String = "/usr/local/bin/polyglot"
     /// Path of the release binary, relative to where `packer build` runs.
-    public var binaryPath: String = ".build/release/polyglot"
+    public var binaryPath: String = ".build-release/release/polyglot"
     /// Expected hex SHA-256 of the binary; `nil` leaves the Packer variable required at build time.
     public var binarySha256: String? = nil
     /// Git commit the binary was built from; `nil` leaves the Packer variable required at build time.
@@ -62,7 +62,7 @@ public struct ImageOptions: Sendable, Equatable {
         try Self.check(instanceType, Pattern.instanceType, flag: "--instance-type", example: "t3.small")
         try Self.check(version, Pattern.version, flag: "--image-version", example: "1.2.3")
         try Self.check(installPath, Pattern.installPath, flag: "--install-path", example: "/usr/local/bin/polyglot")
-        try Self.check(binaryPath, Pattern.binaryPath, flag: "--binary-path", example: ".build/release/polyglot")
+        try Self.check(binaryPath, Pattern.binaryPath, flag: "--binary-path", example: ".build-release/release/polyglot")
         if let binarySha256 {
             try Self.check(binarySha256, Pattern.sha256, flag: "--binary-sha256", example: "64 lowercase hex digits")
         }

@@ -18,7 +18,7 @@ enum PackerTemplate {
         #
         #   packer init image/
         #   packer build \\
-        #     -var "binary_sha256=$(sha256sum .build/release/polyglot | cut -d' ' -f1)" \\
+        #     -var "binary_sha256=$(sha256sum .build-release/release/polyglot | cut -d' ' -f1)" \\
         #     -var "git_sha=$(git rev-parse HEAD)" \\
         #     image/
 
@@ -54,7 +54,7 @@ enum PackerTemplate {
         )
         out += variable(
             "binary_path", type: "string", default: hcl(options.binaryPath),
-            description: "The release binary (swift build -c release --static-swift-stdlib).",
+            description: "The release binary (swift build -c release --static-swift-stdlib --scratch-path .build-release).",
             condition: "can(regex(\(hcl(pattern.binaryPath)), var.binary_path))",
             error: "The binary path must be a plain relative or absolute path."
         )
