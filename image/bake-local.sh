@@ -163,7 +163,9 @@ tar --numeric-owner -C "${rootfs}" -xzpf "${base_tarball}"
 # What the chroot needs that a booted machine has: /proc (the fingerprint hashes
 # /proc/self/exe), name resolution for apt, and no service starts from packages.
 mount -t proc proc "${rootfs}/proc"
-cp -L -- /etc/resolv.conf "${rootfs}/etc/resolv.conf"
+if [[ -e /etc/resolv.conf ]]; then
+  cp -L -- /etc/resolv.conf "${rootfs}/etc/resolv.conf"
+fi
 printf '#!/bin/sh\nexit 101\n' >"${rootfs}/usr/sbin/policy-rc.d"
 chmod 0755 "${rootfs}/usr/sbin/policy-rc.d"
 

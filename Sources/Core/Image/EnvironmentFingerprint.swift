@@ -64,8 +64,8 @@ public struct EnvironmentFingerprint: Codable, Sendable, Hashable {
 
     /// The fingerprint of this process's environment.
     ///
-    /// It hashes the whole executable (tens of MiB, well under a second), so call it once at
-    /// start-up and keep the result. On Linux the executable is read through `/proc/self/exe`,
+    /// It hashes the whole executable (about 90 MiB for a static release build: a few tenths
+    /// of a second), so call it once at start-up and keep the result. On Linux the executable is read through `/proc/self/exe`,
     /// which a chroot must have mounted.
     public static func current() throws(ImageError) -> EnvironmentFingerprint {
         try current(executablePath: runningExecutablePath, osReleasePaths: ["/etc/os-release", "/usr/lib/os-release"])
