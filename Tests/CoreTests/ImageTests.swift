@@ -388,7 +388,9 @@ struct ImageTests {
         let unitPath = directory.appendingPathComponent("polyglot@.service").path
         try Data(unit.contents.utf8).write(to: URL(fileURLWithPath: unitPath))
         let result = try ExternalTool.run("systemd-analyze", ["verify", "--man=no", "--recursive-errors=yes", unitPath])
-        #expect(result.status == 0 && result.stderr.isEmpty, "systemd-analyze verify: \(result.stderr)")
+        // Other lines could only be about the host's own units (dependencies are checked too).
+        let ours = result.stderr.split(separator: "\n").filter { $0.contains("polyglot") }
+        #expect(result.status == 0 && ours.isEmpty, "systemd-analyze verify: \(result.stderr)")
 
         // And the default unit fails it for the one reason expected here: no installed binary.
         let defaultPath = directory.appendingPathComponent("default/polyglot@.service")
@@ -397,8 +399,9 @@ struct ImageTests {
         try Data(defaultUnit.contents.utf8).write(to: defaultPath)
         if !FileManager.default.fileExists(atPath: ImageOptions().installPath) {
             let failure = try ExternalTool.run("systemd-analyze", ["verify", "--man=no", "--recursive-errors=yes", defaultPath.path])
-            let problems = Set(failure.stderr.split(separator: "\n").map(String.init))
-            #expect(problems == ["polyglot@i.service: Command \(ImageOptions().installPath) is not executable: No such file or directory"])
+            let ours = failure.stderr.split(separator: "\n").filter { $0.contains("polyglot") }
+            #expect(failure.status != 0 && !ours.isEmpty)
+            #expect(ours.allSatisfy { $0.contains("\(ImageOptions().installPath) is not executable") }, "\(failure.stderr)")
         }
     }
 
