@@ -151,6 +151,45 @@ struct CodecTests {
         }
     }
 
+    /// The canonical-layout fast path accepts only what the general parser accepts, with the
+    /// same members: checked on every one-byte mutation of a canonical record.
+    @Test func fastPathAgreesWithTheGeneralParser() {
+        let canonical = Array(#"{"transactionId":"tx-1","cardId":"card-22","amount":12.50,"timestamp":1767225600000}"#.utf8)
+        let alphabet = Array(#"{}[]":,\ 0123456789-+.eEatx"#.utf8) + [0x01, 0x7F]
+        var inputs: [[UInt8]] = [canonical]
+        for i in 0..<canonical.count {
+            var deleted = canonical
+            deleted.remove(at: i)
+            inputs.append(deleted)
+            for c in alphabet {
+                var replaced = canonical
+                replaced[i] = c
+                inputs.append(replaced)
+                var inserted = canonical
+                inserted.insert(c, at: i)
+                inputs.append(inserted)
+            }
+        }
+        var accepted = 0
+        for input in inputs {
+            input.withUnsafeBufferPointer { buffer in
+                let base = buffer.baseAddress!
+                var fast = JSONScanner(base: base, end: buffer.count, names: [], nameBytes: [])
+                guard fast.matchCanonicalRecord() else { return }
+                accepted += 1
+                var general = JSONScanner(base: base, end: buffer.count, names: [], nameBytes: [])
+                let top = try? general.parseDocument()
+                #expect(top?.isObject == true, "\(String(decoding: input, as: UTF8.self))")
+                #expect(general.duplicateName == nil)
+                #expect(general.members.transactionId == fast.members.transactionId)
+                #expect(general.members.cardId == fast.members.cardId)
+                #expect(general.members.amount == fast.members.amount)
+                #expect(general.members.timestamp == fast.members.timestamp)
+            }
+        }
+        #expect(accepted > 100)
+    }
+
     @Test func boundsNestingDepth() {
         var decoder = TransactionDecoder()
         func record(depth: Int) -> String {

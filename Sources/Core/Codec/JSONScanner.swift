@@ -98,6 +98,75 @@ struct JSONScanner {
         return TopLevel(kind: value.kind)
     }
 
+    /// Fast path for the common layout, `{"transactionId":"…","cardId":"…","amount":N,"timestamp":N}`
+    /// with no whitespace and no escapes: matched directly, without the general parser's
+    /// bookkeeping. Returns false at the first deviation, and the caller then parses the record
+    /// with ``parseDocument()``, so a record's outcome never depends on which path took it: a
+    /// match is a valid object with four distinct members, exactly what the general parser
+    /// would report for it.
+    mutating func matchCanonicalRecord() -> Bool {
+        pos = 0
+        guard matchLiteral("{\"transactionId\":\"") else { return false }
+        let idStart = pos
+        guard scanPlainString() else { return false }
+        let transactionId = ValueRef(kind: .string, start: idStart, length: pos - 1 - idStart)
+        guard matchLiteral(",\"cardId\":\"") else { return false }
+        let cardStart = pos
+        guard scanPlainString() else { return false }
+        let cardId = ValueRef(kind: .string, start: cardStart, length: pos - 1 - cardStart)
+        guard matchLiteral(",\"amount\":"), pos < end, let amount = try? scanNumber() else { return false }
+        guard matchLiteral(",\"timestamp\":"), pos < end, let timestamp = try? scanNumber() else { return false }
+        guard pos == end - 1, base[pos] == UInt8(ascii: "}") else { return false }
+        pos = end
+        members = Members(transactionId: transactionId, cardId: cardId, amount: amount, timestamp: timestamp)
+        return true
+    }
+
+    @inline(__always)
+    private mutating func matchLiteral(_ literal: StaticString) -> Bool {
+        let n = literal.utf8CodeUnitCount
+        guard end - pos >= n, memcmpBytes(base + pos, literal.utf8Start, n) else { return false }
+        pos += n
+        return true
+    }
+
+    /// Scans a string body up to and past its closing quote; false at an escape or a control
+    /// character (the general parser handles those).
+    private mutating func scanPlainString() -> Bool {
+        let raw = UnsafeRawPointer(base)
+        while pos + 8 <= end {
+            let w = raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self)
+            let hits = Self.specialBytes(w)
+            if hits == 0 {
+                pos += 8
+            } else {
+                pos += hits.trailingZeroBitCount >> 3
+                break
+            }
+        }
+        while pos < end {
+            let c = base[pos]
+            if c == UInt8(ascii: "\"") {
+                pos += 1
+                return true
+            }
+            if c == UInt8(ascii: "\\") || c < 0x20 { return false }
+            pos += 1
+        }
+        return false
+    }
+
+    /// High bit set in each byte of `w` that is a quote, a backslash or a control character
+    /// (SWAR; the lowest flagged byte is exact, as borrows only run upward).
+    @inline(__always)
+    static func specialBytes(_ w: UInt64) -> UInt64 {
+        let quote = w ^ 0x2222_2222_2222_2222, backslash = w ^ 0x5C5C_5C5C_5C5C_5C5C
+        let special = ((quote &- 0x0101_0101_0101_0101) & ~quote)
+            | ((backslash &- 0x0101_0101_0101_0101) & ~backslash)
+            | ((w &- 0x2020_2020_2020_2020) & ~w)
+        return special & 0x8080_8080_8080_8080
+    }
+
     @inline(__always)
     mutating func skipWhitespace() {
         while pos < end {
@@ -305,12 +374,7 @@ struct JSONScanner {
             // Eight bytes at a time until a quote, a backslash or a control character: the
             // lowest flagged byte of the SWAR test is exact (borrows only run upward).
             while pos + 8 <= end {
-                let w = raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self)
-                let quote = w ^ 0x2222_2222_2222_2222, backslash = w ^ 0x5C5C_5C5C_5C5C_5C5C
-                let special = ((quote &- 0x0101_0101_0101_0101) & ~quote)
-                    | ((backslash &- 0x0101_0101_0101_0101) & ~backslash)
-                    | ((w &- 0x2020_2020_2020_2020) & ~w)
-                let hits = special & 0x8080_8080_8080_8080
+                let hits = Self.specialBytes(raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
                 if hits == 0 {
                     pos += 8
                 } else {

@@ -61,36 +61,14 @@ public struct TransactionDecoder: Sendable {
         if let bad = UTF8Validation.firstInvalidByte(base, count) {
             throw Rejection(.invalidUTF8, "invalid UTF-8 at byte \(bad)")
         }
-        // Hand the scratch buffers to the scanner (leaving ours empty keeps them uniquely
-        // referenced, so appending never copies), and take them back afterwards.
-        names.removeAll(keepingCapacity: true)
-        nameBytes.removeAll(keepingCapacity: true)
-        var parser = JSONScanner(base: base, end: count, names: names, nameBytes: nameBytes)
-        names = []
-        nameBytes = []
-        let top: JSONScanner.TopLevel
-        do {
-            top = try parser.parseDocument()
-        } catch {
-            names = parser.takeNames()
-            nameBytes = parser.takeNameBytes()
-            if parser.sawLoneSurrogate {
-                throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
-            }
-            throw Rejection(.invalidJSON, error.message)
+        var fast = JSONScanner(base: base, end: count, names: [], nameBytes: [])
+        let members: JSONScanner.Members
+        if fast.matchCanonicalRecord() {
+            members = fast.members
+        } else {
+            members = try parseGeneral(base, count)
         }
-        names = parser.takeNames()
-        nameBytes = parser.takeNameBytes()
-        if parser.sawLoneSurrogate {
-            throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
-        }
-        guard top.isObject else {
-            throw Rejection(.notObject, "the record is a JSON \(top.kindName), not an object")
-        }
-        if let duplicate = parser.duplicateName {
-            throw Rejection(.duplicateField, "member \(duplicate) appears more than once")
-        }
-        let m = parser.members
+        let m = members
         guard let transactionId = m.transactionId, let cardId = m.cardId, let amount = m.amount,
             let timestamp = m.timestamp
         else {
@@ -137,6 +115,40 @@ public struct TransactionDecoder: Sendable {
         } catch {
             fatalError("unreachable: decode throws only Rejection")
         }
+    }
+
+    /// The general parser: any JSON, every rule in its order up to `duplicate_field`.
+    private mutating func parseGeneral(_ base: UnsafePointer<UInt8>, _ count: Int) throws(Rejection) -> JSONScanner.Members {
+        // Hand the scratch buffers to the scanner (leaving ours empty keeps them uniquely
+        // referenced, so appending never copies), and take them back afterwards.
+        names.removeAll(keepingCapacity: true)
+        nameBytes.removeAll(keepingCapacity: true)
+        var parser = JSONScanner(base: base, end: count, names: names, nameBytes: nameBytes)
+        names = []
+        nameBytes = []
+        let top: JSONScanner.TopLevel
+        do {
+            top = try parser.parseDocument()
+        } catch {
+            names = parser.takeNames()
+            nameBytes = parser.takeNameBytes()
+            if parser.sawLoneSurrogate {
+                throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
+            }
+            throw Rejection(.invalidJSON, error.message)
+        }
+        names = parser.takeNames()
+        nameBytes = parser.takeNameBytes()
+        if parser.sawLoneSurrogate {
+            throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
+        }
+        guard top.isObject else {
+            throw Rejection(.notObject, "the record is a JSON \(top.kindName), not an object")
+        }
+        if let duplicate = parser.duplicateName {
+            throw Rejection(.duplicateField, "member \(duplicate) appears more than once")
+        }
+        return parser.members
     }
 
     /// SEMANTICS.md §1: ids are 1 to 1024 bytes, counted after unescaping.
@@ -189,6 +201,12 @@ public struct TransactionDecoder: Sendable {
             n -= 1
         }
         var v: UInt64 = 0
+        if n <= 18 {
+            // Cannot overflow: no checks needed.
+            for i in 0..<n { v = v &* 10 &+ UInt64(p[i] &- 48) }
+            if negative && v != 0 { throw Rejection(.invalidValue, "timestamp must not be negative") }
+            return Int64(v)
+        }
         for i in 0..<n {
             let (m, o1) = v.multipliedReportingOverflow(by: 10)
             let (a, o2) = m.addingReportingOverflow(UInt64(p[i] &- 48))
