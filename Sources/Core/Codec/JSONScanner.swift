@@ -133,17 +133,7 @@ struct JSONScanner {
     /// Scans a string body up to and past its closing quote; false at an escape or a control
     /// character (the general parser handles those).
     private mutating func scanPlainString() -> Bool {
-        let raw = UnsafeRawPointer(base)
-        while pos + 8 <= end {
-            let w = raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self)
-            let hits = Self.specialBytes(w)
-            if hits == 0 {
-                pos += 8
-            } else {
-                pos += hits.trailingZeroBitCount >> 3
-                break
-            }
-        }
+        skipPlainBytes()
         while pos < end {
             let c = base[pos]
             if c == UInt8(ascii: "\"") {
@@ -154,6 +144,21 @@ struct JSONScanner {
             pos += 1
         }
         return false
+    }
+
+    /// Advances eight bytes at a time to the next quote, backslash or control character (or
+    /// to the last few bytes of the input, which the caller scans one by one).
+    @inline(__always)
+    private mutating func skipPlainBytes() {
+        let raw = UnsafeRawPointer(base)
+        while pos + 8 <= end {
+            let hits = Self.specialBytes(raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
+            if hits != 0 {
+                pos += hits.trailingZeroBitCount >> 3
+                return
+            }
+            pos += 8
+        }
     }
 
     /// High bit set in each byte of `w` that is a quote, a backslash or a control character
@@ -369,19 +374,8 @@ struct JSONScanner {
     private mutating func scanString() throws(ParseError) -> Bool {
         pos += 1
         var escaped = false
-        let raw = UnsafeRawPointer(base)
         while pos < end {
-            // Eight bytes at a time until a quote, a backslash or a control character: the
-            // lowest flagged byte of the SWAR test is exact (borrows only run upward).
-            while pos + 8 <= end {
-                let hits = Self.specialBytes(raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
-                if hits == 0 {
-                    pos += 8
-                } else {
-                    pos += hits.trailingZeroBitCount >> 3
-                    break
-                }
-            }
+            skipPlainBytes()
             guard pos < end else { break }
             let c = base[pos]
             if c == UInt8(ascii: "\"") {
