@@ -7,7 +7,7 @@ packages=(librdkafka-dev libsqlite3-dev pkg-config)
 if [[ "${1:-}" == "--ci" ]]; then
     # Offline validation of the machine image (packer, systemd, shellcheck, cloud-init),
     # the local bake (debootstrap), and kcat for comparing against librdkafka alone.
-    packages+=(packer shellcheck cloud-init debootstrap systemd kcat python3-pip time)
+    packages+=(packer shellcheck cloud-init debootstrap systemd systemd-container kcat time)
 fi
 
 missing=()
@@ -20,4 +20,9 @@ if ((${#missing[@]})); then
     echo "Installing: ${missing[*]}" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == "--ci" ]]; then
+    # The Packer template is parsed with python-hcl2, for the python3 on PATH.
+    python3 -c 'import hcl2' 2>/dev/null || python3 -m pip install --quiet python-hcl2
 fi

@@ -10,6 +10,27 @@ struct Polyglot: AsyncParsableCommand {
         subcommands: [
             ReplayCommand.self,
             GenerateCommand.self,
+            ImageCommand.self,
         ]
     )
+
+    /// Errors end the process with one line, `polyglot: <reason>`, rather than the reason plus
+    /// a usage block: a bad flag or an unreadable file in a script's log should read as one line.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                exit(withError: error)  // --help, --version
+            }
+            StandardError.write("polyglot: \(message(for: error))\n")
+            exit(withError: ExitCode(code.rawValue))
+        }
+    }
 }

@@ -40,6 +40,7 @@ struct CodecTests {
         ("{\"transactionId\":\"a\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1} x", .invalidJSON),
         ("{\"transactionId\":\"a\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1,}", .invalidJSON),
         ("{\"transactionId\":\"a\tb\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
+        ("{\"transactionId\":\"abcdefghijklmnopqrstuvw\u{1}xyz\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
         ("{\"transactionId\":\"a\\x\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
         ("\u{FEFF}{\"transactionId\":\"a\",\"cardId\":\"b\",\"amount\":1,\"timestamp\":1}", .invalidJSON),
         ("[1,2]", .notObject),
@@ -92,6 +93,17 @@ struct CodecTests {
         #expect(decoder.code(of: #"{"transactionId":"\#(twoByte)a","cardId":"b","amount":1,"timestamp":0}"#) == .invalidValue)
     }
 
+    @Test func scansLongStringsWordByWord() throws {
+        var decoder = TransactionDecoder()
+        // Quotes, escapes and non-ASCII at every offset within an 8-byte word.
+        for k in 0..<17 {
+            let pad = String(repeating: "x", count: k)
+            let t = try decoder.decode(Array(#"{"transactionId":"\#(pad)\"\#(pad)é\#(pad)","cardId":"\#(pad)c","amount":1,"timestamp":1}"#.utf8))
+            #expect(t.transactionId == pad + "\"" + pad + "é" + pad)
+            #expect(t.cardId == pad + "c")
+        }
+    }
+
     @Test func decodesEscapesAndSurrogatePairs() throws {
         var decoder = TransactionDecoder()
         let t = try decoder.decode(Array(#"{"transactionId":"a\"b\\c\/d\n\u00e9\ud83d\ude00","cardId":"\u0063","amount":1,"timestamp":1}"#.utf8))
@@ -126,6 +138,56 @@ struct CodecTests {
         for good: [UInt8] in [[0xC3, 0xA9], [0xE2, 0x82, 0xAC], [0xF0, 0x9F, 0x98, 0x80], [0xEF, 0xBF, 0xBF]] {
             #expect(decoder.code(of: prefix + good + suffix) == nil, "\(good)")
         }
+    }
+
+    @Test func validatesUTF8AtEveryLength() {
+        // Lengths around the 8- and 32-byte steps, with and without a bad byte at the end.
+        for n in 1..<80 {
+            let ascii = [UInt8](repeating: UInt8(ascii: "a"), count: n)
+            #expect(UTF8Validation.firstInvalidByte(ascii, n) == nil)
+            #expect(UTF8Validation.firstInvalidByte(ascii + [0xFF], n + 1) == n)
+            #expect(UTF8Validation.firstInvalidByte(ascii + [0xC3, 0xA9], n + 2) == nil)
+            #expect(UTF8Validation.firstInvalidByte(ascii + [0xC3], n + 1) == n)
+        }
+    }
+
+    /// The canonical-layout fast path accepts only what the general parser accepts, with the
+    /// same members: checked on every one-byte mutation of a canonical record.
+    @Test func fastPathAgreesWithTheGeneralParser() {
+        let canonical = Array(#"{"transactionId":"tx-1","cardId":"card-22","amount":12.50,"timestamp":1767225600000}"#.utf8)
+        let alphabet = Array(#"{}[]":,\ 0123456789-+.eEatx"#.utf8) + [0x01, 0x7F]
+        var inputs: [[UInt8]] = [canonical]
+        for i in 0..<canonical.count {
+            var deleted = canonical
+            deleted.remove(at: i)
+            inputs.append(deleted)
+            for c in alphabet {
+                var replaced = canonical
+                replaced[i] = c
+                inputs.append(replaced)
+                var inserted = canonical
+                inserted.insert(c, at: i)
+                inputs.append(inserted)
+            }
+        }
+        var accepted = 0
+        for input in inputs {
+            input.withUnsafeBufferPointer { buffer in
+                let base = buffer.baseAddress!
+                var fast = JSONScanner(base: base, end: buffer.count, names: [], nameBytes: [])
+                guard fast.matchCanonicalRecord() else { return }
+                accepted += 1
+                var general = JSONScanner(base: base, end: buffer.count, names: [], nameBytes: [])
+                let top = try? general.parseDocument()
+                #expect(top?.isObject == true, "\(String(decoding: input, as: UTF8.self))")
+                #expect(general.duplicateName == nil)
+                #expect(general.members.transactionId == fast.members.transactionId)
+                #expect(general.members.cardId == fast.members.cardId)
+                #expect(general.members.amount == fast.members.amount)
+                #expect(general.members.timestamp == fast.members.timestamp)
+            }
+        }
+        #expect(accepted > 100)
     }
 
     @Test func boundsNestingDepth() {
@@ -186,6 +248,13 @@ struct CodecTests {
         let t = try decoder.decode(Array(#"{"transactionId":"q\"b\\s\/é\u0001\u001f\b\f\n\r\t\u007f","cardId":"c","amount":1,"timestamp":1}"#.utf8))
         let out = String(decoding: EnrichedRecordEncoder(parameters: .default).encode(t, Verdict(windowStart: 0, count: 1, isFlagged: false, isLate: false)), as: UTF8.self)
         #expect(out.hasPrefix(#"{"transactionId":"q\"b\\s/é\u0001\u001f\b\f\n\r\t"# + "\u{7f}\""))
+    }
+
+    @Test(arguments: [0, 5, 9, 10, 42, 99, 100, 101, 999, 1_000, 1_767_225_600_000, -1, -10, -99, -100, Int64.max, Int64.min, Int64.max - 1])
+    func writesIntegers(_ v: Int64) {
+        let buffer = ByteBuffer(capacity: 1)
+        buffer.appendInteger(v)
+        #expect(String(decoding: buffer.array, as: UTF8.self) == String(v))
     }
 
     @Test func comparesDecimalsExactly() {

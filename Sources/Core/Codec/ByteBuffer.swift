@@ -72,32 +72,50 @@ public final class ByteBuffer {
         append(s.utf8Start, count: s.utf8CodeUnitCount)
     }
 
-    /// Appends the decimal digits of `v`.
+    /// Appends the decimal digits of `v`, two at a time (event times have 13 digits, and this
+    /// runs three times per output record).
     @inline(__always)
     public func appendInteger(_ v: Int64) {
         reserve(20)
-        if v >= 0 && v < 10 {
-            storage[count] = UInt8(truncatingIfNeeded: v) + 48
-            count += 1
-            return
-        }
-        var m = v.magnitude
-        var digits = 0
-        var probe = m
-        while probe > 0 {
-            digits += 1
-            probe /= 10
-        }
         if v < 0 {
             storage[count] = UInt8(ascii: "-")
             count += 1
         }
+        var m = v.magnitude
+        var digits = 1
+        var bound: UInt64 = 10
+        while digits < 20 && m >= bound {
+            digits += 1
+            if digits < 20 { bound &*= 10 }
+        }
         var i = count + digits
         count = i
-        while m > 0 {
-            i -= 1
-            storage[i] = UInt8(truncatingIfNeeded: m % 10) + 48
-            m /= 10
+        Self.digitPairs.withUnsafeBufferPointer { pairs in
+            while m >= 100 {
+                let r = Int(m % 100)
+                m /= 100
+                i -= 2
+                storage[i] = pairs[2 * r]
+                storage[i + 1] = pairs[2 * r + 1]
+            }
+            if m >= 10 {
+                let r = Int(m)
+                storage[i - 2] = pairs[2 * r]
+                storage[i - 1] = pairs[2 * r + 1]
+            } else {
+                storage[i - 1] = UInt8(truncatingIfNeeded: m) + 48
+            }
         }
     }
+
+    /// "00", "01", ... "99".
+    private static let digitPairs: [UInt8] = {
+        var pairs: [UInt8] = []
+        for n in 0..<100 {
+            let tens: Int = n / 10, ones: Int = n % 10
+            pairs.append(UInt8(48 + tens))
+            pairs.append(UInt8(48 + ones))
+        }
+        return pairs
+    }()
 }

@@ -77,6 +77,35 @@ public struct EnrichedRecordEncoder: Sendable {
         out.append(",\"amount\":")
         var amount = transaction.amount.text
         amount.withUTF8 { out.append(UnsafeRawBufferPointer($0)) }
+        appendVerdict(verdict, to: out)
+        out.append(",\"timestamp\":")
+        out.appendInteger(transaction.timestamp)
+        appendWindow(verdict, to: out)
+    }
+
+    /// Appends the record's JSON (no newline) for a record checked by `decodeView` whose ids
+    /// hold no escapes: ids, amount and timestamp are copied from `record`, the input bytes.
+    /// Valid because an unescaped JSON string contains no `"`, `\` or control character, so
+    /// its bytes are exactly what SEMANTICS.md §3 writes for its value.
+    public func append(view: TransactionView, record: UnsafePointer<UInt8>, _ verdict: Verdict, to out: ByteBuffer) {
+        out.reserve(160 + view.transactionId.length + view.cardId.length + view.amount.length)
+        out.append("{\"transactionId\":\"")
+        out.append(record + view.transactionId.start, count: view.transactionId.length)
+        out.append("\",\"cardId\":\"")
+        out.append(record + view.cardId.start, count: view.cardId.length)
+        out.append("\",\"amount\":")
+        out.append(record + view.amount.start, count: view.amount.length)
+        appendVerdict(verdict, to: out)
+        out.append(",\"timestamp\":")
+        if view.timestampIsCanonical {
+            out.append(record + view.timestampText.start, count: view.timestampText.length)
+        } else {
+            out.appendInteger(view.timestamp)
+        }
+        appendWindow(verdict, to: out)
+    }
+
+    private func appendVerdict(_ verdict: Verdict, to out: ByteBuffer) {
         if verdict.isLate {
             out.append(",\"isFlagged\":false,\"reason\":\"Late: window closed\"")
         } else if verdict.isFlagged {
@@ -88,8 +117,9 @@ public struct EnrichedRecordEncoder: Sendable {
         } else {
             out.append(",\"isFlagged\":false,\"reason\":\"\"")
         }
-        out.append(",\"timestamp\":")
-        out.appendInteger(transaction.timestamp)
+    }
+
+    private func appendWindow(_ verdict: Verdict, to out: ByteBuffer) {
         out.append(",\"windowStart\":")
         out.appendInteger(verdict.windowStart)
         out.append(",\"count\":")

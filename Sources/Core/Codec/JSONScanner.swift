@@ -66,6 +66,8 @@ struct JSONScanner {
     private(set) var sawLoneSurrogate = false
     private(set) var duplicateName: String?
     private(set) var members = Members()
+    /// Bits of the known members seen in the record (see `knownMember`).
+    private var seenMembers = 0
 
     init(base: UnsafePointer<UInt8>, end: Int, names: [NameRef], nameBytes: [UInt8]) {
         self.base = base
@@ -94,6 +96,80 @@ struct JSONScanner {
             throw ParseError(message: "unexpected characters after the JSON value at byte \(pos)")
         }
         return TopLevel(kind: value.kind)
+    }
+
+    /// Fast path for the common layout, `{"transactionId":"…","cardId":"…","amount":N,"timestamp":N}`
+    /// with no whitespace and no escapes: matched directly, without the general parser's
+    /// bookkeeping. Returns false at the first deviation, and the caller then parses the record
+    /// with ``parseDocument()``, so a record's outcome never depends on which path took it: a
+    /// match is a valid object with four distinct members, exactly what the general parser
+    /// would report for it.
+    mutating func matchCanonicalRecord() -> Bool {
+        pos = 0
+        guard matchLiteral("{\"transactionId\":\"") else { return false }
+        let idStart = pos
+        guard scanPlainString() else { return false }
+        let transactionId = ValueRef(kind: .string, start: idStart, length: pos - 1 - idStart)
+        guard matchLiteral(",\"cardId\":\"") else { return false }
+        let cardStart = pos
+        guard scanPlainString() else { return false }
+        let cardId = ValueRef(kind: .string, start: cardStart, length: pos - 1 - cardStart)
+        guard matchLiteral(",\"amount\":"), pos < end, let amount = try? scanNumber() else { return false }
+        guard matchLiteral(",\"timestamp\":"), pos < end, let timestamp = try? scanNumber() else { return false }
+        guard pos == end - 1, base[pos] == UInt8(ascii: "}") else { return false }
+        pos = end
+        members = Members(transactionId: transactionId, cardId: cardId, amount: amount, timestamp: timestamp)
+        return true
+    }
+
+    @inline(__always)
+    private mutating func matchLiteral(_ literal: StaticString) -> Bool {
+        let n = literal.utf8CodeUnitCount
+        guard end - pos >= n, memcmpBytes(base + pos, literal.utf8Start, n) else { return false }
+        pos += n
+        return true
+    }
+
+    /// Scans a string body up to and past its closing quote; false at an escape or a control
+    /// character (the general parser handles those).
+    private mutating func scanPlainString() -> Bool {
+        skipPlainBytes()
+        while pos < end {
+            let c = base[pos]
+            if c == UInt8(ascii: "\"") {
+                pos += 1
+                return true
+            }
+            if c == UInt8(ascii: "\\") || c < 0x20 { return false }
+            pos += 1
+        }
+        return false
+    }
+
+    /// Advances eight bytes at a time to the next quote, backslash or control character (or
+    /// to the last few bytes of the input, which the caller scans one by one).
+    @inline(__always)
+    private mutating func skipPlainBytes() {
+        let raw = UnsafeRawPointer(base)
+        while pos + 8 <= end {
+            let hits = Self.specialBytes(raw.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
+            if hits != 0 {
+                pos += hits.trailingZeroBitCount >> 3
+                return
+            }
+            pos += 8
+        }
+    }
+
+    /// High bit set in each byte of `w` that is a quote, a backslash or a control character
+    /// (SWAR; the lowest flagged byte is exact, as borrows only run upward).
+    @inline(__always)
+    static func specialBytes(_ w: UInt64) -> UInt64 {
+        let quote = w ^ 0x2222_2222_2222_2222, backslash = w ^ 0x5C5C_5C5C_5C5C_5C5C
+        let special = ((quote &- 0x0101_0101_0101_0101) & ~quote)
+            | ((backslash &- 0x0101_0101_0101_0101) & ~backslash)
+            | ((w &- 0x2020_2020_2020_2020) & ~w)
+        return special & 0x8080_8080_8080_8080
     }
 
     @inline(__always)
@@ -177,7 +253,16 @@ struct JSONScanner {
             } else {
                 name = NameRef(start: nameStart, length: nameLength, decoded: false)
             }
-            if duplicateName == nil {
+            // In the record itself, the four members SEMANTICS.md reads are tracked by a bit
+            // each, and only other names are compared with each other: a typical record then
+            // costs no name comparison at all.
+            let known = isTopLevel ? knownMember(name) : -1
+            if known >= 0 {
+                if seenMembers & (1 << known) != 0 && duplicateName == nil {
+                    duplicateName = "\"" + String(decoding: bytes(of: name), as: UTF8.self) + "\""
+                }
+                seenMembers |= 1 << known
+            } else if duplicateName == nil {
                 if nameSet == nil && names.count - frameStart >= Self.linearNameLimit {
                     var set = Set<[UInt8]>()
                     for i in frameStart..<names.count { set.insert(bytes(of: names[i])) }
@@ -193,7 +278,7 @@ struct JSONScanner {
                     duplicateName = "\"" + String(decoding: bytes(of: name), as: UTF8.self) + "\""
                 }
             }
-            names.append(name)
+            if known < 0 { names.append(name) }
             skipWhitespace()
             guard pos < end, base[pos] == UInt8(ascii: ":") else {
                 throw ParseError(message: "expected ':' at byte \(pos)")
@@ -201,7 +286,13 @@ struct JSONScanner {
             pos += 1
             skipWhitespace()
             let value = try parseValue(depth: depth + 1)
-            if isTopLevel { capture(name, value) }
+            switch known {
+            case 0: members.transactionId = value
+            case 1: members.cardId = value
+            case 2: members.amount = value
+            case 3: members.timestamp = value
+            default: break
+            }
             skipWhitespace()
             guard pos < end else { throw ParseError(message: "unterminated object") }
             let c = base[pos]
@@ -235,28 +326,26 @@ struct JSONScanner {
         }
     }
 
-    /// Keeps the four members SEMANTICS.md §1 reads. Names compare by decoded value.
-    private mutating func capture(_ name: NameRef, _ value: ValueRef) {
-        let p: UnsafePointer<UInt8>
+    /// Which of the four members SEMANTICS.md §1 reads `name` is (0 to 3), or -1. Names
+    /// compare by decoded value.
+    private func knownMember(_ name: NameRef) -> Int {
         if name.decoded {
             // Rare (an escaped member name): compare a copy.
-            let decoded = bytes(of: name)
-            switch decoded {
-            case Array("transactionId".utf8): members.transactionId = value
-            case Array("cardId".utf8): members.cardId = value
-            case Array("amount".utf8): members.amount = value
-            case Array("timestamp".utf8): members.timestamp = value
-            default: break
+            switch bytes(of: name) {
+            case Array("transactionId".utf8): return 0
+            case Array("cardId".utf8): return 1
+            case Array("amount".utf8): return 2
+            case Array("timestamp".utf8): return 3
+            default: return -1
             }
-            return
         }
-        p = base + name.start
+        let p = base + name.start
         switch name.length {
-        case 13 where memcmpBytes(p, StaticString("transactionId").utf8Start, 13): members.transactionId = value
-        case 6 where memcmpBytes(p, StaticString("cardId").utf8Start, 6): members.cardId = value
-        case 6 where memcmpBytes(p, StaticString("amount").utf8Start, 6): members.amount = value
-        case 9 where memcmpBytes(p, StaticString("timestamp").utf8Start, 9): members.timestamp = value
-        default: break
+        case 13 where memcmpBytes(p, StaticString("transactionId").utf8Start, 13): return 0
+        case 6 where memcmpBytes(p, StaticString("cardId").utf8Start, 6): return 1
+        case 6 where memcmpBytes(p, StaticString("amount").utf8Start, 6): return 2
+        case 9 where memcmpBytes(p, StaticString("timestamp").utf8Start, 9): return 3
+        default: return -1
         }
     }
 
@@ -286,6 +375,8 @@ struct JSONScanner {
         pos += 1
         var escaped = false
         while pos < end {
+            skipPlainBytes()
+            guard pos < end else { break }
             let c = base[pos]
             if c == UInt8(ascii: "\"") {
                 pos += 1

@@ -44,3 +44,33 @@ public struct Rejection: Error, Sendable, Hashable, CustomStringConvertible {
     }
     public var description: String { "\(code.rawValue): \(message)" }
 }
+
+/// Where a checked record's members are in its bytes (see ``TransactionDecoder/decodeView(_:kafkaTimestamp:maxFutureSkew:)``).
+/// Offsets are relative to the start of the record.
+public struct TransactionView: Sendable, Hashable {
+    /// A string's contents (without quotes) or a number's text.
+    public struct Span: Sendable, Hashable {
+        public var start: Int
+        public var length: Int
+        /// For strings: whether the raw bytes hold escapes (so differ from the decoded value).
+        public var hasEscapes: Bool
+
+        init(_ ref: JSONScanner.ValueRef) {
+            start = ref.start
+            length = ref.length
+            hasEscapes = ref.hasEscapes
+        }
+    }
+
+    public var transactionId: Span
+    public var cardId: Span
+    public var amount: Span
+    public var timestamp: Int64
+    /// The timestamp's text.
+    public var timestampText: Span
+    /// Whether the timestamp's text is its canonical digits (not `-0`), so it can be copied.
+    public var timestampIsCanonical: Bool
+
+    /// Whether both ids are their raw bytes, so they can be hashed and copied without decoding.
+    public var idsAreRaw: Bool { !transactionId.hasEscapes && !cardId.hasEscapes }
+}

@@ -34,6 +34,23 @@ public struct TransactionDecoder: Sendable {
         kafkaTimestamp: Int64? = nil,
         maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
     ) throws(Rejection) -> Transaction {
+        let view = try decodeView(bytes, kafkaTimestamp: kafkaTimestamp, maxFutureSkew: maxFutureSkew)
+        let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        return Transaction(
+            transactionId: string(view.transactionId, base: base),
+            cardId: string(view.cardId, base: base),
+            amount: DecimalText(unchecked: String(decoding: UnsafeBufferPointer(start: base + view.amount.start, count: view.amount.length), as: UTF8.self)),
+            timestamp: view.timestamp)
+    }
+
+    /// Checks one record completely (every rule of SEMANTICS.md §1) and returns where its
+    /// members are, without building Strings: the hot path of replay copies ids without
+    /// escapes straight from input to output.
+    public mutating func decodeView(
+        _ bytes: UnsafeRawBufferPointer,
+        kafkaTimestamp: Int64? = nil,
+        maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
+    ) throws(Rejection) -> TransactionView {
         let count = bytes.count
         if count > Self.maxRecordBytes {
             throw Rejection(.tooLarge, "record is \(count) bytes; the limit is \(Self.maxRecordBytes)")
@@ -44,6 +61,64 @@ public struct TransactionDecoder: Sendable {
         if let bad = UTF8Validation.firstInvalidByte(base, count) {
             throw Rejection(.invalidUTF8, "invalid UTF-8 at byte \(bad)")
         }
+        var fast = JSONScanner(base: base, end: count, names: [], nameBytes: [])
+        let members: JSONScanner.Members
+        if fast.matchCanonicalRecord() {
+            members = fast.members
+        } else {
+            members = try parseGeneral(base, count)
+        }
+        let m = members
+        guard let transactionId = m.transactionId, let cardId = m.cardId, let amount = m.amount,
+            let timestamp = m.timestamp
+        else {
+            let missing = [("transactionId", m.transactionId), ("cardId", m.cardId), ("amount", m.amount), ("timestamp", m.timestamp)]
+                .filter { $0.1 == nil }.map { "\"\($0.0)\"" }
+            throw Rejection(.missingField, "missing member\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", "))")
+        }
+        if transactionId.kind != .string {
+            throw Rejection(.wrongType, "transactionId must be a string, got \(transactionId.kind.name)")
+        }
+        if cardId.kind != .string {
+            throw Rejection(.wrongType, "cardId must be a string, got \(cardId.kind.name)")
+        }
+        if amount.kind != .number {
+            throw Rejection(.wrongType, "amount must be a number, got \(amount.kind.name)")
+        }
+        if timestamp.kind != .number {
+            throw Rejection(.wrongType, "timestamp must be a number, got \(timestamp.kind.name)")
+        }
+        if !timestamp.isIntegerLiteral {
+            throw Rejection(.wrongType, "timestamp must be an integer literal (no fraction, no exponent)")
+        }
+        try checkLength(transactionId, base: base, name: "transactionId")
+        try checkLength(cardId, base: base, name: "cardId")
+        try Self.checkAmount(amount, base: base)
+        let t = try Self.timestampValue(timestamp, base: base)
+        if let kafkaTimestamp, Int128(t) > Int128(kafkaTimestamp) + Int128(maxFutureSkew) {
+            throw Rejection(
+                .invalidValue,
+                "timestamp \(t) is more than \(maxFutureSkew) ms ahead of the record's Kafka timestamp \(kafkaTimestamp)")
+        }
+        return TransactionView(
+            transactionId: TransactionView.Span(transactionId), cardId: TransactionView.Span(cardId),
+            amount: TransactionView.Span(amount), timestamp: t, timestampText: TransactionView.Span(timestamp),
+            timestampIsCanonical: base[timestamp.start] != UInt8(ascii: "-"))
+    }
+
+    /// Convenience for tests and small callers.
+    public mutating func decode(_ bytes: [UInt8], kafkaTimestamp: Int64? = nil) throws(Rejection) -> Transaction {
+        do {
+            return try bytes.withUnsafeBytes { raw throws(Rejection) in try decode(raw, kafkaTimestamp: kafkaTimestamp) }
+        } catch let rejection as Rejection {
+            throw rejection
+        } catch {
+            fatalError("unreachable: decode throws only Rejection")
+        }
+    }
+
+    /// The general parser: any JSON, every rule in its order up to `duplicate_field`.
+    private mutating func parseGeneral(_ base: UnsafePointer<UInt8>, _ count: Int) throws(Rejection) -> JSONScanner.Members {
         // Hand the scratch buffers to the scanner (leaving ours empty keeps them uniquely
         // referenced, so appending never copies), and take them back afterwards.
         names.removeAll(keepingCapacity: true)
@@ -73,66 +148,16 @@ public struct TransactionDecoder: Sendable {
         if let duplicate = parser.duplicateName {
             throw Rejection(.duplicateField, "member \(duplicate) appears more than once")
         }
-        let m = parser.members
-        guard let transactionId = m.transactionId, let cardId = m.cardId, let amount = m.amount,
-            let timestamp = m.timestamp
-        else {
-            let missing = [("transactionId", m.transactionId), ("cardId", m.cardId), ("amount", m.amount), ("timestamp", m.timestamp)]
-                .filter { $0.1 == nil }.map { "\"\($0.0)\"" }
-            throw Rejection(.missingField, "missing member\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", "))")
-        }
-        if transactionId.kind != .string {
-            throw Rejection(.wrongType, "transactionId must be a string, got \(transactionId.kind.name)")
-        }
-        if cardId.kind != .string {
-            throw Rejection(.wrongType, "cardId must be a string, got \(cardId.kind.name)")
-        }
-        if amount.kind != .number {
-            throw Rejection(.wrongType, "amount must be a number, got \(amount.kind.name)")
-        }
-        if timestamp.kind != .number {
-            throw Rejection(.wrongType, "timestamp must be a number, got \(timestamp.kind.name)")
-        }
-        if !timestamp.isIntegerLiteral {
-            throw Rejection(.wrongType, "timestamp must be an integer literal (no fraction, no exponent)")
-        }
-        let transactionIdString = try string(transactionId, base: base, name: "transactionId")
-        let cardIdString = try string(cardId, base: base, name: "cardId")
-        try Self.checkAmount(amount, base: base)
-        let t = try Self.timestampValue(timestamp, base: base)
-        if let kafkaTimestamp, Int128(t) > Int128(kafkaTimestamp) + Int128(maxFutureSkew) {
-            throw Rejection(
-                .invalidValue,
-                "timestamp \(t) is more than \(maxFutureSkew) ms ahead of the record's Kafka timestamp \(kafkaTimestamp)")
-        }
-        let amountText = String(decoding: UnsafeBufferPointer(start: base + amount.start, count: amount.length), as: UTF8.self)
-        return Transaction(
-            transactionId: transactionIdString, cardId: cardIdString,
-            amount: DecimalText(unchecked: amountText), timestamp: t)
+        return parser.members
     }
 
-    /// Convenience for tests and small callers.
-    public mutating func decode(_ bytes: [UInt8], kafkaTimestamp: Int64? = nil) throws(Rejection) -> Transaction {
-        do {
-            return try bytes.withUnsafeBytes { raw throws(Rejection) in try decode(raw, kafkaTimestamp: kafkaTimestamp) }
-        } catch let rejection as Rejection {
-            throw rejection
-        } catch {
-            fatalError("unreachable: decode throws only Rejection")
-        }
-    }
-
-    private mutating func string(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>, name: String) throws(Rejection) -> String {
-        let s: String
-        let byteCount: Int
+    /// SEMANTICS.md §1: ids are 1 to 1024 bytes, counted after unescaping.
+    private mutating func checkLength(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>, name: String) throws(Rejection) {
+        var byteCount = value.length
         if value.hasEscapes {
             scratch.removeAll(keepingCapacity: true)
             JSONScanner.unescape(base + value.start, value.length, into: &scratch)
             byteCount = scratch.count
-            s = String(decoding: scratch, as: UTF8.self)
-        } else {
-            byteCount = value.length
-            s = String(decoding: UnsafeBufferPointer(start: base + value.start, count: value.length), as: UTF8.self)
         }
         if byteCount == 0 {
             throw Rejection(.invalidValue, "\(name) must not be empty")
@@ -140,7 +165,16 @@ public struct TransactionDecoder: Sendable {
         if byteCount > Self.maxIdBytes {
             throw Rejection(.invalidValue, "\(name) is \(byteCount) bytes; the limit is \(Self.maxIdBytes)")
         }
-        return s
+    }
+
+    /// The decoded value of a checked string member.
+    private mutating func string(_ span: TransactionView.Span, base: UnsafePointer<UInt8>) -> String {
+        if span.hasEscapes {
+            scratch.removeAll(keepingCapacity: true)
+            JSONScanner.unescape(base + span.start, span.length, into: &scratch)
+            return String(decoding: scratch, as: UTF8.self)
+        }
+        return String(decoding: UnsafeBufferPointer(start: base + span.start, count: span.length), as: UTF8.self)
     }
 
     /// SEMANTICS.md §1: the amount is m × 10^e with m of at most 38 digits (leading zeros dropped,
@@ -167,6 +201,12 @@ public struct TransactionDecoder: Sendable {
             n -= 1
         }
         var v: UInt64 = 0
+        if n <= 18 {
+            // Cannot overflow: no checks needed.
+            for i in 0..<n { v = v &* 10 &+ UInt64(p[i] &- 48) }
+            if negative && v != 0 { throw Rejection(.invalidValue, "timestamp must not be negative") }
+            return Int64(v)
+        }
         for i in 0..<n {
             let (m, o1) = v.multipliedReportingOverflow(by: 10)
             let (a, o2) = m.addingReportingOverflow(UInt64(p[i] &- 48))

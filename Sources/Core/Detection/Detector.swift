@@ -34,7 +34,7 @@ public struct Detector: Sendable {
     /// Decides one valid record and records its effect in `store`.
     
     public mutating func process<Store: WindowStore>(
-        card: String, eventTime t: Int64, store: inout Store
+        card: Store.CardKey, eventTime t: Int64, store: inout Store
     ) -> Verdict {
         let p = parameters
         let s = p.windowStart(of: t)
@@ -55,6 +55,12 @@ public struct Detector: Sendable {
             nextPurgeAt = Self.saturatingAdd(newStreamTime, purgeInterval)
         }
         return Verdict(windowStart: s, count: k, isFlagged: k > p.threshold, isLate: false)
+    }
+
+    /// Decides one valid record against an in-memory store, by the card's String id.
+    public mutating func process(card: String, eventTime t: Int64, store: inout InMemoryWindowStore) -> Verdict {
+        var card = card
+        return card.withUTF8 { process(card: CardBytes($0), eventTime: t, store: &store) }
     }
 
     /// The `reason` member of an output record (SEMANTICS.md §2).

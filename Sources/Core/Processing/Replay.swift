@@ -82,12 +82,25 @@ public struct Replay {
     /// arrays travel by reference and are reused batch after batch.
     final class Batch: @unchecked Sendable {
         enum Entry {
-            case valid(Transaction)
+            /// A valid record whose ids hold no escapes, copied into `records` at `offset`: the
+            /// common case, handled without building a String.
+            case raw(TransactionView, offset: Int)
+            /// A valid record with escaped ids.
+            case decoded(Transaction)
             case rejected(line: Int, Rejection, raw: [UInt8])
         }
         var entries: [Entry] = []
+        /// The bytes of the `raw` records.
+        let records = ByteBuffer(capacity: Replay.batchSize * 128)
         var consumedBytes = 0
-        init() { entries.reserveCapacity(Replay.batchSize) }
+        init() {
+            entries.reserveCapacity(Replay.batchSize)
+        }
+
+        func clear() {
+            entries.removeAll(keepingCapacity: true)
+            records.removeAll()
+        }
     }
 
     static let batchSize = 2_048
@@ -126,13 +139,26 @@ public struct Replay {
 
         while let batch = full.take() {
             do throws(FileIOError) {
-                store.prefetch(batch.entries.lazy.compactMap { entry -> String? in
-                    if case .valid(let t) = entry { return t.cardId }
-                    return nil
-                })
-                for entry in batch.entries {
+                let records = batch.records.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                batch.entries.withUnsafeBufferPointer { entries in
+                    store.planLookups(entries.count) { i in
+                        guard case .raw(let view, let offset) = entries[i] else { return nil }
+                        return CardBytes(base: records + offset + view.cardId.start, count: view.cardId.length)
+                    }
+                }
+                for (i, entry) in batch.entries.enumerated() {
+                    store.prefetch(ahead: i)
                     switch entry {
-                    case .valid(let transaction):
+                    case .raw(let view, let offset):
+                        let record = records + offset
+                        let card = CardBytes(base: record + view.cardId.start, count: view.cardId.length)
+                        let verdict = detector.process(card: card, eventTime: view.timestamp, store: &store)
+                        summary.records += 1
+                        if verdict.isFlagged { summary.flagged += 1 }
+                        if verdict.isLate { summary.late += 1 }
+                        encoder.append(view: view, record: record, verdict, to: out)
+                        out.append(0x0A)
+                    case .decoded(let transaction):
                         let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &store)
                         summary.records += 1
                         if verdict.isFlagged { summary.flagged += 1 }
@@ -155,7 +181,7 @@ public struct Replay {
                 break
             }
             progress?.update(bytes: batch.consumedBytes, records: summary.records)
-            batch.entries.removeAll(keepingCapacity: true)
+            batch.clear()
             free.put(batch)
         }
         reader.join()
@@ -196,7 +222,13 @@ public struct Replay {
                     if fullLength > maxBytes {
                         throw Rejection(.tooLarge, "line is \(fullLength) bytes; the limit is \(maxBytes) (raw holds its first \(maxBytes + 1) bytes)")
                     }
-                    batch.entries.append(.valid(try decoder.decode(line)))
+                    let view = try decoder.decodeView(line)
+                    if view.idsAreRaw {
+                        batch.entries.append(.raw(view, offset: batch.records.count))
+                        batch.records.append(line)
+                    } else {
+                        batch.entries.append(.decoded(try decoder.decode(line)))
+                    }
                 } catch {
                     batch.entries.append(.rejected(line: number, error, raw: Array(line)))
                 }
