@@ -157,6 +157,12 @@ struct StateTests {
             counts.append(detector.process(card: card, eventTime: 100, store: &store).count)
         }
         #expect(counts == [1, 1, 2, 2, 3])
+        var reference = InMemoryWindowStore(parameters: Self.parameters)
+        var referenceDetector = Detector(parameters: Self.parameters)
+        let referenceCounts = [composed, decomposed, composed, decomposed, decomposed].map {
+            referenceDetector.process(card: $0, eventTime: 100, store: &reference).count
+        }
+        #expect(referenceCounts == counts)
         let cards = try store.pendingChanges().filter { $0.key[1] == UInt8(ascii: "m") }
         #expect(cards.count == 2)
         try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 5, changelogOffset: 9))

@@ -107,11 +107,11 @@ public final class SQLiteWindowStore: WindowStore {
     /// A card id compared and hashed by its UTF-8 bytes. `String`'s own `==` and hash follow
     /// Unicode canonical equivalence, which would merge two different card ids (precomposed and
     /// decomposed "é") into one card; SQLite, the changelog and the in-memory store keep them apart.
-    struct CardKey: Hashable {
+    struct CardID: Hashable {
         var card: String
 
         @inline(__always)
-        static func == (a: CardKey, b: CardKey) -> Bool { sameBytes(a.card, b.card) }
+        static func == (a: CardID, b: CardID) -> Bool { sameBytes(a.card, b.card) }
 
         @inline(__always)
         func hash(into hasher: inout Hasher) {
@@ -140,23 +140,25 @@ public final class SQLiteWindowStore: WindowStore {
         var a = a
         var b = b
         return a.withUTF8 { x in
-            b.withUTF8 { y in
-                guard x.count == y.count else { return false }
-                let n = x.count
-                guard n > 0, let p = x.baseAddress, let q = y.baseAddress else { return true }
-                // Card ids are short: two 8-byte loads beat a call to memcmp.
-                if n <= 16 {
-                    if n >= 8 {
-                        return UnsafeRawPointer(p).loadUnaligned(as: UInt64.self) == UnsafeRawPointer(q).loadUnaligned(as: UInt64.self)
-                            && UnsafeRawPointer(p + (n - 8)).loadUnaligned(as: UInt64.self)
-                                == UnsafeRawPointer(q + (n - 8)).loadUnaligned(as: UInt64.self)
-                    }
-                    for i in 0..<n where p[i] != q[i] { return false }
-                    return true
-                }
-                return memcmp(p, q, n) == 0
-            }
+            b.withUTF8 { y in x.count == y.count && equalBytes(x.baseAddress, y.baseAddress, x.count) }
         }
+    }
+
+    /// Whether `n` bytes at `p` and `q` are equal (pointers may be nil only when `n` is 0).
+    @inline(__always)
+    static func equalBytes(_ p: UnsafePointer<UInt8>?, _ q: UnsafePointer<UInt8>?, _ n: Int) -> Bool {
+        guard n > 0, let p, let q else { return true }
+        // Card ids are short: two 8-byte loads beat a call to memcmp.
+        if n <= 16 {
+            if n >= 8 {
+                return UnsafeRawPointer(p).loadUnaligned(as: UInt64.self) == UnsafeRawPointer(q).loadUnaligned(as: UInt64.self)
+                    && UnsafeRawPointer(p + (n - 8)).loadUnaligned(as: UInt64.self)
+                        == UnsafeRawPointer(q + (n - 8)).loadUnaligned(as: UInt64.self)
+            }
+            for i in 0..<n where p[i] != q[i] { return false }
+            return true
+        }
+        return memcmp(p, q, n) == 0
     }
 
     @inline(__always)
@@ -221,11 +223,11 @@ public final class SQLiteWindowStore: WindowStore {
     // values. Holds every dirty and every unflushed key, so it is trimmed only where it holds
     // none of either (after a flush).
     var windows: [WindowKey: Slot] = [:]
-    var cards: [CardKey: Slot] = [:]
+    var cards: [CardID: Slot] = [:]
     var dirtyWindowKeys: [WindowKey] = []
-    var dirtyCardKeys: [CardKey] = []
+    var dirtyCardKeys: [CardID] = []
     var unflushedWindowKeys: [WindowKey] = []
-    var unflushedCardKeys: [CardKey] = []
+    var unflushedCardKeys: [CardID] = []
     var committedStreamTime: Int64?
     var dirtyStreamTime: Int64?
     var unflushedStreamTime: Int64?
@@ -242,7 +244,7 @@ public final class SQLiteWindowStore: WindowStore {
     var restoring = false
     // Changelog records applied since the restore began, one entry per key (nil: deleted).
     var restoreWindows: [WindowKey: Int64?] = [:]
-    var restoreCards: [CardKey: Int64?] = [:]
+    var restoreCards: [CardID: Int64?] = [:]
     var restoreStreamTime: Int64??
     var restoreIntoEmpty = false
 
@@ -399,9 +401,41 @@ public final class SQLiteWindowStore: WindowStore {
 
     public var streamTime: Int64? { dirtyStreamTime ?? committedStreamTime }
 
+    /// Cards come as their id's bytes, borrowed (the processor's decoder hands them out without
+    /// copying). The store keeps ids as `String`s and makes one per record at most: the detector
+    /// asks about the same card up to three times, and a repeat is matched against the last one.
+    public typealias CardKey = CardBytes
+
+    public func cardMax(_ card: CardBytes) -> Int64? {
+        if lastCardValid && matchesLastCard(card) { return lastCardMax }
+        return cardMax(name(of: card))
+    }
+
+    public func windowCount(_ card: CardBytes, windowStart: Int64) -> Int64 {
+        windowCount(name(of: card), windowStart: windowStart)
+    }
+
+    public func putAccepted(_ card: CardBytes, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
+        putAccepted(name(of: card), windowStart: windowStart, count: count, cardMax: cardMax, streamTime: streamTime)
+    }
+
+    @inline(__always)
+    func matchesLastCard(_ card: CardBytes) -> Bool {
+        var last = lastCard
+        return last.withUTF8 { $0.count == card.count && Self.equalBytes($0.baseAddress, card.base, card.count) }
+    }
+
+    /// The card's id as a `String`: the last card's when the bytes match, else a new one.
+    @inline(__always)
+    func name(of card: CardBytes) -> String {
+        if matchesLastCard(card) { return lastCard }
+        return String(decoding: UnsafeBufferPointer(start: card.base, count: card.count), as: UTF8.self)
+    }
+
+    /// ``cardMax(_:)-(CardBytes)`` by a `String` id.
     public func cardMax(_ card: String) -> Int64? {
         if lastCardValid && Self.sameBytes(lastCard, card) { return lastCardMax }
-        let key = CardKey(card: card)
+        let key = CardID(card: card)
         let value: Int64?
         if let slot = cards[key] {
             value = slot.current
@@ -415,6 +449,7 @@ public final class SQLiteWindowStore: WindowStore {
         return value
     }
 
+    /// ``windowCount(_:windowStart:)-(CardBytes,_)`` by a `String` id.
     public func windowCount(_ card: String, windowStart: Int64) -> Int64 {
         // Every window of a card starts at or before the card's maximum (the window of a time is
         // never after it), so a later window, or a card without a maximum, has no count: no lookup.
@@ -429,9 +464,10 @@ public final class SQLiteWindowStore: WindowStore {
         return value
     }
 
+    /// ``putAccepted(_:windowStart:count:cardMax:streamTime:)-(CardBytes,_,_,_,_)`` by a `String` id.
     public func putAccepted(_ card: String, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
         let previous = self.cardMax(card)  // the detector just asked: answered from lastCard
-        let cardKey = CardKey(card: card)
+        let cardKey = CardID(card: card)
         let windowKey = WindowKey(card: card, start: windowStart)
         if let i = cards.index(forKey: cardKey) {
             // A window after the card's committed maximum (or of a card with none) exists neither
@@ -475,7 +511,7 @@ public final class SQLiteWindowStore: WindowStore {
     }
 
     @inline(__always)
-    func setCard(_ key: CardKey, _ value: Int64?) {
+    func setCard(_ key: CardID, _ value: Int64?) {
         pendingCache = nil
         if let i = cards.index(forKey: key) {
             if !cards.values[i].dirty {
@@ -558,7 +594,7 @@ public final class SQLiteWindowStore: WindowStore {
         for key in closed {
             setWindow(key, nil)
             if let max = cardMax(key.card), p.isCardExpired(cardMax: max, streamTime: now) {
-                setCard(CardKey(card: key.card), nil)
+                setCard(CardID(card: key.card), nil)
                 lastCardValid = false
             }
         }
@@ -748,8 +784,8 @@ public final class SQLiteWindowStore: WindowStore {
         return sorted.map { ($0.key, $0.value) }
     }
 
-    static func cardsInKeyOrder<S: Sequence<(CardKey, Int64?)>>(_ writes: S) -> [(CardKey, Int64?)] {
-        var sorted: [(prefix: UInt64, key: CardKey, value: Int64?)] = []
+    static func cardsInKeyOrder<S: Sequence<(CardID, Int64?)>>(_ writes: S) -> [(CardID, Int64?)] {
+        var sorted: [(prefix: UInt64, key: CardID, value: Int64?)] = []
         sorted.reserveCapacity(writes.underestimatedCount)
         for (key, value) in writes { sorted.append((cardPrefix(key.card), key, value)) }
         sorted.sort { a, b in a.prefix != b.prefix ? a.prefix < b.prefix : bytesPrecede(a.key.card, b.key.card) }
@@ -758,7 +794,7 @@ public final class SQLiteWindowStore: WindowStore {
 
     /// Writes rows (nil: delete), the stream time (`.some(nil)`: delete) and the checkpoint in
     /// one SQLite transaction; nothing on error.
-    func persist(windows windowWrites: [(WindowKey, Int64?)], cards cardWrites: [(CardKey, Int64?)],
+    func persist(windows windowWrites: [(WindowKey, Int64?)], cards cardWrites: [(CardID, Int64?)],
                  streamTime: Int64??, checkpoint target: StoreCheckpoint) throws(SQLiteError) {
         if !connection.inTransaction { try beginStatement.run() }
         do throws(SQLiteError) {
@@ -891,7 +927,7 @@ public final class SQLiteWindowStore: WindowStore {
             restoreWindows[WindowKey(card: card, start: parsed.windowStart)] = .some(number)
         case .cardMax:
             let card = String(decoding: UnsafeRawBufferPointer(rebasing: key[parsed.card]), as: UTF8.self)
-            restoreCards[CardKey(card: card)] = .some(number)
+            restoreCards[CardID(card: card)] = .some(number)
         case .streamTime:
             restoreStreamTime = .some(number)
         }
@@ -1030,5 +1066,13 @@ extension SQLiteWindowStore {
         cards.reset()
         state.streamTime = try connection.scalarInt64("SELECT time FROM stream WHERE id = 1")
         return state
+    }
+}
+
+extension Detector {
+    /// Decides one valid record against a SQLite store, by the card's `String` id.
+    public mutating func process(card: String, eventTime t: Int64, store: inout SQLiteWindowStore) -> Verdict {
+        var card = card
+        return card.withUTF8 { process(card: CardBytes($0), eventTime: t, store: &store) }
     }
 }
