@@ -8,6 +8,7 @@ struct Polyglot: AsyncParsableCommand {
         abstract: "Card-fraud stream pipeline: one binary for the processor, the auditor and replay.",
         version: ProductVersion.description,
         subcommands: [
+            DevCommand.self,
         ]
     )
 }

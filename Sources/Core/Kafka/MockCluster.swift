@@ -43,7 +43,9 @@ public final class MockCluster: @unchecked Sendable {
         precondition(brokers >= 1, "a mock cluster needs at least one broker")
         context = KafkaCallbackContext(logger: logger)
         // The hosting handle never connects anywhere; it only owns the cluster's threads.
-        handle = try KafkaHandleFactory.make(type: RD_KAFKA_PRODUCER, configuration: KafkaConfiguration(), context: context)
+        // Warnings and worse only: it would otherwise note at start that it has no bootstrap.servers.
+        handle = try KafkaHandleFactory.make(type: RD_KAFKA_PRODUCER, configuration: KafkaConfiguration(["log_level": "4"]),
+                                             context: context)
         guard let cluster = rd_kafka_mock_cluster_new(handle, Int32(brokers)) else {
             rd_kafka_destroy(handle)
             throw KafkaError(RD_KAFKA_RESP_ERR__FAIL, detail: "cannot start the mock cluster")
