@@ -81,6 +81,9 @@ struct DevKafkaBenchCommand: AsyncParsableCommand {
     @Option(help: "Partitions of the benchmark topic.")
     var partitions: Int = 32
 
+    @Option(help: "Use this existing topic (needed on a cluster without an admin API, such as `dev broker`).")
+    var topic: String?
+
     @Option(help: "Value size in bytes.")
     var valueSize: Int = 100
 
@@ -94,6 +97,7 @@ struct DevKafkaBenchCommand: AsyncParsableCommand {
         options.records = records
         options.partitions = partitions
         options.valueSize = valueSize
+        options.topic = topic
         var overrides = KafkaConfiguration()
         do { try overrides.apply(overrides: properties) } catch { throw ValidationError(error.message) }
         options.overrides = overrides

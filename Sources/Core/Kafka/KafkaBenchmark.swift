@@ -11,6 +11,8 @@ public struct KafkaBenchmark: Sendable {
         public var records: Int = 500_000
         public var partitions: Int = 32
         public var valueSize: Int = 100
+        /// An existing topic to use (its records before the run are skipped); nil creates one.
+        public var topic: String?
         /// Extra librdkafka properties for both clients (`-X`).
         public var overrides: KafkaConfiguration = KafkaConfiguration()
         public init() {}
@@ -74,12 +76,21 @@ public struct KafkaBenchmark: Sendable {
         var mock: MockCluster? = nil
         defer { mock?.destroy() }
         let bootstrap: String
-        let topic = "polyglot-bench-\(UUID().uuidString.prefix(8).lowercased())"
+        var topic = "polyglot-bench-\(UUID().uuidString.prefix(8).lowercased())"
+        var partitions = options.partitions
         if let servers = options.bootstrapServers {
             bootstrap = servers
             let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: servers).merging(options.overrides), logger: logger)
             defer { admin.close() }
-            try admin.createTopics([KafkaTopicSpecification(name: topic, partitions: options.partitions)])
+            if let existing = options.topic {
+                topic = existing
+                guard let count = try admin.partitionCounts([existing])[existing] else {
+                    throw KafkaError(code: -1, name: "BENCH", message: "topic \(existing) does not exist")
+                }
+                partitions = count
+            } else {
+                try admin.createTopics([KafkaTopicSpecification(name: topic, partitions: options.partitions)])
+            }
         } else {
             let cluster = try MockCluster(brokers: options.brokers, logger: logger)
             mock = cluster
@@ -87,6 +98,14 @@ public struct KafkaBenchmark: Sendable {
             try cluster.createTopic(topic, partitions: options.partitions)
         }
         let base = KafkaConfiguration(bootstrapServers: bootstrap)
+        // Read only what this run writes.
+        let starts = try { () throws -> [KafkaTopicPartitionOffset] in
+            let probe = try KafkaConsumer(configuration: base.merging(options.overrides), logger: logger)
+            defer { probe.close() }
+            return try (0..<partitions).map { p in
+                KafkaTopicPartitionOffset(topic, Int32(p), offset: try probe.queryWatermarks(KafkaTopicPartition(topic, Int32(p)), timeout: .seconds(10)).high)
+            }
+        }()
 
         // Records shaped like the pipeline's input: a card id key and a fixed-size value.
         let value = [UInt8](repeating: UInt8(ascii: "x"), count: options.valueSize)
@@ -109,7 +128,7 @@ public struct KafkaBenchmark: Sendable {
             configuration: base.merging(KafkaConfiguration(Self.consumerTuning)).merging(options.overrides), logger: logger)
         defer { consumer.close() }
         let consumeStart = ContinuousClock.now
-        try consumer.assign((0..<options.partitions).map { KafkaTopicPartitionOffset(topic, Int32($0), offset: KafkaOffset.beginning) })
+        try consumer.assign(starts)
         var seen = 0
         var bytes = 0
         let deadline = ContinuousClock.now + .seconds(120)
