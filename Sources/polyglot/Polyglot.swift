@@ -8,6 +8,8 @@ struct Polyglot: AsyncParsableCommand {
         abstract: "Card-fraud stream pipeline: one binary for the processor, the auditor and replay.",
         version: ProductVersion.description,
         subcommands: [
+            ReplayCommand.self,
+            GenerateCommand.self,
             DevCommand.self,
         ]
     )

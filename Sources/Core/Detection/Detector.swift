@@ -19,12 +19,16 @@ public struct Verdict: Sendable, Hashable {
 /// verdict cannot differ between roles. Pure apart from the store it is handed; deterministic.
 public struct Detector: Sendable {
     public let parameters: DetectorParameters
-    /// Purge once stream time has moved a whole window since the last purge: often enough to
-    /// bound memory, rare enough to cost nothing per record.
+    /// Purge once stream time has moved a window or a quarter of the retention (whichever is
+    /// longer) since the last purge: state then outlives its deletion point by at most that
+    /// much, and a purge (a pass over every card) stays rare.
     var nextPurgeAt: Int64?
+
+    let purgeInterval: Int64
 
     public init(parameters: DetectorParameters) {
         self.parameters = parameters
+        purgeInterval = max(parameters.window, parameters.retention / 4)
     }
 
     /// Decides one valid record and records its effect in `store`.
@@ -45,10 +49,10 @@ public struct Detector: Sendable {
         if let due = nextPurgeAt {
             if newStreamTime >= due {
                 store.purgeExpired(p)
-                nextPurgeAt = Self.saturatingAdd(newStreamTime, p.window)
+                nextPurgeAt = Self.saturatingAdd(newStreamTime, purgeInterval)
             }
         } else {
-            nextPurgeAt = Self.saturatingAdd(newStreamTime, p.window)
+            nextPurgeAt = Self.saturatingAdd(newStreamTime, purgeInterval)
         }
         return Verdict(windowStart: s, count: k, isFlagged: k > p.threshold, isLate: false)
     }

@@ -1,0 +1,194 @@
+/// The strict input reader of SEMANTICS.md §1.
+///
+/// A hand-written byte-level JSON validator rather than Foundation's JSONSerialization, which
+/// accepts duplicate names, rounds numbers through Double, allocates a tree per record, and
+/// recurses without a bound. This one walks the bytes once, keeps the four members as ranges,
+/// builds Strings only for the two ids, and keeps scratch buffers between records so a clean
+/// record allocates nothing beyond its ids. Nesting is bounded at 128, so a line of 100,000
+/// brackets costs 129 stack frames at most.
+///
+/// Not thread-safe: one decoder per thread (it is a cheap value).
+public struct TransactionDecoder: Sendable {
+    /// Records (and JSONL lines) larger than this are `too_large`.
+    public static let maxRecordBytes = 1 << 20
+    /// Objects and arrays nested deeper than this are `invalid_json`.
+    public static let maxDepth = 128
+    /// Ids are 1 to 1024 UTF-8 bytes.
+    public static let maxIdBytes = 1024
+
+    /// Names of the members of every object open on the stack, flattened; each object remembers
+    /// where its names start. Reused across records.
+    private var names: [JSONScanner.NameRef] = []
+    /// Decoded (unescaped) bytes of names that held escapes, so they compare by value.
+    private var nameBytes: [UInt8] = []
+    private var scratch: [UInt8] = []
+
+    public init() {
+        names.reserveCapacity(64)
+    }
+
+    /// Decodes one record. `kafkaTimestamp` is the record's Kafka timestamp, when it has one;
+    /// replay passes nil and so skips the future-skew check.
+    public mutating func decode(
+        _ bytes: UnsafeRawBufferPointer,
+        kafkaTimestamp: Int64? = nil,
+        maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
+    ) throws(Rejection) -> Transaction {
+        let count = bytes.count
+        if count > Self.maxRecordBytes {
+            throw Rejection(.tooLarge, "record is \(count) bytes; the limit is \(Self.maxRecordBytes)")
+        }
+        guard let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), count > 0 else {
+            throw Rejection(.invalidJSON, "empty record")
+        }
+        if let bad = UTF8Validation.firstInvalidByte(base, count) {
+            throw Rejection(.invalidUTF8, "invalid UTF-8 at byte \(bad)")
+        }
+        // Hand the scratch buffers to the scanner (leaving ours empty keeps them uniquely
+        // referenced, so appending never copies), and take them back afterwards.
+        names.removeAll(keepingCapacity: true)
+        nameBytes.removeAll(keepingCapacity: true)
+        var parser = JSONScanner(base: base, end: count, names: names, nameBytes: nameBytes)
+        names = []
+        nameBytes = []
+        let top: JSONScanner.TopLevel
+        do {
+            top = try parser.parseDocument()
+        } catch {
+            names = parser.takeNames()
+            nameBytes = parser.takeNameBytes()
+            if parser.sawLoneSurrogate {
+                throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
+            }
+            throw Rejection(.invalidJSON, error.message)
+        }
+        names = parser.takeNames()
+        nameBytes = parser.takeNameBytes()
+        if parser.sawLoneSurrogate {
+            throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
+        }
+        guard top.isObject else {
+            throw Rejection(.notObject, "the record is a JSON \(top.kindName), not an object")
+        }
+        if let duplicate = parser.duplicateName {
+            throw Rejection(.duplicateField, "member \(duplicate) appears more than once")
+        }
+        let m = parser.members
+        guard let transactionId = m.transactionId, let cardId = m.cardId, let amount = m.amount,
+            let timestamp = m.timestamp
+        else {
+            let missing = [("transactionId", m.transactionId), ("cardId", m.cardId), ("amount", m.amount), ("timestamp", m.timestamp)]
+                .filter { $0.1 == nil }.map { "\"\($0.0)\"" }
+            throw Rejection(.missingField, "missing member\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", "))")
+        }
+        if transactionId.kind != .string {
+            throw Rejection(.wrongType, "transactionId must be a string, got \(transactionId.kind.name)")
+        }
+        if cardId.kind != .string {
+            throw Rejection(.wrongType, "cardId must be a string, got \(cardId.kind.name)")
+        }
+        if amount.kind != .number {
+            throw Rejection(.wrongType, "amount must be a number, got \(amount.kind.name)")
+        }
+        if timestamp.kind != .number {
+            throw Rejection(.wrongType, "timestamp must be a number, got \(timestamp.kind.name)")
+        }
+        if !timestamp.isIntegerLiteral {
+            throw Rejection(.wrongType, "timestamp must be an integer literal (no fraction, no exponent)")
+        }
+        let transactionIdString = try string(transactionId, base: base, name: "transactionId")
+        let cardIdString = try string(cardId, base: base, name: "cardId")
+        try Self.checkAmount(amount, base: base)
+        let t = try Self.timestampValue(timestamp, base: base)
+        if let kafkaTimestamp, Int128(t) > Int128(kafkaTimestamp) + Int128(maxFutureSkew) {
+            throw Rejection(
+                .invalidValue,
+                "timestamp \(t) is more than \(maxFutureSkew) ms ahead of the record's Kafka timestamp \(kafkaTimestamp)")
+        }
+        let amountText = String(decoding: UnsafeBufferPointer(start: base + amount.start, count: amount.length), as: UTF8.self)
+        return Transaction(
+            transactionId: transactionIdString, cardId: cardIdString,
+            amount: DecimalText(unchecked: amountText), timestamp: t)
+    }
+
+    /// Convenience for tests and small callers.
+    public mutating func decode(_ bytes: [UInt8], kafkaTimestamp: Int64? = nil) throws(Rejection) -> Transaction {
+        do {
+            return try bytes.withUnsafeBytes { raw throws(Rejection) in try decode(raw, kafkaTimestamp: kafkaTimestamp) }
+        } catch let rejection as Rejection {
+            throw rejection
+        } catch {
+            fatalError("unreachable: decode throws only Rejection")
+        }
+    }
+
+    private mutating func string(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>, name: String) throws(Rejection) -> String {
+        let s: String
+        let byteCount: Int
+        if value.hasEscapes {
+            scratch.removeAll(keepingCapacity: true)
+            JSONScanner.unescape(base + value.start, value.length, into: &scratch)
+            byteCount = scratch.count
+            s = String(decoding: scratch, as: UTF8.self)
+        } else {
+            byteCount = value.length
+            s = String(decoding: UnsafeBufferPointer(start: base + value.start, count: value.length), as: UTF8.self)
+        }
+        if byteCount == 0 {
+            throw Rejection(.invalidValue, "\(name) must not be empty")
+        }
+        if byteCount > Self.maxIdBytes {
+            throw Rejection(.invalidValue, "\(name) is \(byteCount) bytes; the limit is \(Self.maxIdBytes)")
+        }
+        return s
+    }
+
+    /// SEMANTICS.md §1: the amount is m × 10^e with m of at most 38 digits (leading zeros dropped,
+    /// trailing zeros kept) and −128 ≤ e ≤ 127.
+    static func checkAmount(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>) throws(Rejection) {
+        guard let shape = DecimalShape(base + value.start, value.length, keepDigits: false) else {
+            throw Rejection(.invalidValue, "amount is not a decimal number")
+        }
+        if shape.significantDigits > 38 {
+            throw Rejection(.invalidValue, "amount has \(shape.significantDigits) significant digits; at most 38 are allowed")
+        }
+        if shape.exponent < -128 || shape.exponent > 127 {
+            throw Rejection(.invalidValue, "amount's exponent is out of range (−128 to 127)")
+        }
+    }
+
+    static func timestampValue(_ value: JSONScanner.ValueRef, base: UnsafePointer<UInt8>) throws(Rejection) -> Int64 {
+        var p = base + value.start
+        var n = value.length
+        var negative = false
+        if p[0] == UInt8(ascii: "-") {
+            negative = true
+            p += 1
+            n -= 1
+        }
+        var v: UInt64 = 0
+        for i in 0..<n {
+            let (m, o1) = v.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(UInt64(p[i] &- 48))
+            if o1 || o2 || a > UInt64(Int64.max) {
+                throw Rejection(.invalidValue, "timestamp is larger than 9223372036854775807")
+            }
+            v = a
+        }
+        if negative && v != 0 {
+            throw Rejection(.invalidValue, "timestamp must not be negative")
+        }
+        return Int64(v)
+    }
+
+}
+
+@inline(__always)
+func memcmpBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+    var i = 0
+    while i < n {
+        if a[i] != b[i] { return false }
+        i += 1
+    }
+    return true
+}

@@ -1,0 +1,196 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A file or stream that could not be opened, read or written; its message is one line.
+public struct FileIOError: Error, Sendable, CustomStringConvertible {
+    public let path: String
+    public let operation: String
+    /// The `errno` value.
+    public let code: Int32
+    public var description: String { "cannot \(operation) '\(path)': \(String(cString: strerror(code)))" }
+}
+
+/// An owned file descriptor for streaming I/O; `-` means stdin or stdout.
+///
+/// POSIX read/write on large buffers rather than FileHandle: replay moves hundreds of
+/// megabytes and each extra copy shows in its throughput.
+public final class FileStream {
+    public let path: String
+    let fd: Int32
+    private let owned: Bool
+    private var closed = false
+
+    private init(path: String, fd: Int32, owned: Bool) {
+        self.path = path
+        self.fd = fd
+        self.owned = owned
+    }
+
+    /// Opens `path` for reading (`-`: stdin).
+    public static func openForReading(_ path: String) throws(FileIOError) -> FileStream {
+        if path == "-" { return FileStream(path: "stdin", fd: 0, owned: false) }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileIOError(path: path, operation: "open", code: errno) }
+        var st = stat()
+        if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+            Glibc.close(fd)
+            throw FileIOError(path: path, operation: "read", code: EISDIR)
+        }
+        return FileStream(path: path, fd: fd, owned: true)
+    }
+
+    /// Creates or truncates `path` for writing (`-`: stdout).
+    public static func openForWriting(_ path: String) throws(FileIOError) -> FileStream {
+        if path == "-" { return FileStream(path: "stdout", fd: 1, owned: false) }
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FileIOError(path: path, operation: "create", code: errno) }
+        return FileStream(path: path, fd: fd, owned: true)
+    }
+
+    /// Size in bytes of a regular file, nil for pipes and terminals.
+    public var regularFileSize: Int? {
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return Int(st.st_size)
+    }
+
+    /// Reads up to `count` bytes into `buffer`; 0 at end of file.
+    func read(into buffer: UnsafeMutableRawPointer, count: Int) throws(FileIOError) -> Int {
+        while true {
+            let n = Glibc.read(fd, buffer, count)
+            if n >= 0 { return n }
+            if errno == EINTR { continue }
+            throw FileIOError(path: path, operation: "read", code: errno)
+        }
+    }
+
+    /// Writes all of `bytes`.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(FileIOError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw FileIOError(path: path, operation: "write", code: errno)
+            }
+            offset += n
+        }
+    }
+
+    /// Writes the buffer's bytes and empties it, keeping its capacity.
+    public func drain(_ buffer: ByteBuffer) throws(FileIOError) {
+        guard !buffer.isEmpty else { return }
+        try write(buffer.bytes)
+        buffer.removeAll()
+    }
+
+    /// Closes the descriptor (not stdin/stdout), reporting a failed close, which on some file
+    /// systems is where a write error surfaces.
+    public func close() throws(FileIOError) {
+        guard owned, !closed else { return }
+        closed = true
+        if Glibc.close(fd) != 0 { throw FileIOError(path: path, operation: "close", code: errno) }
+    }
+
+    deinit {
+        if owned && !closed { _ = Glibc.close(fd) }
+    }
+}
+
+/// Splits a stream into lines without copying them: each line is handed out as a view into the
+/// read buffer. Memory stays bounded whatever the input: a line longer than `maxLineBytes` is
+/// handed out truncated to its first `maxLineBytes + 1` bytes, with its true length.
+public struct LineReader {
+    public let stream: FileStream
+    public let maxLineBytes: Int
+    private let chunkSize: Int
+
+    public init(stream: FileStream, maxLineBytes: Int = TransactionDecoder.maxRecordBytes, chunkSize: Int = 4 << 20) {
+        self.stream = stream
+        self.maxLineBytes = maxLineBytes
+        self.chunkSize = chunkSize
+    }
+
+    /// Calls `body(line, lineNumber, fullLength, bytesConsumed)` for every line, numbered from 1.
+    /// The view is valid only during the call. The final line needs no newline.
+    public func forEachLine<E: Error>(
+        _ body: (UnsafeRawBufferPointer, Int, Int, Int) throws(E) -> Void
+    ) throws(LineReaderError<E>) {
+        let capacity = chunkSize + maxLineBytes + 1
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        defer { buffer.deallocate() }
+        // The first bytes of an oversize line, kept aside while the rest of it is skipped.
+        var oversizePrefix: UnsafeMutableRawPointer?
+        defer { oversizePrefix?.deallocate() }
+        var skipped = -1  // >= 0 while inside an oversize line: its bytes dropped so far
+        var filled = 0
+        var start = 0
+        var lineNumber = 0
+        var consumed = 0
+        var eof = false
+        while !eof {
+            if start > 0 {
+                if filled > start { memmove(buffer, buffer + start, filled - start) }
+                filled -= start
+                start = 0
+            }
+            let n: Int
+            do { n = try stream.read(into: buffer + filled, count: capacity - filled) } catch { throw .io(error) }
+            if n == 0 { eof = true }
+            var scan = filled
+            filled += n
+            while true {
+                let remaining = filled - scan
+                let found = remaining > 0 ? memchr(buffer + scan, 0x0A, remaining) : nil
+                let lineEnd: Int
+                if let found {
+                    lineEnd = buffer.distance(to: UnsafeMutableRawPointer(found))
+                    consumed += lineEnd - start + 1
+                } else if eof && (filled > start || skipped >= 0) {
+                    lineEnd = filled
+                    consumed += lineEnd - start
+                } else {
+                    break
+                }
+                lineNumber += 1
+                do {
+                    if skipped >= 0, let prefix = oversizePrefix {
+                        let full = skipped + (lineEnd - start)
+                        skipped = -1
+                        try body(UnsafeRawBufferPointer(start: prefix, count: maxLineBytes + 1), lineNumber, full, consumed)
+                    } else {
+                        try body(UnsafeRawBufferPointer(start: buffer + start, count: lineEnd - start), lineNumber, lineEnd - start, consumed)
+                    }
+                } catch {
+                    throw .body(error)
+                }
+                start = min(lineEnd + 1, filled)
+                scan = start
+                if lineEnd == filled { break }
+            }
+            // An incomplete line that can no longer fit: keep its first bytes, drop the rest.
+            if !eof && filled - start > maxLineBytes {
+                let pending = filled - start
+                if skipped < 0 {
+                    let prefix = oversizePrefix ?? UnsafeMutableRawPointer.allocate(byteCount: maxLineBytes + 1, alignment: 16)
+                    oversizePrefix = prefix
+                    prefix.copyMemory(from: buffer + start, byteCount: maxLineBytes + 1)
+                    skipped = pending
+                } else {
+                    skipped += pending
+                }
+                consumed += pending
+                start = filled
+            }
+        }
+    }
+}
+
+/// Failure while reading lines: either the stream or the line handler failed.
+public enum LineReaderError<Body: Error>: Error {
+    case io(FileIOError)
+    case body(Body)
+}

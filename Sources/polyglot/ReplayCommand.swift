@@ -1,0 +1,40 @@
+import ArgumentParser
+import Core
+
+struct ReplayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay",
+        abstract: "Run the fraud detector over a JSONL file, no broker.",
+        discussion: """
+            Writes one enriched record per valid input line, in input order. Rejected lines go to \
+            --dlq (or are only counted). Prints a one-line summary on stderr; exits 0 even when \
+            lines were rejected.
+            """)
+
+    @Argument(help: "Input JSONL file ('-' for stdin).")
+    var input: String
+
+    @Option(name: .shortAndLong, help: "Output JSONL file ('-' for stdout).")
+    var output: String = "-"
+
+    @Option(help: "Dead-letter JSONL file for rejected lines.")
+    var dlq: String?
+
+    @OptionGroup var detector: DetectorOptions
+
+    @Flag(inversion: .prefixedNo, help: "Show a progress bar when stderr is a terminal.")
+    var progress = true
+
+    func run() throws {
+        let options = ReplayOptions(
+            input: input, output: output, deadLetters: dlq,
+            parameters: try detector.parameters(),
+            showProgress: progress && ProgressBar.stderrIsTerminal)
+        do {
+            let summary = try Replay(options: options).run()
+            StandardError.write(summary.line + "\n")
+        } catch {
+            throw CommandFailure(error.description)
+        }
+    }
+}
