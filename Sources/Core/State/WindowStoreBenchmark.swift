@@ -1,0 +1,122 @@
+/// Timings of ``SQLiteWindowStore`` on its three hot paths, for a benchmark command and for
+/// tuning. Not a test: the figures depend on the machine.
+///
+/// 1. **detect**: records through ``Detector`` and the store in commit cycles (pending changes,
+///    then commit), as one `polyglot process` task runs them.
+/// 2. **commit**: one commit of a dirty set of a given size, first inserting every key, then
+///    updating every key.
+/// 3. **restore**: applying the changelog that run 1 produced to a new store.
+public enum WindowStoreBenchmark {
+    public struct Configuration: Sendable {
+        public var records = 500_000
+        public var cards = 50_000
+        /// Records per commit cycle in run 1.
+        public var recordsPerCommit = 20_000
+        /// Event-time step between records in run 1, in ms (with the default 1 h retention, 10 ms
+        /// makes 500,000 records span 83 minutes, so retention purges happen too).
+        public var eventTimeStep: Int64 = 10
+        /// Dirty keys in run 2 (half windows, half card maxima).
+        public var commitKeys = 20_000
+        public var parameters = DetectorParameters.default
+        public init() {}
+    }
+
+    public struct Figures: Sendable, CustomStringConvertible {
+        public var records = 0
+        public var detectSeconds = 0.0
+        public var commits = 0
+        public var commitSecondsInDetect = 0.0
+        public var changelogRecords = 0
+        public var commitKeys = 0
+        public var commitInsertSeconds = 0.0
+        public var commitUpdateSeconds = 0.0
+        public var restoreSeconds = 0.0
+        public var storeBytes: Int64 = 0
+
+        public var description: String {
+            func rate(_ n: Int, _ s: Double) -> String { s > 0 ? "\(Int((Double(n) / s).rounded()))/s" : "n/a" }
+            func ms(_ s: Double) -> String { String(Int((s * 1000).rounded())) + " ms" }
+            return """
+                detect:  \(records) records, \(commits) commits in \(ms(detectSeconds)) = \(rate(records, detectSeconds)) \
+                (of which pendingChanges+commit \(ms(commitSecondsInDetect)))
+                commit:  \(commitKeys) dirty keys: insert \(ms(commitInsertSeconds)), update \(ms(commitUpdateSeconds))
+                restore: \(changelogRecords) changelog records in \(ms(restoreSeconds)) = \(rate(changelogRecords, restoreSeconds))
+                """
+        }
+    }
+
+    /// Runs the three measurements in `directory` (three store subdirectories are created there
+    /// and left for inspection; delete the directory afterwards).
+    public static func run(directory: String, configuration c: Configuration = Configuration()) throws -> Figures {
+        var figures = Figures()
+        let clock = ContinuousClock()
+        let options = SQLiteWindowStore.Options(integrityCheck: .none)
+        let cardIds = (0..<c.cards).map { "card-" + String(1_000_000_000 + $0) }
+
+        // 1. Detector through the store in commit cycles; keep the changelog for run 3.
+        var store = try SQLiteWindowStore(directory: directory + "/detect", parameters: c.parameters, options: options)
+        var detector = Detector(parameters: c.parameters)
+        var changelog: [ChangelogRecord] = []
+        var random = UInt64(0x2545_F491_4F6C_DD1D)
+        var offset: Int64 = 0
+        let detectStart = clock.now
+        var commitTime = Duration.zero
+        for i in 0..<c.records {
+            // xorshift64: cheap and deterministic, so the figures are comparable run to run.
+            random ^= random << 13
+            random ^= random >> 7
+            random ^= random << 17
+            let card = cardIds[Int(random % UInt64(c.cards))]
+            _ = detector.process(card: card, eventTime: Int64(i) * c.eventTimeStep, store: &store)
+            if (i + 1) % c.recordsPerCommit == 0 || i + 1 == c.records {
+                let t0 = clock.now
+                let changes = try store.pendingChanges()
+                offset = Int64(i + 1)
+                try store.commit(checkpoint: StoreCheckpoint(sourceOffset: offset, changelogOffset: Int64(changelog.count + changes.count)))
+                commitTime += clock.now - t0
+                changelog += changes
+                figures.commits += 1
+            }
+        }
+        figures.records = c.records
+        figures.detectSeconds = seconds(clock.now - detectStart)
+        figures.commitSecondsInDetect = seconds(commitTime)
+        try store.close()
+
+        // 2. One commit of `commitKeys` dirty keys, inserted, then updated.
+        let commitStore = try SQLiteWindowStore(directory: directory + "/commit", parameters: c.parameters, options: options)
+        let half = c.commitKeys / 2
+        for round in 0..<2 {
+            for k in 0..<half {
+                let card = cardIds[k % c.cards]
+                commitStore.putAccepted(card, windowStart: 60_000 * Int64(k / c.cards), count: Int64(round + 1),
+                                        cardMax: Int64(round) * 1_000 + Int64(k), streamTime: Int64(k))
+            }
+            let t0 = clock.now
+            try commitStore.commit(checkpoint: StoreCheckpoint(sourceOffset: Int64(round), changelogOffset: Int64(round)))
+            let elapsed = seconds(clock.now - t0)
+            if round == 0 { figures.commitInsertSeconds = elapsed } else { figures.commitUpdateSeconds = elapsed }
+        }
+        figures.commitKeys = 2 * half
+        try commitStore.close()
+
+        // 3. Restore run 1's changelog into a new store, committing every 100,000 records.
+        let restored = try SQLiteWindowStore(directory: directory + "/restore", parameters: c.parameters, options: options)
+        let restoreStart = clock.now
+        for (i, record) in changelog.enumerated() {
+            try restored.apply(record)
+            if (i + 1) % 100_000 == 0 {
+                try restored.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: -1, changelogOffset: Int64(i + 1)))
+            }
+        }
+        try restored.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: offset, changelogOffset: Int64(changelog.count)))
+        figures.restoreSeconds = seconds(clock.now - restoreStart)
+        figures.changelogRecords = changelog.count
+        try restored.close()
+        return figures
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,445 @@
+import Foundation
+import Testing
+@testable import Core
+
+/// Deterministic generator for the randomized tests (SplitMix64).
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A fresh directory under the system's temporary directory, removed by `cleanup()`.
+struct TemporaryDirectory {
+    let path: String
+    init(_ name: String) throws {
+        path = FileManager.default.temporaryDirectory
+            .appendingPathComponent("polyglot-state-\(name)-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    func sub(_ name: String) -> String { path + "/" + name }
+    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+@Suite("State")
+struct StateTests {
+    static let parameters = try! DetectorParameters(window: 1000, threshold: 2, grace: 200, retention: 5000)
+    static let fast = SQLiteWindowStore.Options(integrityCheck: .none)
+
+    // MARK: Changelog encoding
+
+    @Test func changelogEncodingIsTheDocumentedBytes() throws {
+        let window = ChangelogRecord(.window(card: "c1", windowStart: 0x0102_0304_0506_0708, count: 5))
+        #expect(window.key == [0x01, 0x77, 1, 2, 3, 4, 5, 6, 7, 8, 0x63, 0x31])
+        #expect(window.value == [0, 0, 0, 0, 0, 0, 0, 5])
+        let card = ChangelogRecord(.cardMax(card: "é", max: -2))
+        #expect(card.key == [0x01, 0x6d, 0xc3, 0xa9])
+        #expect(card.value == [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe])
+        let stream = ChangelogRecord(.streamTime(256))
+        #expect(stream.key == [0x01, 0x74])
+        #expect(stream.value == [0, 0, 0, 0, 0, 0, 1, 0])
+        #expect(ChangelogRecord(.window(card: "c1", windowStart: 7, count: nil)).value == nil)
+    }
+
+    @Test func changelogRoundTrip() throws {
+        let entries: [ChangelogEntry] = [
+            .window(card: "card-1", windowStart: 0, count: 1),
+            .window(card: "card-1", windowStart: Int64.max - Int64.max % 1000, count: Int64.max),
+            .window(card: "", windowStart: -1, count: nil),
+            .window(card: "kärtchen 🃏", windowStart: 60_000, count: 3),
+            .cardMax(card: "card-1", max: 9_223_372_036_854_775_807),
+            .cardMax(card: "x", max: nil),
+            .cardMax(card: String(repeating: "z", count: 1024), max: 0),
+            .streamTime(12_345),
+            .streamTime(nil),
+        ]
+        for entry in entries {
+            let record = ChangelogRecord(entry)
+            #expect(try record.decode() == entry)
+        }
+    }
+
+    @Test func malformedChangelogRecordsThrowClearErrors() throws {
+        let cases: [(ChangelogRecord, String)] = [
+            (ChangelogRecord(key: [], value: nil), "shorter than its 2-byte header"),
+            (ChangelogRecord(key: [0x01], value: nil), "shorter than its 2-byte header"),
+            (ChangelogRecord(key: [0x02, 0x77], value: nil), "unknown changelog encoding version 2"),
+            (ChangelogRecord(key: [0x01, 0x78], value: nil), "unknown changelog key tag 0x78"),
+            (ChangelogRecord(key: [0x01, 0x77, 0, 0, 0], value: nil), "window key of 5 bytes"),
+            (ChangelogRecord(key: [0x01, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0xff], value: nil), "not valid UTF-8"),
+            (ChangelogRecord(key: [0x01, 0x6d, 0xed, 0xa0, 0x80], value: nil), "not valid UTF-8"),  // a surrogate
+            (ChangelogRecord(key: [0x01, 0x74, 0x00], value: [0, 0, 0, 0, 0, 0, 0, 1]), "stream time key has 3 bytes"),
+            (ChangelogRecord(key: [0x01, 0x6d, 0x61], value: [1, 2, 3]), "value has 3 bytes, expected 8"),
+            (ChangelogRecord(key: [0x01, 0x6d, 0x61], value: []), "value has 0 bytes, expected 8"),
+            (ChangelogRecord(key: [0x01, 0x6d, 0x61], value: Array(repeating: 0, count: 9)), "value has 9 bytes, expected 8"),
+        ]
+        for (record, expected) in cases {
+            #expect {
+                _ = try record.decode()
+            } throws: { error in
+                guard let error = error as? ChangelogDecodingError else { return false }
+                return error.message.contains(expected)
+            }
+        }
+
+        // The store rejects the same records during a restore and applies nothing of them.
+        let dir = try TemporaryDirectory("malformed")
+        defer { dir.cleanup() }
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        try store.apply(ChangelogRecord(.cardMax(card: "ok", max: 5)))
+        for (record, _) in cases {
+            #expect(throws: ChangelogDecodingError.self) { try store.apply(record) }
+        }
+        try store.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: 1, changelogOffset: 1))
+        let state = try store.committedState()
+        #expect(state.cards == [.init(card: "ok", max: 5)])
+        #expect(state.windows.isEmpty && state.streamTime == nil)
+        try store.close()
+    }
+
+    // MARK: Store behaviour
+
+    @Test func commitWritesOneRecordPerKeyAndReopens() throws {
+        let dir = try TemporaryDirectory("commit")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        #expect(store.wasCreated)
+        #expect(store.checkpoint == nil)
+        var detector = Detector(parameters: Self.parameters)
+        for t: Int64 in [100, 200, 300, 1_100] {
+            _ = detector.process(card: "a", eventTime: t, store: &store)
+        }
+        _ = detector.process(card: "b", eventTime: 1_150, store: &store)
+        let changes = try store.pendingChanges()
+        // Window a@0 counted three times and a@1000 once: still one record each.
+        #expect(changes == [
+            ChangelogRecord(.cardMax(card: "a", max: 1_100)),
+            ChangelogRecord(.cardMax(card: "b", max: 1_150)),
+            ChangelogRecord(.streamTime(1_150)),
+            ChangelogRecord(.window(card: "a", windowStart: 0, count: 3)),
+            ChangelogRecord(.window(card: "a", windowStart: 1_000, count: 1)),
+            ChangelogRecord(.window(card: "b", windowStart: 1_000, count: 1)),
+        ])
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 5, changelogOffset: 6))
+        #expect(try store.pendingChanges().isEmpty)
+        try store.close()
+
+        store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
+        #expect(!store.wasCreated)
+        #expect(store.checkpoint == StoreCheckpoint(sourceOffset: 5, changelogOffset: 6))
+        #expect(store.streamTime == 1_150)
+        #expect(store.cardMax("a") == 1_100)
+        #expect(store.windowCount("a", windowStart: 0) == 3)
+        #expect(store.windowCount("b", windowStart: 1_000) == 1)
+        #expect(store.cardMax("c") == nil)
+        try store.close()
+    }
+
+    @Test func rollbackReadsAsOfTheLastCommit() throws {
+        let dir = try TemporaryDirectory("rollback")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        var detector = Detector(parameters: Self.parameters)
+        _ = detector.process(card: "a", eventTime: 100, store: &store)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 1, changelogOffset: 3))
+        _ = detector.process(card: "a", eventTime: 150, store: &store)
+        _ = detector.process(card: "b", eventTime: 3_000, store: &store)
+        #expect(store.windowCount("a", windowStart: 0) == 2)
+        store.rollback()
+        #expect(try store.pendingChanges().isEmpty)
+        #expect(store.windowCount("a", windowStart: 0) == 1)
+        #expect(store.cardMax("b") == nil)
+        #expect(store.streamTime == 100)
+        #expect(store.checkpoint == StoreCheckpoint(sourceOffset: 1, changelogOffset: 3))
+        try store.close()
+    }
+
+    @Test func purgeTombstonesExpiredKeysAndDeletesRows() throws {
+        let dir = try TemporaryDirectory("purge")
+        defer { dir.cleanup() }
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        let p = Self.parameters
+        // Committed: card a with windows 0 and 1000 (closed by a's own max 2500 once purged),
+        // card b far behind (expires by retention at stream time 20000).
+        store.putAccepted("a", windowStart: 0, count: 2, cardMax: 500, streamTime: 500)
+        store.putAccepted("b", windowStart: 0, count: 1, cardMax: 600, streamTime: 600)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 2, changelogOffset: 4))
+        store.putAccepted("a", windowStart: 1_000, count: 1, cardMax: 1_100, streamTime: 1_100)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 3, changelogOffset: 7))
+        store.putAccepted("a", windowStart: 2_000, count: 1, cardMax: 2_500, streamTime: 2_500)
+        store.purgeExpired(p)
+        // a@0 closed (0 + 1000 + 200 <= 2500); a@1000 not yet (2200 > 2500 is false: closed too).
+        var changes = try store.pendingChanges()
+        #expect(changes.contains(ChangelogRecord(.window(card: "a", windowStart: 0, count: nil))))
+        #expect(changes.contains(ChangelogRecord(.window(card: "a", windowStart: 1_000, count: nil))))
+        #expect(!changes.contains { $0.value == nil && (try? $0.decode()) == .cardMax(card: "b", max: nil) })
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 4, changelogOffset: 12))
+        #expect(try store.committedState().windows.map(\.start) == [2_000, 0])  // a@2000, b@0
+
+        store.putAccepted("c", windowStart: 20_000, count: 1, cardMax: 20_000, streamTime: 20_000)
+        store.purgeExpired(p)
+        changes = try store.pendingChanges()
+        #expect(changes.contains(ChangelogRecord(.cardMax(card: "a", max: nil))))
+        #expect(changes.contains(ChangelogRecord(.cardMax(card: "b", max: nil))))
+        #expect(changes.contains(ChangelogRecord(.window(card: "a", windowStart: 2_000, count: nil))))
+        #expect(changes.contains(ChangelogRecord(.window(card: "b", windowStart: 0, count: nil))))
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 5, changelogOffset: 20))
+        let state = try store.committedState()
+        #expect(state.windows == [.init(card: "c", start: 20_000, count: 1)])
+        #expect(state.cards == [.init(card: "c", max: 20_000)])
+        try store.close()
+    }
+
+    @Test func windowsOpenedAndClosedWithinOneCycleLeaveNoTrace() throws {
+        let dir = try TemporaryDirectory("transient")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        var detector = Detector(parameters: Self.parameters)
+        for t in stride(from: Int64(0), to: 10_000, by: 500) {
+            _ = detector.process(card: "a", eventTime: t, store: &store)
+        }
+        store.purgeExpired(Self.parameters)
+        let windows = try store.pendingChanges().compactMap { record -> Int64? in
+            if case .window(_, let start, _) = try record.decode() { return start }
+            return nil
+        }
+        // Only the windows still open for a (max 9500): 8000 is closed (8000+1200 <= 9500).
+        #expect(windows == [9_000])
+        try store.close()
+    }
+
+    @Test func restoreRequiresNoPendingChanges() throws {
+        let dir = try TemporaryDirectory("restore-pending")
+        defer { dir.cleanup() }
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        store.putAccepted("a", windowStart: 0, count: 1, cardMax: 1, streamTime: 1)
+        #expect {
+            try store.apply(ChangelogRecord(.streamTime(5)))
+        } throws: { ($0 as? SQLiteError)?.code == .apiMisuse }
+        store.rollback()
+        try store.apply(ChangelogRecord(.streamTime(5)))
+        store.rollback()  // abandons the restore
+        #expect(store.streamTime == nil)
+        try store.close()
+    }
+
+    // MARK: Differential test against the in-memory store
+
+    /// Drives the detector over the SQLite store and the in-memory store with the same random
+    /// records (late ones, gaps past retention, several cards) in commit cycles, some aborted and
+    /// replayed, reopening the store now and then; every verdict must match. Then restores a new
+    /// store from the changelog the cycles produced and checks it holds the same rows and keeps
+    /// giving the same verdicts.
+    /// A cache capacity of 0 sends nearly every read to SQLite; 64 evicts often.
+    @Test(arguments: [(UInt64(1), 0), (2, 64), (3, 50_000), (4, 64)])
+    func sameVerdictsAsInMemoryStore(seed: UInt64, cacheCapacity: Int) throws {
+        let p = Self.parameters
+        let dir = try TemporaryDirectory("differential")
+        defer { dir.cleanup() }
+        var random = SeededGenerator(seed: seed)
+        let cards = (0..<12).map { "card-\($0)" } + ["kärtchen-é", "long-card-id-that-is-not-inline-\(seed)"]
+
+        var reference = InMemoryWindowStore(parameters: p)
+        var referenceDetector = Detector(parameters: p)
+        var store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: p,
+                                          options: .init(cacheCapacity: cacheCapacity, integrityCheck: .quick))
+        var detector = Detector(parameters: p)
+        var changelog: [ChangelogRecord] = []
+        var clock: Int64 = 0
+        var offset: Int64 = 0
+        var verdicts = 0
+        var late = 0
+        var flagged = 0
+
+        // Mostly in order with small steps (so windows fill up and get flagged), some records
+        // behind by up to 1.5 retentions (around every closing boundary), rare jumps past retention.
+        func nextRecord() -> (String, Int64) {
+            let card = cards[Int.random(in: 0..<cards.count, using: &random)]
+            let roll = Int.random(in: 0..<100, using: &random)
+            if roll < 2 {
+                clock += Int64.random(in: 5_000...12_000, using: &random)
+            } else if roll < 75 {
+                clock += Int64.random(in: 0...12, using: &random)
+            }
+            let t: Int64
+            if roll >= 75 {
+                t = max(0, clock - Int64.random(in: 0...7_500, using: &random))
+            } else {
+                t = clock
+            }
+            return (card, t)
+        }
+
+        for cycle in 0..<60 {
+            let batch = (0..<Int.random(in: 1...300, using: &random)).map { _ in nextRecord() }
+            let abort = cycle % 7 == 3
+            let savedReference = reference
+            let savedReferenceDetector = referenceDetector
+            let savedDetector = detector
+            for attempt in 0..<(abort ? 2 : 1) {
+                for (card, t) in batch {
+                    let expected = referenceDetector.process(card: card, eventTime: t, store: &reference)
+                    let actual = detector.process(card: card, eventTime: t, store: &store)
+                    #expect(actual == expected, "seed \(seed) cycle \(cycle): \(card) at \(t)")
+                    if expected.isLate { late += 1 }
+                    if expected.isFlagged { flagged += 1 }
+                    verdicts += 1
+                }
+                if abort && attempt == 0 {
+                    _ = try store.pendingChanges()
+                    store.rollback()
+                    reference = savedReference
+                    referenceDetector = savedReferenceDetector
+                    detector = savedDetector
+                }
+            }
+            let changes = try store.pendingChanges()
+            #expect(Set(changes.map(\.key)).count == changes.count, "one record per key per commit")
+            offset += Int64(batch.count)
+            changelog += changes
+            try store.commit(checkpoint: StoreCheckpoint(sourceOffset: offset, changelogOffset: Int64(changelog.count)))
+            if cycle % 13 == 12 {
+                try store.close()
+                store = try SQLiteWindowStore(directory: dir.sub("live"), parameters: p,
+                                              options: .init(cacheCapacity: cacheCapacity, integrityCheck: .full))
+                #expect(store.checkpoint?.sourceOffset == offset)
+            }
+        }
+        #expect(late > 1_000, "the input exercises late records")
+        #expect(flagged > 1_000, "the input exercises flags")
+        #expect(changelog.contains { $0.value == nil }, "the input exercises purges")
+
+        // Restore a second store from the changelog: same rows, same checkpoint.
+        var restored = try SQLiteWindowStore(directory: dir.sub("restored"), parameters: p, options: Self.fast)
+        for (i, record) in changelog.enumerated() {
+            try restored.apply(record)
+            if i % 500 == 499 {
+                try restored.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: -1, changelogOffset: Int64(i + 1)))
+            }
+        }
+        let checkpoint = StoreCheckpoint(sourceOffset: offset, changelogOffset: Int64(changelog.count))
+        try restored.commitRestore(checkpoint: checkpoint)
+        #expect(restored.checkpoint == checkpoint)
+        #expect(try restored.committedState() == store.committedState())
+
+        // Both keep agreeing with the reference afterwards.
+        var restoredDetector = Detector(parameters: p)
+        for _ in 0..<2_000 {
+            let (card, t) = nextRecord()
+            let expected = referenceDetector.process(card: card, eventTime: t, store: &reference)
+            #expect(detector.process(card: card, eventTime: t, store: &store) == expected)
+            #expect(restoredDetector.process(card: card, eventTime: t, store: &restored) == expected)
+        }
+        // Purge timing differs (each detector schedules its own), but after one more purge at the
+        // same stream time both hold the same rows.
+        store.purgeExpired(p)
+        restored.purgeExpired(p)
+        let next = StoreCheckpoint(sourceOffset: offset + 2_000, changelogOffset: 0)
+        try store.commit(checkpoint: next)
+        try restored.commit(checkpoint: next)
+        #expect(try restored.committedState() == store.committedState())
+
+        // And they hold exactly what the in-memory store holds after the same purge: nothing
+        // that may be deleted is left behind.
+        reference.purgeExpired(p)
+        let state = try store.committedState()
+        #expect(state.streamTime == reference.streamTime)
+        let windows = Set(state.windows.map { "\($0.card) \($0.start) \($0.count)" })
+        let referenceWindows = Set(reference.cards.flatMap { card, value in
+            value.windows.map { "\(card) \($0.start) \($0.count)" }
+        })
+        #expect(windows == referenceWindows && !windows.isEmpty)
+        #expect(Set(state.cards.map { "\($0.card) \($0.max)" }) == Set(reference.cards.map { "\($0.key) \($0.value.max)" }))
+        try store.close()
+        try restored.close()
+        #expect(verdicts > 5_000)
+    }
+
+    // MARK: Opening, corruption, schema
+
+    @Test func garbageFileRequiresRebuild() throws {
+        let dir = try TemporaryDirectory("garbage")
+        defer { dir.cleanup() }
+        let file = SQLiteWindowStore.path(directory: dir.path)
+        try Data(repeating: 0x5a, count: 8_192).write(to: URL(fileURLWithPath: file))
+        #expect {
+            _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
+        } throws: { ($0 as? SQLiteError)?.requiresRebuild == true }
+        try SQLiteWindowStore.destroy(directory: dir.path)
+        #expect(!FileManager.default.fileExists(atPath: file))
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
+        #expect(store.wasCreated && store.checkpoint == nil)
+        try store.close()
+    }
+
+    @Test func damagedPageIsDetectedAtOpen() throws {
+        let dir = try TemporaryDirectory("damaged")
+        defer { dir.cleanup() }
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        for i in 0..<3_000 {
+            store.putAccepted("card-\(i)", windowStart: Int64(i) * 1000, count: 1, cardMax: Int64(i) * 1000, streamTime: Int64(i) * 1000)
+        }
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 3_000, changelogOffset: 6_001))
+        try store.close()
+        let file = SQLiteWindowStore.path(directory: dir.path)
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: file))
+        let size = try handle.seekToEnd()
+        #expect(size > 8 * 4_096)
+        try handle.seek(toOffset: 4_096 * 3)
+        try handle.write(contentsOf: Data(repeating: 0xa5, count: 4_096 * 2))
+        try handle.close()
+        #expect {
+            _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
+        } throws: { ($0 as? SQLiteError)?.requiresRebuild == true }
+    }
+
+    @Test func unknownSchemaVersionRequiresRebuild() throws {
+        let dir = try TemporaryDirectory("schema")
+        defer { dir.cleanup() }
+        let db = try SQLiteConnection(path: SQLiteWindowStore.path(directory: dir.path))
+        try db.execute("CREATE TABLE other(x); PRAGMA user_version = 99")
+        try db.close()
+        #expect {
+            _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
+        } throws: { ($0 as? SQLiteError).map { $0.code == .unsupportedSchema && $0.requiresRebuild } ?? false }
+    }
+
+    @Test func secondOpenOfAnOpenStoreIsBusy() throws {
+        let dir = try TemporaryDirectory("busy")
+        defer { dir.cleanup() }
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        #expect {
+            _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        } throws: { ($0 as? SQLiteError)?.isRetriable == true }
+        try store.close()
+        let again = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        try again.close()
+    }
+
+    @Test func sqliteErrorCarriesCodes() throws {
+        let dir = try TemporaryDirectory("errors")
+        defer { dir.cleanup() }
+        let db = try SQLiteConnection(path: dir.sub("x.sqlite"))
+        try db.execute("CREATE TABLE t(x INTEGER PRIMARY KEY)")
+        try db.execute("INSERT INTO t VALUES (1)")
+        #expect {
+            try db.execute("INSERT INTO t VALUES (1)")
+        } throws: { error in
+            guard let error = error as? SQLiteError else { return false }
+            // SQLITE_CONSTRAINT_PRIMARYKEY = 1555
+            return error.code == .constraint && error.resultCode == 1555 && !error.isRetriable
+                && error.message.contains("UNIQUE constraint failed")
+        }
+        try db.close()
+        #expect(throws: SQLiteError.self) { try db.execute("SELECT 1") }
+        #expect {
+            _ = try SQLiteConnection(path: dir.sub("missing/dir/x.sqlite"))
+        } throws: { ($0 as? SQLiteError)?.code == .cantOpen }
+    }
+}
