@@ -10,6 +10,7 @@ struct Polyglot: AsyncParsableCommand {
         subcommands: [
             ReplayCommand.self,
             GenerateCommand.self,
+            ProcessCommand.self,
             DevCommand.self,
         ]
     )

@@ -18,11 +18,19 @@ final class ProducerContext: KafkaCallbackContext, @unchecked Sendable {
     struct State {
         var counts = KafkaDeliveryCounts(delivered: 0, failed: 0, failures: [])
         var waiters: [CheckedContinuation<Void, Never>] = []
+        /// Highest delivered offset of records produced with `trackOffset`.
+        var trackedOffsets: [KafkaTopicPartition: Int64] = [:]
     }
     let state = Mutex(State())
 
-    func deliveryReport(_ err: rd_kafka_resp_err_t) {
+    func deliveryReport(_ message: UnsafePointer<rd_kafka_message_t>) {
+        let err = message.pointee.err
+        // Only tracked records pay for a topic name.
+        let tracked: KafkaTopicPartition? = (message.pointee._private != nil && err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            ? KafkaTopicPartition(String(cString: rd_kafka_topic_name(message.pointee.rkt)), message.pointee.partition) : nil
+        let offset = message.pointee.offset
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            if let tracked { s.trackedOffsets[tracked] = max(s.trackedOffsets[tracked] ?? -1, offset) }
             if err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 s.counts.delivered += 1
             } else {
@@ -78,7 +86,7 @@ public final class KafkaProducer: @unchecked Sendable {
             rd_kafka_conf_set_dr_msg_cb(conf) { rk, message, _ in
                 guard let rk, let message,
                       let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) as? ProducerContext else { return }
-                context.deliveryReport(message.pointee.err)
+                context.deliveryReport(message)
             }
         }
         name = String(cString: rd_kafka_name(handle))
@@ -108,11 +116,12 @@ public final class KafkaProducer: @unchecked Sendable {
     ///   - partition: nil lets the partitioner pick (from the key).
     ///   - value: nil produces a tombstone.
     ///   - timestamp: epoch milliseconds; nil means now.
+    ///   - trackOffset: remember the offset it is delivered at (see ``deliveredOffset(_:)``).
     /// - Throws: ``KafkaError`` with code ``KafkaError/Code/queueFull`` (retriable) when the local
     ///   queue is full and `blockIfQueueFull` is false.
     public func produce(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
                         headers: [KafkaHeader] = [], timestamp: Int64? = nil,
-                        blockIfQueueFull: Bool = false) throws(KafkaError) {
+                        blockIfQueueFull: Bool = false, trackOffset: Bool = false) throws(KafkaError) {
         let rkt = try topicHandle(topic)
         var hdrs: OpaquePointer? = nil
         if !headers.isEmpty {
@@ -128,7 +137,7 @@ public final class KafkaProducer: @unchecked Sendable {
         let flags = RD_KAFKA_MSG_F_COPY | (blockIfQueueFull ? RD_KAFKA_MSG_F_BLOCK : 0)
         let error: OpaquePointer? = withOptionalBytes(key) { keyPtr, keyLen in
             withOptionalBytes(value) { valuePtr, valueLen in
-              withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 7) { vus in
+              withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 8) { vus in
                 vus.initialize(repeating: rd_kafka_vu_t())
                 var n = 0
                 vus[n].vtype = RD_KAFKA_VTYPE_RKT; vus[n].u.rkt = rkt; n += 1
@@ -142,6 +151,10 @@ public final class KafkaProducer: @unchecked Sendable {
                 }
                 if let timestamp {
                     vus[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[n].u.i64 = timestamp; n += 1
+                }
+                if trackOffset {
+                    // Any non-null opaque marks the record for ``deliveredOffset(_:)``.
+                    vus[n].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[n].u.ptr = UnsafeMutableRawPointer(bitPattern: 1); n += 1
                 }
                 if let hdrs {
                     vus[n].vtype = RD_KAFKA_VTYPE_HEADERS; vus[n].u.headers = hdrs; n += 1
@@ -184,6 +197,11 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Delivery reports served so far.
     public var deliveryCounts: KafkaDeliveryCounts { context.state.withLock { $0.counts } }
+
+    /// The highest offset delivered so far to `partition` by records produced with `trackOffset`.
+    public func deliveredOffset(_ partition: KafkaTopicPartition) -> Int64? {
+        context.state.withLock { $0.trackedOffsets[partition] }
+    }
 
     /// Records queued, in flight or awaiting their delivery report.
     public var outstanding: Int { Int(rd_kafka_outq_len(handle)) }

@@ -1,0 +1,107 @@
+import ArgumentParser
+import Core
+import Logging
+import ServiceLifecycle
+
+struct ProcessCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "process",
+        abstract: "Run the fraud detector on Kafka, exactly once, with SQLite window state.",
+        discussion: """
+            Joins the consumer group <application-id> on the input topic. Each assigned partition is a \
+            task with its own SQLite window store under --state-dir, restored from the changelog topic \
+            <application-id>-windows-changelog when missing, corrupt or behind. Outputs go to the output \
+            topic keyed by cardId; rejected records to the dead-letter topic. A record whose key is not \
+            its cardId goes through <application-id>-repartition first.
+
+            Settings: flags win over environment variables, which win over defaults. Environment: \
+            \(ProcessorSettings.environmentHelp).
+
+            SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
+            """)
+
+    @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
+    var bootstrapServers: String?
+
+    @Option(help: "Consumer group id and internal topic prefix (default fraud-detector-processor).")
+    var applicationId: String?
+
+    @Option(help: "Input topic (default financial-transactions).")
+    var inputTopic: String?
+
+    @Option(help: "Output topic (default enriched-transactions).")
+    var outputTopic: String?
+
+    @Option(help: "Dead-letter topic (default financial-transactions.dlq).")
+    var dlqTopic: String?
+
+    @Option(help: "Directory of the task stores (default ./state).")
+    var stateDir: String?
+
+    @Option(help: "exactly-once (default) or at-least-once.")
+    var guarantee: String?
+
+    @Option(help: "How often the open transaction commits (default 100ms).")
+    var commitInterval: String?
+
+    @Option(help: "Stable id of this instance for its transactional producer (default: derived from host and state dir).")
+    var instanceId: String?
+
+    @Flag(help: "Process up to the end offsets seen at start, commit, and exit 0.")
+    var untilEnd = false
+
+    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
+            help: "librdkafka property key=value, repeatable (SASL and SSL included; secrets are never logged).")
+    var properties: [String] = []
+
+    @OptionGroup var detector: DetectorOptions
+
+    @Option(help: "Reject a record whose event time is this far ahead of its Kafka timestamp.")
+    var maxFutureSkew: String = "1h"
+
+    @Option(help: .hidden)
+    var fingerprintDigest: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        var settings = ProcessorSettings()
+        settings.bootstrapServers = bootstrapServers
+        settings.applicationID = applicationId
+        settings.inputTopic = inputTopic
+        settings.outputTopic = outputTopic
+        settings.deadLetterTopic = dlqTopic
+        settings.stateDirectory = stateDir
+        settings.guarantee = guarantee
+        settings.commitInterval = commitInterval
+        settings.instanceID = instanceId
+        settings.untilEnd = untilEnd
+        settings.kafkaProperties = properties
+        settings.fingerprintDigest = fingerprintDigest
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        let configuration: ProcessorConfiguration
+        let service: ProcessorService
+        var logger = Logger(label: "polyglot.process") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = level
+        do {
+            let base = try detector.parameters()
+            let skew = try Durations.milliseconds(maxFutureSkew, setting: "--max-future-skew")
+            settings.parameters = try DetectorParameters(window: base.window, threshold: base.threshold, grace: base.grace,
+                                                         retention: base.retention, maxFutureSkew: skew)
+            configuration = try settings.resolve()
+            service = try ProcessorService(configuration: configuration, logger: logger)
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.message)
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch let error as ProcessorError {
+            throw CommandFailure(error.message)
+        } catch let error as KafkaError {
+            throw CommandFailure("Kafka: \(error)")
+        }
+    }
+}
