@@ -26,9 +26,12 @@ let package = Package(
             pkgConfig: "sqlite3",
             providers: [.apt(["libsqlite3-dev"])]
         ),
+        // Small C helpers with no Swift equivalent (a prefetch hint).
+        .target(name: "CPolyglotShims"),
         .target(
             name: "Core",
             dependencies: [
+                "CPolyglotShims",
                 "CRdKafka",
                 "CSQLite",
                 .product(name: "Logging", package: "swift-log"),

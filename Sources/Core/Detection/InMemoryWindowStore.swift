@@ -1,53 +1,56 @@
+import CPolyglotShims
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A ``WindowStore`` in memory: one partition's state for `replay` and the auditor.
 ///
-/// A hand-written open-addressing table keyed by the card's UTF-8 bytes, one slot per card
-/// holding its maximum and up to four open windows inline. Measured against
-/// `[String: CardState]` on `replay` of 1,000,000 records over 100,000 cards, the dictionary
-/// (hashing, resizing, and rebuilding it at every purge) was the largest single cost; this table
-/// hashes once per record and purges by one linear rebuild. Windows close as a card moves on,
-/// so a card has at most `grace / window + 2` open windows; more than four (a grace of over two
-/// windows) spill into a side dictionary.
+/// Hand-written rather than `[String: CardState]`: on `replay` of 1,000,000 records over
+/// 100,000 cards the dictionary (hashing, resizing, rebuilding it at every purge) was the
+/// largest single cost. Here an open-addressing index of 4-byte entries points into densely
+/// packed 64-byte card entries, so the whole state of 100,000 cards is about 7 MB and a lookup
+/// is two cache lines; a purge is one linear rebuild.
+///
+/// A card's open windows: with grace 0 only the window of its latest record can still change,
+/// so one window is kept inline; further ones (grace longer than a window) go to a side table.
 ///
 /// Not thread-safe: one store per partition, used from one thread.
 public final class InMemoryWindowStore: WindowStore {
-    /// Laid out so that a lookup and the usual update (one open window) touch only the first
-    /// 64-byte cache line: the table is far larger than the cache, and that miss is the cost.
-    struct Slot {
-        /// 0 marks an empty slot; occupied slots have the low bit set.
-        var hash: UInt64 = 0
-        /// The key's first 16 bytes, zero-padded: most card ids fit, and comparing them here
-        /// saves a second miss into the key arena.
-        var prefix: (UInt64, UInt64) = (0, 0)
-        var max: Int64 = 0
-        var keyLength: UInt32 = 0
-        var windowCount: UInt16 = 0
-        var spilled = false
-        /// Open windows: (start, count); the first `windowCount` are in use.
-        var windows: ((Int64, Int64), (Int64, Int64), (Int64, Int64), (Int64, Int64)) = ((0, 0), (0, 0), (0, 0), (0, 0))
-        var keyOffset: Int = 0
-
-        init() {}
-        init(hash: UInt64, keyOffset: Int, keyLength: Int, prefix: (UInt64, UInt64)) {
-            self.hash = hash
-            self.keyOffset = keyOffset
-            self.keyLength = UInt32(keyLength)
-            self.prefix = prefix
-        }
+    /// One cache line per card.
+    struct Entry {
+        var hash: UInt64
+        /// The key's first 16 bytes, zero-padded: most card ids fit, so comparing a key rarely
+        /// reads the key arena.
+        var prefix: (UInt64, UInt64)
+        var max: Int64
+        /// The first open window (when `hasWindow`).
+        var windowStart: Int64 = 0
+        var windowCount: Int64 = 0
+        var keyOffset: UInt32
+        var keyLength: UInt16
+        var hasWindow = false
+        /// Further open windows are in `extraWindows`.
+        var hasExtra = false
+        /// Pads the entry to one 64-byte cache line.
+        var padding: UInt64 = 0
     }
 
-    static let inlineWindows = 4
-
-    private var slots: UnsafeMutablePointer<Slot>
-    private var capacity: Int
-    private var occupied = 0
+    private var index: UnsafeMutablePointer<UInt32>
+    /// Slots in `index`, a power of two at least twice the entries.
+    private var indexCapacity: Int
+    private var entries: UnsafeMutablePointer<Entry>
+    private var entriesCapacity: Int
+    private var entryCount = 0
     private var keys: UnsafeMutablePointer<UInt8>
     private var keysCapacity: Int
     private var keysUsed = 0
-    /// Windows of cards with more than four open windows, beyond the inline four.
-    private var spill: [String: [(start: Int64, count: Int64)]] = [:]
+    /// Open windows beyond the first, by card key bytes.
+    private var extraWindows: [[UInt8]: [(start: Int64, count: Int64)]] = [:]
     private let seed: UInt64
+    /// The entry the last lookup found: the detector asks about the same card several times.
     private var lastCard = ""
-    private var lastSlot = -1
+    private var lastEntry = -1
 
     public private(set) var streamTime: Int64?
     let parameters: DetectorParameters
@@ -57,9 +60,12 @@ public final class InMemoryWindowStore: WindowStore {
         self.parameters = parameters
         var c = 16
         while c < initialCapacity * 2 { c <<= 1 }
-        capacity = c
-        slots = Self.allocateSlots(c)
-        keysCapacity = 16 * c
+        indexCapacity = c
+        index = Self.allocate(UInt32.self, c)
+        index.initialize(repeating: 0, count: c)
+        entriesCapacity = c / 2
+        entries = Self.allocate(Entry.self, entriesCapacity)
+        keysCapacity = 16 * entriesCapacity
         keys = .allocate(capacity: keysCapacity)
         // A per-process seed: slot order never reaches a verdict, and a seed an input cannot
         // predict keeps crafted card ids from piling into one probe chain.
@@ -67,43 +73,43 @@ public final class InMemoryWindowStore: WindowStore {
     }
 
     deinit {
-        slots.deinitialize(count: capacity)
-        slots.deallocate()
+        index.deallocate()
+        entries.deallocate()
         keys.deallocate()
     }
 
-    private static func allocateSlots(_ n: Int) -> UnsafeMutablePointer<Slot> {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: n * MemoryLayout<Slot>.stride, alignment: 64)
-        let slots = raw.bindMemory(to: Slot.self, capacity: n)
-        slots.initialize(repeating: Slot(), count: n)
-        return slots
+    private static func allocate<T>(_ type: T.Type, _ n: Int) -> UnsafeMutablePointer<T> {
+        let bytes = n * MemoryLayout<T>.stride
+        let hugePage = 2 << 20
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: bytes >= hugePage ? hugePage : 64)
+        // Lookups land at random: huge pages spare most of their TLB misses.
+        if bytes >= hugePage { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
+        return raw.bindMemory(to: T.self, capacity: n)
     }
 
     /// Number of cards with state.
-    public var cardCount: Int { occupied }
+    public var cardCount: Int { entryCount }
 
     /// Number of open windows across all cards.
     public var openWindowCount: Int {
         var n = 0
-        for i in 0..<capacity where slots[i].hash != 0 { n += Int(slots[i].windowCount) }
-        return n + spill.values.reduce(0) { $0 + $1.count }
+        for e in 0..<entryCount where entries[e].hasWindow { n += 1 }
+        return n + extraWindows.values.reduce(0) { $0 + $1.count }
     }
 
     // MARK: WindowStore
 
     public func cardMax(_ card: String) -> Int64? {
-        let i = find(card)
-        return i < 0 ? nil : slots[i].max
+        let e = find(card)
+        return e < 0 ? nil : entries[e].max
     }
 
     public func windowCount(_ card: String, windowStart: Int64) -> Int64 {
-        let i = find(card)
-        guard i >= 0 else { return 0 }
-        let slot = slots[i]
-        for w in 0..<min(Int(slot.windowCount), Self.inlineWindows) where Self.start(slot, w) == windowStart {
-            return Self.count(slot, w)
-        }
-        if slot.spilled, let extra = spill[card] {
+        let e = find(card)
+        guard e >= 0 else { return 0 }
+        let entry = entries[e]
+        if entry.hasWindow && entry.windowStart == windowStart { return entry.windowCount }
+        if entry.hasExtra, let extra = extraWindows[key(of: entry)] {
             for w in extra where w.start == windowStart { return w.count }
         }
         return 0
@@ -111,103 +117,89 @@ public final class InMemoryWindowStore: WindowStore {
 
     public func putAccepted(_ card: String, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
         self.streamTime = streamTime
-        var i = find(card)
-        if i < 0 { i = insert(card) }
+        var e = find(card)
+        if e < 0 { e = insert(card) }
         let p = parameters
-        let old = slots[i]
-        var slot = old
-        slot.max = cardMax
-        slot.windowCount = 0
-        var found = false
-        var overflow = old.spilled
-        // Fast path, no allocation: keep the windows this record did not close, set its own.
-        if !overflow {
-            for w in 0..<Int(old.windowCount) {
-                let s = Self.start(old, w)
-                var c = Self.count(old, w)
-                if s == windowStart {
-                    found = true
-                    c = count
-                } else if p.isClosed(windowStart: s, cardMax: cardMax, streamTime: nil) {
-                    continue
-                }
-                if Int(slot.windowCount) == Self.inlineWindows {
-                    overflow = true
-                    break
-                }
-                Self.set(&slot, Int(slot.windowCount), s, c)
-                slot.windowCount += 1
-            }
-            if !overflow && !found {
-                if Int(slot.windowCount) == Self.inlineWindows {
-                    overflow = true
-                } else {
-                    Self.set(&slot, Int(slot.windowCount), windowStart, count)
-                    slot.windowCount += 1
-                }
-            }
+        let entry = entries + e
+        entry.pointee.max = cardMax
+        if !entry.pointee.hasExtra
+            && (!entry.pointee.hasWindow || entry.pointee.windowStart == windowStart
+                || p.isClosed(windowStart: entry.pointee.windowStart, cardMax: cardMax, streamTime: nil))
+        {
+            // The usual case: this record's window replaces or updates the only open one.
+            entry.pointee.windowStart = windowStart
+            entry.pointee.windowCount = count
+            entry.pointee.hasWindow = true
+            return
         }
-        if overflow {
-            slot = old
-            slot.max = cardMax
-            var all: [(start: Int64, count: Int64)] = []
-            for w in 0..<Int(old.windowCount) { all.append((Self.start(old, w), Self.count(old, w))) }
-            if old.spilled { all += spill[card] ?? [] }
-            all = all.filter { $0.start != windowStart && !p.isClosed(windowStart: $0.start, cardMax: cardMax, streamTime: nil) }
-            all.append((windowStart, count))
-            slot.windowCount = UInt16(min(all.count, Self.inlineWindows))
-            for w in 0..<Int(slot.windowCount) { Self.set(&slot, w, all[w].start, all[w].count) }
-            let rest = Array(all.dropFirst(Self.inlineWindows))
-            spill[card] = rest.isEmpty ? nil : rest
-            slot.spilled = !rest.isEmpty
-        }
-        slots[i] = slot
+        // Several open windows: keep those this record did not close, set its own.
+        let cardKey = key(of: entry.pointee)
+        var open: [(start: Int64, count: Int64)] = []
+        if entry.pointee.hasWindow { open.append((entry.pointee.windowStart, entry.pointee.windowCount)) }
+        open += extraWindows[cardKey] ?? []
+        open.removeAll { $0.start == windowStart || p.isClosed(windowStart: $0.start, cardMax: cardMax, streamTime: nil) }
+        open.append((windowStart, count))
+        entry.pointee.windowStart = open[0].start
+        entry.pointee.windowCount = open[0].count
+        entry.pointee.hasWindow = true
+        let rest = Array(open.dropFirst())
+        extraWindows[cardKey] = rest.isEmpty ? nil : rest
+        entry.pointee.hasExtra = !rest.isEmpty
     }
 
     public func purgeExpired(_ parameters: DetectorParameters) {
         guard let streamTime else { return }
-        rebuild(capacity: capacity) { slot, card in
-            if parameters.isCardExpired(cardMax: slot.max, streamTime: streamTime) {
-                if slot.spilled { self.spill[card()] = nil }
+        rebuild(indexCapacity: indexCapacity) { entry, key in
+            if parameters.isCardExpired(cardMax: entry.max, streamTime: streamTime) {
+                if entry.hasExtra { self.extraWindows[key()] = nil }
                 return false
             }
-            var kept: [(Int64, Int64)] = []
-            for w in 0..<min(Int(slot.windowCount), Self.inlineWindows) {
-                let s = Self.start(slot, w)
-                if !parameters.isClosed(windowStart: s, cardMax: slot.max, streamTime: streamTime) {
-                    kept.append((s, Self.count(slot, w)))
-                }
+            if entry.hasWindow && parameters.isClosed(windowStart: entry.windowStart, cardMax: entry.max, streamTime: streamTime) {
+                entry.hasWindow = false
             }
-            slot.windowCount = UInt16(kept.count)
-            for (w, value) in kept.enumerated() { Self.set(&slot, w, value.0, value.1) }
-            if slot.spilled {
-                let name = card()
-                let extra = (self.spill[name] ?? []).filter {
-                    !parameters.isClosed(windowStart: $0.start, cardMax: slot.max, streamTime: streamTime)
+            if entry.hasExtra {
+                let name = key()
+                let open = (self.extraWindows[name] ?? []).filter {
+                    !parameters.isClosed(windowStart: $0.start, cardMax: entry.max, streamTime: streamTime)
                 }
-                self.spill[name] = extra.isEmpty ? nil : extra
-                slot.spilled = !extra.isEmpty
+                if !entry.hasWindow, let first = open.first {
+                    entry.windowStart = first.start
+                    entry.windowCount = first.count
+                    entry.hasWindow = true
+                    let rest = Array(open.dropFirst())
+                    self.extraWindows[name] = rest.isEmpty ? nil : rest
+                    entry.hasExtra = !rest.isEmpty
+                } else {
+                    self.extraWindows[name] = open.isEmpty ? nil : open
+                    entry.hasExtra = !open.isEmpty
+                }
             }
             return true
         }
     }
 
-    /// Loads the slots of the cards that are about to be looked up. The loads are independent,
-    /// so the processor overlaps their cache misses instead of taking them one record at a time;
-    /// measured on replay of 1,000,000 records over 100,000 cards, this halves the cost of
-    /// `find`. A hint only: nothing depends on it.
-    public func prefetch<Cards: Sequence<String>>(_ cards: Cards) {
-        var sink: UInt64 = 0
-        let mask = capacity - 1
+    /// Starts loading the index slots and entries of the cards about to be looked up, so that
+    /// their cache misses overlap instead of being taken one record at a time (on replay of
+    /// 1,000,000 records over 100,000 cards, lookups went from the largest cost to a small one).
+    /// A hint only: nothing depends on it.
+    public func prefetch(_ cards: [String]) {
+        let mask = indexCapacity - 1
+        prefetchSlots.removeAll(keepingCapacity: true)
         for card in cards {
             var card = card
             let h = card.withUTF8 { hash($0.baseAddress ?? UnsafePointer(keys), $0.count) }
-            sink &+= slots[Int(truncatingIfNeeded: h >> 7) & mask].hash
+            let slot = Int(truncatingIfNeeded: h >> 7) & mask
+            polyglot_prefetch(index + slot)
+            prefetchSlots.append(slot)
         }
-        prefetchSink = sink
+        // The index is small and now mostly cached: start the entries' loads too.
+        for slot in prefetchSlots {
+            let e = index[slot]
+            if e != 0 { polyglot_prefetch(entries + Int(e) - 1) }
+        }
     }
 
-    private var prefetchSink: UInt64 = 0
+    private var prefetchSlots: [Int] = []
 
     // MARK: Table
 
@@ -231,102 +223,7 @@ public final class InMemoryWindowStore: WindowStore {
         h ^= h >> 32
         h = h &* 0xBF58_476D_1CE4_E5B9
         h ^= h >> 29
-        return h | 1
-    }
-
-    /// The slot holding `card`, or -1.
-    private func find(_ card: String) -> Int {
-        if lastSlot >= 0 && lastCard == card { return lastSlot }
-        var card = card
-        let i = card.withUTF8 { bytes -> Int in
-            let base = bytes.baseAddress ?? UnsafePointer(keys)
-            let h = hash(base, bytes.count)
-            let mask = capacity - 1
-            let prefix = Self.prefix(base, bytes.count)
-            var i = Int(truncatingIfNeeded: h >> 7) & mask
-            while true {
-                let slot = slots + i
-                let stored = slot.pointee.hash
-                if stored == 0 { return -1 }
-                if stored == h {
-                    if slot.pointee.keyLength == bytes.count && slot.pointee.prefix == prefix
-                        && (bytes.count <= 16 || memcmpBytes(keys + slot.pointee.keyOffset, base, bytes.count))
-                    {
-                        return i
-                    }
-                }
-                i = (i + 1) & mask
-            }
-        }
-        if i >= 0 {
-            lastCard = card
-            lastSlot = i
-        }
-        return i
-    }
-
-    private func insert(_ card: String) -> Int {
-        if (occupied + 1) * 2 > capacity { rebuild(capacity: capacity * 2) { _, _ in true } }
-        var card = card
-        let i = card.withUTF8 { bytes -> Int in
-            let n = bytes.count
-            if keysUsed + n > keysCapacity {
-                var newCapacity = keysCapacity * 2
-                while keysUsed + n > newCapacity { newCapacity *= 2 }
-                let newKeys = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
-                newKeys.update(from: keys, count: keysUsed)
-                keys.deallocate()
-                keys = newKeys
-                keysCapacity = newCapacity
-            }
-            if let base = bytes.baseAddress { (keys + keysUsed).update(from: base, count: n) }
-            let h = hash(keys + keysUsed, n)
-            let i = probeEmpty(h)
-            slots[i] = Slot(hash: h, keyOffset: keysUsed, keyLength: n, prefix: Self.prefix(keys + keysUsed, n))
-            keysUsed += n
-            return i
-        }
-        occupied += 1
-        lastCard = card
-        lastSlot = i
-        return i
-    }
-
-    private func probeEmpty(_ h: UInt64) -> Int {
-        let mask = capacity - 1
-        var i = Int(truncatingIfNeeded: h >> 7) & mask
-        while slots[i].hash != 0 { i = (i + 1) & mask }
-        return i
-    }
-
-    /// Re-creates the table with `newCapacity` slots, keeping the cards `keep` accepts (it may
-    /// edit the slot) and compacting the key bytes.
-    private func rebuild(capacity newCapacity: Int, keep: (inout Slot, () -> String) -> Bool) {
-        let oldSlots = slots, oldCapacity = capacity, oldKeys = keys
-        capacity = newCapacity
-        slots = Self.allocateSlots(newCapacity)
-        keysCapacity = max(16 * newCapacity / 2, keysUsed)
-        keys = .allocate(capacity: keysCapacity)
-        keysUsed = 0
-        occupied = 0
-        for j in 0..<oldCapacity where oldSlots[j].hash != 0 {
-            var slot = oldSlots[j]
-            let keyStart = oldKeys + slot.keyOffset
-            let length = Int(slot.keyLength)
-            guard keep(&slot, { String(decoding: UnsafeBufferPointer(start: keyStart, count: length), as: UTF8.self) }) else {
-                continue
-            }
-            (keys + keysUsed).update(from: keyStart, count: length)
-            slot.keyOffset = keysUsed
-            keysUsed += length
-            slots[probeEmpty(slot.hash)] = slot
-            occupied += 1
-        }
-        oldSlots.deinitialize(count: oldCapacity)
-        oldSlots.deallocate()
-        oldKeys.deallocate()
-        lastSlot = -1
-        lastCard = ""
+        return h
     }
 
     private static func prefix(_ p: UnsafePointer<UInt8>, _ n: Int) -> (UInt64, UInt64) {
@@ -335,30 +232,119 @@ public final class InMemoryWindowStore: WindowStore {
         return words
     }
 
-    private static func start(_ s: Slot, _ w: Int) -> Int64 {
-        switch w {
-        case 0: s.windows.0.0
-        case 1: s.windows.1.0
-        case 2: s.windows.2.0
-        default: s.windows.3.0
-        }
+    private func key(of entry: Entry) -> [UInt8] {
+        Array(UnsafeBufferPointer(start: keys + Int(entry.keyOffset), count: Int(entry.keyLength)))
     }
 
-    private static func count(_ s: Slot, _ w: Int) -> Int64 {
-        switch w {
-        case 0: s.windows.0.1
-        case 1: s.windows.1.1
-        case 2: s.windows.2.1
-        default: s.windows.3.1
+    /// The entry holding `card`, or -1.
+    private func find(_ card: String) -> Int {
+        if lastEntry >= 0 && lastCard == card { return lastEntry }
+        var card = card
+        let e = card.withUTF8 { bytes -> Int in
+            let base = bytes.baseAddress ?? UnsafePointer(keys)
+            let n = bytes.count
+            let h = hash(base, n)
+            let prefix = Self.prefix(base, n)
+            let mask = indexCapacity - 1
+            var i = Int(truncatingIfNeeded: h >> 7) & mask
+            while true {
+                let slot = index[i]
+                if slot == 0 { return -1 }
+                let e = Int(slot) - 1
+                let entry = entries + e
+                if entry.pointee.hash == h && Int(entry.pointee.keyLength) == n && entry.pointee.prefix == prefix
+                    && (n <= 16 || memcmpBytes(keys + Int(entry.pointee.keyOffset), base, n))
+                {
+                    return e
+                }
+                i = (i + 1) & mask
+            }
         }
+        if e >= 0 {
+            lastCard = card
+            lastEntry = e
+        }
+        return e
     }
 
-    private static func set(_ s: inout Slot, _ w: Int, _ start: Int64, _ count: Int64) {
-        switch w {
-        case 0: s.windows.0.0 = start; s.windows.0.1 = count
-        case 1: s.windows.1.0 = start; s.windows.1.1 = count
-        case 2: s.windows.2.0 = start; s.windows.2.1 = count
-        default: s.windows.3.0 = start; s.windows.3.1 = count
+    private func insert(_ card: String) -> Int {
+        if (entryCount + 1) * 2 > indexCapacity { rebuild(indexCapacity: indexCapacity * 2) { _, _ in true } }
+        if entryCount == entriesCapacity { growEntries(to: entriesCapacity * 2) }
+        var card = card
+        let e = card.withUTF8 { bytes -> Int in
+            let n = bytes.count
+            // Card ids are at most 1024 bytes (SEMANTICS.md §1), and an arena over 4 GiB would
+            // mean millions of cards of maximal length in one partition.
+            precondition(n <= Int(UInt16.max) && keysUsed + n <= Int(UInt32.max), "card id or key arena too large")
+            if keysUsed + n > keysCapacity { growKeys(to: keysUsed + n) }
+            if let base = bytes.baseAddress { (keys + keysUsed).update(from: base, count: n) }
+            let h = hash(keys + keysUsed, n)
+            let e = entryCount
+            (entries + e).initialize(to: Entry(
+                hash: h, prefix: Self.prefix(keys + keysUsed, n), max: 0,
+                keyOffset: UInt32(keysUsed), keyLength: UInt16(n)))
+            index[emptySlot(for: h)] = UInt32(e + 1)
+            keysUsed += n
+            entryCount += 1
+            return e
         }
+        lastCard = card
+        lastEntry = e
+        return e
+    }
+
+    private func emptySlot(for h: UInt64) -> Int {
+        let mask = indexCapacity - 1
+        var i = Int(truncatingIfNeeded: h >> 7) & mask
+        while index[i] != 0 { i = (i + 1) & mask }
+        return i
+    }
+
+    private func growEntries(to capacity: Int) {
+        let grown = Self.allocate(Entry.self, capacity)
+        grown.moveInitialize(from: entries, count: entryCount)
+        entries.deallocate()
+        entries = grown
+        entriesCapacity = capacity
+    }
+
+    private func growKeys(to needed: Int) {
+        var capacity = keysCapacity * 2
+        while capacity < needed { capacity *= 2 }
+        let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        grown.update(from: keys, count: keysUsed)
+        keys.deallocate()
+        keys = grown
+        keysCapacity = capacity
+    }
+
+    /// Re-creates the index with `newCapacity` slots, keeping the entries `keep` accepts (it may
+    /// edit them) packed in their order, and compacting the key bytes.
+    private func rebuild(indexCapacity newCapacity: Int, keep: (inout Entry, () -> [UInt8]) -> Bool) {
+        let oldKeys = keys
+        index.deallocate()
+        indexCapacity = newCapacity
+        index = Self.allocate(UInt32.self, newCapacity)
+        index.initialize(repeating: 0, count: newCapacity)
+        keysCapacity = max(keysCapacity, 64)
+        keys = .allocate(capacity: keysCapacity)
+        keysUsed = 0
+        var kept = 0
+        for e in 0..<entryCount {
+            var entry = entries[e]
+            let keyStart = oldKeys + Int(entry.keyOffset)
+            let length = Int(entry.keyLength)
+            guard keep(&entry, { Array(UnsafeBufferPointer(start: keyStart, count: length)) }) else { continue }
+            (keys + keysUsed).update(from: keyStart, count: length)
+            entry.keyOffset = UInt32(keysUsed)
+            keysUsed += length
+            entries[kept] = entry
+            index[emptySlot(for: entry.hash)] = UInt32(kept + 1)
+            kept += 1
+        }
+        entryCount = kept
+        oldKeys.deallocate()
+        lastEntry = -1
+        lastCard = ""
     }
 }

@@ -86,8 +86,13 @@ public struct Replay {
             case rejected(line: Int, Rejection, raw: [UInt8])
         }
         var entries: [Entry] = []
+        /// The valid records' card ids, for the store's prefetch.
+        var cards: [String] = []
         var consumedBytes = 0
-        init() { entries.reserveCapacity(Replay.batchSize) }
+        init() {
+            entries.reserveCapacity(Replay.batchSize)
+            cards.reserveCapacity(Replay.batchSize)
+        }
     }
 
     static let batchSize = 2_048
@@ -126,10 +131,7 @@ public struct Replay {
 
         while let batch = full.take() {
             do throws(FileIOError) {
-                store.prefetch(batch.entries.lazy.compactMap { entry -> String? in
-                    if case .valid(let t) = entry { return t.cardId }
-                    return nil
-                })
+                store.prefetch(batch.cards)
                 for entry in batch.entries {
                     switch entry {
                     case .valid(let transaction):
@@ -156,6 +158,7 @@ public struct Replay {
             }
             progress?.update(bytes: batch.consumedBytes, records: summary.records)
             batch.entries.removeAll(keepingCapacity: true)
+            batch.cards.removeAll(keepingCapacity: true)
             free.put(batch)
         }
         reader.join()
@@ -196,7 +199,9 @@ public struct Replay {
                     if fullLength > maxBytes {
                         throw Rejection(.tooLarge, "line is \(fullLength) bytes; the limit is \(maxBytes) (raw holds its first \(maxBytes + 1) bytes)")
                     }
-                    batch.entries.append(.valid(try decoder.decode(line)))
+                    let transaction = try decoder.decode(line)
+                    batch.entries.append(.valid(transaction))
+                    batch.cards.append(transaction.cardId)
                 } catch {
                     batch.entries.append(.rejected(line: number, error, raw: Array(line)))
                 }
