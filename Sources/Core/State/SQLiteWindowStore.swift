@@ -18,15 +18,21 @@ public struct StoreCheckpoint: Sendable, Hashable {
 /// One input partition's window state (SEMANTICS.md §2) in SQLite, for `polyglot process`.
 ///
 /// **Write-back cache.** The detector's reads hit an in-memory map of uncommitted changes (the
-/// dirty set), then a bounded cache of committed rows, then SQLite; its writes only touch the
-/// dirty set. ``pendingChanges()`` turns the dirty set into one changelog record per key, and
-/// ``commit(checkpoint:)`` writes it to SQLite in one transaction together with the checkpoint,
-/// so both the store and the changelog see one write per key per commit, not one per record.
+/// dirty set), then a cache of committed rows, then SQLite; its writes only touch the dirty set.
+/// ``pendingChanges()`` turns the dirty set into one changelog record per key and
+/// ``commit(checkpoint:)`` moves it to the committed layer, which ``flush()`` writes to SQLite in
+/// one transaction together with the checkpoint. So the changelog sees one write per key per
+/// commit and SQLite one write per key per flush, never one per record.
 ///
 /// **Cycle**, as the processor drives it:
 /// 1. feed records through ``Detector/process(card:eventTime:store:)``;
 /// 2. send ``pendingChanges()`` to the changelog inside the Kafka transaction;
-/// 3. after Kafka commits, ``commit(checkpoint:)``; if Kafka aborts, ``rollback()``.
+/// 3. after Kafka commits, ``commit(checkpoint:)`` (it flushes to SQLite when due);
+///    if Kafka aborts, ``rollback()``;
+/// 4. on revocation or shutdown, after the last commit, ``close()`` (it flushes).
+/// On assignment: open; if ``checkpoint`` is nil or behind the changelog's end, ``apply(_:)``
+/// the changelog from ``checkpoint``'s `changelogOffset` (or the start) and
+/// ``commitRestore(checkpoint:)``; then resume input at ``checkpoint``'s `sourceOffset`.
 ///
 /// **Threading.** Every call may block on disk. Use a store from one thread at a time: the
 /// task's dedicated thread, never the Swift cooperative pool. Not `Sendable`, on purpose.
@@ -38,9 +44,9 @@ public struct StoreCheckpoint: Sendable, Hashable {
 ///
 /// **Durability.** WAL with `synchronous=NORMAL`: a power loss may lose the last SQLite
 /// transactions but never corrupts the file. That is enough because Kafka holds the truth: the
-/// checkpoint row commits atomically with the state, so a lost transaction leaves the store
-/// consistent but *behind*, which restore from the changelog repairs; a full fsync per commit
-/// would buy nothing.
+/// checkpoint row commits atomically with the state, so a lost transaction (or a crash before a
+/// flush) leaves the store consistent but *behind*, which restore from the changelog repairs; a
+/// full fsync per commit would buy nothing.
 public final class SQLiteWindowStore: WindowStore {
     /// Tuning; the defaults suit 32 partitions per process.
     public struct Options: Sendable, Hashable {
@@ -50,6 +56,11 @@ public final class SQLiteWindowStore: WindowStore {
         public var pageCacheKiB: Int
         /// The check run at open to detect corruption.
         public var integrityCheck: IntegrityCheck
+        /// A commit writes to SQLite once this long has passed since the last write (nil: only
+        /// by ``flushKeys`` or an explicit ``SQLiteWindowStore/flush()``).
+        public var flushInterval: Duration?
+        /// ... or once this many committed keys wait to be written (0: at every commit).
+        public var flushKeys: Int
 
         public enum IntegrityCheck: Sendable, Hashable {
             /// No check (tests and benchmarks that open many stores).
@@ -60,10 +71,13 @@ public final class SQLiteWindowStore: WindowStore {
             case full
         }
 
-        public init(cacheCapacity: Int = 50_000, pageCacheKiB: Int = 8_192, integrityCheck: IntegrityCheck = .quick) {
+        public init(cacheCapacity: Int = 50_000, pageCacheKiB: Int = 8_192, integrityCheck: IntegrityCheck = .quick,
+                    flushInterval: Duration? = .seconds(1), flushKeys: Int = 50_000) {
             self.cacheCapacity = cacheCapacity
             self.pageCacheKiB = pageCacheKiB
             self.integrityCheck = integrityCheck
+            self.flushInterval = flushInterval
+            self.flushKeys = flushKeys
         }
     }
 
@@ -88,16 +102,92 @@ public final class SQLiteWindowStore: WindowStore {
             source_offset INTEGER NOT NULL, changelog_offset INTEGER NOT NULL);
         """
 
+    /// A card id compared and hashed by its UTF-8 bytes. `String`'s own `==` and hash follow
+    /// Unicode canonical equivalence, which would merge two different card ids (precomposed and
+    /// decomposed "é") into one card; SQLite, the changelog and the in-memory store keep them apart.
+    struct CardKey: Hashable {
+        var card: String
+
+        @inline(__always)
+        static func == (a: CardKey, b: CardKey) -> Bool { sameBytes(a.card, b.card) }
+
+        @inline(__always)
+        func hash(into hasher: inout Hasher) {
+            var card = card
+            card.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        }
+    }
+
     struct WindowKey: Hashable {
         var card: String
         var start: Int64
+
+        @inline(__always)
+        static func == (a: WindowKey, b: WindowKey) -> Bool { a.start == b.start && sameBytes(a.card, b.card) }
+
+        @inline(__always)
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(start)
+            var card = card
+            card.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        }
+
+        /// The order of the encoded changelog keys: start as unsigned big-endian, then card bytes.
+        @inline(__always)
+        static func keyOrder(_ a: WindowKey, _ b: WindowKey) -> Bool {
+            a.start != b.start ? UInt64(bitPattern: a.start) < UInt64(bitPattern: b.start) : bytesPrecede(a.card, b.card)
+        }
+    }
+
+    @inline(__always)
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        var a = a
+        var b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func bytesPrecede(_ a: String, _ b: String) -> Bool {
+        var a = a
+        var b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                let common = min(x.count, y.count)
+                let c = common == 0 ? 0 : memcmp(x.baseAddress!, y.baseAddress!, common)
+                return c != 0 ? c < 0 : x.count < y.count
+            }
+        }
+    }
+
+    /// One key's state in the cache: its value with uncommitted changes (`current`) and as of the
+    /// last commit (`committed`, when known). nil values mean absent.
+    struct Slot {
+        var current: Int64?
+        var committed: Int64?
+        /// Whether `committed` is known; false for a key written without being read first.
+        var committedKnown: Bool
+        /// In the dirty list: changed since the last commit.
+        var dirty: Bool
+        /// In the unflushed list: committed, not yet written to SQLite.
+        var unflushed: Bool
+
+        static func clean(_ value: Int64?) -> Slot {
+            Slot(current: value, committed: value, committedKnown: true, dirty: false, unflushed: false)
+        }
     }
 
     public let directory: String
     public let parameters: DetectorParameters
     public let options: Options
-    /// The checkpoint of the last commit (read at open; nil for a new or never-committed store).
+    /// The checkpoint stored in SQLite with the state it describes: read at open (nil for a new
+    /// store), advanced by each flush. Restore resumes from its `changelogOffset`.
     public private(set) var checkpoint: StoreCheckpoint?
+    /// The checkpoint of the last ``commit(checkpoint:)``, flushed or not.
+    public var committedCheckpoint: StoreCheckpoint? { unflushedCheckpoint ?? checkpoint }
     /// Whether opening created the database (no state yet: restore from the changelog's start).
     public let wasCreated: Bool
     /// The first SQLite error met by a read since the last commit or rollback (see the type's notes).
@@ -105,16 +195,27 @@ public final class SQLiteWindowStore: WindowStore {
 
     let connection: SQLiteConnection
 
-    // Committed state cache: mirrors SQLite. A nil value means "known absent".
-    var cleanWindows: [WindowKey: Int64?] = [:]
-    var cleanCards: [String: Int64?] = [:]
+    // The write-back cache: every key read or written, with its uncommitted and committed
+    // values. Holds every dirty and every unflushed key, so it is trimmed only where it holds
+    // none of either (after a flush).
+    var windows: [WindowKey: Slot] = [:]
+    var cards: [CardKey: Slot] = [:]
+    var dirtyWindowKeys: [WindowKey] = []
+    var dirtyCardKeys: [CardKey] = []
+    var unflushedWindowKeys: [WindowKey] = []
+    var unflushedCardKeys: [CardKey] = []
     var committedStreamTime: Int64?
-    // Uncommitted changes. A nil value is a deletion (tombstone).
-    var dirtyWindows: [WindowKey: Int64?] = [:]
-    var dirtyCards: [String: Int64?] = [:]
     var dirtyStreamTime: Int64?
-    /// ``pendingChanges()``'s answer, kept until the dirty set changes, so that ``commit(checkpoint:)``
-    /// writes exactly the records that went to the changelog without encoding and sorting twice.
+    var unflushedStreamTime: Int64?
+    /// The checkpoint of the last commit, when newer than the one in SQLite.
+    var unflushedCheckpoint: StoreCheckpoint?
+    var lastFlush: ContinuousClock.Instant
+    /// The card the detector asked about last, and its current maximum: it asks about the same
+    /// card up to three times per record. Valid until that card's entry changes otherwise.
+    var lastCard = ""
+    var lastCardMax: Int64?
+    var lastCardValid = false
+    /// ``pendingChanges()``'s answer, kept until the dirty set changes.
     var pendingCache: [ChangelogRecord]?
     var restoring = false
 
@@ -187,6 +288,7 @@ public final class SQLiteWindowStore: WindowStore {
                 checkpoint = StoreCheckpoint(sourceOffset: read.int64(0), changelogOffset: read.int64(1))
             }
             read.reset()
+            lastFlush = ContinuousClock.now
         } catch {
             try? db.close()
             throw error
@@ -245,12 +347,18 @@ public final class SQLiteWindowStore: WindowStore {
         return true
     }
 
-    /// Discards uncommitted changes and closes the database. Call before ``destroy(directory:)``
-    /// or handing the partition to another owner; the processor commits first.
+    /// Discards uncommitted changes, writes committed ones (``flush()``) and closes the database.
+    /// Call before ``destroy(directory:)`` or handing the partition to another owner; the
+    /// processor commits first. If the flush fails the database is still closed (it is behind,
+    /// which restore repairs) and the error is thrown.
     public func close() throws(SQLiteError) {
         if connection.inTransaction { try? rollbackStatement.run() }
-        clearDirty()
+        restoring = false
+        rollback()
+        var flushError: SQLiteError?
+        do { try flush() } catch { flushError = error }
         try connection.close()
+        if let flushError { throw flushError }
     }
 
     // MARK: - WindowStore
@@ -258,10 +366,18 @@ public final class SQLiteWindowStore: WindowStore {
     public var streamTime: Int64? { dirtyStreamTime ?? committedStreamTime }
 
     public func cardMax(_ card: String) -> Int64? {
-        if let value = dirtyCards[card] { return value }
-        if let value = cleanCards[card] { return value }
-        let value = loadCardMax(card)
-        cleanCards[card] = .some(value)
+        if lastCardValid && Self.sameBytes(lastCard, card) { return lastCardMax }
+        let key = CardKey(card: card)
+        let value: Int64?
+        if let slot = cards[key] {
+            value = slot.current
+        } else {
+            value = loadCardMax(card)
+            cards[key] = .clean(value)
+        }
+        lastCard = card
+        lastCardMax = value
+        lastCardValid = true
         return value
     }
 
@@ -269,31 +385,72 @@ public final class SQLiteWindowStore: WindowStore {
         // Every window of a card starts at or before the card's maximum (the window of a time is
         // never after it), so a later window, or a card without a maximum, has no count: no lookup.
         guard let max = cardMax(card), windowStart <= max else { return 0 }
-        let key = WindowKey(card: card, start: windowStart)
-        if let value = dirtyWindows[key] { return value ?? 0 }
-        if let value = cleanWindows[key] { return value ?? 0 }
+        return windowValue(WindowKey(card: card, start: windowStart)) ?? 0
+    }
+
+    func windowValue(_ key: WindowKey) -> Int64? {
+        if let slot = windows[key] { return slot.current }
         let value = loadWindow(key)
-        cleanWindows[key] = .some(value)
-        return value ?? 0
+        windows[key] = .clean(value)
+        return value
     }
 
     public func putAccepted(_ card: String, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
-        pendingCache = nil
-        dirtyWindows[WindowKey(card: card, start: windowStart)] = .some(count)
-        let previousDirty = dirtyCards.updateValue(.some(cardMax), forKey: card)
-        let previous: Int64?
-        if let previousDirty {
-            previous = previousDirty
-        } else if let clean = cleanCards[card] {
-            previous = clean
+        let previous = self.cardMax(card)  // the detector just asked: answered from lastCard
+        let cardKey = CardKey(card: card)
+        let windowKey = WindowKey(card: card, start: windowStart)
+        if let i = cards.index(forKey: cardKey) {
+            // A window after the card's committed maximum (or of a card with none) is known
+            // absent from the committed state: deleted again before the commit, it costs nothing.
+            let slot = cards.values[i]
+            let knownAbsent = slot.committedKnown && (slot.committed.map { windowStart > $0 } ?? true)
+            setWindow(windowKey, count, knownAbsent: knownAbsent)  // leaves `cards`, so `i`, alone
+            if !slot.dirty {
+                cards.values[i].dirty = true
+                dirtyCardKeys.append(cardKey)
+            }
+            cards.values[i].current = cardMax
         } else {
-            previous = loadCardMax(card)
-            cleanCards[card] = .some(previous)
+            setWindow(windowKey, count)
+            setCard(cardKey, cardMax)
         }
+        lastCard = card
+        lastCardMax = cardMax
+        lastCardValid = true
+        dirtyStreamTime = streamTime
         if let previous, cardMax > previous {
             dropWindowsClosed(card, from: previous, to: cardMax, except: windowStart)
         }
-        dirtyStreamTime = streamTime
+    }
+
+    @inline(__always)
+    func setWindow(_ key: WindowKey, _ value: Int64?, knownAbsent: Bool = false) {
+        pendingCache = nil
+        if let i = windows.index(forKey: key) {
+            if !windows.values[i].dirty {
+                windows.values[i].dirty = true
+                dirtyWindowKeys.append(key)
+            }
+            windows.values[i].current = value
+        } else {
+            windows[key] = Slot(current: value, committed: nil, committedKnown: knownAbsent, dirty: true, unflushed: false)
+            dirtyWindowKeys.append(key)
+        }
+    }
+
+    @inline(__always)
+    func setCard(_ key: CardKey, _ value: Int64?) {
+        pendingCache = nil
+        if let i = cards.index(forKey: key) {
+            if !cards.values[i].dirty {
+                cards.values[i].dirty = true
+                dirtyCardKeys.append(key)
+            }
+            cards.values[i].current = value
+        } else {
+            cards[key] = Slot(current: value, committed: nil, committedKnown: false, dirty: true, unflushed: false)
+            dirtyCardKeys.append(key)
+        }
     }
 
     /// Deletes the windows of `card` that its maximum moving from `old` to `new` closes, as the
@@ -313,7 +470,8 @@ public final class SQLiteWindowStore: WindowStore {
             let s = Int64(start)
             start += w
             if s == current { continue }
-            if windowCount(card, windowStart: s) != 0 { tombstoneWindow(WindowKey(card: card, start: s)) }
+            let key = WindowKey(card: card, start: s)
+            if windowValue(key) != nil { setWindow(key, nil) }
         }
     }
 
@@ -331,9 +489,9 @@ public final class SQLiteWindowStore: WindowStore {
     /// Deletes (as tombstones in the dirty set) what SEMANTICS.md §2 allows and the put path has
     /// not already deleted: windows out of retention and expired card maxima. Committed windows
     /// come from one key-range scan up to the retention cutoff (rows already deleted are not in
-    /// it, so the scan reads only what it deletes plus this cycle's pending deletions), pending
-    /// ones from the dirty set. A card's latest window, the one holding its maximum, is never
-    /// closed by the card itself and leaves retention exactly when the card expires
+    /// it, so the scan reads only what it deletes plus deletions not yet flushed), changed ones
+    /// from the dirty list. A card's latest window, the one holding its maximum, is never closed
+    /// by the card itself and leaves retention exactly when the card expires
     /// (`windowStart(max) + W + G <= streamTime - R` is the window's retention rule for
     /// `s = windowStart(max)`), so checking the card of every window leaving retention finds
     /// every expiring card without an index on maxima.
@@ -341,144 +499,200 @@ public final class SQLiteWindowStore: WindowStore {
         guard let now = streamTime else { return }
         let p = parameters
         let cutoff = Int128(now) - Int128(p.retention) - Int128(p.window) - Int128(p.grace)
-        var cardsToCheck: Set<String> = []
+        var closed: [WindowKey] = []
 
         if let windowCutoff = Self.clampToInt64(cutoff) {
             forEachRow(windowsUpTo, bind: { $0.bind(windowCutoff, at: 1) }) { row in
                 let key = WindowKey(card: Self.cardString(row, 0), start: row.int64(1))
-                if case .some(.none) = dirtyWindows[key] { return }
-                tombstoneWindow(key, inSQLite: true)
-                cardsToCheck.insert(key.card)
+                // Skip rows deleted already, in this cycle or in a commit not yet flushed.
+                if let slot = windows[key], slot.current == nil { return }
+                closed.append(key)
             }
         }
-        var closedWindows: [WindowKey] = []
-        for (key, value) in dirtyWindows where value != nil {
-            if p.isClosed(windowStart: key.start, cardMax: cardMax(key.card), streamTime: now) { closedWindows.append(key) }
+        for key in dirtyWindowKeys {
+            guard let slot = windows[key], slot.current != nil else { continue }
+            if p.isClosed(windowStart: key.start, cardMax: cardMax(key.card), streamTime: now) { closed.append(key) }
         }
-        for key in closedWindows {
-            tombstoneWindow(key)
-            cardsToCheck.insert(key.card)
-        }
-        for card in cardsToCheck {
-            if let max = cardMax(card), p.isCardExpired(cardMax: max, streamTime: now) { tombstoneCard(card) }
-        }
-    }
-
-    /// `inSQLite`: the row was just read from SQLite, so it needs a tombstone.
-    func tombstoneWindow(_ key: WindowKey, inSQLite: Bool = false) {
-        pendingCache = nil
-        // A window after its card's committed maximum (or of a card without one) was never
-        // committed: forget it rather than write a row and a tombstone for nothing.
-        if !inSQLite, let committed = cleanCards[key.card], committed.map({ key.start > $0 }) ?? true {
-            dirtyWindows[key] = nil
-        } else {
-            dirtyWindows[key] = .some(nil)
-        }
-    }
-
-    func tombstoneCard(_ card: String) {
-        pendingCache = nil
-        if case .some(.none) = cleanCards[card] {
-            dirtyCards[card] = nil
-        } else {
-            dirtyCards[card] = .some(nil)
+        for key in closed {
+            setWindow(key, nil)
+            if let max = cardMax(key.card), p.isCardExpired(cardMax: max, streamTime: now) {
+                setCard(CardKey(card: key.card), nil)
+                lastCardValid = false
+            }
         }
     }
 
     // MARK: - Commit cycle
 
-    /// Number of keys with uncommitted changes.
-    public var pendingChangeCount: Int { dirtyWindows.count + dirtyCards.count + (dirtyStreamTime == nil ? 0 : 1) }
+    /// Number of keys with uncommitted changes (an upper bound: a key changed and changed back
+    /// produces no record).
+    public var pendingChangeCount: Int { dirtyWindowKeys.count + dirtyCardKeys.count + (dirtyStreamTime == nil ? 0 : 1) }
 
     /// One changelog record per changed key since the last commit or rollback (a nil value for a
     /// deleted key), ordered by key bytes so that the same changes always give the same records.
     /// Throws ``readFailure`` if a read failed: the cycle's verdicts cannot be trusted.
     public func pendingChanges() throws(SQLiteError) -> [ChangelogRecord] {
         if let readFailure { throw readFailure }
-        return sortedPendingChanges()
-    }
-
-    func sortedPendingChanges() -> [ChangelogRecord] {
         if let pendingCache { return pendingCache }
         var records: [ChangelogRecord] = []
         records.reserveCapacity(pendingChangeCount)
-        for (key, value) in dirtyWindows {
-            records.append(ChangelogRecord(.window(card: key.card, windowStart: key.start, count: value)))
-        }
-        for (card, value) in dirtyCards {
-            records.append(ChangelogRecord(.cardMax(card: card, max: value)))
+        // Emitted in encoded-key order: tag 'm' (cards) < 't' (stream time) < 'w' (windows).
+        dirtyCardKeys.sort { Self.bytesPrecede($0.card, $1.card) }
+        for key in dirtyCardKeys {
+            guard let slot = cards[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
+            records.append(ChangelogRecord(.cardMax(card: key.card, max: slot.current)))
         }
         if let dirtyStreamTime {
             records.append(ChangelogRecord(.streamTime(dirtyStreamTime)))
         }
-        records.sort { Self.precedes($0.key, $1.key) }
+        dirtyWindowKeys.sort(by: WindowKey.keyOrder)
+        for key in dirtyWindowKeys {
+            guard let slot = windows[key], !(slot.committedKnown && slot.current == slot.committed) else { continue }
+            records.append(ChangelogRecord(.window(card: key.card, windowStart: key.start, count: slot.current)))
+        }
         pendingCache = records
         return records
     }
 
-    /// Byte order of keys (memcmp, then length), never `String` order, which is Unicode-aware.
-    @inline(__always)
-    static func precedes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        a.withUnsafeBytes { a in
-            b.withUnsafeBytes { b in
-                let common = min(a.count, b.count)
-                let c = common == 0 ? 0 : memcmp(a.baseAddress!, b.baseAddress!, common)
-                return c != 0 ? c < 0 : a.count < b.count
-            }
-        }
-    }
-
-    /// Writes every uncommitted change and `checkpoint` in one SQLite transaction, then clears the
-    /// dirty set. Call only after the Kafka transaction carrying ``pendingChanges()`` committed.
-    /// It writes those very records (in key order, which is the tables' order), so the store is
-    /// what a restore from the changelog would build.
-    /// On error nothing is written and the dirty set is kept, so the call can be retried; if it
-    /// keeps failing, the store is behind its changelog and restore repairs it.
+    /// Makes the uncommitted changes committed: call it only after the Kafka transaction carrying
+    /// ``pendingChanges()`` committed. Reads see them from now on and ``rollback()`` keeps them.
+    ///
+    /// They are written to SQLite, with `checkpoint`, by ``flush()``, which this call runs when
+    /// ``Options/flushInterval`` has passed or ``Options/flushKeys`` keys wait. Writing at every
+    /// Kafka commit would cost a SQLite transaction (and a WAL write of every page touched) per
+    /// 100 ms per partition for little gain: until a flush, SQLite is merely behind, with a
+    /// checkpoint saying by how much, and restore from the changelog repairs that after a crash.
+    /// A thrown error concerns only that write (the commit itself took effect); the next commit
+    /// retries it.
     public func commit(checkpoint: StoreCheckpoint) throws(SQLiteError) {
         if let readFailure { throw readFailure }
         guard !restoring else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "commit during a restore: call commitRestore(checkpoint:)")
         }
-        let records = sortedPendingChanges()
+        for key in dirtyWindowKeys {
+            guard let i = windows.index(forKey: key) else { continue }
+            let changed = Self.commitSlot(&windows.values[i])
+            if changed { unflushedWindowKeys.append(key) }
+        }
+        for key in dirtyCardKeys {
+            guard let i = cards.index(forKey: key) else { continue }
+            let changed = Self.commitSlot(&cards.values[i])
+            if changed { unflushedCardKeys.append(key) }
+        }
+        if let dirtyStreamTime {
+            committedStreamTime = dirtyStreamTime
+            unflushedStreamTime = dirtyStreamTime
+        }
+        unflushedCheckpoint = checkpoint
+        clearDirtyLists()
+        if unflushedWindowKeys.count + unflushedCardKeys.count >= options.flushKeys
+            || options.flushInterval.map({ ContinuousClock.now - lastFlush >= $0 }) ?? false {
+            try flush()
+        }
+    }
+
+    /// Commits one slot; true when it newly needs writing to SQLite.
+    @inline(__always)
+    static func commitSlot(_ slot: inout Slot) -> Bool {
+        slot.dirty = false
+        if slot.committedKnown && slot.current == slot.committed { return false }
+        slot.committed = slot.current
+        slot.committedKnown = true
+        if slot.unflushed { return false }
+        slot.unflushed = true
+        return true
+    }
+
+    func clearDirtyLists() {
+        pendingCache = nil
+        dirtyWindowKeys.removeAll(keepingCapacity: true)
+        dirtyCardKeys.removeAll(keepingCapacity: true)
+        dirtyStreamTime = nil
+        readFailure = nil
+    }
+
+    /// Counters of the writes to SQLite, for logs and metrics.
+    public struct Statistics: Sendable, Hashable {
+        public var flushes = 0
+        public var keysFlushed = 0
+        public var flushTime = Duration.zero
+        public var recordsRestored = 0
+    }
+
+    /// What this store has written to SQLite since it was opened.
+    public private(set) var statistics = Statistics()
+
+    /// Number of committed keys not yet written to SQLite.
+    public var unflushedChangeCount: Int {
+        unflushedWindowKeys.count + unflushedCardKeys.count + (unflushedStreamTime == nil ? 0 : 1)
+    }
+
+    /// Writes every committed change and the last commit's checkpoint to SQLite in one
+    /// transaction (in key order, which is the tables' order). On error nothing is written and
+    /// the changes stay queued, so the call can be retried.
+    public func flush() throws(SQLiteError) {
+        let started = ContinuousClock.now
+        lastFlush = started
+        guard let target = unflushedCheckpoint else { return }
+        defer { statistics.flushTime += ContinuousClock.now - started }
+        unflushedWindowKeys.sort(by: WindowKey.keyOrder)
+        unflushedCardKeys.sort { Self.bytesPrecede($0.card, $1.card) }
         try beginStatement.run()
         do throws(SQLiteError) {
-            for record in records {
-                // Our own encoding: it parses, so a failure here would be a bug, reported as misuse.
-                do {
-                    try write(record)
-                } catch let error as SQLiteError {
-                    throw error
-                } catch {
-                    throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "could not write own changelog record: \(error)")
+            for key in unflushedWindowKeys {
+                guard let slot = windows[key] else { continue }
+                let value = slot.committed
+                let statement = value == nil ? deleteWindow : upsertWindow
+                try Self.withCardBytes(key.card) { (bytes) throws(SQLiteError) in
+                    statement.bindBlobNoCopy(bytes, at: 1)
+                    statement.bind(key.start, at: 2)
+                    if let value { statement.bind(value, at: 3) }
+                    try statement.run()
                 }
             }
-            upsertCheckpoint.bind(checkpoint.sourceOffset, at: 1)
-            upsertCheckpoint.bind(checkpoint.changelogOffset, at: 2)
+            for key in unflushedCardKeys {
+                guard let slot = cards[key] else { continue }
+                let value = slot.committed
+                let statement = value == nil ? deleteCard : upsertCard
+                try Self.withCardBytes(key.card) { (bytes) throws(SQLiteError) in
+                    statement.bindBlobNoCopy(bytes, at: 1)
+                    if let value { statement.bind(value, at: 2) }
+                    try statement.run()
+                }
+            }
+            if let unflushedStreamTime {
+                upsertStream.bind(unflushedStreamTime, at: 1)
+                try upsertStream.run()
+            }
+            upsertCheckpoint.bind(target.sourceOffset, at: 1)
+            upsertCheckpoint.bind(target.changelogOffset, at: 2)
             try upsertCheckpoint.run()
             try commitStatement.run()
         } catch {
             try? rollbackStatement.run()
             throw error
         }
-        mergeDirtyIntoCache()
-        self.checkpoint = checkpoint
+        statistics.flushes += 1
+        statistics.keysFlushed += unflushedChangeCount
+        for key in unflushedWindowKeys { windows[key]?.unflushed = false }
+        for key in unflushedCardKeys { cards[key]?.unflushed = false }
+        unflushedWindowKeys.removeAll(keepingCapacity: true)
+        unflushedCardKeys.removeAll(keepingCapacity: true)
+        unflushedStreamTime = nil
+        unflushedCheckpoint = nil
+        checkpoint = target
+        trimCache()
     }
 
-    func mergeDirtyIntoCache() {
-        if cleanWindows.count + dirtyWindows.count > options.cacheCapacity { cleanWindows.removeAll(keepingCapacity: true) }
-        if cleanCards.count + dirtyCards.count > options.cacheCapacity { cleanCards.removeAll(keepingCapacity: true) }
-        for (key, value) in dirtyWindows { cleanWindows[key] = .some(value) }
-        for (card, value) in dirtyCards { cleanCards[card] = .some(value) }
-        if let dirtyStreamTime { committedStreamTime = dirtyStreamTime }
-        clearDirty()
-    }
-
-    func clearDirty() {
-        pendingCache = nil
-        dirtyWindows.removeAll(keepingCapacity: true)
-        dirtyCards.removeAll(keepingCapacity: true)
-        dirtyStreamTime = nil
-        readFailure = nil
+    /// Forgets cached keys once there are too many, keeping the dirty ones (none at a commit).
+    func trimCache() {
+        if windows.count > options.cacheCapacity {
+            if dirtyWindowKeys.isEmpty { windows.removeAll(keepingCapacity: true) } else { windows = windows.filter { $0.value.dirty } }
+        }
+        if cards.count > options.cacheCapacity {
+            if dirtyCardKeys.isEmpty { cards.removeAll(keepingCapacity: true) } else { cards = cards.filter { $0.value.dirty } }
+            lastCardValid = false
+        }
     }
 
     /// Discards uncommitted changes (the Kafka transaction aborted) and an unfinished restore:
@@ -487,11 +701,26 @@ public final class SQLiteWindowStore: WindowStore {
         if connection.inTransaction { try? rollbackStatement.run() }
         if restoring {
             restoring = false
-            cleanWindows.removeAll(keepingCapacity: true)
-            cleanCards.removeAll(keepingCapacity: true)
+            windows.removeAll(keepingCapacity: true)
+            cards.removeAll(keepingCapacity: true)
             reloadCommittedStreamTime()
         }
-        clearDirty()
+        for key in dirtyWindowKeys { Self.rollbackSlot(key, in: &windows) }
+        for key in dirtyCardKeys { Self.rollbackSlot(key, in: &cards) }
+        lastCardValid = false
+        clearDirtyLists()
+    }
+
+    static func rollbackSlot<Key: Hashable>(_ key: Key, in map: inout [Key: Slot]) {
+        guard let i = map.index(forKey: key) else { return }
+        if map.values[i].committedKnown {
+            map.values[i].current = map.values[i].committed
+            map.values[i].dirty = false
+        } else {
+            // Written blind, never read: not unflushed either (a commit would have made it
+            // known), so SQLite has its committed value; read it from there next time.
+            map.remove(at: i)
+        }
     }
 
     // MARK: - Restore
@@ -504,12 +733,14 @@ public final class SQLiteWindowStore: WindowStore {
     public func apply(_ record: ChangelogRecord) throws {
         if !restoring { try beginRestore() }
         try write(record)
+        statistics.recordsRestored += 1
     }
 
     /// ``apply(_:)`` on borrowed key and value bytes (nil value: tombstone), copying nothing.
     public func apply(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?) throws {
         if !restoring { try beginRestore() }
         try write(key: key, value: value)
+        statistics.recordsRestored += 1
     }
 
     @inline(__always)
@@ -554,11 +785,13 @@ public final class SQLiteWindowStore: WindowStore {
         guard pendingChangeCount == 0 else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "restore with uncommitted changes: commit or roll back first")
         }
+        try flush()
         try beginStatement.run()
         restoring = true
         // The cache mirrors committed rows, which the restore is about to change.
-        cleanWindows.removeAll(keepingCapacity: true)
-        cleanCards.removeAll(keepingCapacity: true)
+        windows.removeAll(keepingCapacity: true)
+        cards.removeAll(keepingCapacity: true)
+        lastCardValid = false
     }
 
     /// Commits the records applied since the last call together with `checkpoint` (its
@@ -672,7 +905,9 @@ extension SQLiteWindowStore {
         var description: String { "\(windows.count) windows, \(cards.count) cards, stream time \(streamTime.map(String.init) ?? "none")" }
     }
 
+    /// Flushes first, so that SQLite holds everything committed.
     func committedState() throws(SQLiteError) -> CommittedState {
+        try flush()
         var state = CommittedState()
         let windows = try connection.statement("SELECT card, start, count FROM windows ORDER BY card, start")
         while try windows.step() {

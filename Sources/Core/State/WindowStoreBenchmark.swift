@@ -1,10 +1,16 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Timings of ``SQLiteWindowStore`` on its three hot paths, for a benchmark command and for
 /// tuning. Not a test: the figures depend on the machine.
 ///
 /// 1. **detect**: records through ``Detector`` and the store in commit cycles (pending changes,
 ///    then commit), as one `polyglot process` task runs them.
-/// 2. **commit**: one commit of a dirty set of a given size, first inserting every key, then
-///    updating every key.
+/// 2. **commit+flush**: one commit of a dirty set of a given size and its write to SQLite, first
+///    inserting every key, then updating every key.
 /// 3. **restore**: applying the changelog that run 1 produced to a new store.
 public enum WindowStoreBenchmark {
     public struct Configuration: Sendable {
@@ -15,7 +21,7 @@ public enum WindowStoreBenchmark {
         /// Event-time step between records in run 1, in ms (with the default 1 h retention, 10 ms
         /// makes 500,000 records span 83 minutes, so retention purges happen too).
         public var eventTimeStep: Int64 = 10
-        /// Dirty keys in run 2 (half windows, half card maxima).
+        /// Dirty keys in run 2 (half windows, half card maxima), committed and flushed to SQLite.
         public var commitKeys = 20_000
         public var parameters = DetectorParameters.default
         public init() {}
@@ -26,21 +32,31 @@ public enum WindowStoreBenchmark {
         public var detectSeconds = 0.0
         public var commits = 0
         public var commitSecondsInDetect = 0.0
+        public var flushesInDetect = 0
+        public var keysFlushedInDetect = 0
+        public var flushSecondsInDetect = 0.0
         public var changelogRecords = 0
         public var commitKeys = 0
         public var commitInsertSeconds = 0.0
         public var commitUpdateSeconds = 0.0
         public var restoreSeconds = 0.0
-        public var storeBytes: Int64 = 0
+        /// CPU time of this thread per phase: on a shared machine a fairer figure than wall time.
+        public var detectCPUSeconds = 0.0
+        public var commitInsertCPUSeconds = 0.0
+        public var commitUpdateCPUSeconds = 0.0
+        public var restoreCPUSeconds = 0.0
 
         public var description: String {
             func rate(_ n: Int, _ s: Double) -> String { s > 0 ? "\(Int((Double(n) / s).rounded()))/s" : "n/a" }
             func ms(_ s: Double) -> String { String(Int((s * 1000).rounded())) + " ms" }
             return """
                 detect:  \(records) records, \(commits) commits in \(ms(detectSeconds)) = \(rate(records, detectSeconds)) \
-                (of which pendingChanges+commit \(ms(commitSecondsInDetect)))
-                commit:  \(commitKeys) dirty keys: insert \(ms(commitInsertSeconds)), update \(ms(commitUpdateSeconds))
-                restore: \(changelogRecords) changelog records in \(ms(restoreSeconds)) = \(rate(changelogRecords, restoreSeconds))
+                (of which pendingChanges+commit \(ms(commitSecondsInDetect)), including \(flushesInDetect) flushes of \
+                \(keysFlushedInDetect) keys in \(ms(flushSecondsInDetect))); CPU \(ms(detectCPUSeconds)) = \(rate(records, detectCPUSeconds))
+                commit+flush: \(commitKeys) dirty keys: insert \(ms(commitInsertSeconds)) (CPU \(ms(commitInsertCPUSeconds))), \
+                update \(ms(commitUpdateSeconds)) (CPU \(ms(commitUpdateCPUSeconds)))
+                restore: \(changelogRecords) changelog records in \(ms(restoreSeconds)) = \(rate(changelogRecords, restoreSeconds)); \
+                CPU \(ms(restoreCPUSeconds)) = \(rate(changelogRecords, restoreCPUSeconds))
                 """
         }
     }
@@ -60,6 +76,7 @@ public enum WindowStoreBenchmark {
         var random = UInt64(0x2545_F491_4F6C_DD1D)
         var offset: Int64 = 0
         let detectStart = clock.now
+        let detectCPU = threadCPUSeconds()
         var commitTime = Duration.zero
         for i in 0..<c.records {
             // xorshift64: cheap and deterministic, so the figures are comparable run to run.
@@ -79,7 +96,11 @@ public enum WindowStoreBenchmark {
             }
         }
         figures.records = c.records
+        figures.flushesInDetect = store.statistics.flushes
+        figures.keysFlushedInDetect = store.statistics.keysFlushed
+        figures.flushSecondsInDetect = seconds(store.statistics.flushTime)
         figures.detectSeconds = seconds(clock.now - detectStart)
+        figures.detectCPUSeconds = threadCPUSeconds() - detectCPU
         figures.commitSecondsInDetect = seconds(commitTime)
         try store.close()
 
@@ -93,9 +114,18 @@ public enum WindowStoreBenchmark {
                                         cardMax: Int64(round) * 1_000 + Int64(k), streamTime: Int64(k))
             }
             let t0 = clock.now
+            let cpu0 = threadCPUSeconds()
             try commitStore.commit(checkpoint: StoreCheckpoint(sourceOffset: Int64(round), changelogOffset: Int64(round)))
+            try commitStore.flush()
             let elapsed = seconds(clock.now - t0)
-            if round == 0 { figures.commitInsertSeconds = elapsed } else { figures.commitUpdateSeconds = elapsed }
+            let cpu = threadCPUSeconds() - cpu0
+            if round == 0 {
+                figures.commitInsertSeconds = elapsed
+                figures.commitInsertCPUSeconds = cpu
+            } else {
+                figures.commitUpdateSeconds = elapsed
+                figures.commitUpdateCPUSeconds = cpu
+            }
         }
         figures.commitKeys = 2 * half
         try commitStore.close()
@@ -103,6 +133,7 @@ public enum WindowStoreBenchmark {
         // 3. Restore run 1's changelog into a new store, committing every 100,000 records.
         let restored = try SQLiteWindowStore(directory: directory + "/restore", parameters: c.parameters, options: options)
         let restoreStart = clock.now
+        let restoreCPU = threadCPUSeconds()
         for (i, record) in changelog.enumerated() {
             try restored.apply(record)
             if (i + 1) % 100_000 == 0 {
@@ -111,9 +142,16 @@ public enum WindowStoreBenchmark {
         }
         try restored.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: offset, changelogOffset: Int64(changelog.count)))
         figures.restoreSeconds = seconds(clock.now - restoreStart)
+        figures.restoreCPUSeconds = threadCPUSeconds() - restoreCPU
         figures.changelogRecords = changelog.count
         try restored.close()
         return figures
+    }
+
+    static func threadCPUSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     static func seconds(_ d: Duration) -> Double {
