@@ -126,6 +126,8 @@ public final class StreamProcessor: @unchecked Sendable {
         producerConfig.setDefault("queue.buffering.max.kbytes", "1048576")
         // Java-compatible key hashing: the repartition topic places a card where Kafka Streams would.
         producerConfig.setDefault("partitioner", "murmur2_random")
+        // A record just over the 1 MiB input limit must still fit in its dead letter.
+        producerConfig.setDefault("message.max.bytes", "4194304")
         if c.guarantee == .exactlyOnce {
             producerConfig.set("transactional.id", transactionalID)
             producerConfig.setDefault("transaction.timeout.ms", "30000")
