@@ -14,7 +14,8 @@ struct ProcessCommand: AsyncParsableCommand {
             topic keyed by cardId; rejected records to the dead-letter topic. A record whose key is not \
             its cardId goes through <application-id>-repartition first.
 
-            Settings: flags win over environment variables, which win over defaults. Environment: \
+            Settings: flags win over environment variables, which win over the settings file (--config), \
+            which wins over defaults. Environment and file names: \
             \(ProcessorSettings.environmentHelp).
 
             SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
@@ -54,10 +55,23 @@ struct ProcessCommand: AsyncParsableCommand {
             help: "librdkafka property key=value, repeatable (SASL and SSL included; secrets are never logged).")
     var properties: [String] = []
 
-    @OptionGroup var detector: DetectorOptions
+    @Option(help: "Tumbling window size (ms, s, m, h; a bare number is ms; default 60s).")
+    var window: String?
 
-    @Option(help: "Reject a record whose event time is this far ahead of its Kafka timestamp.")
-    var maxFutureSkew: String = "1h"
+    @Option(help: "Flag a transaction when its window's count exceeds this (default 3).")
+    var threshold: String?
+
+    @Option(help: "How long after its end a window still accepts records (default 0s).")
+    var grace: String?
+
+    @Option(help: "How far behind stream time a window is kept (default 1h).")
+    var retention: String?
+
+    @Option(help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
+    var maxFutureSkew: String?
+
+    @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
+    var config: String?
 
     @Option(help: .hidden)
     var fingerprintDigest: String?
@@ -79,20 +93,22 @@ struct ProcessCommand: AsyncParsableCommand {
         settings.untilEnd = untilEnd
         settings.kafkaProperties = properties
         settings.fingerprintDigest = fingerprintDigest
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        settings.window = window
+        settings.threshold = threshold
+        settings.grace = grace
+        settings.retention = retention
+        settings.maxFutureSkew = maxFutureSkew
+        settings.configFile = config
+        guard let level = Logger.Level(rawValue: logLevel) else { throw CommandFailure("--log-level: unknown level '\(logLevel)'") }
         let configuration: ProcessorConfiguration
         let service: ProcessorService
         var logger = Logger(label: "polyglot.process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = level
         do {
-            let base = try detector.parameters()
-            let skew = try Durations.milliseconds(maxFutureSkew, setting: "--max-future-skew")
-            settings.parameters = try DetectorParameters(window: base.window, threshold: base.threshold, grace: base.grace,
-                                                         retention: base.retention, maxFutureSkew: skew)
             configuration = try settings.resolve()
             service = try ProcessorService(configuration: configuration, logger: logger)
-        } catch let error as ConfigurationError {
-            throw ValidationError(error.message)
+        } catch {
+            throw CommandFailure(error.message)
         }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

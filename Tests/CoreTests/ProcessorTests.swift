@@ -361,6 +361,24 @@ struct ProcessorTests {
         #expect(resolved.guarantee == .atLeastOnce)
         #expect(resolved.kafka.bootstrapServers == "h:1")
         #expect(!resolved.kafka.redactedDescription.contains("s3cret"))
+        // The settings file is the lowest layer; unknown names in it are errors.
+        let dir = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("process.env")
+        try "# comment\nPOLYGLOT_OUTPUT_TOPIC=file-out\nPOLYGLOT_DLQ_TOPIC=file-dlq\nPOLYGLOT_WINDOW=30s\nPOLYGLOT_KAFKA_PROPERTIES=linger.ms=7\n"
+            .write(to: file, atomically: true, encoding: .utf8)
+        var fromFile = settings
+        fromFile.configFile = file.path
+        fromFile.threshold = "5"
+        let layered = try fromFile.resolve(environment: env)
+        #expect(layered.outputTopic == "env-out")
+        #expect(layered.deadLetterTopic == "file-dlq")
+        #expect(layered.parameters.window == 30_000)
+        #expect(layered.parameters.threshold == 5)
+        #expect(layered.kafka["linger.ms"] == "7")
+        try "POLYGLOT_WINDOWS=30s\n".write(to: file, atomically: true, encoding: .utf8)
+        let unknown = #expect(throws: ConfigurationError.self) { try fromFile.resolve(environment: env) }
+        #expect(unknown?.message.contains("unknown setting POLYGLOT_WINDOWS") == true)
         settings.guarantee = "twice"
         #expect(throws: ConfigurationError.self) { try settings.resolve(environment: env) }
         #expect(throws: ConfigurationError.self) { try ProcessorSettings().resolve(environment: [:]) }

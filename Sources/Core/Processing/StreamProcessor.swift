@@ -14,6 +14,13 @@ public struct ProcessorStatistics: Sendable, Hashable {
     public var transactionsAborted = 0
     public var changelogRecords = 0
     public var restoredRecords = 0
+    /// Time spent restoring stores from the changelog.
+    public var restoreSeconds = 0.0
+    /// From the first record handled to the last commit (excludes joining the group and restoring).
+    public var processingSeconds = 0.0
+    /// Of which: waiting in poll, and committing (changelog, offsets, Kafka and SQLite commits).
+    public var pollSeconds = 0.0
+    public var commitSeconds = 0.0
 }
 
 /// A processor failure that stops the run: the message is one line for the operator.
@@ -74,6 +81,7 @@ public final class StreamProcessor: @unchecked Sendable {
     private var failedDeliveriesAtCycleStart = 0
     /// An error raised inside a rebalance hook (which cannot throw), rethrown after the poll.
     private var hookError: (any Error)?
+    private var firstRecordAt: ContinuousClock.Instant?
 
     static let sourceOffsetHeader = "polyglot-source-offset"
     static let repartitionOffsetHeader = "polyglot-repartition-offset"
@@ -118,6 +126,7 @@ public final class StreamProcessor: @unchecked Sendable {
     /// Blocking: the whole run. Call on a dedicated thread.
     public func run() throws {
         let c = configuration
+        let started = ContinuousClock.now
         try checkTopics()
         var producerConfig = c.kafka
         producerConfig.setDefault("linger.ms", "5")
@@ -177,7 +186,10 @@ public final class StreamProcessor: @unchecked Sendable {
         var lastReport = ContinuousClock.now
         var reportedRecords = 0
         while !stopRequested.load(ordering: .acquiring) {
+            let pollStart = ContinuousClock.now
             let batch = try consumer.poll(maxMessages: 2_000, timeout: .milliseconds(50))
+            let pollTime = Self.seconds(ContinuousClock.now - pollStart)
+            if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
             if let error = hookError { throw error }
             for message in batch { try handle(message) }
             let now = ContinuousClock.now
@@ -205,8 +217,17 @@ public final class StreamProcessor: @unchecked Sendable {
         consumer.close()
         if let error = hookError { throw error }
         let s = statistics
-        logger.info("stopped", metadata: ["records": "\(s.records)", "outputs": "\(s.outputs)", "deadLetters": "\(s.deadLetters)",
-                                          "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)"])
+        let elapsed = Self.seconds(ContinuousClock.now - started)
+        let processing = max(s.processingSeconds, 1e-6)
+        logger.notice("stopped", metadata: [
+            "records": "\(s.records)", "outputs": "\(s.outputs)", "deadLetters": "\(s.deadLetters)",
+            "repartitioned": "\(s.repartitioned)", "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)",
+            "seconds": "\(String(format: "%.2f", elapsed))", "processingSeconds": "\(String(format: "%.2f", s.processingSeconds))",
+            "pollSeconds": "\(String(format: "%.2f", s.pollSeconds))", "commitSeconds": "\(String(format: "%.2f", s.commitSeconds))",
+            "rate": "\(Int(Double(s.records) / processing))/s",
+            "restored": "\(s.restoredRecords)", "restoreSeconds": "\(String(format: "%.2f", s.restoreSeconds))",
+            "restoreRate": "\(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0)/s",
+        ])
     }
 
     /// The input must exist; the internal topics must have as many partitions as the input.
@@ -248,6 +269,7 @@ public final class StreamProcessor: @unchecked Sendable {
 
     private func handle(_ m: KafkaMessage) throws {
         guard let task = tasks[m.partition] else { return }
+        if firstRecordAt == nil { firstRecordAt = ContinuousClock.now }
         if let next = task.next[m.topic], m.offset < next { return }
         if task.committed[m.topic] == nil { task.committed[m.topic] = m.offset }
         let c = configuration
@@ -312,6 +334,11 @@ public final class StreamProcessor: @unchecked Sendable {
     private func commitCycle() throws {
         let changed = tasks.values.filter(\.changed).sorted { $0.partition < $1.partition }
         guard !changed.isEmpty else { return }
+        let commitStart = ContinuousClock.now
+        defer {
+            let t = Self.seconds(ContinuousClock.now - commitStart)
+            statsBox.withLock { $0.commitSeconds += t }
+        }
         let c = configuration
         do {
             try beginIfNeeded()
@@ -368,9 +395,11 @@ public final class StreamProcessor: @unchecked Sendable {
                 task.committed = task.next
                 task.changed = false
             }
+            let processing = firstRecordAt.map { Self.seconds(ContinuousClock.now - $0) } ?? 0
             statsBox.withLock {
                 $0.transactionsCommitted += 1
                 $0.changelogRecords += changelogCount
+                $0.processingSeconds = processing
             }
         } catch let error as KafkaError {
             if error.transactionAction == .fatal || producer.fatalError != nil {
@@ -540,14 +569,17 @@ public final class StreamProcessor: @unchecked Sendable {
         if let checkpoint = store.checkpoint, checkpoint.sourceOffset >= 0 { positions[c.inputTopic] = checkpoint.sourceOffset }
         if start < marks.high {
             let restored = try restore(store, changelog: tp, from: start, to: marks.high, positions: &positions)
-            statsBox.withLock { $0.restoredRecords += restored }
+            statsBox.withLock {
+                $0.restoredRecords += restored.records
+                $0.restoreSeconds += restored.seconds
+            }
         }
         let task = PartitionTask(partition: p, store: store, parameters: c.parameters)
         return (task, positions)
     }
 
     private func restore(_ store: SQLiteWindowStore, changelog tp: KafkaTopicPartition, from start: Int64, to high: Int64,
-                         positions: inout [String: Int64]) throws -> Int {
+                         positions: inout [String: Int64]) throws -> (records: Int, seconds: Double) {
         let c = configuration
         logger.info("restoring", metadata: ["partition": "\(tp.partition)", "from": "\(start)", "to": "\(high)"])
         let began = ContinuousClock.now
@@ -595,7 +627,7 @@ public final class StreamProcessor: @unchecked Sendable {
         let elapsed = Self.seconds(ContinuousClock.now - began)
         logger.info("restored", metadata: ["partition": "\(tp.partition)", "records": "\(applied)",
                                            "seconds": "\(String(format: "%.3f", elapsed))", "rate": "\(Int(Double(applied) / max(elapsed, 1e-6)))/s"])
-        return applied
+        return (applied, elapsed)
     }
 
     static func seconds(_ d: Duration) -> Double {
