@@ -191,11 +191,25 @@ public final class StreamProcessor: @unchecked Sendable {
             let pollTime = Self.seconds(ContinuousClock.now - pollStart)
             if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
             if let error = hookError { throw error }
-            for message in batch { try handle(message) }
+            do {
+                for message in batch { try handle(message) }
+            } catch let error as KafkaError {
+                // A produce or begin failed: the transaction cannot commit. The rest of the batch
+                // is dropped; the rewind re-reads it.
+                if error.transactionAction == .fatal || producer.fatalError != nil {
+                    throw ProcessorError("fatal Kafka error, stopping: \(producer.fatalError ?? error)")
+                }
+                logger.warning("producing failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
+                try abortAndRewind()
+            }
             let now = ContinuousClock.now
+            var committed = false
             if now - lastCommit >= c.commitInterval || pendingRecords >= Self.maxRecordsPerTransaction {
                 try commitCycle()
-                lastCommit = now
+                // The interval runs from the end of a commit, so a slow commit cannot leave the
+                // next transaction with no time to fill.
+                lastCommit = ContinuousClock.now
+                committed = true
             }
             if now - lastReport >= .seconds(10) {
                 let s = statistics
@@ -205,7 +219,7 @@ public final class StreamProcessor: @unchecked Sendable {
                 reportedRecords = s.records
                 lastReport = now
             }
-            if c.untilEnd, batch.isEmpty || pendingRecords == 0, try reachedEnd() {
+            if c.untilEnd, committed || (batch.isEmpty && pendingRecords == 0), try reachedEnd() {
                 try commitCycle()
                 logger.info("reached the end offsets seen at start")
                 break
@@ -331,7 +345,7 @@ public final class StreamProcessor: @unchecked Sendable {
 
     /// Ends the cycle: changelog records out, then the Kafka commit, then the stores' commits.
     /// An abortable failure rolls everything back and rewinds; a fatal one throws.
-    private func commitCycle() throws {
+    private func commitCycle(leaving: Set<Int32> = []) throws {
         let changed = tasks.values.filter(\.changed).sorted { $0.partition < $1.partition }
         guard !changed.isEmpty else { return }
         let commitStart = ContinuousClock.now
@@ -352,9 +366,12 @@ public final class StreamProcessor: @unchecked Sendable {
                 }
                 var headers = [KafkaHeader(Self.sourceOffsetHeader, String(task.next[c.inputTopic] ?? KafkaOffset.invalid))]
                 if let r = task.next[c.repartitionTopic] { headers.append(KafkaHeader(Self.repartitionOffsetHeader, String(r))) }
-                for record in records {
+                // The positions ride on the task's last record of the commit: a restore keeps the
+                // last it sees, and compaction never removes a partition's last record.
+                for (i, record) in records.enumerated() {
+                    let last = i == records.count - 1
                     try producer.produce(topic: c.changelogTopic, partition: task.partition, key: record.key, value: record.value,
-                                         headers: headers, blockIfQueueFull: true, trackOffset: true)
+                                         headers: last ? headers : [], blockIfQueueFull: true, trackOffset: last)
                 }
                 changelogCount += records.count
             }
@@ -406,10 +423,10 @@ public final class StreamProcessor: @unchecked Sendable {
                 throw ProcessorError("fatal Kafka error, stopping: \(producer.fatalError ?? error)")
             }
             logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
-            try abortAndRewind()
+            try abortAndRewind(skippingSeekOf: leaving)
         } catch let error as SQLiteError {
             logger.warning("store read failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
-            try abortAndRewind()
+            try abortAndRewind(skippingSeekOf: leaving)
         }
     }
 
@@ -430,7 +447,7 @@ public final class StreamProcessor: @unchecked Sendable {
     }
 
     /// Aborts the Kafka transaction, rolls every store back and seeks to the committed positions.
-    private func abortAndRewind() throws {
+    private func abortAndRewind(skippingSeekOf leaving: Set<Int32> = []) throws {
         if configuration.guarantee == .exactlyOnce, inTransaction {
             do {
                 try producer.abortTransaction(timeout: .seconds(30))
@@ -445,7 +462,7 @@ public final class StreamProcessor: @unchecked Sendable {
             task.store.rollback()
             task.detector = Detector(parameters: configuration.parameters)
             task.changed = false
-            for (topic, offset) in task.committed where task.next[topic] != offset {
+            for (topic, offset) in task.committed where task.next[topic] != offset && !leaving.contains(task.partition) {
                 seeks.append(KafkaTopicPartitionOffset(topic, task.partition, offset: offset))
             }
             task.next = task.committed
@@ -459,21 +476,25 @@ public final class StreamProcessor: @unchecked Sendable {
     private func reachedEnd() throws -> Bool {
         let c = configuration
         guard !tasks.isEmpty, pendingRecords == 0, !inTransaction else { return false }
-        for task in tasks.values {
+        let ordered = tasks.values.sorted { $0.partition < $1.partition }
+        // Input first: local positions only, no request.
+        let positions = try consumer.position(ordered.map { KafkaTopicPartition(c.inputTopic, $0.partition) })
+        for (task, position) in zip(ordered, positions) {
             let end = endOffsets[task.partition] ?? 0
-            let position = try consumer.position([KafkaTopicPartition(c.inputTopic, task.partition)]).first?.offset ?? KafkaOffset.invalid
-            let reached = max(position, task.next[c.inputTopic] ?? KafkaOffset.invalid)
-            if reached < end && !(end == 0) {
-                // Nothing was ever consumed: an empty range [start, end) counts as done.
-                if task.next[c.inputTopic] == nil, position < 0, let start = task.committed[c.inputTopic], start >= end { continue }
+            let reached = max(position.offset, task.next[c.inputTopic] ?? KafkaOffset.invalid)
+            // A range nothing was read from counts as done when it starts at or past the end.
+            if reached < end, (task.committed[c.inputTopic] ?? KafkaOffset.invalid) < end { return false }
+        }
+        // Then whatever this run sent through the repartition topic must be processed too.
+        let repartition = try consumer.position(ordered.map { KafkaTopicPartition(c.repartitionTopic, $0.partition) })
+        for (task, position) in zip(ordered, repartition) {
+            let high = try consumer.queryWatermarks(position.topicPartition, timeout: .seconds(10)).high
+            let reached = max(position.offset, task.next[c.repartitionTopic] ?? KafkaOffset.invalid, task.committed[c.repartitionTopic] ?? KafkaOffset.invalid)
+            if reached < high, high > 0 {
+                // Empty so far and starting at the high watermark: nothing to do.
+                if reached < 0, let low = try? consumer.queryWatermarks(position.topicPartition, timeout: .seconds(10)).low, low == high { continue }
                 return false
             }
-            // Records this run sent to the repartition topic must be processed too.
-            let rtp = KafkaTopicPartition(c.repartitionTopic, task.partition)
-            let high = try consumer.queryWatermarks(rtp, timeout: .seconds(10)).high
-            let rpos = max(try consumer.position([rtp]).first?.offset ?? KafkaOffset.invalid, task.next[c.repartitionTopic] ?? KafkaOffset.invalid)
-            let rstart = task.committed[c.repartitionTopic] ?? 0
-            if rpos < high && rstart < high { return false }
         }
         return true
     }
@@ -512,11 +533,12 @@ public final class StreamProcessor: @unchecked Sendable {
     }
 
     private func revoked(_ partitions: [KafkaTopicPartition], lost: Bool) {
+        let leaving = Set(partitions.map(\.partition))
         if lost {
             // Another member owns them already: whatever is open cannot commit.
-            do { try abortAndRewind() } catch { hookError = hookError ?? error }
+            do { try abortAndRewind(skippingSeekOf: leaving) } catch { hookError = hookError ?? error }
         } else {
-            do { try commitCycle() } catch { hookError = hookError ?? error }
+            do { try commitCycle(leaving: leaving) } catch { hookError = hookError ?? error }
         }
         for p in Set(partitions.map(\.partition)) {
             guard let task = tasks.removeValue(forKey: p) else { continue }
