@@ -65,6 +65,7 @@ public struct KafkaBenchmark: Sendable {
     public func run() async throws -> Result {
         try await withCheckedThrowingContinuation { continuation in
             let thread = Thread {
+                Thread.current.name = "kafka-bench"
                 continuation.resume(with: Swift.Result { try self.runBlocking() })
             }
             thread.name = "kafka-bench"

@@ -93,7 +93,7 @@ public final class KafkaProducer: @unchecked Sendable {
         executor = BlockingExecutor(label: "polyglot.kafka.\(name).blocking")
         let rk = UnsafeSendable(handle)
         // Serves delivery reports (and error/log callbacks) until close.
-        pollLoop = PollLoop(name: "\(name)-poll") { rd_kafka_poll(rk.value, 50) }
+        pollLoop = PollLoop(name: "kafka-dr-poll") { rd_kafka_poll(rk.value, 50) }
         logger.debug("producer created", metadata: ["client": "\(name)", "transactional": "\(isTransactional)"])
     }
 
@@ -344,6 +344,7 @@ final class PollLoop: Sendable {
 
     init(name: String, _ body: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
+            Thread.current.name = name
             while !self.stopped.load(ordering: .acquiring) { body() }
             self.finished.signal()
         }

@@ -114,8 +114,11 @@ public final class StreamProcessor: @unchecked Sendable {
     /// at start are processed), bridged to async.
     public func runOnDedicatedThread() async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let thread = Thread { continuation.resume(with: Result { try self.run() }) }
-            thread.name = "polyglot-process"
+            let thread = Thread {
+                // Named from inside: on Linux a name set before start does not reach the OS thread (15 bytes at most).
+                Thread.current.name = "polyglot-proc"
+                continuation.resume(with: Result { try self.run() })
+            }
             thread.stackSize = 8 << 20
             thread.start()
         }
