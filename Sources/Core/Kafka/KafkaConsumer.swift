@@ -201,6 +201,32 @@ public final class KafkaConsumer: @unchecked Sendable {
         return out
     }
 
+    /// Like ``poll(maxMessages:timeout:)`` but lends each record to `body` without copying it
+    /// (the fast path for restores). Blocking. Returns the number of records handed over.
+    public func pollBorrowing(maxMessages: Int, timeout: Duration,
+                              _ body: (borrowing KafkaRecordView) throws -> Void) throws -> Int {
+        var count = 0
+        var wait = milliseconds(timeout)
+        while count < maxMessages {
+            guard let message = rd_kafka_consumer_poll(handle, wait) else { break }
+            defer { rd_kafka_message_destroy(message) }
+            wait = 0
+            let m = message.pointee
+            if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                // Errors and end-of-partition events: the copying path decides what they mean.
+                _ = try copy(message)
+                continue
+            }
+            let view = KafkaRecordView(
+                message: message, partition: m.partition, offset: m.offset,
+                key: m.key.map { UnsafeRawBufferPointer(start: $0, count: m.key_len) },
+                value: m.payload.map { UnsafeRawBufferPointer(start: $0, count: m.len) })
+            try body(view)
+            count += 1
+        }
+        return count
+    }
+
     /// ``poll(maxMessages:timeout:)`` on the consumer's own queue.
     public func poll(maxMessages: Int, timeout: Duration) async throws(KafkaError) -> [KafkaMessage] {
         try await executor.run { () throws(KafkaError) in try self.poll(maxMessages: maxMessages, timeout: timeout) }
@@ -359,5 +385,27 @@ public final class KafkaConsumer: @unchecked Sendable {
                 continuation.resume()
             }
         }
+    }
+}
+
+/// A consumed record lent by ``KafkaConsumer/pollBorrowing(maxMessages:timeout:_:)``: its bytes
+/// belong to librdkafka and are valid only during the call.
+public struct KafkaRecordView: ~Copyable {
+    fileprivate let message: UnsafeMutablePointer<rd_kafka_message_t>
+    public let partition: Int32
+    public let offset: Int64
+    /// Nil for a null key.
+    public let key: UnsafeRawBufferPointer?
+    /// Nil for a tombstone.
+    public let value: UnsafeRawBufferPointer?
+
+    /// The last header named `name` (nil when absent or null).
+    public func header(_ name: String) -> UnsafeRawBufferPointer? {
+        var hdrs: OpaquePointer? = nil
+        guard rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs else { return nil }
+        var valuePtr: UnsafeRawPointer? = nil
+        var size = 0
+        guard rd_kafka_header_get_last(hdrs, name, &valuePtr, &size) == RD_KAFKA_RESP_ERR_NO_ERROR, let valuePtr else { return nil }
+        return UnsafeRawBufferPointer(start: valuePtr, count: size)
     }
 }

@@ -616,23 +616,14 @@ public final class StreamProcessor: @unchecked Sendable {
         var sinceCommit = 0
         while next < high {
             if stopRequested.load(ordering: .acquiring) { throw ProcessorError("stopped during restore") }
-            let batch = try restorer.poll(maxMessages: 10_000, timeout: .milliseconds(200))
-            for m in batch {
+            _ = try restorer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(200)) { m in
                 do {
-                    if let value = m.value {
-                        try m.key!.withUnsafeBytes { key in try value.withUnsafeBytes { v in try store.apply(key: key, value: v) } }
-                    } else {
-                        try (m.key ?? []).withUnsafeBytes { key in try store.apply(key: key, value: nil) }
-                    }
+                    try store.apply(key: m.key ?? UnsafeRawBufferPointer(start: nil, count: 0), value: m.value)
                 } catch {
                     throw ProcessorError("changelog \(tp) offset \(m.offset): \(error)")
                 }
-                if let h = m.header(Self.sourceOffsetHeader), let o = Int64(String(decoding: h, as: UTF8.self)), o >= 0 {
-                    positions[c.inputTopic] = o
-                }
-                if let h = m.header(Self.repartitionOffsetHeader), let o = Int64(String(decoding: h, as: UTF8.self)), o >= 0 {
-                    positions[c.repartitionTopic] = o
-                }
+                if let h = m.header(Self.sourceOffsetHeader), let o = Self.parseOffset(h) { positions[c.inputTopic] = o }
+                if let h = m.header(Self.repartitionOffsetHeader), let o = Self.parseOffset(h) { positions[c.repartitionTopic] = o }
                 next = m.offset + 1
                 applied += 1
                 sinceCommit += 1
@@ -653,6 +644,20 @@ public final class StreamProcessor: @unchecked Sendable {
         logger.info("restored", metadata: ["partition": "\(tp.partition)", "records": "\(applied)",
                                            "seconds": "\(String(format: "%.3f", elapsed))", "rate": "\(Int(Double(applied) / max(elapsed, 1e-6)))/s"])
         return (applied, elapsed)
+    }
+
+    /// A non-negative decimal offset from header bytes.
+    static func parseOffset(_ bytes: UnsafeRawBufferPointer) -> Int64? {
+        guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
+        var v: Int64 = 0
+        for b in bytes {
+            guard b >= 48, b <= 57 else { return nil }
+            let (m, o1) = v.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(Int64(b - 48))
+            guard !o1, !o2 else { return nil }
+            v = a
+        }
+        return v
     }
 
     static func seconds(_ d: Duration) -> Double {
