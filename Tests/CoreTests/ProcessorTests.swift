@@ -248,6 +248,33 @@ struct ProcessorTests {
         #expect(differences(seen, expected) == [])
     }
 
+    @Test func atLeastOnceRunAndRestart() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        let first = Workload.valid(count: 200, cards: 9)
+        let second = Workload.valid(count: 200, cards: 9, first: 200)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        try await topics.produce(first.kafkaRecords)
+        let a = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, guarantee: .atLeastOnce), logger: logger)
+        try await run(a)
+        #expect(a.statistics.outputs == 200)
+        // A restart on the same state resumes after the committed records.
+        try await topics.produce(second.kafkaRecords)
+        let b = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, guarantee: .atLeastOnce), logger: logger)
+        try await run(b)
+        #expect(b.statistics.outputs == 200)
+        #expect(b.statistics.restoredRecords <= 2 * topics.partitions)
+        let outputs = try await topics.read(topics.output, count: 400)
+        var seen: [String: [UInt8]] = [:]
+        for m in outputs {
+            let id = try #require(transactionID(of: m.value))
+            #expect(seen[id] == nil, "duplicate output for \(id)")
+            seen[id] = m.value
+        }
+        #expect(differences(seen, try Workload.expected(first.records + second.records)) == [])
+    }
+
     @Test func twoInstancesOneStoppedMidway() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 4)

@@ -82,6 +82,8 @@ public final class StreamProcessor: @unchecked Sendable {
     /// An error raised inside a rebalance hook (which cannot throw), rethrown after the poll.
     private var hookError: (any Error)?
     private var firstRecordAt: ContinuousClock.Instant?
+    /// Set when ``run()`` is leaving because of an error.
+    private var failing = false
 
     static let sourceOffsetHeader = "polyglot-source-offset"
     static let repartitionOffsetHeader = "polyglot-repartition-offset"
@@ -178,7 +180,13 @@ public final class StreamProcessor: @unchecked Sendable {
             onRevoked: { partitions, lost in me.value.revoked(partitions, lost: lost) })
         consumer = try KafkaConsumer(configuration: consumerConfig, hooks: hooks, logger: logger)
         var closed = false
-        defer { if !closed { consumer.close() } }
+        defer {
+            if !closed {
+                // Leaving on an error: the revoke hook must not commit what the failure interrupted.
+                failing = true
+                consumer.close()
+            }
+        }
         try consumer.subscribe([c.inputTopic, c.repartitionTopic])
         logger.info("processing", metadata: [
             "input": "\(c.inputTopic)", "partitions": "\(partitionCount)", "guarantee": "\(c.guarantee.rawValue)",
@@ -537,7 +545,10 @@ public final class StreamProcessor: @unchecked Sendable {
 
     private func revoked(_ partitions: [KafkaTopicPartition], lost: Bool) {
         let leaving = Set(partitions.map(\.partition))
-        if lost {
+        if failing {
+            if configuration.guarantee == .exactlyOnce, inTransaction { try? producer.abortTransaction(timeout: .seconds(10)) }
+            inTransaction = false
+        } else if lost {
             // Another member owns them already: whatever is open cannot commit.
             do { try abortAndRewind(skippingSeekOf: leaving) } catch { hookError = hookError ?? error }
         } else {
