@@ -87,7 +87,7 @@ struct DevKafkaBenchCommand: AsyncParsableCommand {
     @Option(help: "Value size in bytes.")
     var valueSize: Int = 100
 
-    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue, help: "librdkafka property key=value (repeatable).")
+    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue, help: ArgumentHelp("librdkafka property (repeatable).", valueName: "key=value"))
     var properties: [String] = []
 
     func run() async throws {

@@ -52,7 +52,8 @@ struct ProcessCommand: AsyncParsableCommand {
     var untilEnd = false
 
     @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
-            help: "librdkafka property key=value, repeatable (SASL and SSL included; secrets are never logged).")
+            help: ArgumentHelp("librdkafka property, repeatable (SASL and SSL included; secrets are never logged).",
+                               valueName: "key=value"))
     var properties: [String] = []
 
     @Option(help: "Tumbling window size (ms, s, m, h; a bare number is ms; default 60s).")
