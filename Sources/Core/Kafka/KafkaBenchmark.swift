@@ -23,13 +23,17 @@ public struct KafkaBenchmark: Sendable {
         public var bytes: Int
         public var produceSeconds: Double
         public var consumeSeconds: Double
+        /// The same records read again through the borrowing poll (no copies).
+        public var borrowingConsumeSeconds: Double
         public var produceRate: Double { Double(records) / produceSeconds }
         public var consumeRate: Double { Double(records) / consumeSeconds }
+        public var borrowingConsumeRate: Double { Double(records) / borrowingConsumeSeconds }
         public var description: String {
             let mb = Double(bytes) / 1_048_576
             return """
             produce: \(records) records (\(String(format: "%.1f", mb)) MiB) in \(String(format: "%.3f", produceSeconds)) s = \(Int(produceRate)) records/s
-            consume: \(records) records in \(String(format: "%.3f", consumeSeconds)) s = \(Int(consumeRate)) records/s
+            consume: \(records) records in \(String(format: "%.3f", consumeSeconds)) s = \(Int(consumeRate)) records/s (copied)
+            consume: \(records) records in \(String(format: "%.3f", borrowingConsumeSeconds)) s = \(Int(borrowingConsumeRate)) records/s (borrowed)
             """
         }
     }
@@ -143,7 +147,29 @@ public struct KafkaBenchmark: Sendable {
             }
         }
         let consumeTime = ContinuousClock.now - consumeStart
-        return Result(records: seen, bytes: bytes, produceSeconds: Self.seconds(produceTime), consumeSeconds: Self.seconds(consumeTime))
+
+        // Again with a fresh consumer, lending records instead of copying them.
+        let borrower = try KafkaConsumer(
+            configuration: base.merging(KafkaConfiguration(Self.consumerTuning)).merging(options.overrides), logger: logger)
+        defer { borrower.close() }
+        let borrowStart = ContinuousClock.now
+        try borrower.assign(starts)
+        var lent = 0
+        var lentBytes = 0
+        while lent < options.records {
+            guard ContinuousClock.now < deadline + .seconds(120) else {
+                throw KafkaError(code: -1, name: "BENCH", message: "borrowed only \(lent) of \(options.records) records")
+            }
+            lent += try borrower.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(100)) { m in
+                lentBytes += (m.key?.count ?? 0) + (m.value?.count ?? 0)
+            }
+        }
+        let borrowTime = ContinuousClock.now - borrowStart
+        guard lentBytes == bytes else {
+            throw KafkaError(code: -1, name: "BENCH", message: "borrowed \(lentBytes) bytes, copied \(bytes)")
+        }
+        return Result(records: seen, bytes: bytes, produceSeconds: Self.seconds(produceTime), consumeSeconds: Self.seconds(consumeTime),
+                      borrowingConsumeSeconds: Self.seconds(borrowTime))
     }
 
     static func seconds(_ d: Duration) -> Double {
