@@ -9,8 +9,10 @@ struct Polyglot: AsyncParsableCommand {
         version: ProductVersion.description,
         subcommands: [
             ReplayCommand.self,
+            ProcessCommand.self,
             GenerateCommand.self,
             ImageCommand.self,
+            DevCommand.self,
         ]
     )
 

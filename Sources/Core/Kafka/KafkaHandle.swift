@@ -1,0 +1,96 @@
+import CRdKafka
+import Dispatch
+import Logging
+
+/// State shared with librdkafka's C callbacks through the configuration opaque.
+///
+/// Kept alive by the owning client for at least as long as its `rd_kafka_t`.
+class KafkaCallbackContext: @unchecked Sendable {
+    let logger: Logger
+    init(logger: Logger) { self.logger = logger }
+
+    var opaque: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+
+    static func from(_ opaque: UnsafeMutableRawPointer?) -> KafkaCallbackContext? {
+        guard let opaque else { return nil }
+        return Unmanaged<KafkaCallbackContext>.fromOpaque(opaque).takeUnretainedValue()
+    }
+}
+
+/// Creates `rd_kafka_t` handles with librdkafka's log lines routed to swift-log.
+enum KafkaHandleFactory {
+    /// Builds a configured handle. `configure` may install extra callbacks on the conf.
+    static func make(
+        type: rd_kafka_type_t,
+        configuration: KafkaConfiguration,
+        context: KafkaCallbackContext,
+        configure: (OpaquePointer) -> Void = { _ in }
+    ) throws(KafkaError) -> OpaquePointer {
+        let conf: OpaquePointer
+        do {
+            conf = try configuration.makeNativeConfiguration()
+        } catch {
+            throw KafkaError(code: RD_KAFKA_RESP_ERR__INVALID_ARG.rawValue, name: "_INVALID_ARG", message: error.message)
+        }
+        rd_kafka_conf_set_opaque(conf, context.opaque)
+        rd_kafka_conf_set_log_cb(conf) { rk, level, facility, buffer in
+            guard let rk, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return }
+            let text = buffer.map { String(cString: $0) } ?? ""
+            let fac = facility.map { String(cString: $0) } ?? ""
+            let logLevel: Logger.Level = switch level {
+            case ...3: .error
+            case 4: .warning
+            case 5, 6: .info
+            default: .debug
+            }
+            context.logger.log(level: logLevel, "\(fac): \(text)", metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))"])
+        }
+        configure(conf)
+        var errstr = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(type, conf, &errstr, errstr.count) else {
+            // On failure the configuration is still ours.
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(code: RD_KAFKA_RESP_ERR__INVALID_ARG.rawValue, name: "_INVALID_ARG",
+                             message: "cannot create Kafka client: \(cString(errstr))")
+        }
+        return rk
+    }
+
+    /// The fatal error of a handle, if one was raised.
+    static func fatalError(_ rk: OpaquePointer) -> KafkaError? {
+        var errstr = [CChar](repeating: 0, count: 512)
+        let err = rd_kafka_fatal_error(rk, &errstr, errstr.count)
+        guard err != RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
+        let base = KafkaError(err)
+        return KafkaError(code: base.code, name: base.name, message: cString(errstr), isFatal: true)
+    }
+}
+
+/// Runs blocking librdkafka calls off the Swift cooperative pool, on a serial dispatch queue
+/// (its threads are not the cooperative pool's), and bridges the result back with a continuation.
+struct BlockingExecutor: Sendable {
+    let queue: DispatchQueue
+    init(label: String) {
+        queue = DispatchQueue(label: label)
+    }
+
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws(KafkaError) -> T) async throws(KafkaError) -> T {
+        let result: Result<T, KafkaError> = await withCheckedContinuation { continuation in
+            queue.async {
+                do throws(KafkaError) {
+                    continuation.resume(returning: .success(try body()))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
+    }
+}
+
+/// Milliseconds for librdkafka from a Swift duration, clamped to Int32.
+func milliseconds(_ duration: Duration) -> Int32 {
+    let (seconds, attoseconds) = duration.components
+    let ms = seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    return Int32(clamping: max(ms, 0))
+}

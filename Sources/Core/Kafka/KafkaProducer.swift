@@ -1,0 +1,366 @@
+import CRdKafka
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// Counts of delivery reports served so far.
+public struct KafkaDeliveryCounts: Sendable, Hashable {
+    /// Records the broker acknowledged.
+    public var delivered: Int
+    /// Records that failed for good (after librdkafka's own retries).
+    public var failed: Int
+    /// The first few failures, oldest first (at most ``KafkaProducer/keptFailures``).
+    public var failures: [KafkaError]
+}
+
+final class ProducerContext: KafkaCallbackContext, @unchecked Sendable {
+    struct State {
+        var counts = KafkaDeliveryCounts(delivered: 0, failed: 0, failures: [])
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        /// Highest delivered offset of records produced with `trackOffset`.
+        var trackedOffsets: [KafkaTopicPartition: Int64] = [:]
+    }
+    let state = Mutex(State())
+
+    func deliveryReport(_ message: UnsafePointer<rd_kafka_message_t>) {
+        let err = message.pointee.err
+        // Only tracked records pay for a topic name.
+        let tracked: KafkaTopicPartition? = (message.pointee._private != nil && err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            ? KafkaTopicPartition(String(cString: rd_kafka_topic_name(message.pointee.rkt)), message.pointee.partition) : nil
+        let offset = message.pointee.offset
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            if let tracked { s.trackedOffsets[tracked] = max(s.trackedOffsets[tracked] ?? -1, offset) }
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                s.counts.delivered += 1
+            } else {
+                s.counts.failed += 1
+                if s.counts.failures.count < KafkaProducer.keptFailures { s.counts.failures.append(KafkaError(err)) }
+            }
+            let w = s.waiters
+            s.waiters.removeAll()
+            return w
+        }
+        for w in waiters { w.resume() }
+    }
+}
+
+/// An idempotent Kafka producer; transactional when its configuration has `transactional.id`.
+///
+/// Owns one `rd_kafka_t`. Delivery reports are served by a dedicated polling thread and counted
+/// (``deliveryCounts``). Thread-safe: librdkafka's producer API is.
+///
+/// Blocking methods (never call them from the Swift cooperative pool; each has an `async`
+/// twin that runs it on a dedicated queue): ``flush(timeout:)``, ``initTransactions(timeout:)``,
+/// ``sendOffsetsToTransaction(_:consumer:timeout:)``, ``commitTransaction(timeout:)``,
+/// ``abortTransaction(timeout:)``, ``close(flushTimeout:)``, and ``produce(topic:partition:key:value:headers:timestamp:blockIfQueueFull:)``
+/// when `blockIfQueueFull` is true.
+public final class KafkaProducer: @unchecked Sendable {
+    /// How many failures ``KafkaDeliveryCounts/failures`` keeps.
+    public static let keptFailures = 16
+
+    let handle: OpaquePointer
+    private let context: ProducerContext
+    private let logger: Logger
+    private let executor: BlockingExecutor
+    private let pollLoop: PollLoop
+    private struct State {
+        var closed = false
+        var topics: [String: OpaquePointer] = [:]
+    }
+    private let state = Mutex(State())
+    /// True when created with `transactional.id`.
+    public let isTransactional: Bool
+    /// Client name librdkafka chose, e.g. `rdkafka#producer-1`.
+    public let name: String
+
+    /// Creates the producer. Idempotence is on unless the configuration turns it off.
+    public init(configuration: KafkaConfiguration, logger: Logger = Logger(label: "polyglot.kafka.producer")) throws(KafkaError) {
+        var configuration = configuration
+        configuration.setDefault("enable.idempotence", "true")
+        self.isTransactional = configuration["transactional.id"] != nil
+        self.logger = logger
+        let context = ProducerContext(logger: logger)
+        self.context = context
+        handle = try KafkaHandleFactory.make(type: RD_KAFKA_PRODUCER, configuration: configuration, context: context) { conf in
+            rd_kafka_conf_set_dr_msg_cb(conf) { rk, message, _ in
+                guard let rk, let message,
+                      let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) as? ProducerContext else { return }
+                context.deliveryReport(message)
+            }
+        }
+        name = String(cString: rd_kafka_name(handle))
+        executor = BlockingExecutor(label: "polyglot.kafka.\(name).blocking")
+        let rk = UnsafeSendable(handle)
+        // Serves delivery reports (and error/log callbacks) until close.
+        pollLoop = PollLoop(name: "kafka-dr-poll") { rd_kafka_poll(rk.value, 50) }
+        logger.debug("producer created", metadata: ["client": "\(name)", "transactional": "\(isTransactional)"])
+    }
+
+    deinit {
+        let wasOpen = state.withLock { !$0.closed }
+        if wasOpen {
+            logger.warning("producer \(name) deinitialised without close(); destroying without flushing")
+            pollLoop.stop()
+            for (_, rkt) in state.withLock({ $0.topics }) { rd_kafka_topic_destroy(rkt) }
+            rd_kafka_destroy(handle)
+        }
+    }
+
+    // MARK: Producing
+
+    /// Queues one record. Non-blocking unless `blockIfQueueFull` (then it waits for space in the
+    /// local queue: call it from a dedicated thread only).
+    ///
+    /// - Parameters:
+    ///   - partition: nil lets the partitioner pick (from the key).
+    ///   - value: nil produces a tombstone.
+    ///   - timestamp: epoch milliseconds; nil means now.
+    ///   - trackOffset: remember the offset it is delivered at (see ``deliveredOffset(_:)``).
+    /// - Throws: ``KafkaError`` with code ``KafkaError/Code/queueFull`` (retriable) when the local
+    ///   queue is full and `blockIfQueueFull` is false.
+    public func produce(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
+                        headers: [KafkaHeader] = [], timestamp: Int64? = nil,
+                        blockIfQueueFull: Bool = false, trackOffset: Bool = false) throws(KafkaError) {
+        let rkt = try topicHandle(topic)
+        var hdrs: OpaquePointer? = nil
+        if !headers.isEmpty {
+            hdrs = rd_kafka_headers_new(headers.count)
+            for h in headers {
+                if let v = h.value {
+                    _ = v.withUnsafeBytes { rd_kafka_header_add(hdrs, h.name, -1, $0.baseAddress, $0.count) }
+                } else {
+                    _ = rd_kafka_header_add(hdrs, h.name, -1, nil, 0)
+                }
+            }
+        }
+        let flags = RD_KAFKA_MSG_F_COPY | (blockIfQueueFull ? RD_KAFKA_MSG_F_BLOCK : 0)
+        let error: OpaquePointer? = withOptionalBytes(key) { keyPtr, keyLen in
+            withOptionalBytes(value) { valuePtr, valueLen in
+              withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 8) { vus in
+                vus.initialize(repeating: rd_kafka_vu_t())
+                var n = 0
+                vus[n].vtype = RD_KAFKA_VTYPE_RKT; vus[n].u.rkt = rkt; n += 1
+                vus[n].vtype = RD_KAFKA_VTYPE_PARTITION; vus[n].u.i32 = partition ?? RD_KAFKA_PARTITION_UA; n += 1
+                vus[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[n].u.i = flags; n += 1
+                vus[n].vtype = RD_KAFKA_VTYPE_VALUE
+                vus[n].u.mem.ptr = UnsafeMutableRawPointer(mutating: valuePtr); vus[n].u.mem.size = valueLen; n += 1
+                if key != nil {
+                    vus[n].vtype = RD_KAFKA_VTYPE_KEY
+                    vus[n].u.mem.ptr = UnsafeMutableRawPointer(mutating: keyPtr); vus[n].u.mem.size = keyLen; n += 1
+                }
+                if let timestamp {
+                    vus[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[n].u.i64 = timestamp; n += 1
+                }
+                if trackOffset {
+                    // Any non-null opaque marks the record for ``deliveredOffset(_:)``.
+                    vus[n].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[n].u.ptr = UnsafeMutableRawPointer(bitPattern: 1); n += 1
+                }
+                if let hdrs {
+                    vus[n].vtype = RD_KAFKA_VTYPE_HEADERS; vus[n].u.headers = hdrs; n += 1
+                }
+                return rd_kafka_produceva(handle, vus.baseAddress, n)
+              }
+            }
+        }
+        if let error {
+            // On failure the headers were not taken over.
+            if let hdrs { rd_kafka_headers_destroy(hdrs) }
+            throw KafkaError(consuming: error)
+        }
+    }
+
+    /// Queues one record, waiting (without blocking a thread) while the local queue is full.
+    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
+                     headers: [KafkaHeader] = [], timestamp: Int64? = nil) async throws(KafkaError) {
+        while true {
+            do {
+                try produce(topic: topic, partition: partition, key: key, value: value, headers: headers, timestamp: timestamp)
+                return
+            } catch where error.code == KafkaError.Code.queueFull {
+                await waitForDeliveryProgress()
+            }
+        }
+    }
+
+    /// Returns after the next delivery report (or at once if nothing is in flight).
+    public func waitForDeliveryProgress() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = context.state.withLock { s -> Bool in
+                if rd_kafka_outq_len(handle) == 0 { return true }
+                s.waiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    /// Delivery reports served so far.
+    public var deliveryCounts: KafkaDeliveryCounts { context.state.withLock { $0.counts } }
+
+    /// The highest offset delivered so far to `partition` by records produced with `trackOffset`.
+    public func deliveredOffset(_ partition: KafkaTopicPartition) -> Int64? {
+        context.state.withLock { $0.trackedOffsets[partition] }
+    }
+
+    /// Records queued, in flight or awaiting their delivery report.
+    public var outstanding: Int { Int(rd_kafka_outq_len(handle)) }
+
+    /// The producer's fatal error, if one was raised (it is then unusable).
+    public var fatalError: KafkaError? { KafkaHandleFactory.fatalError(handle) }
+
+    /// Blocks until every queued record has its delivery report, or `timeout` passes.
+    /// - Throws: a `_TIMED_OUT` ``KafkaError`` when records are still outstanding.
+    public func flush(timeout: Duration) throws(KafkaError) {
+        let err = rd_kafka_flush(handle, milliseconds(timeout))
+        try KafkaError.check(err, "flush: \(outstanding) records outstanding")
+    }
+
+    /// ``flush(timeout:)`` on a dedicated queue.
+    public func flush(timeout: Duration) async throws(KafkaError) {
+        try await executor.run { () throws(KafkaError) in try self.flush(timeout: timeout) }
+    }
+
+    // MARK: Transactions
+
+    /// Registers the transactional id with the coordinator and fences older instances. Blocking.
+    public func initTransactions(timeout: Duration) throws(KafkaError) {
+        try KafkaError.check(rd_kafka_init_transactions(handle, milliseconds(timeout)))
+    }
+
+    public func initTransactions(timeout: Duration) async throws(KafkaError) {
+        try await executor.run { () throws(KafkaError) in try self.initTransactions(timeout: timeout) }
+    }
+
+    /// Starts a transaction. Local and quick (does not block on the network).
+    public func beginTransaction() throws(KafkaError) {
+        try KafkaError.check(rd_kafka_begin_transaction(handle))
+    }
+
+    /// Adds consumed positions (next offsets to read) to the open transaction, committed with it
+    /// for `consumer`'s group. Blocking.
+    public func sendOffsetsToTransaction(_ offsets: [KafkaTopicPartitionOffset], consumer: KafkaConsumer,
+                                         timeout: Duration) throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        let metadata = try consumer.groupMetadata()
+        defer { rd_kafka_consumer_group_metadata_destroy(metadata) }
+        let list = PartitionList.make(offsets)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        try KafkaError.check(rd_kafka_send_offsets_to_transaction(handle, list, metadata, milliseconds(timeout)))
+    }
+
+    public func sendOffsetsToTransaction(_ offsets: [KafkaTopicPartitionOffset], consumer: KafkaConsumer,
+                                         timeout: Duration) async throws(KafkaError) {
+        try await executor.run { () throws(KafkaError) in
+            try self.sendOffsetsToTransaction(offsets, consumer: consumer, timeout: timeout)
+        }
+    }
+
+    /// Flushes and commits the open transaction. Blocking.
+    /// On error, see ``KafkaError/transactionAction``: retry the commit, abort, or give up.
+    public func commitTransaction(timeout: Duration) throws(KafkaError) {
+        try KafkaError.check(rd_kafka_commit_transaction(handle, milliseconds(timeout)))
+    }
+
+    public func commitTransaction(timeout: Duration) async throws(KafkaError) {
+        try await executor.run { () throws(KafkaError) in try self.commitTransaction(timeout: timeout) }
+    }
+
+    /// Aborts the open transaction, purging records not yet delivered. Blocking.
+    public func abortTransaction(timeout: Duration) throws(KafkaError) {
+        try KafkaError.check(rd_kafka_abort_transaction(handle, milliseconds(timeout)))
+    }
+
+    public func abortTransaction(timeout: Duration) async throws(KafkaError) {
+        try await executor.run { () throws(KafkaError) in try self.abortTransaction(timeout: timeout) }
+    }
+
+    // MARK: Closing
+
+    /// Flushes (up to `flushTimeout`), stops the polling thread and destroys the handle. Blocking.
+    /// Records still outstanding after the timeout are lost and reported by the returned count.
+    @discardableResult
+    public func close(flushTimeout: Duration = .seconds(10)) -> Int {
+        let first = state.withLock { s -> Bool in
+            if s.closed { return false }
+            s.closed = true
+            return true
+        }
+        guard first else { return 0 }
+        if !isTransactional || fatalError == nil {
+            _ = rd_kafka_flush(handle, milliseconds(flushTimeout))
+        }
+        let left = outstanding
+        if left > 0 { logger.warning("producer \(name) closing with \(left) records undelivered") }
+        pollLoop.stop()
+        for (_, rkt) in state.withLock({ $0.topics }) { rd_kafka_topic_destroy(rkt) }
+        rd_kafka_destroy(handle)
+        // Wake anyone awaiting progress: nothing more will be delivered.
+        let waiters = context.state.withLock { s in defer { s.waiters.removeAll() }; return s.waiters }
+        for w in waiters { w.resume() }
+        return left
+    }
+
+    public func close(flushTimeout: Duration = .seconds(10)) async -> Int {
+        await withCheckedContinuation { continuation in
+            executor.queue.async { continuation.resume(returning: self.close(flushTimeout: flushTimeout)) }
+        }
+    }
+
+    /// Topic handles are cached: looking a topic up by name on every record costs a lock and a hash.
+    private func topicHandle(_ topic: String) throws(KafkaError) -> OpaquePointer {
+        let result = state.withLock { s -> OpaquePointer?? in
+            if s.closed { return .some(nil) }
+            if let rkt = s.topics[topic] { return rkt }
+            guard let rkt = rd_kafka_topic_new(handle, topic, nil) else { return .some(nil) }
+            s.topics[topic] = rkt
+            return rkt
+        }
+        switch result {
+        case .some(.some(let rkt)): return rkt
+        default:
+            if state.withLock({ $0.closed }) {
+                throw KafkaError(RD_KAFKA_RESP_ERR__DESTROY, detail: "producer \(name) is closed")
+            }
+            throw KafkaError(rd_kafka_last_error(), detail: "cannot create topic handle for \(topic)")
+        }
+    }
+}
+
+/// Calls `body` with a pointer and length for optional bytes (nil pointer for nil).
+@inline(__always)
+func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawPointer?, Int) -> R) -> R {
+    guard let bytes else { return body(nil, 0) }
+    return bytes.withUnsafeBytes { buffer in
+        // An empty array may have no base address; a non-nil pointer keeps it "empty", not null.
+        body(buffer.baseAddress ?? UnsafeRawPointer(bitPattern: 1), buffer.count)
+    }
+}
+
+/// A dedicated thread calling `body` in a loop until ``stop()``: where blocking polls run.
+final class PollLoop: Sendable {
+    private let stopped = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(name: String, _ body: @escaping @Sendable () -> Void) {
+        let thread = Thread { [self] in
+            Thread.current.name = name
+            while !self.stopped.load(ordering: .acquiring) { body() }
+            self.finished.signal()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Asks the loop to stop and waits for its current iteration to end.
+    func stop() {
+        if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
+        finished.wait()
+    }
+}
+
+/// Carries a non-Sendable reference that is safe to share (an atomic, a C handle) into a closure.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,104 @@
+/// Delivery guarantee of `polyglot process`.
+public enum ProcessingGuarantee: String, Sendable, Hashable, CaseIterable {
+    /// One Kafka transaction per commit interval holds outputs, changelog records, dead letters
+    /// and consumed offsets; the SQLite store commits only after Kafka does.
+    case exactlyOnce = "exactly-once"
+    /// Outputs and changelog are flushed, then the store and the offsets commit: a crash may
+    /// repeat the outputs of the last interval, never lose one.
+    case atLeastOnce = "at-least-once"
+}
+
+/// Everything `polyglot process` needs, already validated.
+public struct ProcessorConfiguration: Sendable {
+    /// librdkafka properties shared by every client (bootstrap servers, SASL, SSL, `-X` ones).
+    public var kafka: KafkaConfiguration
+    /// The consumer group id, and the prefix of the internal topics.
+    public var applicationID: String
+    public var inputTopic: String
+    public var outputTopic: String
+    public var deadLetterTopic: String
+    /// Root of the task stores: one directory per input partition below it.
+    public var stateDirectory: String
+    public var guarantee: ProcessingGuarantee
+    /// How often the open transaction commits.
+    public var commitInterval: Duration
+    public var parameters: DetectorParameters
+    /// Hex SHA-256 of the environment fingerprint, sent in `polyglot-fingerprint`.
+    public var fingerprintDigest: String
+    /// Stop after reaching the input's end offsets seen at start.
+    public var untilEnd: Bool
+    /// Identifies this instance's transactional producer; stable across restarts of the same
+    /// instance so a restart fences its predecessor. Derived from the state directory if nil.
+    public var instanceID: String?
+    /// Tuning of the window stores.
+    public var storeOptions: SQLiteWindowStore.Options
+
+    public init(kafka: KafkaConfiguration,
+                applicationID: String = DevBrokerOptions.defaultApplicationID,
+                inputTopic: String = DevBrokerOptions.inputTopic,
+                outputTopic: String = DevBrokerOptions.outputTopic,
+                deadLetterTopic: String = DevBrokerOptions.deadLetterTopic,
+                stateDirectory: String,
+                guarantee: ProcessingGuarantee = .exactlyOnce,
+                commitInterval: Duration = .milliseconds(100),
+                parameters: DetectorParameters = .default,
+                fingerprintDigest: String,
+                untilEnd: Bool = false,
+                instanceID: String? = nil,
+                storeOptions: SQLiteWindowStore.Options = SQLiteWindowStore.Options()) {
+        self.kafka = kafka
+        self.applicationID = applicationID
+        self.inputTopic = inputTopic
+        self.outputTopic = outputTopic
+        self.deadLetterTopic = deadLetterTopic
+        self.stateDirectory = stateDirectory
+        self.guarantee = guarantee
+        self.commitInterval = commitInterval
+        self.parameters = parameters
+        self.fingerprintDigest = fingerprintDigest
+        self.untilEnd = untilEnd
+        self.instanceID = instanceID
+        self.storeOptions = storeOptions
+    }
+
+    /// `<application-id>-windows-changelog`.
+    public var changelogTopic: String { "\(applicationID)-windows-changelog" }
+    /// `<application-id>-repartition`.
+    public var repartitionTopic: String { "\(applicationID)-repartition" }
+
+    /// Checks the settings; the message is one line for the operator.
+    public func validate() throws(ConfigurationError) {
+        guard let servers = kafka.bootstrapServers, !servers.isEmpty else {
+            throw ConfigurationError("no Kafka bootstrap servers: set --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS")
+        }
+        guard !applicationID.isEmpty else { throw ConfigurationError("the application id must not be empty") }
+        for (name, topic) in [("input", inputTopic), ("output", outputTopic), ("dead-letter", deadLetterTopic)] {
+            guard Self.isValidTopicName(topic) else {
+                throw ConfigurationError("invalid \(name) topic name '\(topic)' (1 to 249 of [a-zA-Z0-9._-])")
+            }
+        }
+        guard Self.isValidTopicName(changelogTopic) else {
+            throw ConfigurationError("application id '\(applicationID)' does not make a valid topic name")
+        }
+        guard Set([inputTopic, outputTopic, deadLetterTopic, changelogTopic, repartitionTopic]).count == 5 else {
+            throw ConfigurationError("input, output, dead-letter and internal topics must all differ")
+        }
+        guard commitInterval > .zero, commitInterval <= .seconds(60) else {
+            throw ConfigurationError("the commit interval must be between 1 ms and 60 s")
+        }
+        guard !stateDirectory.isEmpty else { throw ConfigurationError("the state directory must not be empty") }
+        guard fingerprintDigest.utf8.count == 64, fingerprintDigest.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+            throw ConfigurationError("the environment fingerprint digest must be 64 lowercase hex digits")
+        }
+        if kafka["enable.auto.commit"] == "true" {
+            throw ConfigurationError("enable.auto.commit=true is not allowed: offsets commit with the state")
+        }
+    }
+
+    static func isValidTopicName(_ name: String) -> Bool {
+        (1...249).contains(name.utf8.count) && name != "." && name != ".."
+            && name.utf8.allSatisfy { c in
+                (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 46 || c == 95 || c == 45
+            }
+    }
+}

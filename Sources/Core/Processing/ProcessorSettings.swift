@@ -1,0 +1,162 @@
+import Foundation
+
+/// The settings of `polyglot process` as given on the command line (nil: not given), resolved
+/// over the environment: flags win over `KAFKA_BOOTSTRAP_SERVERS` and `POLYGLOT_*` variables,
+/// which win over the defaults.
+public struct ProcessorSettings: Sendable {
+    public var bootstrapServers: String?
+    public var applicationID: String?
+    public var inputTopic: String?
+    public var outputTopic: String?
+    public var deadLetterTopic: String?
+    public var stateDirectory: String?
+    public var guarantee: String?
+    public var commitInterval: String?
+    public var instanceID: String?
+    public var untilEnd: Bool = false
+    /// `-X key=value` librdkafka properties (after those from `POLYGLOT_KAFKA_PROPERTIES`).
+    public var kafkaProperties: [String] = []
+    /// Detector parameters as durations (`60s`) and a count; nil: environment, file or default.
+    public var window: String?
+    public var threshold: String?
+    public var grace: String?
+    public var retention: String?
+    public var maxFutureSkew: String?
+    /// A settings file of `NAME=value` lines using the environment variables' names (`#` starts
+    /// a comment line); the lowest layer.
+    public var configFile: String?
+    /// Hex SHA-256 of the environment fingerprint, for tests; nil (the command line) computes
+    /// the running environment's.
+    public var fingerprintDigest: String?
+
+    public init() {}
+
+    /// Environment variables read, for `--help`.
+    public static let environmentHelp = """
+        KAFKA_BOOTSTRAP_SERVERS, POLYGLOT_APPLICATION_ID, POLYGLOT_INPUT_TOPIC, POLYGLOT_OUTPUT_TOPIC, \
+        POLYGLOT_DLQ_TOPIC, POLYGLOT_STATE_DIR, POLYGLOT_GUARANTEE, POLYGLOT_COMMIT_INTERVAL, \
+        POLYGLOT_INSTANCE_ID, POLYGLOT_UNTIL_END (1/true), POLYGLOT_KAFKA_PROPERTIES (key=value pairs \
+        separated by newlines or ';'), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
+        POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_CONFIG (the settings file)
+        """
+
+    /// Reads a settings file: `NAME=value` per line, blank lines and `#` comments ignored.
+    /// Unknown names are an error (a typo must not be silently ignored).
+    public static func readFile(_ path: String) throws(ConfigurationError) -> [String: String] {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError("cannot read settings file \(path): \((error as NSError).localizedDescription)")
+        }
+        var values: [String: String] = [:]
+        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = rawLine.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw ConfigurationError("\(path):\(index + 1): expected NAME=value")
+            }
+            let name = line[..<eq].trimmingCharacters(in: .whitespaces)
+            var value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            guard knownNames.contains(name) else {
+                throw ConfigurationError("\(path):\(index + 1): unknown setting \(name)")
+            }
+            if name == "POLYGLOT_KAFKA_PROPERTIES", let previous = values[name] {
+                values[name] = previous + "\n" + value
+            } else {
+                values[name] = value
+            }
+        }
+        return values
+    }
+
+    static let knownNames: Set<String> = [
+        "KAFKA_BOOTSTRAP_SERVERS", "POLYGLOT_APPLICATION_ID", "POLYGLOT_INPUT_TOPIC", "POLYGLOT_OUTPUT_TOPIC",
+        "POLYGLOT_DLQ_TOPIC", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE", "POLYGLOT_COMMIT_INTERVAL",
+        "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END", "POLYGLOT_KAFKA_PROPERTIES", "POLYGLOT_WINDOW",
+        "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW",
+    ]
+
+    /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
+    public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ProcessorConfiguration {
+        var environment = environment
+        var kafkaLayers: [(source: String, text: String)] = []
+        if let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            // The file is the lowest layer: the environment wins over it. Kafka properties add up
+            // (file, then environment, then -X), each later one winning per property.
+            let file = try Self.readFile(path)
+            if let text = file["POLYGLOT_KAFKA_PROPERTIES"] { kafkaLayers.append((path, text)) }
+            environment = file.merging(environment) { _, env in env }
+        }
+        if let text = environment["POLYGLOT_KAFKA_PROPERTIES"], kafkaLayers.last?.text != text {
+            kafkaLayers.append(("POLYGLOT_KAFKA_PROPERTIES", text))
+        }
+        func pick(_ flag: String?, _ variable: String) -> String? {
+            if let flag { return flag }
+            if let value = environment[variable], !value.isEmpty { return value }
+            return nil
+        }
+        func milliseconds(_ flag: String?, _ variable: String, _ option: String, _ fallback: Int64) throws(ConfigurationError) -> Int64 {
+            guard let text = pick(flag, variable) else { return fallback }
+            return try Durations.milliseconds(text, setting: flag != nil ? option : variable)
+        }
+        let d = DetectorParameters.default
+        let thresholdText = pick(threshold, "POLYGLOT_THRESHOLD")
+        let thresholdValue: Int64
+        if let thresholdText {
+            guard let n = Int64(thresholdText.trimmingCharacters(in: .whitespaces)) else {
+                throw ConfigurationError("\(threshold != nil ? "--threshold" : "POLYGLOT_THRESHOLD"): '\(thresholdText)' is not an integer")
+            }
+            thresholdValue = n
+        } else {
+            thresholdValue = d.threshold
+        }
+        let parameters = try DetectorParameters(
+            window: milliseconds(window, "POLYGLOT_WINDOW", "--window", d.window),
+            threshold: thresholdValue,
+            grace: milliseconds(grace, "POLYGLOT_GRACE", "--grace", d.grace),
+            retention: milliseconds(retention, "POLYGLOT_RETENTION", "--retention", d.retention),
+            maxFutureSkew: milliseconds(maxFutureSkew, "POLYGLOT_MAX_FUTURE_SKEW", "--max-future-skew", d.maxFutureSkew))
+        var kafka = KafkaConfiguration()
+        for layer in kafkaLayers {
+            let pairs = layer.text.split(whereSeparator: { $0 == "\n" || $0 == ";" }).map(String.init).filter { !$0.allSatisfy(\.isWhitespace) }
+            do { try kafka.apply(overrides: pairs) } catch {
+                throw ConfigurationError("\(layer.source): \(error.message)")
+            }
+        }
+        try kafka.apply(overrides: kafkaProperties)
+        if let servers = pick(bootstrapServers, "KAFKA_BOOTSTRAP_SERVERS") { kafka.set("bootstrap.servers", servers) }
+
+        let guaranteeText = pick(guarantee, "POLYGLOT_GUARANTEE") ?? ProcessingGuarantee.exactlyOnce.rawValue
+        guard let guaranteeValue = ProcessingGuarantee(rawValue: guaranteeText) else {
+            throw ConfigurationError("guarantee '\(guaranteeText)' is not one of exactly-once, at-least-once")
+        }
+        let intervalMs = try Durations.milliseconds(pick(commitInterval, "POLYGLOT_COMMIT_INTERVAL") ?? "100ms", setting: "commit interval")
+        let untilEndValue = untilEnd || ["1", "true", "yes"].contains(environment["POLYGLOT_UNTIL_END"]?.lowercased() ?? "")
+        // The header carries the real environment's digest, computed once at start-up (hashing
+        // the binary takes a fraction of a second), so the auditor's drift check means something.
+        let digest: String
+        do {
+            digest = try fingerprintDigest ?? EnvironmentFingerprint.current().digest
+        } catch {
+            throw ConfigurationError("cannot compute the environment fingerprint: \(error)")
+        }
+
+        let configuration = ProcessorConfiguration(
+            kafka: kafka,
+            applicationID: pick(applicationID, "POLYGLOT_APPLICATION_ID") ?? DevBrokerOptions.defaultApplicationID,
+            inputTopic: pick(inputTopic, "POLYGLOT_INPUT_TOPIC") ?? DevBrokerOptions.inputTopic,
+            outputTopic: pick(outputTopic, "POLYGLOT_OUTPUT_TOPIC") ?? DevBrokerOptions.outputTopic,
+            deadLetterTopic: pick(deadLetterTopic, "POLYGLOT_DLQ_TOPIC") ?? DevBrokerOptions.deadLetterTopic,
+            stateDirectory: pick(stateDirectory, "POLYGLOT_STATE_DIR") ?? "state",
+            guarantee: guaranteeValue,
+            commitInterval: .milliseconds(intervalMs),
+            parameters: parameters,
+            fingerprintDigest: digest,
+            untilEnd: untilEndValue,
+            instanceID: pick(instanceID, "POLYGLOT_INSTANCE_ID"))
+        try configuration.validate()
+        return configuration
+    }
+}

@@ -1,0 +1,685 @@
+import Crypto
+import Foundation
+import Logging
+import Synchronization
+
+/// Counters of one processor run.
+public struct ProcessorStatistics: Sendable, Hashable {
+    /// Input and repartition records handled (committed or not).
+    public var records = 0
+    public var outputs = 0
+    public var deadLetters = 0
+    public var repartitioned = 0
+    public var transactionsCommitted = 0
+    public var transactionsAborted = 0
+    public var changelogRecords = 0
+    public var restoredRecords = 0
+    /// Time spent restoring stores from the changelog.
+    public var restoreSeconds = 0.0
+    /// From the first record handled to the last commit (excludes joining the group and restoring).
+    public var processingSeconds = 0.0
+    /// Of which: waiting in poll, and committing (changelog, offsets, Kafka and SQLite commits).
+    public var pollSeconds = 0.0
+    public var commitSeconds = 0.0
+}
+
+/// A processor failure that stops the run: the message is one line for the operator.
+public struct ProcessorError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// One input partition's task: its window store, its detector and its positions.
+final class PartitionTask {
+    let partition: Int32
+    let store: SQLiteWindowStore
+    var detector: Detector
+    /// Next offset to process, per source topic (input and repartition).
+    var next: [String: Int64] = [:]
+    /// Next offset as of the last commit, per source topic: where an abort rewinds to.
+    var committed: [String: Int64] = [:]
+    /// Records handled since the last commit.
+    var changed = false
+
+    init(partition: Int32, store: SQLiteWindowStore, parameters: DetectorParameters) {
+        self.partition = partition
+        self.store = store
+        self.detector = Detector(parameters: parameters)
+    }
+}
+
+/// The `polyglot process` engine (issue: exactly-once processor with SQLite window stores).
+///
+/// Runs on one dedicated thread (``run()`` blocks): the consumer poll, the rebalance hooks
+/// (restore on assignment, commit and close on revocation), the detector, the stores and the
+/// Kafka transaction calls all happen there, so none of them touches the Swift cooperative pool
+/// and no state needs a lock. ``requestStop()`` may be called from any thread.
+///
+/// Per commit interval, exactly-once: one Kafka transaction holds outputs, dead letters,
+/// repartitioned records, the stores' changelog records (one per changed key, each carrying the
+/// source positions it covers in headers) and the consumed offsets; after it commits, each store
+/// commits the same changes with its checkpoint in one SQLite transaction. An abort rolls the
+/// stores back and rewinds the consumer to the last committed positions.
+public final class StreamProcessor: @unchecked Sendable {
+    public let configuration: ProcessorConfiguration
+    private let logger: Logger
+    private let stopRequested = Atomic<Bool>(false)
+    private let statsBox = Mutex(ProcessorStatistics())
+
+    // Touched only on the processing thread.
+    private var producer: KafkaProducer!
+    private var consumer: KafkaConsumer!
+    private var restorer: KafkaConsumer!
+    private var tasks: [Int32: PartitionTask] = [:]
+    private var inTransaction = false
+    private var pendingRecords = 0
+    private var decoder = TransactionDecoder()
+    private let encoder: EnrichedRecordEncoder
+    private var endOffsets: [Int32: Int64] = [:]
+    private var partitionCount = 0
+    private var failedDeliveriesAtCycleStart = 0
+    /// An error raised inside a rebalance hook (which cannot throw), rethrown after the poll.
+    private var hookError: (any Error)?
+    private var firstRecordAt: ContinuousClock.Instant?
+    /// Set when ``run()`` is leaving because of an error.
+    private var failing = false
+
+    static let sourceOffsetHeader = "polyglot-source-offset"
+    static let repartitionOffsetHeader = "polyglot-repartition-offset"
+    /// Upper bound of records in one transaction, whatever the interval.
+    static let maxRecordsPerTransaction = 50_000
+
+    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process")) throws(ConfigurationError) {
+        try configuration.validate()
+        self.configuration = configuration
+        self.logger = logger
+        self.encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
+    }
+
+    /// Asks ``run()`` to finish: it commits (or aborts) the open transaction, leaves the group and
+    /// returns. Any thread.
+    public func requestStop() { stopRequested.store(true, ordering: .releasing) }
+
+    public var statistics: ProcessorStatistics { statsBox.withLock { $0 } }
+
+    /// The transactional id: stable for one state directory (one instance), so a restarted
+    /// instance fences its predecessor's open transaction instead of waiting for it to time out.
+    public var transactionalID: String {
+        if let id = configuration.instanceID { return "\(configuration.applicationID)-\(id)" }
+        let path = URL(fileURLWithPath: configuration.stateDirectory).standardizedFileURL.path
+        let digest = SHA256.hash(data: Data("\(ProcessInfo.processInfo.hostName)\n\(path)".utf8))
+        return "\(configuration.applicationID)-" + digest.prefix(8).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Runs on a dedicated thread until stopped (or, with `untilEnd`, until the end offsets seen
+    /// at start are processed), bridged to async.
+    public func runOnDedicatedThread() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let thread = Thread {
+                // Named from inside: on Linux a name set before start does not reach the OS thread (15 bytes at most).
+                Thread.current.name = "polyglot-proc"
+                continuation.resume(with: Result { try self.run() })
+            }
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+    }
+
+    // MARK: - Run
+
+    /// Blocking: the whole run. Call on a dedicated thread.
+    public func run() throws {
+        let c = configuration
+        let started = ContinuousClock.now
+        try checkTopics()
+        var producerConfig = c.kafka
+        producerConfig.setDefault("linger.ms", "5")
+        producerConfig.setDefault("batch.num.messages", "10000")
+        producerConfig.setDefault("queue.buffering.max.messages", "1000000")
+        producerConfig.setDefault("queue.buffering.max.kbytes", "1048576")
+        // Java-compatible key hashing: the repartition topic places a card where Kafka Streams would.
+        producerConfig.setDefault("partitioner", "murmur2_random")
+        // A record just over the 1 MiB input limit must still fit in its dead letter.
+        producerConfig.setDefault("message.max.bytes", "4194304")
+        if c.guarantee == .exactlyOnce {
+            producerConfig.set("transactional.id", transactionalID)
+            producerConfig.setDefault("transaction.timeout.ms", "30000")
+        }
+        producer = try KafkaProducer(configuration: producerConfig, logger: logger)
+        defer { producer.close(flushTimeout: .seconds(5)) }
+        if c.guarantee == .exactlyOnce {
+            try producer.initTransactions(timeout: .seconds(60))
+        }
+
+        var restoreConfig = c.kafka
+        restoreConfig.set("isolation.level", "read_committed")
+        restoreConfig.set("group.id", "\(c.applicationID)-restore-\(UUID().uuidString.lowercased())")
+        restoreConfig.setDefault("fetch.wait.max.ms", "10")
+        restoreConfig.setDefault("max.partition.fetch.bytes", "4194304")
+        restoreConfig.setDefault("queued.min.messages", "200000")
+        restorer = try KafkaConsumer(configuration: restoreConfig, logger: logger)
+        defer { restorer.close() }
+
+        if c.untilEnd {
+            for p in 0..<partitionCount {
+                endOffsets[Int32(p)] = try restorer.queryWatermarks(KafkaTopicPartition(c.inputTopic, Int32(p)), timeout: .seconds(30)).high
+            }
+            logger.info("processing up to the end offsets seen at start", metadata: ["end": "\(endOffsets.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))"])
+        }
+
+        var consumerConfig = c.kafka
+        consumerConfig.set("group.id", c.applicationID)
+        consumerConfig.set("isolation.level", "read_committed")
+        consumerConfig.setDefault("auto.offset.reset", "earliest")
+        consumerConfig.setDefault("fetch.wait.max.ms", "10")
+        consumerConfig.setDefault("queued.min.messages", "100000")
+        let me = UnsafeSendable(self)
+        let hooks = KafkaRebalanceHooks(
+            onAssigned: { partitions in me.value.assigned(partitions) },
+            onRevoked: { partitions, lost in me.value.revoked(partitions, lost: lost) })
+        consumer = try KafkaConsumer(configuration: consumerConfig, hooks: hooks, logger: logger)
+        var closed = false
+        defer {
+            if !closed {
+                // Leaving on an error: the revoke hook must not commit what the failure interrupted.
+                failing = true
+                consumer.close()
+            }
+        }
+        try consumer.subscribe([c.inputTopic, c.repartitionTopic])
+        logger.info("processing", metadata: [
+            "input": "\(c.inputTopic)", "partitions": "\(partitionCount)", "guarantee": "\(c.guarantee.rawValue)",
+            "group": "\(c.applicationID)", "kafka": "\(c.kafka.redactedDescription)",
+        ])
+
+        var lastCommit = ContinuousClock.now
+        var lastReport = ContinuousClock.now
+        var reportedRecords = 0
+        while !stopRequested.load(ordering: .acquiring) {
+            let pollStart = ContinuousClock.now
+            let batch = try consumer.poll(maxMessages: 2_000, timeout: .milliseconds(50))
+            let pollTime = Self.seconds(ContinuousClock.now - pollStart)
+            if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
+            if let error = hookError { throw error }
+            do {
+                for message in batch { try handle(message) }
+            } catch let error as KafkaError {
+                // A produce or begin failed: the transaction cannot commit. The rest of the batch
+                // is dropped; the rewind re-reads it.
+                if error.transactionAction == .fatal || producer.fatalError != nil {
+                    throw ProcessorError("fatal Kafka error, stopping: \(producer.fatalError ?? error)")
+                }
+                logger.warning("producing failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
+                try abortAndRewind()
+            }
+            let now = ContinuousClock.now
+            var committed = false
+            if now - lastCommit >= c.commitInterval || pendingRecords >= Self.maxRecordsPerTransaction {
+                try commitCycle()
+                // The interval runs from the end of a commit, so a slow commit cannot leave the
+                // next transaction with no time to fill.
+                lastCommit = ContinuousClock.now
+                committed = true
+            }
+            if now - lastReport >= .seconds(10) {
+                let s = statistics
+                let rate = Double(s.records - reportedRecords) / StreamProcessor.seconds(now - lastReport)
+                logger.info("progress", metadata: ["records": "\(s.records)", "rate": "\(Int(rate))/s", "outputs": "\(s.outputs)",
+                                                   "deadLetters": "\(s.deadLetters)", "commits": "\(s.transactionsCommitted)"])
+                reportedRecords = s.records
+                lastReport = now
+            }
+            if c.untilEnd, committed || (batch.isEmpty && pendingRecords == 0), try reachedEnd() {
+                try commitCycle()
+                logger.info("reached the end offsets seen at start")
+                break
+            }
+        }
+        try commitCycle()
+        // Leaving the group runs the revoke hook: it closes the stores.
+        closed = true
+        consumer.close()
+        if let error = hookError { throw error }
+        let s = statistics
+        let elapsed = Self.seconds(ContinuousClock.now - started)
+        let processing = max(s.processingSeconds, 1e-6)
+        logger.notice("stopped", metadata: [
+            "records": "\(s.records)", "outputs": "\(s.outputs)", "deadLetters": "\(s.deadLetters)",
+            "repartitioned": "\(s.repartitioned)", "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)",
+            "seconds": "\(String(format: "%.2f", elapsed))", "processingSeconds": "\(String(format: "%.2f", s.processingSeconds))",
+            "pollSeconds": "\(String(format: "%.2f", s.pollSeconds))", "commitSeconds": "\(String(format: "%.2f", s.commitSeconds))",
+            "rate": "\(Int(Double(s.records) / processing))/s",
+            "restored": "\(s.restoredRecords)", "restoreSeconds": "\(String(format: "%.2f", s.restoreSeconds))",
+            "restoreRate": "\(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0)/s",
+        ])
+    }
+
+    /// The input must exist; the internal topics must have as many partitions as the input.
+    /// Missing internal topics are created through the admin API where the broker has one.
+    private func checkTopics() throws {
+        let c = configuration
+        let admin = try KafkaAdmin(configuration: c.kafka, logger: logger)
+        defer { admin.close() }
+        let topics = [c.inputTopic, c.outputTopic, c.deadLetterTopic, c.changelogTopic, c.repartitionTopic]
+        var counts = try admin.partitionCounts(topics, timeout: .seconds(30))
+        guard let inputCount = counts[c.inputTopic] else {
+            throw ProcessorError("input topic \(c.inputTopic) does not exist")
+        }
+        partitionCount = inputCount
+        let missing = [c.changelogTopic, c.repartitionTopic].filter { counts[$0] == nil }
+        if !missing.isEmpty {
+            var specs = [KafkaTopicSpecification(name: c.repartitionTopic, partitions: inputCount)]
+            specs.append(KafkaTopicSpecification(name: c.changelogTopic, partitions: inputCount, config: ["cleanup.policy": "compact"]))
+            do {
+                try admin.createTopics(specs.filter { missing.contains($0.name) })
+                logger.info("created internal topics", metadata: ["topics": "\(missing.joined(separator: ","))"])
+            } catch let error as KafkaAdminUnavailable {
+                throw ProcessorError("internal topic \(missing.joined(separator: " and ")) missing and the cluster cannot create topics (\(error.underlying.message)): create it with \(inputCount) partitions")
+            }
+            counts = try admin.partitionCounts(topics, timeout: .seconds(30))
+        }
+        for topic in [c.changelogTopic, c.repartitionTopic] {
+            guard let n = counts[topic] else { throw ProcessorError("internal topic \(topic) does not exist") }
+            if n != inputCount {
+                throw ProcessorError("internal topic \(topic) has \(n) partitions but input topic \(c.inputTopic) has \(inputCount): they must match (recreate \(topic) with \(inputCount) partitions, or use another --application-id)")
+            }
+        }
+        for topic in [c.outputTopic, c.deadLetterTopic] where counts[topic] == nil {
+            throw ProcessorError("topic \(topic) does not exist")
+        }
+    }
+
+    // MARK: - Records
+
+    private func handle(_ m: KafkaMessage) throws {
+        guard let task = tasks[m.partition] else { return }
+        if firstRecordAt == nil { firstRecordAt = ContinuousClock.now }
+        if let next = task.next[m.topic], m.offset < next { return }
+        if task.committed[m.topic] == nil { task.committed[m.topic] = m.offset }
+        let c = configuration
+        let fromInput = m.topic == c.inputTopic
+        let source = fromInput ? "\(m.topic)/\(m.partition)/\(m.offset)" : (m.header("polyglot-source").map { String(decoding: $0, as: UTF8.self) } ?? "\(m.topic)/\(m.partition)/\(m.offset)")
+        try beginIfNeeded()
+        var stats = ProcessorStatistics()
+        stats.records = 1
+        do {
+            guard let value = m.value else { throw Rejection(.invalidJSON, "empty record (null value)") }
+            let transaction = try value.withUnsafeBytes { raw throws(Rejection) in
+                try decoder.decode(raw, kafkaTimestamp: m.timestamp, maxFutureSkew: c.parameters.maxFutureSkew)
+            }
+            let cardKey = Array(transaction.cardId.utf8)
+            if fromInput, m.key != cardKey {
+                // Re-keyed through the repartition topic first, as Kafka Streams' groupBy does.
+                var headers = m.headers.filter { $0.name != "polyglot-source" }
+                headers.append(KafkaHeader("polyglot-source", source))
+                try producer.produce(topic: c.repartitionTopic, key: cardKey, value: value, headers: headers,
+                                     timestamp: m.timestamp, blockIfQueueFull: true)
+                stats.repartitioned = 1
+            } else {
+                let verdict = task.detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &task.storeRef)
+                try producer.produce(topic: c.outputTopic, key: cardKey, value: encoder.encode(transaction, verdict), headers: [
+                    KafkaHeader("polyglot-source", source),
+                    KafkaHeader("polyglot-fingerprint", c.fingerprintDigest),
+                    KafkaHeader("polyglot-version", ProductVersion.version),
+                ], blockIfQueueFull: true)
+                stats.outputs = 1
+            }
+        } catch let rejection as Rejection {
+            try producer.produce(topic: c.deadLetterTopic, key: m.key, value: m.value ?? [], headers: [
+                KafkaHeader("polyglot-error", rejection.code.rawValue),
+                KafkaHeader("polyglot-error-message", rejection.message),
+                KafkaHeader("polyglot-source", source),
+                KafkaHeader("polyglot-fingerprint", c.fingerprintDigest),
+            ], blockIfQueueFull: true)
+            stats.deadLetters = 1
+        }
+        task.next[m.topic] = m.offset + 1
+        task.changed = true
+        pendingRecords += 1
+        statsBox.withLock {
+            $0.records += 1
+            $0.outputs += stats.outputs
+            $0.deadLetters += stats.deadLetters
+            $0.repartitioned += stats.repartitioned
+        }
+    }
+
+    private func beginIfNeeded() throws {
+        guard configuration.guarantee == .exactlyOnce, !inTransaction else { return }
+        try producer.beginTransaction()
+        inTransaction = true
+        failedDeliveriesAtCycleStart = producer.deliveryCounts.failed
+    }
+
+    // MARK: - Commit
+
+    /// Ends the cycle: changelog records out, then the Kafka commit, then the stores' commits.
+    /// An abortable failure rolls everything back and rewinds; a fatal one throws.
+    private func commitCycle(leaving: Set<Int32> = []) throws {
+        let changed = tasks.values.filter(\.changed).sorted { $0.partition < $1.partition }
+        guard !changed.isEmpty else { return }
+        let commitStart = ContinuousClock.now
+        defer {
+            let t = Self.seconds(ContinuousClock.now - commitStart)
+            statsBox.withLock { $0.commitSeconds += t }
+        }
+        let c = configuration
+        do {
+            try beginIfNeeded()
+            var changelogCount = 0
+            for task in changed {
+                var records = try task.store.pendingChanges()
+                if records.isEmpty {
+                    // No state changed (late, rejected or re-keyed records only), but the positions
+                    // moved: rewrite the stream time, unchanged, to carry them.
+                    records = [ChangelogRecord(.streamTime(task.store.streamTime))]
+                }
+                var headers = [KafkaHeader(Self.sourceOffsetHeader, String(task.next[c.inputTopic] ?? KafkaOffset.invalid))]
+                if let r = task.next[c.repartitionTopic] { headers.append(KafkaHeader(Self.repartitionOffsetHeader, String(r))) }
+                // The positions ride on the task's last record of the commit: a restore keeps the
+                // last it sees, and compaction never removes a partition's last record.
+                for (i, record) in records.enumerated() {
+                    let last = i == records.count - 1
+                    try producer.produce(topic: c.changelogTopic, partition: task.partition, key: record.key, value: record.value,
+                                         headers: last ? headers : [], blockIfQueueFull: true, trackOffset: last)
+                }
+                changelogCount += records.count
+            }
+            let offsets = changed.flatMap { task in
+                task.next.compactMap { topic, next -> KafkaTopicPartitionOffset? in
+                    next == task.committed[topic] ? nil : KafkaTopicPartitionOffset(topic, task.partition, offset: next)
+                }
+            }
+            switch c.guarantee {
+            case .exactlyOnce:
+                try producer.sendOffsetsToTransaction(offsets, consumer: consumer, timeout: .seconds(30))
+                try commitTransactionRetrying()
+            case .atLeastOnce:
+                try producer.flush(timeout: .seconds(60))
+                let failed = producer.deliveryCounts.failed
+                if failed != failedDeliveriesAtCycleStart {
+                    failedDeliveriesAtCycleStart = failed
+                    throw KafkaError(code: KafkaError.Code.transport, name: "DELIVERY_FAILED",
+                                     message: "\(producer.deliveryCounts.failures.last.map { "\($0)" } ?? "a record was not delivered")",
+                                     txnRequiresAbort: true)
+                }
+                try consumer.commit(offsets)
+            }
+            inTransaction = false
+            pendingRecords = 0
+            for task in changed {
+                let changelogNext = producer.deliveredOffset(KafkaTopicPartition(c.changelogTopic, task.partition)).map { $0 + 1 }
+                    ?? task.store.checkpoint?.changelogOffset ?? 0
+                let checkpoint = StoreCheckpoint(sourceOffset: task.next[c.inputTopic] ?? KafkaOffset.invalid,
+                                                 changelogOffset: changelogNext)
+                do {
+                    try task.store.commit(checkpoint: checkpoint)
+                } catch {
+                    // Kafka holds the truth: the store is now behind its changelog, which the next
+                    // restore repairs. Continuing on it would compute from stale state: stop.
+                    throw ProcessorError("partition \(task.partition): SQLite commit failed after the Kafka commit (\(error)); restart restores the store from the changelog")
+                }
+                task.committed = task.next
+                task.changed = false
+            }
+            let processing = firstRecordAt.map { Self.seconds(ContinuousClock.now - $0) } ?? 0
+            statsBox.withLock {
+                $0.transactionsCommitted += 1
+                $0.changelogRecords += changelogCount
+                $0.processingSeconds = processing
+            }
+        } catch let error as KafkaError {
+            if error.transactionAction == .fatal || producer.fatalError != nil {
+                throw ProcessorError("fatal Kafka error, stopping: \(producer.fatalError ?? error)")
+            }
+            logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
+            try abortAndRewind(skippingSeekOf: leaving)
+        } catch let error as SQLiteError {
+            logger.warning("store read failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
+            try abortAndRewind(skippingSeekOf: leaving)
+        }
+    }
+
+    private func commitTransactionRetrying() throws {
+        var attempt = 0
+        while true {
+            let failure: KafkaError
+            do {
+                try producer.commitTransaction(timeout: .seconds(30))
+                return
+            } catch {
+                failure = error
+            }
+            guard failure.transactionAction == .retry, attempt < 5 else { throw failure }
+            attempt += 1
+            logger.info("transaction commit will be retried", metadata: ["error": "\(failure)", "attempt": "\(attempt)"])
+        }
+    }
+
+    /// Aborts the Kafka transaction, rolls every store back and seeks to the committed positions.
+    private func abortAndRewind(skippingSeekOf leaving: Set<Int32> = []) throws {
+        if configuration.guarantee == .exactlyOnce, inTransaction {
+            do {
+                try producer.abortTransaction(timeout: .seconds(30))
+            } catch {
+                throw ProcessorError("cannot abort the transaction, stopping: \(error)")
+            }
+        }
+        inTransaction = false
+        pendingRecords = 0
+        var seeks: [KafkaTopicPartitionOffset] = []
+        for task in tasks.values {
+            task.store.rollback()
+            task.detector = Detector(parameters: configuration.parameters)
+            task.changed = false
+            for (topic, offset) in task.committed where task.next[topic] != offset && !leaving.contains(task.partition) {
+                seeks.append(KafkaTopicPartitionOffset(topic, task.partition, offset: offset))
+            }
+            task.next = task.committed
+        }
+        try consumer.seek(seeks, timeout: .seconds(30))
+        statsBox.withLock { $0.transactionsAborted += 1 }
+    }
+
+    // MARK: - Until end
+
+    private func reachedEnd() throws -> Bool {
+        let c = configuration
+        guard !tasks.isEmpty, pendingRecords == 0, !inTransaction else { return false }
+        let ordered = tasks.values.sorted { $0.partition < $1.partition }
+        // Input first: local positions only, no request.
+        let positions = try consumer.position(ordered.map { KafkaTopicPartition(c.inputTopic, $0.partition) })
+        for (task, position) in zip(ordered, positions) {
+            let end = endOffsets[task.partition] ?? 0
+            let reached = max(position.offset, task.next[c.inputTopic] ?? KafkaOffset.invalid)
+            // A range nothing was read from counts as done when it starts at or past the end.
+            if reached < end, (task.committed[c.inputTopic] ?? KafkaOffset.invalid) < end { return false }
+        }
+        // Then whatever this run sent through the repartition topic must be processed too.
+        let repartition = try consumer.position(ordered.map { KafkaTopicPartition(c.repartitionTopic, $0.partition) })
+        for (task, position) in zip(ordered, repartition) {
+            let high = try consumer.queryWatermarks(position.topicPartition, timeout: .seconds(10)).high
+            let reached = max(position.offset, task.next[c.repartitionTopic] ?? KafkaOffset.invalid, task.committed[c.repartitionTopic] ?? KafkaOffset.invalid)
+            if reached < high, high > 0 {
+                // Empty so far and starting at the high watermark: nothing to do.
+                if reached < 0, let low = try? consumer.queryWatermarks(position.topicPartition, timeout: .seconds(10)).low, low == high { continue }
+                return false
+            }
+        }
+        return true
+    }
+
+    // MARK: - Rebalance hooks (on the processing thread, inside poll)
+
+    private func assigned(_ partitions: [KafkaTopicPartition]) -> [KafkaTopicPartition: Int64] {
+        guard hookError == nil else { return [:] }
+        let c = configuration
+        var starts: [KafkaTopicPartition: Int64] = [:]
+        do {
+            let committed = try consumer.committed(partitions, timeout: .seconds(30))
+            let committedBy = Dictionary(committed.map { ($0.topicPartition, $0.offset) }, uniquingKeysWith: { a, _ in a })
+            for p in Set(partitions.map(\.partition)).sorted() where tasks[p] == nil {
+                let (task, positions) = try openTask(p)
+                tasks[p] = task
+                for topic in [c.inputTopic, c.repartitionTopic] {
+                    let tp = KafkaTopicPartition(topic, p)
+                    let fromGroup = committedBy[tp].flatMap { $0 >= 0 ? $0 : nil }
+                    let fromState = positions[topic].flatMap { $0 >= 0 ? $0 : nil }
+                    // The later of the two: the changelog says where the state is; offsets
+                    // committed past it covered records that changed no state.
+                    if let start = [fromGroup, fromState].compactMap({ $0 }).max() {
+                        starts[tp] = start
+                        task.next[topic] = start
+                        task.committed[topic] = start
+                    }
+                }
+                logger.info("task started", metadata: ["partition": "\(p)", "input": "\(task.next[c.inputTopic].map(String.init) ?? "committed/earliest")",
+                                                       "repartition": "\(task.next[c.repartitionTopic].map(String.init) ?? "committed/earliest")"])
+            }
+        } catch {
+            hookError = error
+        }
+        return starts
+    }
+
+    private func revoked(_ partitions: [KafkaTopicPartition], lost: Bool) {
+        let leaving = Set(partitions.map(\.partition))
+        if failing {
+            if configuration.guarantee == .exactlyOnce, inTransaction { try? producer.abortTransaction(timeout: .seconds(10)) }
+            inTransaction = false
+        } else if lost {
+            // Another member owns them already: whatever is open cannot commit.
+            do { try abortAndRewind(skippingSeekOf: leaving) } catch { hookError = hookError ?? error }
+        } else {
+            do { try commitCycle(leaving: leaving) } catch { hookError = hookError ?? error }
+        }
+        for p in Set(partitions.map(\.partition)) {
+            guard let task = tasks.removeValue(forKey: p) else { continue }
+            task.store.rollback()
+            do { try task.store.close() } catch { logger.warning("closing store \(p): \(error)") }
+            logger.info("task stopped", metadata: ["partition": "\(p)"])
+        }
+    }
+
+    // MARK: - Restore
+
+    /// Opens partition `p`'s store (rebuilding a corrupt one) and replays its changelog from the
+    /// checkpoint to the high watermark. Returns the source positions the state covers.
+    private func openTask(_ p: Int32) throws -> (PartitionTask, [String: Int64]) {
+        let c = configuration
+        let directory = URL(fileURLWithPath: c.stateDirectory)
+            .appendingPathComponent(c.applicationID).appendingPathComponent("\(c.inputTopic)-\(p)").path
+        var opened: SQLiteWindowStore? = nil
+        var openError: SQLiteError? = nil
+        do {
+            opened = try SQLiteWindowStore(directory: directory, parameters: c.parameters, options: c.storeOptions)
+        } catch {
+            openError = error
+        }
+        if let openError {
+            guard openError.requiresRebuild else { throw openError }
+            logger.warning("store unusable, rebuilding from the changelog", metadata: ["partition": "\(p)", "error": "\(openError)"])
+            try SQLiteWindowStore.destroy(directory: directory)
+            opened = try SQLiteWindowStore(directory: directory, parameters: c.parameters, options: c.storeOptions)
+        }
+        var store = opened!
+        let tp = KafkaTopicPartition(c.changelogTopic, p)
+        let marks = try restorer.queryWatermarks(tp, timeout: .seconds(30))
+        // From the last record already applied: its headers give the exact source positions
+        // (re-applying it changes nothing).
+        var start = store.checkpoint.map { max($0.changelogOffset - 1, marks.low) } ?? marks.low
+        if start > marks.high {
+            // The store is ahead of its changelog (the topic was recreated): it cannot be trusted.
+            logger.warning("store is ahead of its changelog; rebuilding", metadata: ["partition": "\(p)", "checkpoint": "\(start)", "high": "\(marks.high)"])
+            try store.close()
+            try SQLiteWindowStore.destroy(directory: directory)
+            store = try SQLiteWindowStore(directory: directory, parameters: c.parameters, options: c.storeOptions)
+            start = marks.low
+        }
+        if start < marks.low {
+            logger.warning("changelog starts after the store's checkpoint; restoring what remains", metadata: ["partition": "\(p)"])
+            start = marks.low
+        }
+        var positions: [String: Int64] = [:]
+        if let checkpoint = store.checkpoint, checkpoint.sourceOffset >= 0 { positions[c.inputTopic] = checkpoint.sourceOffset }
+        if start < marks.high {
+            let restored = try restore(store, changelog: tp, from: start, to: marks.high, positions: &positions)
+            statsBox.withLock {
+                $0.restoredRecords += restored.records
+                $0.restoreSeconds += restored.seconds
+            }
+        }
+        let task = PartitionTask(partition: p, store: store, parameters: c.parameters)
+        return (task, positions)
+    }
+
+    private func restore(_ store: SQLiteWindowStore, changelog tp: KafkaTopicPartition, from start: Int64, to high: Int64,
+                         positions: inout [String: Int64]) throws -> (records: Int, seconds: Double) {
+        let c = configuration
+        logger.info("restoring", metadata: ["partition": "\(tp.partition)", "from": "\(start)", "to": "\(high)"])
+        let began = ContinuousClock.now
+        try restorer.assign([KafkaTopicPartitionOffset(tp, offset: start)])
+        defer { try? restorer.unassign() }
+        var applied = 0
+        var next = start
+        var lastLog = ContinuousClock.now
+        var sinceCommit = 0
+        while next < high {
+            if stopRequested.load(ordering: .acquiring) { throw ProcessorError("stopped during restore") }
+            _ = try restorer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(200)) { m in
+                do {
+                    try store.apply(key: m.key ?? UnsafeRawBufferPointer(start: nil, count: 0), value: m.value)
+                } catch {
+                    throw ProcessorError("changelog \(tp) offset \(m.offset): \(error)")
+                }
+                if let h = m.header(Self.sourceOffsetHeader), let o = Self.parseOffset(h) { positions[c.inputTopic] = o }
+                if let h = m.header(Self.repartitionOffsetHeader), let o = Self.parseOffset(h) { positions[c.repartitionTopic] = o }
+                next = m.offset + 1
+                applied += 1
+                sinceCommit += 1
+            }
+            // Transaction markers advance the position without a record.
+            if let position = try restorer.position([tp]).first?.offset, position > next { next = position }
+            if sinceCommit >= 200_000 {
+                try store.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: positions[c.inputTopic] ?? KafkaOffset.invalid, changelogOffset: next))
+                sinceCommit = 0
+            }
+            if ContinuousClock.now - lastLog >= .seconds(5) {
+                logger.info("restoring", metadata: ["partition": "\(tp.partition)", "at": "\(next)", "to": "\(high)"])
+                lastLog = ContinuousClock.now
+            }
+        }
+        try store.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: positions[c.inputTopic] ?? KafkaOffset.invalid, changelogOffset: next))
+        let elapsed = Self.seconds(ContinuousClock.now - began)
+        logger.info("restored", metadata: ["partition": "\(tp.partition)", "records": "\(applied)",
+                                           "seconds": "\(String(format: "%.3f", elapsed))", "rate": "\(Int(Double(applied) / max(elapsed, 1e-6)))/s"])
+        return (applied, elapsed)
+    }
+
+    /// A non-negative decimal offset from header bytes.
+    static func parseOffset(_ bytes: UnsafeRawBufferPointer) -> Int64? {
+        guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
+        var v: Int64 = 0
+        for b in bytes {
+            guard b >= 48, b <= 57 else { return nil }
+            let (m, o1) = v.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(Int64(b - 48))
+            guard !o1, !o2 else { return nil }
+            v = a
+        }
+        return v
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+}
+
+extension PartitionTask {
+    /// The store as the detector's `inout` argument (a class: the reference is what changes hands).
+    var storeRef: SQLiteWindowStore {
+        get { store }
+        set { precondition(newValue === store) }
+    }
+}

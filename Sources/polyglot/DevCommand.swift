@@ -1,0 +1,109 @@
+import ArgumentParser
+import Core
+import Foundation
+import Logging
+import ServiceLifecycle
+
+struct DevCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Development helpers (not for production).",
+        subcommands: [DevBrokerCommand.self, DevKafkaBenchCommand.self]
+    )
+}
+
+struct DevBrokerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "broker",
+        abstract: "Run an in-memory Kafka cluster on loopback, for development only.",
+        discussion: """
+        For development and tests only: librdkafka's mock cluster. Everything is kept in memory \
+        and lost on exit; each partition keeps only about 5 MB (older records are dropped); there \
+        is no admin API, no compaction, and aborted transactional records stay visible.
+
+        Creates financial-transactions, enriched-transactions, financial-transactions.dlq and the \
+        internal topics of the default application id (fraud-detector-processor-windows-changelog, \
+        fraud-detector-processor-repartition), each with --partitions partitions. Prints the \
+        bootstrap list as the first line of standard output (and writes it to --bootstrap-file) \
+        once ready. Stops on SIGINT or SIGTERM.
+        """
+    )
+
+    @Option(help: "Number of brokers.")
+    var brokers: Int = 1
+
+    @Option(help: "Partitions of every topic it creates.")
+    var partitions: Int = 6
+
+    @Option(help: "Write the bootstrap list to this file once ready (replaced atomically, removed on exit).")
+    var bootstrapFile: String?
+
+    func validate() throws {
+        do {
+            try DevBrokerOptions(brokers: brokers, partitions: partitions, bootstrapFile: bootstrapFile).validate()
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    func run() async throws {
+        // Logs go to stderr: stdout's first line is the bootstrap list, for scripts to read.
+        let logger = Logger(label: "polyglot.dev.broker") { StreamLogHandler.standardError(label: $0) }
+        let service = DevBrokerService(
+            options: DevBrokerOptions(brokers: brokers, partitions: partitions, bootstrapFile: bootstrapFile),
+            logger: logger
+        ) { bootstrap in
+            // Unbuffered: a reader of a pipe sees the line at once.
+            FileHandle.standardOutput.write(Data((bootstrap + "\n").utf8))
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+struct DevKafkaBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kafka-bench",
+        abstract: "Measure produce and consume throughput of the Kafka layer.",
+        shouldDisplay: false
+    )
+
+    @Option(help: "Bootstrap servers; without it an in-process mock cluster is used.")
+    var bootstrapServers: String?
+
+    @Option(help: "Brokers of the in-process mock cluster.")
+    var brokers: Int = 1
+
+    @Option(help: "Records to produce and then consume.")
+    var records: Int = 500_000
+
+    @Option(help: "Partitions of the benchmark topic.")
+    var partitions: Int = 32
+
+    @Option(help: "Use this existing topic (needed on a cluster without an admin API, such as `dev broker`).")
+    var topic: String?
+
+    @Option(help: "Value size in bytes.")
+    var valueSize: Int = 100
+
+    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue, help: ArgumentHelp("librdkafka property (repeatable).", valueName: "key=value"))
+    var properties: [String] = []
+
+    func run() async throws {
+        var options = KafkaBenchmark.Options()
+        options.bootstrapServers = bootstrapServers
+        options.brokers = brokers
+        options.records = records
+        options.partitions = partitions
+        options.valueSize = valueSize
+        options.topic = topic
+        var overrides = KafkaConfiguration()
+        do { try overrides.apply(overrides: properties) } catch { throw ValidationError(error.message) }
+        options.overrides = overrides
+        var logger = Logger(label: "polyglot.dev.kafka-bench") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = .warning
+        let result = try await KafkaBenchmark(options: options, logger: logger).run()
+        print(result)
+    }
+}

@@ -1,0 +1,120 @@
+import ArgumentParser
+import Core
+import Logging
+import ServiceLifecycle
+
+struct ProcessCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "process",
+        abstract: "Run the fraud detector on Kafka, exactly once, with SQLite window state.",
+        discussion: """
+            Joins the consumer group <application-id> on the input topic. Each assigned partition is a \
+            task with its own SQLite window store under --state-dir, restored from the changelog topic \
+            <application-id>-windows-changelog when missing, corrupt or behind. Outputs go to the output \
+            topic keyed by cardId; rejected records to the dead-letter topic. A record whose key is not \
+            its cardId goes through <application-id>-repartition first.
+
+            Settings: flags win over environment variables, which win over the settings file (--config), \
+            which wins over defaults. Environment and file names: \
+            \(ProcessorSettings.environmentHelp).
+
+            SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
+            """)
+
+    @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
+    var bootstrapServers: String?
+
+    @Option(help: "Consumer group id and internal topic prefix (default fraud-detector-processor).")
+    var applicationId: String?
+
+    @Option(help: "Input topic (default financial-transactions).")
+    var inputTopic: String?
+
+    @Option(help: "Output topic (default enriched-transactions).")
+    var outputTopic: String?
+
+    @Option(help: "Dead-letter topic (default financial-transactions.dlq).")
+    var dlqTopic: String?
+
+    @Option(help: "Directory of the task stores (default ./state).")
+    var stateDir: String?
+
+    @Option(help: "exactly-once (default) or at-least-once.")
+    var guarantee: String?
+
+    @Option(help: "How often the open transaction commits (default 100ms).")
+    var commitInterval: String?
+
+    @Option(help: "Stable id of this instance for its transactional producer (default: derived from host and state dir).")
+    var instanceId: String?
+
+    @Flag(help: "Process up to the end offsets seen at start, commit, and exit 0.")
+    var untilEnd = false
+
+    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
+            help: ArgumentHelp("librdkafka property, repeatable (SASL and SSL included; secrets are never logged).",
+                               valueName: "key=value"))
+    var properties: [String] = []
+
+    @Option(help: "Tumbling window size (ms, s, m, h; a bare number is ms; default 60s).")
+    var window: String?
+
+    @Option(help: "Flag a transaction when its window's count exceeds this (default 3).")
+    var threshold: String?
+
+    @Option(help: "How long after its end a window still accepts records (default 0s).")
+    var grace: String?
+
+    @Option(help: "How far behind stream time a window is kept (default 1h).")
+    var retention: String?
+
+    @Option(help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
+    var maxFutureSkew: String?
+
+    @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
+    var config: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        var settings = ProcessorSettings()
+        settings.bootstrapServers = bootstrapServers
+        settings.applicationID = applicationId
+        settings.inputTopic = inputTopic
+        settings.outputTopic = outputTopic
+        settings.deadLetterTopic = dlqTopic
+        settings.stateDirectory = stateDir
+        settings.guarantee = guarantee
+        settings.commitInterval = commitInterval
+        settings.instanceID = instanceId
+        settings.untilEnd = untilEnd
+        settings.kafkaProperties = properties
+        settings.window = window
+        settings.threshold = threshold
+        settings.grace = grace
+        settings.retention = retention
+        settings.maxFutureSkew = maxFutureSkew
+        settings.configFile = config
+        guard let level = Logger.Level(rawValue: logLevel) else { throw CommandFailure("--log-level: unknown level '\(logLevel)'") }
+        let configuration: ProcessorConfiguration
+        let service: ProcessorService
+        var logger = Logger(label: "polyglot.process") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = level
+        do {
+            configuration = try settings.resolve()
+            service = try ProcessorService(configuration: configuration, logger: logger)
+        } catch {
+            throw CommandFailure(error.message)
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch let error as ProcessorError {
+            throw CommandFailure(error.message)
+        } catch let error as KafkaError {
+            throw CommandFailure("Kafka: \(error)")
+        }
+    }
+}

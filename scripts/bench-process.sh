@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# End-to-end `polyglot process` throughput through the dev broker: N generated records (default
+# 500,000) over 100,000 cards, keyed by card, in 32 partitions; exactly-once, one instance,
+# --until-end. Then the state directory is deleted and a second run restores every store from the
+# changelog (no new input), which measures restore speed.
+# The dev broker (librdkafka's mock) waits session.timeout.ms before a group's first assignment, so
+# the runs set it to 6 s. Prints the processor's final log line of each run (records/s counts from
+# the first record to the last commit; restore rate over the time spent restoring).
+# Usage: scripts/bench-process.sh [RECORDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+records="${1:-500000}"
+
+swift build -c release --static-swift-stdlib --scratch-path .build-release 2>&1 | grep -E 'error|Compiling|Build complete' | tail -1
+bin=.build-release/release/polyglot
+work=.build-release/bench-process
+mkdir -p "$work"
+rm -rf "$work/state" "$work/bootstrap"
+input="$work/in-$records.jsonl"
+[[ -s "$input" ]] || "$bin" generate "$records" --cards 100000 --rate 1000 --seed 1 -o "$input"
+
+"$bin" dev broker --partitions 32 --bootstrap-file "$work/bootstrap" >/dev/null 2>"$work/broker.log" &
+broker=$!
+trap 'kill -TERM "$broker" 2>/dev/null; wait "$broker" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [[ -s "$work/bootstrap" ]] && break; sleep 0.1; done
+bootstrap=$(cat "$work/bootstrap")
+
+# Key each record by its cardId, as the original producers do.
+sed -E 's/^(.*"cardId":"([^"]*)".*)$/\2\t\1/' "$input" |
+    kcat -P -b "$bootstrap" -t financial-transactions -K $'\t' -X partitioner=murmur2_random \
+        -X linger.ms=5 -X batch.num.messages=100000 -X queue.buffering.max.messages=1000000
+
+run() {
+    "$bin" process --bootstrap-servers "$bootstrap" --state-dir "$work/state" --until-end --log-level notice \
+        -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
+        grep -E 'stopped|error' | sed -E 's/^[^ ]+ [a-z]+ polyglot.process: //'
+}
+echo "processing $records records:"
+run
+rm -rf "$work/state"
+echo "restore from the changelog (state directory deleted):"
+run
