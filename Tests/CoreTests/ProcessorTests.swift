@@ -217,6 +217,21 @@ struct ProcessorTests {
         }
     }
 
+    /// Records without keys all go through the repartition topic, whose last offset is then a
+    /// transaction marker: --until-end must still see the end and exit.
+    @Test func untilEndFinishesWhenEveryRecordIsRepartitioned() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
+        let workload = Workload.valid(count: 200, cards: 10)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        try await topics.produce(workload.records.map { (key: nil, value: $0.value) })
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        try await run(processor, timeout: .seconds(60))
+        #expect(processor.statistics.outputs == 200)
+        #expect(processor.statistics.repartitioned == 200)
+    }
+
     @Test func restoresAfterStateDirectoryIsDeleted() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)

@@ -94,6 +94,8 @@ public final class KafkaConsumer: @unchecked Sendable {
         var closed = false
         /// Topic names by `rd_kafka_topic_t` pointer: one String per topic, not one per record.
         var topicNames: [Int: String] = [:]
+        /// Where the consumer last reached the end of each partition (with `enable.partition.eof`).
+        var partitionEnds: [KafkaTopicPartition: Int64] = [:]
     }
     private let state = Mutex(State())
     /// The `group.id` in use (generated for assign-only readers that set none).
@@ -237,7 +239,12 @@ public final class KafkaConsumer: @unchecked Sendable {
     private func copy(_ message: UnsafeMutablePointer<rd_kafka_message_t>) throws(KafkaError) -> KafkaMessage? {
         let m = message.pointee
         if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            if m.err == RD_KAFKA_RESP_ERR__PARTITION_EOF { return nil }
+            if m.err == RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                let partition = KafkaTopicPartition(topicName(m.rkt), m.partition)
+                let offset = m.offset
+                state.withLock { $0.partitionEnds[partition] = max($0.partitionEnds[partition] ?? offset, offset) }
+                return nil
+            }
             if let fatal = KafkaHandleFactory.fatalError(handle) { throw fatal }
             let detail = rd_kafka_message_errstr(message).map { String(cString: $0) }
             let error = KafkaError(m.err, detail: detail)
@@ -276,6 +283,14 @@ public final class KafkaConsumer: @unchecked Sendable {
         }
         return KafkaMessage(topic: topic, partition: m.partition, offset: m.offset, key: key, value: value,
                             headers: headers, timestamp: timestampType == nil ? nil : ts, timestampType: timestampType)
+    }
+
+    /// The fetch position at which the consumer last reached the end of `partition`, or nil
+    /// (needs `enable.partition.eof=true`). Unlike ``position(_:)``, which stops after the last
+    /// record handed out, this is past any transaction markers that follow it, so it reaches the
+    /// high watermark once everything there is to read has been read.
+    public func endOfPartition(_ partition: KafkaTopicPartition) -> Int64? {
+        state.withLock { $0.partitionEnds[partition] }
     }
 
     private func topicName(_ rkt: OpaquePointer?) -> String {

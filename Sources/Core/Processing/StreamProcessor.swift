@@ -171,6 +171,9 @@ public final class StreamProcessor: @unchecked Sendable {
         var consumerConfig = c.kafka
         consumerConfig.set("group.id", c.applicationID)
         consumerConfig.set("isolation.level", "read_committed")
+        // --until-end must see past the transaction markers that end its own repartition writes
+        // (and any transactional input): the end-of-partition events carry the fetch position.
+        if c.untilEnd { consumerConfig.set("enable.partition.eof", "true") }
         consumerConfig.setDefault("auto.offset.reset", "earliest")
         consumerConfig.setDefault("fetch.wait.max.ms", "10")
         consumerConfig.setDefault("queued.min.messages", "100000")
@@ -492,6 +495,7 @@ public final class StreamProcessor: @unchecked Sendable {
         let positions = try consumer.position(ordered.map { KafkaTopicPartition(c.inputTopic, $0.partition) })
         for (task, position) in zip(ordered, positions) {
             let end = endOffsets[task.partition] ?? 0
+            if let eof = consumer.endOfPartition(position.topicPartition), eof >= end { continue }
             let reached = max(position.offset, task.next[c.inputTopic] ?? KafkaOffset.invalid)
             // A range nothing was read from counts as done when it starts at or past the end.
             if reached < end, (task.committed[c.inputTopic] ?? KafkaOffset.invalid) < end { return false }
@@ -500,6 +504,7 @@ public final class StreamProcessor: @unchecked Sendable {
         let repartition = try consumer.position(ordered.map { KafkaTopicPartition(c.repartitionTopic, $0.partition) })
         for (task, position) in zip(ordered, repartition) {
             let high = try consumer.queryWatermarks(position.topicPartition, timeout: .seconds(10)).high
+            if let eof = consumer.endOfPartition(position.topicPartition), eof >= high { continue }
             let reached = max(position.offset, task.next[c.repartitionTopic] ?? KafkaOffset.invalid, task.committed[c.repartitionTopic] ?? KafkaOffset.invalid)
             if reached < high, high > 0 {
                 // Empty so far and starting at the high watermark: nothing to do.
