@@ -8,7 +8,7 @@ struct DevCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dev",
         abstract: "Development helpers (not for production).",
-        subcommands: [DevBrokerCommand.self, DevKafkaBenchCommand.self]
+        subcommands: [DevBrokerCommand.self, DevKafkaBenchCommand.self, DevStoreBenchCommand.self]
     )
 }
 
@@ -105,5 +105,41 @@ struct DevKafkaBenchCommand: AsyncParsableCommand {
         logger.logLevel = .warning
         let result = try await KafkaBenchmark(options: options, logger: logger).run()
         print(result)
+    }
+}
+
+struct DevStoreBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store-bench",
+        abstract: "Measure the SQLite window store: detect and commit cycles, a large commit, restore.",
+        shouldDisplay: false
+    )
+
+    @Option(help: "Records run through the detector and the store.")
+    var records: Int = 500_000
+
+    @Option(help: "Distinct cards.")
+    var cards: Int = 50_000
+
+    @Option(help: "Records per commit cycle.")
+    var recordsPerCommit: Int = 20_000
+
+    @Option(help: "Dirty keys in the large commit.")
+    var commitKeys: Int = 20_000
+
+    @Option(help: "Folder for the store (a temporary one by default; deleted afterwards).")
+    var directory: String?
+
+    func run() throws {
+        let directory = self.directory ?? FileManager.default.temporaryDirectory
+            .appendingPathComponent("polyglot-store-bench-\(UUID().uuidString)").path
+        defer { if self.directory == nil { try? FileManager.default.removeItem(atPath: directory) } }
+        let configuration = WindowStoreBenchmark.Configuration(
+            records: records, cards: cards, recordsPerCommit: recordsPerCommit, commitKeys: commitKeys)
+        do {
+            print(try WindowStoreBenchmark.run(directory: directory, configuration: configuration))
+        } catch {
+            throw CommandFailure("\(error)")
+        }
     }
 }
