@@ -2,18 +2,6 @@ import Foundation
 import Testing
 @testable import Core
 
-/// Deterministic generator for the randomized tests (SplitMix64).
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// A fresh directory under the system's temporary directory, removed by `cleanup()`.
 struct TemporaryDirectory {
@@ -366,7 +354,7 @@ struct StateTests {
         let p = Self.parameters
         let dir = try TemporaryDirectory("differential")
         defer { dir.cleanup() }
-        var random = SeededGenerator(seed: seed)
+        var random = SplitMix64(seed: seed)
         let cards = (0..<12).map { "card-\($0)" } + ["kärtchen-é", "long-card-id-that-is-not-inline-\(seed)"]
 
         var reference = InMemoryWindowStore(parameters: p)

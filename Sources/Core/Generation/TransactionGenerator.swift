@@ -134,8 +134,8 @@ public struct TransactionGenerator: Sendable {
     }
 }
 
-/// SplitMix64: tiny, fast, and the same sequence everywhere.
-struct SplitMix64: Sendable {
+/// SplitMix64: tiny, fast, and the same sequence everywhere (also the tests' seeded generator).
+struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
