@@ -85,6 +85,7 @@ public final class StreamProcessor: @unchecked Sendable {
     private let out = ByteBuffer(capacity: 4_096)
     private let source = ByteBuffer(capacity: 256)
     private let fingerprintBytes: [UInt8]
+    private let inputTopicBytes: [UInt8]
     private let versionBytes: [UInt8]
     /// Counters of records handled since the last ``publishCycleStats()``.
     private var cycleStats = ProcessorStatistics()
@@ -117,6 +118,7 @@ public final class StreamProcessor: @unchecked Sendable {
         self.logger = logger
         self.encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
         self.fingerprintBytes = Array(configuration.fingerprintDigest.utf8)
+        self.inputTopicBytes = Array(configuration.inputTopic.utf8)
         self.versionBytes = Array(ProductVersion.version.utf8)
     }
 
@@ -157,7 +159,10 @@ public final class StreamProcessor: @unchecked Sendable {
         let started = ContinuousClock.now
         try checkTopics()
         var producerConfig = c.kafka
-        producerConfig.setDefault("linger.ms", "5")
+        // Under exactly-once nothing is visible before the commit, which sends whatever waits
+        // at once: lingering up to half the default interval costs no latency and makes
+        // batches several times larger (fewer requests, and far less work for the broker).
+        producerConfig.setDefault("linger.ms", c.guarantee == .exactlyOnce ? "50" : "5")
         producerConfig.setDefault("batch.num.messages", "10000")
         producerConfig.setDefault("queue.buffering.max.messages", "1000000")
         producerConfig.setDefault("queue.buffering.max.kbytes", "1048576")
@@ -342,7 +347,7 @@ public final class StreamProcessor: @unchecked Sendable {
         if !fromInput, let h = m.header("polyglot-source") {
             source.append(h)
         } else {
-            source.append(Array(topic.utf8))
+            if fromInput { source.append(inputTopicBytes) } else { source.append(Array(topic.utf8)) }
             source.append(UInt8(ascii: "/"))
             source.appendInteger(Int64(m.partition))
             source.append(UInt8(ascii: "/"))
