@@ -1,4 +1,5 @@
 import Crypto
+import Dispatch
 import Foundation
 import Logging
 import Synchronization
@@ -513,7 +514,7 @@ public final class StreamProcessor: @unchecked Sendable {
             switch c.guarantee {
             case .exactlyOnce:
                 try producer.sendOffsetsToTransaction(offsets, consumer: consumer, timeout: .seconds(30))
-                try commitTransactionRetrying()
+                try commitTransactionFlushingStores()
             case .atLeastOnce:
                 try producer.flush(timeout: .seconds(60))
                 let failed = producer.deliveryCounts.failed
@@ -563,6 +564,34 @@ public final class StreamProcessor: @unchecked Sendable {
             logger.warning("store read failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
             try abortAndRewind(skippingSeekOf: leaving)
         }
+    }
+
+    /// Commits the Kafka transaction on a helper thread and, while librdkafka waits for the
+    /// broker (tens of milliseconds, most of it idle), writes to SQLite the stores whose
+    /// earlier commits are due a flush, which ``SQLiteWindowStore/commit(checkpoint:)`` would
+    /// otherwise do afterwards on the critical path. Only the commit call leaves this thread;
+    /// the stores stay on it, and a flush writes committed values only, never this cycle's.
+    private func commitTransactionFlushingStores() throws {
+        let outcome = Mutex<Result<Void, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let me = UnsafeSendable(self)
+        let thread = Thread {
+            let result = Result { try me.value.commitTransactionRetrying() }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        for task in tasks.values.sorted(by: { $0.partition < $1.partition }) where task.store.flushIsDue {
+            do {
+                try task.store.flush()
+            } catch {
+                // Only that write failed (the data is committed in memory); the next commit retries it.
+                logger.warning("store flush failed; will retry", metadata: ["partition": "\(task.partition)", "error": "\(error)"])
+            }
+        }
+        done.wait()
+        try outcome.withLock { $0 }!.get()
     }
 
     private func commitTransactionRetrying() throws {
