@@ -232,6 +232,39 @@ struct ProcessorTests {
         #expect(processor.statistics.repartitioned == 200)
     }
 
+    /// Ids with escapes take the decoding path (the hot path copies unescaped ids in place):
+    /// the output, its key and the repartitioned records must still equal replay's.
+    @Test func escapedIdsEqualReplay() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        var workload = Workload()
+        let start: Int64 = 1_767_225_600_000
+        for i in 0..<12 {
+            // JSON `t\\<i>` and `c\u00e9\"<n>`: decoded, `t\<i>` and `cé"<n>`.
+            let value = "{\"transactionId\":\"t\\\\\(i)\",\"cardId\":\"c\\u00e9\\\"\(i % 3)\",\"amount\":1.50,\"timestamp\":\(start + Int64(i) * 1_000)}"
+            let card = "c\u{e9}\"\(i % 3)"
+            // Card 2 is keyed by something else: it goes through the repartition topic.
+            let key = i % 3 == 2 ? Array("account-2".utf8) : Array(card.utf8)
+            workload.records.append(Workload.Record(key: key, value: Array(value.utf8), transactionId: "t\\\(i)"))
+        }
+        try await topics.produce(workload.kafkaRecords)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        try await run(processor)
+        #expect(processor.statistics.outputs == 12)
+        #expect(processor.statistics.repartitioned == 4)
+        let outputs = try await topics.read(topics.output, count: 12)
+        var seen: [String: [UInt8]] = [:]
+        for m in outputs {
+            let id = try #require(transactionID(of: m.value))
+            seen[id] = m.value
+            #expect(m.key == Array((try TransactionDecoder().decodeCard(m.value!)).utf8))
+        }
+        #expect(seen.keys.sorted() == (0..<12).map { "t\\\($0)" }.sorted())
+        #expect(differences(seen, try Workload.expected(workload.records)) == [])
+    }
+
     @Test func restoresAfterStateDirectoryIsDeleted() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)

@@ -306,6 +306,39 @@ struct StateTests {
         try store.close()
     }
 
+    /// The processor flushes while its Kafka commit is in flight, with the next cycle's changes
+    /// pending: the flush must write committed values only and leave the pending changes whole.
+    @Test func flushWithPendingChangesWritesCommittedValuesOnly() throws {
+        let dir = try TemporaryDirectory("pending-flush")
+        defer { dir.cleanup() }
+        let deferred = SQLiteWindowStore.Options(integrityCheck: .none, flushInterval: nil, flushKeys: .max)
+        let parameters = try DetectorParameters(window: 1000, threshold: 2, grace: 200, retention: 1_000_000)
+        func run(_ directory: String, flushBetween: Bool) throws -> SQLiteWindowStore.CommittedState {
+            var store = try SQLiteWindowStore(directory: directory, parameters: parameters, options: deferred)
+            var detector = Detector(parameters: parameters)
+            for i in 0..<40 { _ = detector.process(card: "card-\(i % 5)", eventTime: Int64(i * 37), store: &store) }
+            _ = try store.pendingChanges()
+            try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 40, changelogOffset: 10))
+            #expect(!store.flushIsDue)
+            let first = flushBetween ? try store.committedState() : nil
+            for i in 40..<80 { _ = detector.process(card: "card-\(i % 5)", eventTime: Int64(i * 37 - (i % 3) * 400), store: &store) }
+            let pending = try store.pendingChanges()
+            #expect(!pending.isEmpty)
+            if flushBetween {
+                // committedState() flushes first: with changes pending, SQLite still holds the first commit.
+                #expect(try store.committedState() == first)
+                #expect(store.checkpoint?.sourceOffset == 40)
+                #expect(try store.pendingChanges() == pending)
+            }
+            try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 80, changelogOffset: 20))
+            let state = try store.committedState()
+            #expect(store.checkpoint?.sourceOffset == 80)
+            try store.close()
+            return state
+        }
+        #expect(try run(dir.sub("flushed"), flushBetween: true) == run(dir.sub("plain"), flushBetween: false))
+    }
+
     /// A failed read cannot throw through ``WindowStore``; it must stop the cycle from committing.
     @Test func readFailureBlocksTheCommit() throws {
         let dir = try TemporaryDirectory("read-failure")

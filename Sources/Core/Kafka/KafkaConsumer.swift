@@ -220,7 +220,7 @@ public final class KafkaConsumer: @unchecked Sendable {
                 continue
             }
             let view = KafkaRecordView(
-                message: message, partition: m.partition, offset: m.offset,
+                message: message, topic: topicName(m.rkt), partition: m.partition, offset: m.offset,
                 key: m.key.map { UnsafeRawBufferPointer(start: $0, count: m.key_len) },
                 value: m.payload.map { UnsafeRawBufferPointer(start: $0, count: m.len) })
             try body(view)
@@ -407,12 +407,38 @@ public final class KafkaConsumer: @unchecked Sendable {
 /// belong to librdkafka and are valid only during the call.
 public struct KafkaRecordView: ~Copyable {
     fileprivate let message: UnsafeMutablePointer<rd_kafka_message_t>
+    /// The topic's name (cached by the consumer: no allocation per record).
+    public let topic: String
     public let partition: Int32
     public let offset: Int64
     /// Nil for a null key.
     public let key: UnsafeRawBufferPointer?
     /// Nil for a tombstone.
     public let value: UnsafeRawBufferPointer?
+
+    /// The record's timestamp (CreateTime or LogAppendTime), nil when it has none.
+    public var timestamp: Int64? {
+        var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let ts = rd_kafka_message_timestamp(message, &type)
+        return type == RD_KAFKA_TIMESTAMP_CREATE_TIME || type == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME ? ts : nil
+    }
+
+    /// Every header, copied, in record order.
+    public var headers: [KafkaHeader] {
+        var headers: [KafkaHeader] = []
+        var hdrs: OpaquePointer? = nil
+        guard rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs else { return headers }
+        var index = 0
+        var namePtr: UnsafePointer<CChar>? = nil
+        var valuePtr: UnsafeRawPointer? = nil
+        var size = 0
+        while rd_kafka_header_get_all(hdrs, index, &namePtr, &valuePtr, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+            let name = namePtr.map { String(cString: $0) } ?? ""
+            headers.append(KafkaHeader(name, valuePtr.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
+            index += 1
+        }
+        return headers
+    }
 
     /// The last header named `name` (nil when absent or null).
     public func header(_ name: String) -> UnsafeRawBufferPointer? {

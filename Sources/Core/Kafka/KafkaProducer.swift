@@ -69,6 +69,8 @@ public final class KafkaProducer: @unchecked Sendable {
         var topics: [String: OpaquePointer] = [:]
     }
     private let state = Mutex(State())
+    /// Mirrors `State.closed` for the lock-free produce path.
+    private let closedFlag = Atomic<Bool>(false)
     /// True when created with `transactional.id`.
     public let isTransactional: Bool
     /// Client name librdkafka chose, e.g. `rdkafka#producer-1`.
@@ -122,46 +124,77 @@ public final class KafkaProducer: @unchecked Sendable {
     public func produce(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
                         headers: [KafkaHeader] = [], timestamp: Int64? = nil,
                         blockIfQueueFull: Bool = false, trackOffset: Bool = false) throws(KafkaError) {
-        let rkt = try topicHandle(topic)
-        var hdrs: OpaquePointer? = nil
-        if !headers.isEmpty {
-            hdrs = rd_kafka_headers_new(headers.count)
-            for h in headers {
-                if let v = h.value {
-                    _ = v.withUnsafeBytes { rd_kafka_header_add(hdrs, h.name, -1, $0.baseAddress, $0.count) }
-                } else {
-                    _ = rd_kafka_header_add(hdrs, h.name, -1, nil, 0)
+        let handle = try self.topic(topic)
+        // Both closures are non-throwing: carry the typed error out.
+        let failure: KafkaError? = withOptionalBytes(key) { keyPtr, keyLen in
+            withOptionalBytes(value) { valuePtr, valueLen in
+                var list = KafkaRecordHeaders(capacity: headers.count)
+                for h in headers {
+                    if let v = h.value {
+                        v.withUnsafeBytes { list.add(h.name, $0) }
+                    } else {
+                        list.addNull(h.name)
+                    }
+                }
+                do throws(KafkaError) {
+                    try produce(to: handle, partition: partition,
+                                key: keyPtr.map { UnsafeRawBufferPointer(start: $0, count: keyLen) },
+                                value: valuePtr.map { UnsafeRawBufferPointer(start: $0, count: valueLen) },
+                                headers: list, timestamp: timestamp, blockIfQueueFull: blockIfQueueFull, trackOffset: trackOffset)
+                    return nil
+                } catch {
+                    return error
                 }
             }
         }
+        if let failure { throw failure }
+    }
+
+    /// A topic's handle, for the allocation-free ``produce(to:partition:key:value:headers:timestamp:blockIfQueueFull:trackOffset:)``.
+    /// Valid until ``close(flushTimeout:)``.
+    public func topic(_ name: String) throws(KafkaError) -> KafkaProducerTopic {
+        KafkaProducerTopic(rkt: try topicHandle(name), name: name)
+    }
+
+    /// Queues one record from borrowed bytes (copied by librdkafka before it returns), taking
+    /// over `headers`. The hot path: no Swift allocation. Same rules as
+    /// ``produce(topic:partition:key:value:headers:timestamp:blockIfQueueFull:trackOffset:)``;
+    /// a nil `value` is a tombstone, a nil `key` a null key.
+    public func produce(to topic: KafkaProducerTopic, partition: Int32? = nil,
+                        key: UnsafeRawBufferPointer?, value: UnsafeRawBufferPointer?,
+                        headers: consuming KafkaRecordHeaders, timestamp: Int64? = nil,
+                        blockIfQueueFull: Bool = false, trackOffset: Bool = false) throws(KafkaError) {
+        guard !closedFlag.load(ordering: .relaxed) else {
+            throw KafkaError(RD_KAFKA_RESP_ERR__DESTROY, detail: "producer \(name) is closed")
+        }
+        let hdrs = headers.take()
         let flags = RD_KAFKA_MSG_F_COPY | (blockIfQueueFull ? RD_KAFKA_MSG_F_BLOCK : 0)
-        let error: OpaquePointer? = withOptionalBytes(key) { keyPtr, keyLen in
-            withOptionalBytes(value) { valuePtr, valueLen in
-              withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 8) { vus in
-                vus.initialize(repeating: rd_kafka_vu_t())
-                var n = 0
-                vus[n].vtype = RD_KAFKA_VTYPE_RKT; vus[n].u.rkt = rkt; n += 1
-                vus[n].vtype = RD_KAFKA_VTYPE_PARTITION; vus[n].u.i32 = partition ?? RD_KAFKA_PARTITION_UA; n += 1
-                vus[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[n].u.i = flags; n += 1
-                vus[n].vtype = RD_KAFKA_VTYPE_VALUE
-                vus[n].u.mem.ptr = UnsafeMutableRawPointer(mutating: valuePtr); vus[n].u.mem.size = valueLen; n += 1
-                if key != nil {
-                    vus[n].vtype = RD_KAFKA_VTYPE_KEY
-                    vus[n].u.mem.ptr = UnsafeMutableRawPointer(mutating: keyPtr); vus[n].u.mem.size = keyLen; n += 1
-                }
-                if let timestamp {
-                    vus[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[n].u.i64 = timestamp; n += 1
-                }
-                if trackOffset {
-                    // Any non-null opaque marks the record for ``deliveredOffset(_:)``.
-                    vus[n].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[n].u.ptr = UnsafeMutableRawPointer(bitPattern: 1); n += 1
-                }
-                if let hdrs {
-                    vus[n].vtype = RD_KAFKA_VTYPE_HEADERS; vus[n].u.headers = hdrs; n += 1
-                }
-                return rd_kafka_produceva(handle, vus.baseAddress, n)
-              }
+        // An empty buffer may have no address; a non-nil pointer keeps it "empty", not null.
+        let keyPtr = key.map { $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)! }
+        let valuePtr = value.map { $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)! }
+        let error: OpaquePointer? = withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 8) { vus in
+            vus.initialize(repeating: rd_kafka_vu_t())
+            var n = 0
+            vus[n].vtype = RD_KAFKA_VTYPE_RKT; vus[n].u.rkt = topic.rkt; n += 1
+            vus[n].vtype = RD_KAFKA_VTYPE_PARTITION; vus[n].u.i32 = partition ?? RD_KAFKA_PARTITION_UA; n += 1
+            vus[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[n].u.i = flags; n += 1
+            vus[n].vtype = RD_KAFKA_VTYPE_VALUE
+            vus[n].u.mem.ptr = valuePtr.map { UnsafeMutableRawPointer(mutating: $0) }; vus[n].u.mem.size = value?.count ?? 0; n += 1
+            if let keyPtr {
+                vus[n].vtype = RD_KAFKA_VTYPE_KEY
+                vus[n].u.mem.ptr = UnsafeMutableRawPointer(mutating: keyPtr); vus[n].u.mem.size = key?.count ?? 0; n += 1
             }
+            if let timestamp {
+                vus[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[n].u.i64 = timestamp; n += 1
+            }
+            if trackOffset {
+                // Any non-null opaque marks the record for ``deliveredOffset(_:)``.
+                vus[n].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[n].u.ptr = UnsafeMutableRawPointer(bitPattern: 1); n += 1
+            }
+            if let hdrs {
+                vus[n].vtype = RD_KAFKA_VTYPE_HEADERS; vus[n].u.headers = hdrs; n += 1
+            }
+            return rd_kafka_produceva(handle, vus.baseAddress, n)
         }
         if let error {
             // On failure the headers were not taken over.
@@ -287,6 +320,7 @@ public final class KafkaProducer: @unchecked Sendable {
             return true
         }
         guard first else { return 0 }
+        closedFlag.store(true, ordering: .relaxed)
         if !isTransactional || fatalError == nil {
             _ = rd_kafka_flush(handle, milliseconds(flushTimeout))
         }
@@ -324,6 +358,50 @@ public final class KafkaProducer: @unchecked Sendable {
             }
             throw KafkaError(rd_kafka_last_error(), detail: "cannot create topic handle for \(topic)")
         }
+    }
+}
+
+/// A cached topic handle of one producer (see ``KafkaProducer/topic(_:)``).
+public struct KafkaProducerTopic: @unchecked Sendable {
+    let rkt: OpaquePointer
+    public let name: String
+}
+
+/// One record's headers, built in librdkafka's own list (no Swift allocation) and taken over by
+/// ``KafkaProducer/produce(to:partition:key:value:headers:timestamp:blockIfQueueFull:trackOffset:)``.
+public struct KafkaRecordHeaders: ~Copyable {
+    private var list: OpaquePointer?
+
+    /// No headers.
+    public init() { list = nil }
+
+    /// An empty list with room for `capacity` headers (none allocated when 0).
+    public init(capacity: Int) {
+        list = capacity > 0 ? rd_kafka_headers_new(capacity) : nil
+    }
+
+    /// Appends a header (its bytes are copied).
+    public mutating func add(_ name: String, _ value: UnsafeRawBufferPointer) {
+        let list = self.list ?? rd_kafka_headers_new(4)
+        self.list = list
+        _ = rd_kafka_header_add(list, name, -1, value.baseAddress ?? UnsafeRawPointer(bitPattern: 1), value.count)
+    }
+
+    /// Appends a header with a null value.
+    public mutating func addNull(_ name: String) {
+        let list = self.list ?? rd_kafka_headers_new(4)
+        self.list = list
+        _ = rd_kafka_header_add(list, name, -1, nil, 0)
+    }
+
+    consuming func take() -> OpaquePointer? {
+        let list = self.list
+        discard self
+        return list
+    }
+
+    deinit {
+        if let list { rd_kafka_headers_destroy(list) }
     }
 }
 

@@ -1,4 +1,5 @@
 import Crypto
+import Dispatch
 import Foundation
 import Logging
 import Synchronization
@@ -21,6 +22,11 @@ public struct ProcessorStatistics: Sendable, Hashable {
     /// Of which: waiting in poll, and committing (changelog, offsets, Kafka and SQLite commits).
     public var pollSeconds = 0.0
     public var commitSeconds = 0.0
+    /// Of the commit time: writing changelog records, the Kafka transaction's offsets and
+    /// commit, and the stores' commits (with their periodic SQLite writes).
+    public var changelogSeconds = 0.0
+    public var kafkaCommitSeconds = 0.0
+    public var storeCommitSeconds = 0.0
 }
 
 /// A processor failure that stops the run: the message is one line for the operator.
@@ -76,6 +82,23 @@ public final class StreamProcessor: @unchecked Sendable {
     private var pendingRecords = 0
     private var decoder = TransactionDecoder()
     private let encoder: EnrichedRecordEncoder
+    /// Reused per record: the output value and the `polyglot-source` header.
+    private let out = ByteBuffer(capacity: 4_096)
+    private let source = ByteBuffer(capacity: 256)
+    private let fingerprintBytes: [UInt8]
+    private let inputTopicBytes: [UInt8]
+    private let versionBytes: [UInt8]
+    /// Counters of records handled since the last ``publishCycleStats()``.
+    private var cycleStats = ProcessorStatistics()
+    /// Reused per commit: the changelog records of one store.
+    private var changelogBatch = ChangelogBatch()
+    private struct Topics {
+        var output: KafkaProducerTopic
+        var deadLetter: KafkaProducerTopic
+        var repartition: KafkaProducerTopic
+        var changelog: KafkaProducerTopic
+    }
+    private var topics: Topics!
     private var endOffsets: [Int32: Int64] = [:]
     private var partitionCount = 0
     private var failedDeliveriesAtCycleStart = 0
@@ -95,6 +118,9 @@ public final class StreamProcessor: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         self.encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
+        self.fingerprintBytes = Array(configuration.fingerprintDigest.utf8)
+        self.inputTopicBytes = Array(configuration.inputTopic.utf8)
+        self.versionBytes = Array(ProductVersion.version.utf8)
     }
 
     /// Asks ``run()`` to finish: it commits (or aborts) the open transaction, leaves the group and
@@ -134,7 +160,10 @@ public final class StreamProcessor: @unchecked Sendable {
         let started = ContinuousClock.now
         try checkTopics()
         var producerConfig = c.kafka
-        producerConfig.setDefault("linger.ms", "5")
+        // Under exactly-once nothing is visible before the commit, which sends whatever waits
+        // at once: lingering up to half the default interval costs no latency and makes
+        // batches several times larger (fewer requests, and far less work for the broker).
+        producerConfig.setDefault("linger.ms", c.guarantee == .exactlyOnce ? "50" : "5")
         producerConfig.setDefault("batch.num.messages", "10000")
         producerConfig.setDefault("queue.buffering.max.messages", "1000000")
         producerConfig.setDefault("queue.buffering.max.kbytes", "1048576")
@@ -151,6 +180,8 @@ public final class StreamProcessor: @unchecked Sendable {
         if c.guarantee == .exactlyOnce {
             try producer.initTransactions(timeout: .seconds(60))
         }
+        topics = Topics(output: try producer.topic(c.outputTopic), deadLetter: try producer.topic(c.deadLetterTopic),
+                        repartition: try producer.topic(c.repartitionTopic), changelog: try producer.topic(c.changelogTopic))
 
         var restoreConfig = c.kafka
         restoreConfig.set("isolation.level", "read_committed")
@@ -201,12 +232,14 @@ public final class StreamProcessor: @unchecked Sendable {
         var reportedRecords = 0
         while !stopRequested.load(ordering: .acquiring) {
             let pollStart = ContinuousClock.now
-            let batch = try consumer.poll(maxMessages: 2_000, timeout: .milliseconds(50))
-            let pollTime = Self.seconds(ContinuousClock.now - pollStart)
-            if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
-            if let error = hookError { throw error }
+            var waited: ContinuousClock.Instant? = nil
+            var polled = 0
             do {
-                for message in batch { try handle(message) }
+                defer { publishCycleStats() }
+                polled = try consumer.pollBorrowing(maxMessages: 2_000, timeout: .milliseconds(50)) { m in
+                    if waited == nil { waited = ContinuousClock.now }
+                    try handle(m)
+                }
             } catch let error as KafkaError {
                 // A produce or begin failed: the transaction cannot commit. The rest of the batch
                 // is dropped; the rewind re-reads it.
@@ -216,6 +249,10 @@ public final class StreamProcessor: @unchecked Sendable {
                 logger.warning("producing failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
                 try abortAndRewind()
             }
+            // Time waiting for the first record of the poll (handling is not waiting).
+            let pollTime = Self.seconds((waited ?? ContinuousClock.now) - pollStart)
+            if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
+            if let error = hookError { throw error }
             let now = ContinuousClock.now
             var committed = false
             if now - lastCommit >= c.commitInterval || pendingRecords >= Self.maxRecordsPerTransaction {
@@ -233,7 +270,7 @@ public final class StreamProcessor: @unchecked Sendable {
                 reportedRecords = s.records
                 lastReport = now
             }
-            if c.untilEnd, committed || (batch.isEmpty && pendingRecords == 0), try reachedEnd() {
+            if c.untilEnd, committed || (polled == 0 && pendingRecords == 0), try reachedEnd() {
                 try commitCycle()
                 logger.info("reached the end offsets seen at start")
                 break
@@ -252,6 +289,8 @@ public final class StreamProcessor: @unchecked Sendable {
             "repartitioned": "\(s.repartitioned)", "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)",
             "seconds": "\(String(format: "%.2f", elapsed))", "processingSeconds": "\(String(format: "%.2f", s.processingSeconds))",
             "pollSeconds": "\(String(format: "%.2f", s.pollSeconds))", "commitSeconds": "\(String(format: "%.2f", s.commitSeconds))",
+            "changelogSeconds": "\(String(format: "%.2f", s.changelogSeconds))", "kafkaCommitSeconds": "\(String(format: "%.2f", s.kafkaCommitSeconds))",
+            "storeCommitSeconds": "\(String(format: "%.2f", s.storeCommitSeconds))",
             "rate": "\(Int(Double(s.records) / processing))/s",
             "restored": "\(s.restoredRecords)", "restoreSeconds": "\(String(format: "%.2f", s.restoreSeconds))",
             "restoreRate": "\(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0)/s",
@@ -295,56 +334,112 @@ public final class StreamProcessor: @unchecked Sendable {
 
     // MARK: - Records
 
-    private func handle(_ m: KafkaMessage) throws {
-        guard let task = tasks[m.partition] else { return }
+    /// Handles one record, borrowed from the consumer: the hot path decodes in place
+    /// (`decodeView`), copies ids and numbers straight into one reused output buffer, and
+    /// builds no String unless an id holds escapes.
+    private func handle(_ m: borrowing KafkaRecordView) throws {
+        // A rebalance hook failed during this poll: the run stops right after it.
+        guard hookError == nil, let task = tasks[m.partition] else { return }
         if firstRecordAt == nil { firstRecordAt = ContinuousClock.now }
-        if let next = task.next[m.topic], m.offset < next { return }
-        if task.committed[m.topic] == nil { task.committed[m.topic] = m.offset }
         let c = configuration
-        let fromInput = m.topic == c.inputTopic
-        let source = fromInput ? "\(m.topic)/\(m.partition)/\(m.offset)" : (m.header("polyglot-source").map { String(decoding: $0, as: UTF8.self) } ?? "\(m.topic)/\(m.partition)/\(m.offset)")
+        let topic = m.topic
+        let offset = m.offset
+        let fromInput = topic == c.inputTopic
+        if let next = task.next[topic], offset < next { return }
+        if task.committed[topic] == nil { task.committed[topic] = offset }
+        source.removeAll()
+        if !fromInput, let h = m.header("polyglot-source") {
+            source.append(h)
+        } else {
+            if fromInput { source.append(inputTopicBytes) } else { source.append(Array(topic.utf8)) }
+            source.append(UInt8(ascii: "/"))
+            source.appendInteger(Int64(m.partition))
+            source.append(UInt8(ascii: "/"))
+            source.appendInteger(offset)
+        }
         try beginIfNeeded()
-        var stats = ProcessorStatistics()
-        stats.records = 1
         do {
             guard let value = m.value else { throw Rejection(.invalidJSON, "empty record (null value)") }
-            let transaction = try value.withUnsafeBytes { raw throws(Rejection) in
-                try decoder.decode(raw, kafkaTimestamp: m.timestamp, maxFutureSkew: c.parameters.maxFutureSkew)
-            }
-            let cardKey = Array(transaction.cardId.utf8)
-            if fromInput, m.key != cardKey {
-                // Re-keyed through the repartition topic first, as Kafka Streams' groupBy does.
-                var headers = m.headers.filter { $0.name != "polyglot-source" }
-                headers.append(KafkaHeader("polyglot-source", source))
-                try producer.produce(topic: c.repartitionTopic, key: cardKey, value: value, headers: headers,
-                                     timestamp: m.timestamp, blockIfQueueFull: true)
-                stats.repartitioned = 1
-            } else {
-                let verdict = task.detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &task.storeRef)
-                try producer.produce(topic: c.outputTopic, key: cardKey, value: encoder.encode(transaction, verdict), headers: [
-                    KafkaHeader("polyglot-source", source),
-                    KafkaHeader("polyglot-fingerprint", c.fingerprintDigest),
-                    KafkaHeader("polyglot-version", ProductVersion.version),
-                ], blockIfQueueFull: true)
-                stats.outputs = 1
+            let view = try decoder.decodeView(value, kafkaTimestamp: m.timestamp, maxFutureSkew: c.parameters.maxFutureSkew)
+            let record = value.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            // The card's id as its decoded bytes: in place when it holds no escapes.
+            let escaped: Transaction? = view.idsAreRaw ? nil
+                : try decoder.decode(value, kafkaTimestamp: m.timestamp, maxFutureSkew: c.parameters.maxFutureSkew)
+            try Self.withCardBytes(view: view, record: record, escaped: escaped) { card throws in
+                if fromInput, !Self.sameBytes(m.key, card) {
+                    // Re-keyed through the repartition topic first, as Kafka Streams' groupBy does.
+                    var headers = KafkaRecordHeaders(capacity: 4)
+                    for h in m.headers where h.name != "polyglot-source" {
+                        if let v = h.value { v.withUnsafeBytes { headers.add(h.name, $0) } } else { headers.addNull(h.name) }
+                    }
+                    headers.add("polyglot-source", source.bytes)
+                    try producer.produce(to: topics.repartition, key: UnsafeRawBufferPointer(card), value: value, headers: headers,
+                                         timestamp: m.timestamp, blockIfQueueFull: true)
+                    cycleStats.repartitioned += 1
+                } else {
+                    let verdict = task.detector.process(card: CardBytes(card), eventTime: view.timestamp, store: &task.storeRef)
+                    out.removeAll()
+                    if let escaped {
+                        encoder.append(escaped, verdict, to: out)
+                    } else {
+                        encoder.append(view: view, record: record, verdict, to: out)
+                    }
+                    var headers = KafkaRecordHeaders(capacity: 3)
+                    headers.add("polyglot-source", source.bytes)
+                    fingerprintBytes.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+                    versionBytes.withUnsafeBytes { headers.add("polyglot-version", $0) }
+                    try producer.produce(to: topics.output, key: UnsafeRawBufferPointer(card), value: out.bytes, headers: headers,
+                                         blockIfQueueFull: true)
+                    cycleStats.outputs += 1
+                }
             }
         } catch let rejection as Rejection {
-            try producer.produce(topic: c.deadLetterTopic, key: m.key, value: m.value ?? [], headers: [
-                KafkaHeader("polyglot-error", rejection.code.rawValue),
-                KafkaHeader("polyglot-error-message", rejection.message),
-                KafkaHeader("polyglot-source", source),
-                KafkaHeader("polyglot-fingerprint", c.fingerprintDigest),
-            ], blockIfQueueFull: true)
-            stats.deadLetters = 1
+            var headers = KafkaRecordHeaders(capacity: 4)
+            Array(rejection.code.rawValue.utf8).withUnsafeBytes { headers.add("polyglot-error", $0) }
+            Array(rejection.message.utf8).withUnsafeBytes { headers.add("polyglot-error-message", $0) }
+            headers.add("polyglot-source", source.bytes)
+            fingerprintBytes.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+            // A null value is dead-lettered as an empty one.
+            try producer.produce(to: topics.deadLetter, key: m.key, value: m.value ?? UnsafeRawBufferPointer(start: nil, count: 0),
+                                 headers: headers, blockIfQueueFull: true)
+            cycleStats.deadLetters += 1
         }
-        task.next[m.topic] = m.offset + 1
+        task.next[topic] = offset + 1
         task.changed = true
         pendingRecords += 1
+        cycleStats.records += 1
+    }
+
+    /// Calls `body` with the card id's decoded bytes: in the record when the ids hold no
+    /// escapes, else from the decoded transaction.
+    @inline(__always)
+    private static func withCardBytes(view: TransactionView, record: UnsafePointer<UInt8>, escaped: Transaction?,
+                                      _ body: (UnsafeBufferPointer<UInt8>) throws -> Void) throws {
+        if let escaped {
+            var id = escaped.cardId
+            try id.withUTF8 { try body($0) }
+        } else {
+            try body(UnsafeBufferPointer(start: record + view.cardId.start, count: view.cardId.length))
+        }
+    }
+
+    @inline(__always)
+    private static func sameBytes(_ key: UnsafeRawBufferPointer?, _ card: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let key, key.count == card.count else { return false }
+        guard card.count > 0 else { return true }
+        return memcmp(key.baseAddress!, card.baseAddress!, card.count) == 0
+    }
+
+    /// Adds the records handled since the last call to the shared statistics (one lock per poll).
+    private func publishCycleStats() {
+        let s = cycleStats
+        guard s.records > 0 else { return }
+        cycleStats = ProcessorStatistics()
         statsBox.withLock {
-            $0.records += 1
-            $0.outputs += stats.outputs
-            $0.deadLetters += stats.deadLetters
-            $0.repartitioned += stats.repartitioned
+            $0.records += s.records
+            $0.outputs += s.outputs
+            $0.deadLetters += s.deadLetters
+            $0.repartitioned += s.repartitioned
         }
     }
 
@@ -371,24 +466,49 @@ public final class StreamProcessor: @unchecked Sendable {
         do {
             try beginIfNeeded()
             var changelogCount = 0
+            let changelogStart = ContinuousClock.now
             for task in changed {
-                var records = try task.store.pendingChanges()
-                if records.isEmpty {
-                    // No state changed (late, rejected or re-keyed records only), but the positions
-                    // moved: rewrite the stream time, unchanged, to carry them.
-                    records = [ChangelogRecord(.streamTime(task.store.streamTime))]
-                }
-                var headers = [KafkaHeader(Self.sourceOffsetHeader, String(task.next[c.inputTopic] ?? KafkaOffset.invalid))]
-                if let r = task.next[c.repartitionTopic] { headers.append(KafkaHeader(Self.repartitionOffsetHeader, String(r))) }
+                try task.store.pendingChanges(into: &changelogBatch)
+                let count = changelogBatch.count
+                let positions: [UInt8] = Array(String(task.next[c.inputTopic] ?? KafkaOffset.invalid).utf8)
+                let repartition: [UInt8]? = task.next[c.repartitionTopic].map { Array(String($0).utf8) }
                 // The positions ride on the task's last record of the commit: a restore keeps the
                 // last it sees, and compaction never removes a partition's last record.
-                for (i, record) in records.enumerated() {
-                    let last = i == records.count - 1
-                    try producer.produce(topic: c.changelogTopic, partition: task.partition, key: record.key, value: record.value,
-                                         headers: last ? headers : [], blockIfQueueFull: true, trackOffset: last)
+                func lastHeaders() -> KafkaRecordHeaders {
+                    var headers = KafkaRecordHeaders(capacity: 2)
+                    positions.withUnsafeBytes { headers.add(Self.sourceOffsetHeader, $0) }
+                    if let repartition { repartition.withUnsafeBytes { headers.add(Self.repartitionOffsetHeader, $0) } }
+                    return headers
                 }
-                changelogCount += records.count
+                if count == 0 {
+                    // No state changed (late, rejected or re-keyed records only), but the positions
+                    // moved: rewrite the stream time, unchanged, to carry them.
+                    let record = ChangelogRecord(.streamTime(task.store.streamTime))
+                    try record.key.withUnsafeBytes { key in
+                        if let v = record.value {
+                            try v.withUnsafeBytes { value in
+                                try producer.produce(to: topics.changelog, partition: task.partition, key: key, value: value,
+                                                     headers: lastHeaders(), blockIfQueueFull: true, trackOffset: true)
+                            }
+                        } else {
+                            try producer.produce(to: topics.changelog, partition: task.partition, key: key, value: nil,
+                                                 headers: lastHeaders(), blockIfQueueFull: true, trackOffset: true)
+                        }
+                    }
+                    changelogCount += 1
+                } else {
+                    for i in 0..<count {
+                        let last = i == count - 1
+                        try changelogBatch.withRecord(at: i) { key, value in
+                            try producer.produce(to: topics.changelog, partition: task.partition, key: key, value: value,
+                                                 headers: last ? lastHeaders() : KafkaRecordHeaders(),
+                                                 blockIfQueueFull: true, trackOffset: last)
+                        }
+                    }
+                    changelogCount += count
+                }
             }
+            let kafkaStart = ContinuousClock.now
             let offsets = changed.flatMap { task in
                 task.next.compactMap { topic, next -> KafkaTopicPartitionOffset? in
                     next == task.committed[topic] ? nil : KafkaTopicPartitionOffset(topic, task.partition, offset: next)
@@ -397,7 +517,7 @@ public final class StreamProcessor: @unchecked Sendable {
             switch c.guarantee {
             case .exactlyOnce:
                 try producer.sendOffsetsToTransaction(offsets, consumer: consumer, timeout: .seconds(30))
-                try commitTransactionRetrying()
+                try commitTransactionFlushingStores()
             case .atLeastOnce:
                 try producer.flush(timeout: .seconds(60))
                 let failed = producer.deliveryCounts.failed
@@ -411,6 +531,7 @@ public final class StreamProcessor: @unchecked Sendable {
             }
             inTransaction = false
             pendingRecords = 0
+            let storeStart = ContinuousClock.now
             for task in changed {
                 let changelogNext = producer.deliveredOffset(KafkaTopicPartition(c.changelogTopic, task.partition)).map { $0 + 1 }
                     ?? task.store.checkpoint?.changelogOffset ?? 0
@@ -427,7 +548,11 @@ public final class StreamProcessor: @unchecked Sendable {
                 task.changed = false
             }
             let processing = firstRecordAt.map { Self.seconds(ContinuousClock.now - $0) } ?? 0
+            let storeEnd = ContinuousClock.now
             statsBox.withLock {
+                $0.changelogSeconds += Self.seconds(kafkaStart - changelogStart)
+                $0.kafkaCommitSeconds += Self.seconds(storeStart - kafkaStart)
+                $0.storeCommitSeconds += Self.seconds(storeEnd - storeStart)
                 $0.transactionsCommitted += 1
                 $0.changelogRecords += changelogCount
                 $0.processingSeconds = processing
@@ -442,6 +567,34 @@ public final class StreamProcessor: @unchecked Sendable {
             logger.warning("store read failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
             try abortAndRewind(skippingSeekOf: leaving)
         }
+    }
+
+    /// Commits the Kafka transaction on a helper thread and, while librdkafka waits for the
+    /// broker (tens of milliseconds, most of it idle), writes to SQLite the stores whose
+    /// earlier commits are due a flush, which ``SQLiteWindowStore/commit(checkpoint:)`` would
+    /// otherwise do afterwards on the critical path. Only the commit call leaves this thread;
+    /// the stores stay on it, and a flush writes committed values only, never this cycle's.
+    private func commitTransactionFlushingStores() throws {
+        let outcome = Mutex<Result<Void, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let me = UnsafeSendable(self)
+        let thread = Thread {
+            let result = Result { try me.value.commitTransactionRetrying() }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        for task in tasks.values.sorted(by: { $0.partition < $1.partition }) where task.store.flushIsDue {
+            do {
+                try task.store.flush()
+            } catch {
+                // Only that write failed (the data is committed in memory); the next commit retries it.
+                logger.warning("store flush failed; will retry", metadata: ["partition": "\(task.partition)", "error": "\(error)"])
+            }
+        }
+        done.wait()
+        try outcome.withLock { $0 }!.get()
     }
 
     private func commitTransactionRetrying() throws {

@@ -700,10 +700,17 @@ public final class SQLiteWindowStore: WindowStore {
         }
         unflushedCheckpoint = checkpoint
         clearDirtyLists()
-        if unflushedWindowKeys.count + unflushedCardKeys.count >= options.flushKeys
-            || options.flushInterval.map({ ContinuousClock.now - lastFlush >= $0 }) ?? false {
-            try flush()
-        }
+        if flushIsDue { try flush() }
+    }
+
+    /// Whether committed changes wait to be written and ``Options/flushInterval`` or
+    /// ``Options/flushKeys`` says it is time: ``commit(checkpoint:)`` then flushes. A caller with
+    /// idle time (waiting for a Kafka commit) may ``flush()`` earlier; uncommitted changes stay
+    /// in memory either way, since a flush writes committed values only.
+    public var flushIsDue: Bool {
+        guard unflushedCheckpoint != nil else { return false }
+        return unflushedWindowKeys.count + unflushedCardKeys.count >= options.flushKeys
+            || options.flushInterval.map({ ContinuousClock.now - lastFlush >= $0 }) ?? false
     }
 
     /// Commits one slot; true when it newly needs writing to SQLite.
