@@ -26,9 +26,6 @@ public final class ByteBuffer {
     /// Forgets the contents, keeping the capacity.
     public func removeAll() { count = 0 }
 
-    /// Forgets the first `n` bytes.
-    public func truncate(to n: Int) { count = min(count, n) }
-
     @inline(__always)
     public func reserve(_ extra: Int) {
         if count + extra > capacity { grow(count + extra) }

@@ -217,11 +217,7 @@ struct JSONScanner {
     }
 
     private mutating func expectLiteral(_ literal: StaticString) throws(ParseError) {
-        let n = literal.utf8CodeUnitCount
-        guard end - pos >= n, memcmpBytes(base + pos, literal.utf8Start, n) else {
-            throw ParseError(message: "invalid literal at byte \(pos)")
-        }
-        pos += n
+        guard matchLiteral(literal) else { throw ParseError(message: "invalid literal at byte \(pos)") }
     }
 
     private mutating func parseObject(depth: Int, isTopLevel: Bool) throws(ParseError) {

@@ -2,9 +2,9 @@
 ///
 /// A hand-written byte-level JSON validator rather than Foundation's JSONSerialization, which
 /// accepts duplicate names, rounds numbers through Double, allocates a tree per record, and
-/// recurses without a bound. This one walks the bytes once, keeps the four members as ranges,
-/// builds Strings only for the two ids, and keeps scratch buffers between records so a clean
-/// record allocates nothing beyond its ids. Nesting is bounded at 128, so a line of 100,000
+/// recurses without a bound. This one walks the bytes once and keeps the four members as
+/// ranges (``decodeView(_:kafkaTimestamp:maxFutureSkew:)``); Strings are built only when a
+/// caller asks for a ``Transaction``, and scratch buffers are kept between records. Nesting is bounded at 128, so a line of 100,000
 /// brackets costs 129 stack frames at most.
 ///
 /// Not thread-safe: one decoder per thread (it is a cheap value).
@@ -35,6 +35,13 @@ public struct TransactionDecoder: Sendable {
         maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
     ) throws(Rejection) -> Transaction {
         let view = try decodeView(bytes, kafkaTimestamp: kafkaTimestamp, maxFutureSkew: maxFutureSkew)
+        return transaction(from: view, in: bytes)
+    }
+
+    /// The decoded values of a record that ``decodeView(_:kafkaTimestamp:maxFutureSkew:)``
+    /// checked; `bytes` must be that record. For the records whose ids hold escapes, without
+    /// checking them a second time.
+    public mutating func transaction(from view: TransactionView, in bytes: UnsafeRawBufferPointer) -> Transaction {
         let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         return Transaction(
             transactionId: string(view.transactionId, base: base),
@@ -62,13 +69,12 @@ public struct TransactionDecoder: Sendable {
             throw Rejection(.invalidUTF8, "invalid UTF-8 at byte \(bad)")
         }
         var fast = JSONScanner(base: base, end: count, names: [], nameBytes: [])
-        let members: JSONScanner.Members
+        let m: JSONScanner.Members
         if fast.matchCanonicalRecord() {
-            members = fast.members
+            m = fast.members
         } else {
-            members = try parseGeneral(base, count)
+            m = try parseGeneral(base, count)
         }
-        let m = members
         guard let transactionId = m.transactionId, let cardId = m.cardId, let amount = m.amount,
             let timestamp = m.timestamp
         else {

@@ -57,8 +57,10 @@ public struct Detector: Sendable {
         return Verdict(windowStart: s, count: k, isFlagged: k > p.threshold, isLate: false)
     }
 
-    /// Decides one valid record against an in-memory store, by the card's String id.
-    public mutating func process(card: String, eventTime t: Int64, store: inout InMemoryWindowStore) -> Verdict {
+    /// Decides one valid record by the card's String id, for stores keyed by the id's bytes.
+    public mutating func process<Store: WindowStore>(
+        card: String, eventTime t: Int64, store: inout Store
+    ) -> Verdict where Store.CardKey == CardBytes {
         var card = card
         return card.withUTF8 { process(card: CardBytes($0), eventTime: t, store: &store) }
     }

@@ -363,8 +363,7 @@ public final class StreamProcessor: @unchecked Sendable {
             let view = try decoder.decodeView(value, kafkaTimestamp: m.timestamp, maxFutureSkew: c.parameters.maxFutureSkew)
             let record = value.baseAddress!.assumingMemoryBound(to: UInt8.self)
             // The card's id as its decoded bytes: in place when it holds no escapes.
-            let escaped: Transaction? = view.idsAreRaw ? nil
-                : try decoder.decode(value, kafkaTimestamp: m.timestamp, maxFutureSkew: c.parameters.maxFutureSkew)
+            let escaped: Transaction? = view.idsAreRaw ? nil : decoder.transaction(from: view, in: value)
             try Self.withCardBytes(view: view, record: record, escaped: escaped) { card throws in
                 if fromInput, !Self.sameBytes(m.key, card) {
                     // Re-keyed through the repartition topic first, as Kafka Streams' groupBy does.

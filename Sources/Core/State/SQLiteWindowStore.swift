@@ -1075,11 +1075,3 @@ extension SQLiteWindowStore {
         return state
     }
 }
-
-extension Detector {
-    /// Decides one valid record against a SQLite store, by the card's `String` id.
-    public mutating func process(card: String, eventTime t: Int64, store: inout SQLiteWindowStore) -> Verdict {
-        var card = card
-        return card.withUTF8 { process(card: CardBytes($0), eventTime: t, store: &store) }
-    }
-}
