@@ -85,6 +85,26 @@ struct ReplayTests {
         }
     }
 
+    /// Output is written by the decoding thread as it recycles batches: a failed write must still
+    /// end the run with the error, for the output and for the dead-letter file alike.
+    @Test(arguments: [false, true])
+    func reportsAFailedWrite(toDeadLetters: Bool) throws {
+        let dir = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let input = dir.appendingPathComponent("in.jsonl")
+        let options = try GeneratorOptions(count: 20_000, cards: 100, badFraction: 0.2)
+        try GeneratedFile.write(options: options, to: input.path)
+        let replay = Replay(options: ReplayOptions(
+            input: input.path, output: toDeadLetters ? "/dev/null" : "/dev/full",
+            deadLetters: toDeadLetters ? "/dev/full" : nil))
+        do {
+            _ = try replay.run()
+            Issue.record("a write to /dev/full succeeded")
+        } catch {
+            #expect(error.description == "cannot write '/dev/full': No space left on device")
+        }
+    }
+
     @Test func summaryLine() {
         var s = ReplaySummary()
         s.records = 300
