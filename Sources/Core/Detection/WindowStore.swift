@@ -34,6 +34,9 @@ public struct CardBytes {
         count = buffer.count
     }
 
+    /// The bytes, valid as long as their owner keeps them.
+    public var buffer: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: base, count: count) }
+
     public init(base: UnsafePointer<UInt8>, count: Int) {
         self.base = base
         self.count = count
