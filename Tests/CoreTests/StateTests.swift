@@ -365,6 +365,60 @@ struct StateTests {
         #expect(try run(dir.sub("flushed"), flushBetween: true) == run(dir.sub("plain"), flushBetween: false))
     }
 
+    /// The processor seals a cycle, keeps handling records while Kafka commits it, then commits
+    /// the sealed cycle alone; an abort then rolls back both.
+    @Test func sealedCycleCommitsAloneAndRollbackUndoesBoth() throws {
+        let dir = try TemporaryDirectory("sealed")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        var detector = Detector(parameters: Self.parameters)
+        _ = detector.process(card: "a", eventTime: 100, store: &store)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 1, changelogOffset: 2))
+        // Cycle 2, sealed: a counts again, b appears.
+        _ = detector.process(card: "a", eventTime: 150, store: &store)
+        _ = detector.process(card: "b", eventTime: 160, store: &store)
+        let sealedChanges = try store.pendingChanges()
+        try store.seal()
+        #expect(store.isSealed)
+        #expect(throws: SQLiteError.self) { try store.seal() }
+        #expect(throws: SQLiteError.self) { try store.flush() }
+        // Cycle 3 while cycle 2 commits: its changes are relative to cycle 2.
+        _ = detector.process(card: "a", eventTime: 170, store: &store)
+        _ = detector.process(card: "c", eventTime: 1_300, store: &store)
+        #expect(try store.pendingChanges() == [
+            ChangelogRecord(.card(card: "a", state: CardState(max: 170, windows: [WindowCount(start: 0, count: 3)]))),
+            ChangelogRecord(.card(card: "c", state: CardState(max: 1_300, windows: [WindowCount(start: 1_000, count: 1)]))),
+            ChangelogRecord(.streamTime(1_300)),
+        ])
+        #expect(sealedChanges.count == 3)
+        // Cycle 2 commits; SQLite gets cycle 2's values, not cycle 3's.
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 3, changelogOffset: 5))
+        #expect(!store.isSealed)
+        let state = try store.committedState()
+        #expect(state.cards == [
+            .init(card: "a", state: CardState(max: 150, windows: [WindowCount(start: 0, count: 2)])),
+            .init(card: "b", state: CardState(max: 160, windows: [WindowCount(start: 0, count: 1)])),
+        ])
+        #expect(state.streamTime == 160)
+        // Cycle 3 is still open and aborts: the store reads as of cycle 2.
+        store.rollback()
+        #expect(store.windowCount("a", windowStart: 0) == 2)
+        #expect(store.cardMax("c") == nil)
+        #expect(store.streamTime == 160)
+
+        // Sealed again and aborted before the commit: both cycles go.
+        _ = detector.process(card: "a", eventTime: 180, store: &store)
+        _ = try store.pendingChanges()
+        try store.seal()
+        _ = detector.process(card: "d", eventTime: 190, store: &store)
+        store.rollback()
+        #expect(!store.isSealed)
+        #expect(store.windowCount("a", windowStart: 0) == 2)
+        #expect(store.cardMax("d") == nil)
+        #expect(try store.pendingChanges().isEmpty)
+        try store.close()
+    }
+
     /// A failed read cannot throw through ``WindowStore``; it must stop the cycle from committing.
     @Test func readFailureBlocksTheCommit() throws {
         let dir = try TemporaryDirectory("read-failure")

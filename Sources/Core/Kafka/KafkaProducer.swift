@@ -292,6 +292,13 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Flushes and commits the open transaction. Blocking.
     /// On error, see ``KafkaError/transactionAction``: retry the commit, abort, or give up.
     public func commitTransaction(timeout: Duration) throws(KafkaError) {
+        // The commit flushes, and librdkafka's flush waits in 10 ms slices unless it serves the
+        // delivery reports itself: with our poll thread taking the last one, every commit
+        // waited out most of a slice. So the poll thread steps aside (yield wakes it from its
+        // poll) and the flush serves the reports, through the same callback.
+        pollLoop.pause()
+        rd_kafka_yield(handle)
+        defer { pollLoop.resume() }
         try KafkaError.check(rd_kafka_commit_transaction(handle, milliseconds(timeout)))
     }
 
@@ -394,6 +401,9 @@ public struct KafkaRecordHeaders: ~Copyable {
         _ = rd_kafka_header_add(list, name, -1, nil, 0)
     }
 
+    /// Takes over a list from ``take()``.
+    init(taking list: OpaquePointer?) { self.list = list }
+
     consuming func take() -> OpaquePointer? {
         let list = self.list
         discard self
@@ -417,22 +427,56 @@ func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawPointer?, Int) ->
 
 /// A dedicated thread calling `body` in a loop until ``stop()``: where blocking polls run.
 final class PollLoop: Sendable {
+    private struct Gate {
+        var paused = false
+        var waiting = false
+    }
+
     private let stopped = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
+    private let gate = Mutex(Gate())
+    private let resumed = DispatchSemaphore(value: 0)
 
     init(name: String, _ body: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             Thread.current.name = name
-            while !self.stopped.load(ordering: .acquiring) { body() }
+            while !self.stopped.load(ordering: .acquiring) {
+                let mustWait = self.gate.withLock { g -> Bool in
+                    if g.paused { g.waiting = true }
+                    return g.paused
+                }
+                if mustWait {
+                    self.resumed.wait()
+                    continue
+                }
+                body()
+            }
             self.finished.signal()
         }
         thread.name = name
         thread.start()
     }
 
+    /// Stops calling the body (after the call in progress) until ``resume()``.
+    func pause() {
+        gate.withLock { $0.paused = true }
+    }
+
+    func resume() {
+        let wake = gate.withLock { g -> Bool in
+            defer {
+                g.paused = false
+                g.waiting = false
+            }
+            return g.waiting
+        }
+        if wake { resumed.signal() }
+    }
+
     /// Asks the loop to stop and waits for its current iteration to end.
     func stop() {
         if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
+        resume()
         finished.wait()
     }
 }

@@ -146,6 +146,10 @@ public final class SQLiteWindowStore: WindowStore {
     let connection: SQLiteConnection
     let cache = CardTable<Entry>()
     var undoLog: [Undo] = []
+    /// The sealed cycle's undo log (see ``seal()``), and whether there is one.
+    var sealedUndo: [Undo] = []
+    var hasSealed = false
+    var sealedStreamTime: Int64?
     /// Entries committed but not yet written to SQLite.
     var unflushed: [Int32] = []
     var committedStreamTime: Int64?
@@ -301,7 +305,7 @@ public final class SQLiteWindowStore: WindowStore {
 
     // MARK: - WindowStore
 
-    public var streamTime: Int64? { dirtyStreamTime ?? committedStreamTime }
+    public var streamTime: Int64? { dirtyStreamTime ?? sealedStreamTime ?? committedStreamTime }
 
     /// Cards come as their id's bytes, borrowed (the processor's decoder hands them out without
     /// copying); the cache copies them once, when it first sees a card.
@@ -383,7 +387,8 @@ public final class SQLiteWindowStore: WindowStore {
         undoLog.append(Undo(entry: Int32(e), state: cache[e].state))
     }
 
-    /// The state of entry `e` as of the last commit.
+    /// The state of entry `e` as of the last commit (with no cycle sealed), or as of the sealed
+    /// cycle.
     @inline(__always)
     func committedState(_ e: Int) -> CardWindows {
         let u = cache[e].undo
@@ -456,8 +461,29 @@ public final class SQLiteWindowStore: WindowStore {
             if state == u.state { continue }
             batch.appendCard(cache.key(e), state)
         }
-        if let dirtyStreamTime, dirtyStreamTime != committedStreamTime { batch.appendStreamTime(dirtyStreamTime) }
+        if let dirtyStreamTime, dirtyStreamTime != sealedStreamTime ?? committedStreamTime { batch.appendStreamTime(dirtyStreamTime) }
     }
+
+    /// Closes the open cycle without committing it, so that the next one can start while the
+    /// Kafka transaction carrying this one's ``pendingChanges()`` commits: the processor keeps
+    /// handling records meanwhile. The next ``commit(checkpoint:)`` commits the sealed cycle
+    /// only; ``rollback()`` rolls back both. Call after ``pendingChanges()`` succeeded, with no
+    /// cycle sealed already.
+    public func seal() throws(SQLiteError) {
+        if let readFailure { throw readFailure }
+        guard !hasSealed else {
+            throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "seal with a cycle sealed already: commit or roll back first")
+        }
+        for u in undoLog { cache[Int(u.entry)].undo = -1 }
+        swap(&sealedUndo, &undoLog)
+        undoLog.removeAll(keepingCapacity: true)
+        sealedStreamTime = dirtyStreamTime
+        dirtyStreamTime = nil
+        hasSealed = true
+    }
+
+    /// Whether a cycle is sealed, waiting for ``commit(checkpoint:)``.
+    public var isSealed: Bool { hasSealed }
 
     /// Makes the uncommitted changes committed: call it only after the Kafka transaction carrying
     /// ``pendingChanges()`` committed. Reads see them from now on and ``rollback()`` keeps them.
@@ -470,10 +496,31 @@ public final class SQLiteWindowStore: WindowStore {
     /// A thrown error concerns only that write (the commit itself took effect); the next commit
     /// retries it.
     public func commit(checkpoint: StoreCheckpoint) throws(SQLiteError) {
-        if let readFailure { throw readFailure }
         guard !restoring else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "commit during a restore: call commitRestore(checkpoint:)")
         }
+        if hasSealed {
+            // The sealed cycle read nothing that failed (sealing checks); a failure since then
+            // belongs to the open cycle, which stays open.
+            for u in sealedUndo {
+                let e = Int(u.entry)
+                if !cache[e].unflushed && committedState(e) != u.state {
+                    cache[e].unflushed = true
+                    unflushed.append(u.entry)
+                }
+            }
+            sealedUndo.removeAll(keepingCapacity: true)
+            if let sealedStreamTime {
+                committedStreamTime = sealedStreamTime
+                unflushedStreamTime = .some(sealedStreamTime)
+            }
+            sealedStreamTime = nil
+            hasSealed = false
+            unflushedCheckpoint = checkpoint
+            if flushIsDue { try flush() }
+            return
+        }
+        if let readFailure { throw readFailure }
         for u in undoLog {
             let e = Int(u.entry)
             cache[e].undo = -1
@@ -521,6 +568,9 @@ public final class SQLiteWindowStore: WindowStore {
     /// left to right). On error nothing is written and the changes stay queued, so the call can
     /// be retried.
     public func flush() throws(SQLiteError) {
+        guard !hasSealed else {
+            throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "flush with a sealed cycle: commit or roll back first")
+        }
         let started = ContinuousClock.now
         lastFlush = started
         guard let target = unflushedCheckpoint else { return }
@@ -604,7 +654,9 @@ public final class SQLiteWindowStore: WindowStore {
         let moved = cache.retain { _, _, entry in keep(entry) }
         for i in undoLog.indices { undoLog[i].entry = moved[Int(undoLog[i].entry)] }
         unflushed = unflushed.map { moved[Int($0)] }
-        precondition(!undoLog.contains { $0.entry < 0 } && !unflushed.contains { $0 < 0 }, "dropped a changed cache entry")
+        for i in sealedUndo.indices { sealedUndo[i].entry = moved[Int(sealedUndo[i].entry)] }
+        precondition(!undoLog.contains { $0.entry < 0 } && !sealedUndo.contains { $0.entry < 0 } && !unflushed.contains { $0 < 0 },
+                     "dropped a changed cache entry")
     }
 
     /// The first 16 bytes as two big-endian integers, zero-padded.
@@ -640,6 +692,11 @@ public final class SQLiteWindowStore: WindowStore {
             cache[e].undo = -1
         }
         undoLog.removeAll(keepingCapacity: true)
+        // Then the sealed cycle, which holds the older states.
+        for u in sealedUndo { cache[Int(u.entry)].state = u.state }
+        sealedUndo.removeAll(keepingCapacity: true)
+        hasSealed = false
+        sealedStreamTime = nil
         dirtyStreamTime = nil
         if restoring {
             // What the restore applied is unflushed (it began with a flush): forget it all.
@@ -699,7 +756,7 @@ public final class SQLiteWindowStore: WindowStore {
     }
 
     func beginRestore() throws(SQLiteError) {
-        guard pendingChangeCount == 0 else {
+        guard pendingChangeCount == 0, !hasSealed else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "restore with uncommitted changes: commit or roll back first")
         }
         try flush()
