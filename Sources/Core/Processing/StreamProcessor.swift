@@ -208,7 +208,7 @@ public final class StreamProcessor: @unchecked Sendable {
         restoreConfig.set("group.id", "\(c.applicationID)-restore-\(UUID().uuidString.lowercased())")
         restoreConfig.setDefault("fetch.wait.max.ms", "10")
         restoreConfig.setDefault("max.partition.fetch.bytes", "4194304")
-        restoreConfig.setDefault("queued.min.messages", "200000")
+        Self.setPrefetchDefaults(&restoreConfig)
         restorer = try KafkaConsumer(configuration: restoreConfig, logger: logger)
         defer { restorer.close() }
 
@@ -227,7 +227,7 @@ public final class StreamProcessor: @unchecked Sendable {
         if c.untilEnd { consumerConfig.set("enable.partition.eof", "true") }
         consumerConfig.setDefault("auto.offset.reset", "earliest")
         consumerConfig.setDefault("fetch.wait.max.ms", "10")
-        consumerConfig.setDefault("queued.min.messages", "100000")
+        Self.setPrefetchDefaults(&consumerConfig)
         let me = UnsafeSendable(self)
         let hooks = KafkaRebalanceHooks(
             onAssigned: { partitions in me.value.assigned(partitions) },
@@ -322,6 +322,17 @@ public final class StreamProcessor: @unchecked Sendable {
             "restored": "\(s.restoredRecords)", "restoreSeconds": "\(String(format: "%.2f", s.restoreSeconds))",
             "restoreRate": "\(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0)/s",
         ])
+    }
+
+    /// How much a consumer fetches ahead. In librdkafka 2.0.2 both limits count the whole
+    /// consumer queue (every partition's fetch queue forwards to it), and a consumer that
+    /// reaches either stops fetching for a full second before it looks again. With the default
+    /// 100,000 messages, `process` drained the queue in half a second and then waited the other
+    /// half: a third of a benchmark run. So the count limit is off and the byte limit holds well
+    /// over a second of input at the speed `process` reads, so the pause never empties it.
+    static func setPrefetchDefaults(_ config: inout KafkaConfiguration) {
+        config.setDefault("queued.min.messages", "10000000")
+        config.setDefault("queued.max.messages.kbytes", "131072")
     }
 
     /// The input must exist; the internal topics must have as many partitions as the input.
