@@ -159,6 +159,62 @@ struct KafkaTests {
         #expect(p1[1].value == [0, 255, 10])
     }
 
+    /// The emitter produces on its own thread in append order, holds batches back while told
+    /// to, and reports a failed produce at the next drain.
+    @Test func emitterKeepsOrderHoldsAndReportsFailures() async throws {
+        let cluster = try TestCluster()
+        let topic = try cluster.topic("emitter", partitions: 1)
+        let producer = try cluster.producer(["message.max.bytes": "10000"])
+        let handle = try producer.topic(topic)
+        let emitter = KafkaEmitter(producer: producer, queueLimit: 2)
+        func append(_ i: Int) {
+            let value = bytes("v\(i)")
+            value.withUnsafeBytes { v in
+                emitter.append(to: handle, key: nil, value: v, timestamp: 1_700_000_000_000 + Int64(i)) { headers in
+                    bytes("\(i)").withUnsafeBytes { headers.add("n", $0) }
+                    headers.add("null", nil)
+                }
+            }
+        }
+        for i in 0..<250 {
+            append(i)
+            if i % 7 == 6 { emitter.send() }
+        }
+        try emitter.drain()
+        #expect(producer.outstanding + producer.deliveryCounts.delivered == 250)
+        // Held: nothing reaches the producer until released.
+        emitter.isHolding = true
+        for i in 250..<300 { append(i) }
+        emitter.send()
+        #expect(emitter.hasUnsent)
+        emitter.release()
+        try emitter.drain()
+        #expect(!emitter.hasUnsent)
+        // Discarded records never go out.
+        for i in 300..<310 { append(i) }
+        emitter.discard()
+        try emitter.drain()
+        // A record the producer refuses fails the drain; the next drain is clean again.
+        let big = [UInt8](repeating: 1, count: 20_000)
+        big.withUnsafeBytes { v in emitter.append(to: handle, key: nil, value: v) { _ in } }
+        append(999)
+        #expect(throws: KafkaError.self) { try emitter.drain() }
+        try emitter.drain()
+        emitter.stop()
+        try await producer.flush(timeout: .seconds(10))
+        _ = await producer.close()
+
+        let consumer = try cluster.consumer()
+        // Asks for one more than expected: the records discarded or dropped after the failure must be missing.
+        let messages = try await offPool { try readAll(consumer, topic: topic, partitions: 1, count: 301, timeout: .seconds(3)) }
+        await consumer.close()
+        #expect(messages.map(\.value) == (0..<300).map { bytes("v\($0)") })
+        #expect(messages.allSatisfy { m in
+            m.headers == [KafkaHeader("n", bytes("\(String(decoding: m.value!.dropFirst(), as: UTF8.self))")), KafkaHeader("null", nil as [UInt8]?)]
+        })
+        #expect(messages.last?.timestamp == 1_700_000_000_299)
+    }
+
     @Test func watermarksAndSeek() async throws {
         let cluster = try TestCluster()
         let topic = try cluster.topic("wm", partitions: 1)

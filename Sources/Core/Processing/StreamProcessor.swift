@@ -200,6 +200,8 @@ public final class StreamProcessor: @unchecked Sendable {
         if c.guarantee == .exactlyOnce {
             try producer.initTransactions(timeout: .seconds(60))
         }
+        emitter = KafkaEmitter(producer: producer)
+        defer { emitter.stop() }
         topics = Topics(output: try producer.topic(c.outputTopic), deadLetter: try producer.topic(c.deadLetterTopic),
                         repartition: try producer.topic(c.repartitionTopic), changelog: try producer.topic(c.changelogTopic))
 
@@ -262,7 +264,7 @@ public final class StreamProcessor: @unchecked Sendable {
                     try handle(m)
                 }
             } catch let error as KafkaError {
-                // A produce or begin failed: the transaction cannot commit. The rest of the batch
+                // Beginning the transaction failed: the transaction cannot commit. The rest of the batch
                 // is dropped; the rewind re-reads it.
                 if error.transactionAction == .fatal || producer.fatalError != nil {
                     throw ProcessorError("fatal Kafka error, stopping: \(producer.fatalError ?? error)")
@@ -270,6 +272,7 @@ public final class StreamProcessor: @unchecked Sendable {
                 logger.warning("producing failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
                 try abortAndRewind()
             }
+            emitter.send()
             // Time waiting for the first record of the poll (handling is not waiting).
             let pollTime = Self.seconds((waited ?? ContinuousClock.now) - pollStart)
             if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
@@ -406,12 +409,13 @@ public final class StreamProcessor: @unchecked Sendable {
             try Self.withCardBytes(view: view, record: record, escaped: escaped) { card throws in
                 if fromInput, !Self.sameBytes(m.key, card) {
                     // Re-keyed through the repartition topic first, as Kafka Streams' groupBy does.
-                    var headers = KafkaRecordHeaders(capacity: 4)
-                    for h in m.headers where h.name != "polyglot-source" {
-                        if let v = h.value { v.withUnsafeBytes { headers.add(h.name, $0) } } else { headers.addNull(h.name) }
+                    let source = source
+                    emitter.append(to: topics.repartition, key: UnsafeRawBufferPointer(card), value: value, timestamp: m.timestamp) { headers in
+                        for h in m.headers where h.name != "polyglot-source" {
+                            if let v = h.value { v.withUnsafeBytes { headers.add(h.name, $0) } } else { headers.add(h.name, nil) }
+                        }
+                        headers.add("polyglot-source", source.bytes)
                     }
-                    headers.add("polyglot-source", source.bytes)
-                    try emit(to: topics.repartition, key: UnsafeRawBufferPointer(card), value: value, headers: headers, timestamp: m.timestamp)
                     cycleStats.repartitioned += 1
                 } else {
                     let verdict = task.detector.process(card: CardBytes(card), eventTime: view.timestamp, store: &task.storeRef)
@@ -421,22 +425,24 @@ public final class StreamProcessor: @unchecked Sendable {
                     } else {
                         encoder.append(view: view, record: record, verdict, to: out)
                     }
-                    var headers = KafkaRecordHeaders(capacity: 3)
-                    headers.add("polyglot-source", source.bytes)
-                    fingerprintBytes.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
-                    versionBytes.withUnsafeBytes { headers.add("polyglot-version", $0) }
-                    try emit(to: topics.output, key: UnsafeRawBufferPointer(card), value: out.bytes, headers: headers)
+                    let source = source, fingerprint = fingerprintBytes, version = versionBytes
+                    emitter.append(to: topics.output, key: UnsafeRawBufferPointer(card), value: out.bytes) { headers in
+                        headers.add("polyglot-source", source.bytes)
+                        fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+                        version.withUnsafeBytes { headers.add("polyglot-version", $0) }
+                    }
                     cycleStats.outputs += 1
                 }
             }
         } catch let rejection as Rejection {
-            var headers = KafkaRecordHeaders(capacity: 4)
-            Array(rejection.code.rawValue.utf8).withUnsafeBytes { headers.add("polyglot-error", $0) }
-            Array(rejection.message.utf8).withUnsafeBytes { headers.add("polyglot-error-message", $0) }
-            headers.add("polyglot-source", source.bytes)
-            fingerprintBytes.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+            let source = source, fingerprint = fingerprintBytes
             // A null value is dead-lettered as an empty one.
-            try emit(to: topics.deadLetter, key: m.key, value: m.value ?? UnsafeRawBufferPointer(start: nil, count: 0), headers: headers)
+            emitter.append(to: topics.deadLetter, key: m.key, value: m.value ?? UnsafeRawBufferPointer(start: nil, count: 0)) { headers in
+                Array(rejection.code.rawValue.utf8).withUnsafeBytes { headers.add("polyglot-error", $0) }
+                Array(rejection.message.utf8).withUnsafeBytes { headers.add("polyglot-error-message", $0) }
+                headers.add("polyglot-source", source.bytes)
+                fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+            }
             cycleStats.deadLetters += 1
         }
         task.next[from] = offset + 1
@@ -482,18 +488,6 @@ public final class StreamProcessor: @unchecked Sendable {
         }
     }
 
-    /// Produces a record of the open cycle; while the previous cycle's commit is in flight the
-    /// producer takes none, so it waits in ``outbox``.
-    @inline(__always)
-    private func emit(to topic: KafkaProducerTopic, key: UnsafeRawBufferPointer?, value: UnsafeRawBufferPointer?,
-                      headers: consuming KafkaRecordHeaders, timestamp: Int64? = nil) throws {
-        if inFlight != nil {
-            outbox.append(to: topic, key: key, value: value, headers: headers, timestamp: timestamp)
-        } else {
-            try producer.produce(to: topic, key: key, value: value, headers: headers, timestamp: timestamp, blockIfQueueFull: true)
-        }
-    }
-
     private func beginIfNeeded() throws {
         guard configuration.guarantee == .exactlyOnce, !inTransaction, inFlight == nil else { return }
         try producer.beginTransaction()
@@ -528,12 +522,13 @@ public final class StreamProcessor: @unchecked Sendable {
     }
 
     private var inFlight: CommitInFlight?
-    /// What records handled during an in-flight commit produce, sent when the next transaction begins.
-    private let outbox = KafkaOutbox()
+    /// Produces the records handled, on its own thread; holds them back while a commit is in
+    /// flight, until the next transaction begins.
+    private var emitter: KafkaEmitter!
 
     /// Starts ending the cycle: changelog records and consumed offsets go into the transaction,
     /// the stores seal their changes, and the Kafka commit starts on a helper thread. Records
-    /// handled until it returns belong to the next cycle (their output waits in ``outbox``).
+    /// handled until it returns belong to the next cycle (the emitter holds their output).
     /// At-least-once, the flush and offset commit happen here and the stores commit at once.
     private func startCommit(leaving: Set<Int32> = []) throws {
         precondition(inFlight == nil, "a commit is in flight")
@@ -546,6 +541,8 @@ public final class StreamProcessor: @unchecked Sendable {
         }
         let c = configuration
         do {
+            // Every output of the cycle is in the producer before its changelog and offsets.
+            try emitter.drain()
             try beginIfNeeded()
             var changelogCount = 0
             for task in changed { try task.store.pendingChanges(into: &task.changelog) }
@@ -627,6 +624,7 @@ public final class StreamProcessor: @unchecked Sendable {
             let outcome = CommitOutcome()
             inFlight = CommitInFlight(tasks: changed, changelogRecords: changelogCount, started: commitStart, kafkaStarted: kafkaStart,
                                       outcome: outcome)
+            emitter.isHolding = c.guarantee == .exactlyOnce
             if c.guarantee == .exactlyOnce {
                 let me = UnsafeSendable(self)
                 let thread = Thread {
@@ -689,10 +687,11 @@ public final class StreamProcessor: @unchecked Sendable {
                 $0.changelogRecords += commit.changelogRecords
                 $0.processingSeconds = processing
             }
-            if !outbox.isEmpty {
+            if emitter.hasUnsent {
                 try beginIfNeeded()
-                try outbox.send(with: producer)
+                emitter.release()
             }
+            emitter.isHolding = false
         } catch let error as ProcessorError {
             throw error
         } catch {
@@ -738,7 +737,8 @@ public final class StreamProcessor: @unchecked Sendable {
         // A commit in flight may have succeeded: its stores must commit before the rest rolls back
         // (a failed one rewinds by itself).
         try finishCommit(wait: true, leaving: leaving)
-        outbox.removeAll()
+        emitter.discard()
+        try? emitter.drain()
         if configuration.guarantee == .exactlyOnce, inTransaction {
             do {
                 try producer.abortTransaction(timeout: .seconds(30))
@@ -834,7 +834,8 @@ public final class StreamProcessor: @unchecked Sendable {
                 commit.outcome.done.wait()
                 inFlight = nil
             }
-            outbox.removeAll()
+            emitter.discard()
+        try? emitter.drain()
             if configuration.guarantee == .exactlyOnce, inTransaction { try? producer.abortTransaction(timeout: .seconds(10)) }
             inTransaction = false
         } else if lost {

@@ -80,7 +80,7 @@ public final class SQLiteWindowStore: WindowStore {
         }
 
         public init(cacheCapacity: Int = 50_000, pageCacheKiB: Int = 8_192, integrityCheck: IntegrityCheck = .quick,
-                    flushInterval: Duration? = .seconds(1), flushKeys: Int = 50_000) {
+                    flushInterval: Duration? = .seconds(5), flushKeys: Int = 50_000) {
             self.cacheCapacity = cacheCapacity
             self.pageCacheKiB = pageCacheKiB
             self.integrityCheck = integrityCheck
