@@ -124,7 +124,7 @@ struct DevStoreBenchCommand: ParsableCommand {
     @Option(help: "Records per commit cycle.")
     var recordsPerCommit: Int = 20_000
 
-    @Option(help: "Dirty keys in the large commit.")
+    @Option(help: "Changed cards in the large commit.")
     var commitKeys: Int = 20_000
 
     @Option(help: "Folder for the store (a temporary one by default; deleted afterwards).")

@@ -535,10 +535,7 @@ public final class StreamProcessor: @unchecked Sendable {
         let changed = tasks.values.filter(\.changed).sorted { $0.partition < $1.partition }
         guard !changed.isEmpty else { return }
         let commitStart = ContinuousClock.now
-        defer {
-            let t = Self.seconds(ContinuousClock.now - commitStart)
-            statsBox.withLock { $0.commitSeconds += t }
-        }
+        defer { addCommitTime(since: commitStart) }
         let c = configuration
         do {
             // Every output of the cycle is in the producer before its changelog and offsets.
@@ -655,11 +652,7 @@ public final class StreamProcessor: @unchecked Sendable {
             return
         }
         inFlight = nil
-        let finishStart = ContinuousClock.now
-        defer {
-            let t = Self.seconds(ContinuousClock.now - finishStart)
-            statsBox.withLock { $0.commitSeconds += t }
-        }
+        defer { addCommitTime(since: .now) }
         let c = configuration
         do {
             try commit.outcome.result.withLock { $0 }!.get()
@@ -697,6 +690,11 @@ public final class StreamProcessor: @unchecked Sendable {
         } catch {
             try recoverFromCommitFailure(error, leaving: leaving)
         }
+    }
+
+    private func addCommitTime(since start: ContinuousClock.Instant) {
+        let t = Self.seconds(ContinuousClock.now - start)
+        statsBox.withLock { $0.commitSeconds += t }
     }
 
     /// An abortable failure of a commit rolls everything back and rewinds; a fatal one throws.

@@ -485,8 +485,9 @@ public final class SQLiteWindowStore: WindowStore {
     /// Whether a cycle is sealed, waiting for ``commit(checkpoint:)``.
     public var isSealed: Bool { hasSealed }
 
-    /// Makes the uncommitted changes committed: call it only after the Kafka transaction carrying
-    /// ``pendingChanges()`` committed. Reads see them from now on and ``rollback()`` keeps them.
+    /// Makes the sealed cycle's changes (see ``seal()``), or with none sealed the open cycle's,
+    /// committed: call it only after the Kafka transaction carrying their ``pendingChanges()``
+    /// committed. Reads see them from now on and ``rollback()`` keeps them.
     ///
     /// They are written to SQLite, with `checkpoint`, by ``flush()``, which this call runs when
     /// ``Options/flushInterval`` has passed or ``Options/flushKeys`` cards wait. Writing at every
@@ -499,42 +500,26 @@ public final class SQLiteWindowStore: WindowStore {
         guard !restoring else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "commit during a restore: call commitRestore(checkpoint:)")
         }
-        if hasSealed {
-            // The sealed cycle read nothing that failed (sealing checks); a failure since then
-            // belongs to the open cycle, which stays open.
-            for u in sealedUndo {
-                let e = Int(u.entry)
-                if !cache[e].unflushed && committedState(e) != u.state {
-                    cache[e].unflushed = true
-                    unflushed.append(u.entry)
-                }
-            }
-            sealedUndo.removeAll(keepingCapacity: true)
-            if let sealedStreamTime {
-                committedStreamTime = sealedStreamTime
-                unflushedStreamTime = .some(sealedStreamTime)
-            }
-            sealedStreamTime = nil
-            hasSealed = false
-            unflushedCheckpoint = checkpoint
-            if flushIsDue { try flush() }
-            return
+        if !hasSealed {
+            // No cycle sealed: commit the open one (sealing checks ``readFailure``).
+            try seal()
         }
-        if let readFailure { throw readFailure }
-        for u in undoLog {
+        // The sealed cycle read nothing that failed (sealing checks); a failure since then
+        // belongs to the open cycle, which stays open.
+        for u in sealedUndo {
             let e = Int(u.entry)
-            cache[e].undo = -1
-            if !cache[e].unflushed && cache[e].state != u.state {
+            if !cache[e].unflushed && committedState(e) != u.state {
                 cache[e].unflushed = true
                 unflushed.append(u.entry)
             }
         }
-        undoLog.removeAll(keepingCapacity: true)
-        if let dirtyStreamTime {
-            committedStreamTime = dirtyStreamTime
-            unflushedStreamTime = .some(dirtyStreamTime)
+        sealedUndo.removeAll(keepingCapacity: true)
+        if let sealedStreamTime {
+            committedStreamTime = sealedStreamTime
+            unflushedStreamTime = .some(sealedStreamTime)
         }
-        dirtyStreamTime = nil
+        sealedStreamTime = nil
+        hasSealed = false
         unflushedCheckpoint = checkpoint
         if flushIsDue { try flush() }
     }

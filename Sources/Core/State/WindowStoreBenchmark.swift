@@ -70,7 +70,7 @@ public enum WindowStoreBenchmark {
                 detect:  \(records) records, \(commits) commits in \(ms(detectSeconds)) = \(rate(records, detectSeconds)) \
                 (of which pendingChanges \(ms(pendingChangesSecondsInDetect)), commit \(ms(commitSecondsInDetect)) including \(flushesInDetect) flushes of \
                 \(keysFlushedInDetect) keys in \(ms(flushSecondsInDetect))); CPU \(ms(detectCPUSeconds)) = \(rate(records, detectCPUSeconds))
-                commit+flush: \(commitKeys) dirty keys: insert \(ms(commitInsertSeconds)) (CPU \(ms(commitInsertCPUSeconds))), \
+                commit+flush: \(commitKeys) changed cards: insert \(ms(commitInsertSeconds)) (CPU \(ms(commitInsertCPUSeconds))), \
                 update \(ms(commitUpdateSeconds)) (CPU \(ms(commitUpdateCPUSeconds)))
                 restore: \(changelogRecords) changelog records in \(ms(restoreSeconds)) = \(rate(changelogRecords, restoreSeconds)); \
                 CPU \(ms(restoreCPUSeconds)) = \(rate(changelogRecords, restoreCPUSeconds))
@@ -130,13 +130,12 @@ public enum WindowStoreBenchmark {
         figures.pendingChangesSecondsInDetect = seconds(pendingTime)
         try store.close()
 
-        // 2. One commit of `commitKeys` dirty keys, inserted, then updated.
+        // 2. One commit of `commitKeys` changed cards, inserted, then updated.
         let commitStore = try SQLiteWindowStore(directory: directory + "/commit", parameters: c.parameters, options: options)
-        let half = c.commitKeys / 2
-        let commitCards = (0..<half).map { "card-" + String(1_000_000_000 + $0) }
+        let commitCards = (0..<c.commitKeys).map { "card-" + String(1_000_000_000 + $0) }
         for round in 0..<2 {
             for (k, card) in commitCards.enumerated() {
-                // One window and one card maximum per card: `commitKeys` distinct keys.
+                // A key is a card: one row and one changelog record each.
                 commitStore.putAccepted(card, windowStart: 0, count: Int64(round + 1),
                                         cardMax: Int64(round) * 1_000 + Int64(k % 1_000), streamTime: Int64(k))
             }
@@ -154,7 +153,7 @@ public enum WindowStoreBenchmark {
                 figures.commitUpdateCPUSeconds = cpu
             }
         }
-        figures.commitKeys = 2 * half
+        figures.commitKeys = c.commitKeys
         try commitStore.close()
 
         // 3. Restore run 1's changelog into a new store, committing every 250,000 records.
