@@ -110,6 +110,15 @@ struct KafkaTests {
         #expect(error?.message.contains("no.such.password") == true)
     }
 
+    @Test func sharedPropertyWarningsAreDebugOthersKeepTheirLevel() {
+        #expect(logLevel(librdkafkaLevel: 4, facility: "CONFWARN",
+                         text: "[thrd:app]: Configuration property session.timeout.ms is a consumer property and will be ignored by this producer instance") == .debug)
+        #expect(logLevel(librdkafkaLevel: 4, facility: "CONFWARN", text: "[thrd:app]: Configuration property queue.buffering.max.ms is deprecated") == .warning)
+        #expect(logLevel(librdkafkaLevel: 3, facility: "FAIL", text: "broker down") == .error)
+        #expect(logLevel(librdkafkaLevel: 6, facility: "INIT", text: "x") == .info)
+        #expect(logLevel(librdkafkaLevel: 7, facility: "FETCH", text: "x") == .debug)
+    }
+
     @Test func errorClassification() {
         let fatal = KafkaError(code: 1, name: "X", message: "", isRetriable: true, isFatal: true, txnRequiresAbort: true)
         #expect(fatal.transactionAction == .fatal)

@@ -37,13 +37,8 @@ enum KafkaHandleFactory {
             guard let rk, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return }
             let text = buffer.map { String(cString: $0) } ?? ""
             let fac = facility.map { String(cString: $0) } ?? ""
-            let logLevel: Logger.Level = switch level {
-            case ...3: .error
-            case 4: .warning
-            case 5, 6: .info
-            default: .debug
-            }
-            context.logger.log(level: logLevel, "\(fac): \(text)", metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))"])
+            context.logger.log(level: logLevel(librdkafkaLevel: level, facility: fac, text: text), "\(fac): \(text)",
+                               metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))"])
         }
         configure(conf)
         var errstr = [CChar](repeating: 0, count: 512)
@@ -93,4 +88,17 @@ func milliseconds(_ duration: Duration) -> Int32 {
     let (seconds, attoseconds) = duration.components
     let ms = seconds * 1000 + attoseconds / 1_000_000_000_000_000
     return Int32(clamping: max(ms, 0))
+}
+
+/// The log level of a librdkafka log line (syslog levels). A client that shares `-X` properties
+/// with the others `process` creates gets consumer-only ones on its producer and the reverse;
+/// librdkafka warns that it ignores them, which is expected there, so that warning is debug.
+func logLevel(librdkafkaLevel level: Int32, facility: String, text: String) -> Logger.Level {
+    if facility == "CONFWARN", text.contains(" property and will be ignored by this ") { return .debug }
+    return switch level {
+    case ...3: .error
+    case 4: .warning
+    case 5, 6: .info
+    default: .debug
+    }
 }
