@@ -249,7 +249,7 @@ public final class StreamProcessor: @unchecked Sendable {
             "group": "\(c.applicationID)", "kafka": "\(c.kafka.redactedDescription)",
         ])
 
-        var lastCommit = ContinuousClock.now
+        cycleStart = ContinuousClock.now
         var lastReport = ContinuousClock.now
         var reportedRecords = 0
         while !stopRequested.load(ordering: .acquiring) {
@@ -280,12 +280,11 @@ public final class StreamProcessor: @unchecked Sendable {
             try finishCommit(wait: false)
             let now = ContinuousClock.now
             var committed = false
-            if now - lastCommit >= c.commitInterval || pendingRecords >= Self.maxRecordsPerTransaction {
+            if now - cycleStart >= c.commitInterval || pendingRecords >= Self.maxRecordsPerTransaction {
                 // One commit in flight at a time; a full cycle waits for it rather than hold more.
                 if pendingRecords >= Self.maxRecordsPerTransaction { try finishCommit(wait: true) }
                 if inFlight == nil {
                     try startCommit()
-                    lastCommit = now
                     committed = true
                 }
             }
@@ -522,6 +521,10 @@ public final class StreamProcessor: @unchecked Sendable {
     }
 
     private var inFlight: CommitInFlight?
+    /// When the open cycle's transaction could begin: the previous commit's end. The commit
+    /// interval runs from there, so each transaction gets the whole interval to fill, however
+    /// long the commit before it took.
+    private var cycleStart = ContinuousClock.now
     /// Produces the records handled, on its own thread; holds them back while a commit is in
     /// flight, until the next transaction begins.
     private var emitter: KafkaEmitter!
@@ -685,6 +688,7 @@ public final class StreamProcessor: @unchecked Sendable {
                 emitter.release()
             }
             emitter.isHolding = false
+            cycleStart = .now
         } catch let error as ProcessorError {
             throw error
         } catch {
