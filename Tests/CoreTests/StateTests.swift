@@ -419,6 +419,29 @@ struct StateTests {
         try store.close()
     }
 
+    /// A new store knows every card it holds until its cache first forgets one: until then a
+    /// miss reads nothing; afterwards it reads SQLite again.
+    @Test func newStoreSkipsReadsUntilItsCacheForgets() throws {
+        let dir = try TemporaryDirectory("complete-cache")
+        defer { dir.cleanup() }
+        let options = SQLiteWindowStore.Options(cacheCapacity: 2, integrityCheck: .none, flushInterval: nil, flushKeys: 0)
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: options)
+        #expect(store.cacheHoldsEveryCard)
+        var detector = Detector(parameters: Self.parameters)
+        _ = detector.process(card: "a", eventTime: 100, store: &store)
+        _ = detector.process(card: "b", eventTime: 100, store: &store)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 2, changelogOffset: 2))
+        #expect(store.cacheHoldsEveryCard)
+        _ = detector.process(card: "c", eventTime: 100, store: &store)
+        try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 3, changelogOffset: 3))
+        // Three cards in a cache of two: it forgot them all, so reads go to SQLite again.
+        #expect(!store.cacheHoldsEveryCard)
+        #expect(store.windowCount("a", windowStart: 0) == 1)
+        #expect(detector.process(card: "b", eventTime: 150, store: &store).count == 2)
+        #expect(store.cardMax("d") == nil)
+        try store.close()
+    }
+
     /// A failed read cannot throw through ``WindowStore``; it must stop the cycle from committing.
     @Test func readFailureBlocksTheCommit() throws {
         let dir = try TemporaryDirectory("read-failure")
@@ -427,6 +450,10 @@ struct StateTests {
         var detector = Detector(parameters: Self.parameters)
         _ = detector.process(card: "a", eventTime: 100, store: &store)
         try store.commit(checkpoint: StoreCheckpoint(sourceOffset: 1, changelogOffset: 3))
+        // Reopened with a card in SQLite, the store reads SQLite for a card it has not seen.
+        try store.close()
+        store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        #expect(!store.cacheHoldsEveryCard)
         // Pull SQLite out from under the store: every later read fails.
         try store.connection.close()
         #expect(detector.process(card: "unseen", eventTime: 200, store: &store).count == 1)

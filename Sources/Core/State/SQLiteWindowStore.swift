@@ -160,6 +160,11 @@ public final class SQLiteWindowStore: WindowStore {
     var lastFlush: ContinuousClock.Instant
     var restoring = false
     var restoreIntoEmpty = false
+    /// Whether every card SQLite holds is in the cache: true from the open of an empty store
+    /// until the cache first forgets a card. A miss then means a new card, with no read: a
+    /// new task (or one restored into an empty store) would otherwise ask SQLite about every
+    /// card it meets for the first time.
+    var cacheHoldsEveryCard = false
     /// Reused by ``flush()``: the row value being written.
     var rowValue: [UInt8] = []
 
@@ -208,6 +213,7 @@ public final class SQLiteWindowStore: WindowStore {
                 PRAGMA journal_size_limit = 16777216
                 """)
             wasCreated = try Self.prepareSchema(db)
+            cacheHoldsEveryCard = try db.scalarInt64("SELECT NOT EXISTS (SELECT 1 FROM cards)") == 1
 
             selectCard = try db.statement("SELECT state FROM cards WHERE card = ?1")
             upsertCard = try db.statement(
@@ -355,6 +361,7 @@ public final class SQLiteWindowStore: WindowStore {
     }
 
     func load(_ card: CardBytes) -> Int {
+        if cacheHoldsEveryCard { return cache.insert(card, Entry(state: .absent, row: .absent)) }
         let statement = selectCard
         // SQLite reads a SQLITE_STATIC binding only while stepping, and every use binds afresh.
         statement.bindBlobNoCopy(UnsafeRawBufferPointer(card.buffer), at: 1)
@@ -631,6 +638,7 @@ public final class SQLiteWindowStore: WindowStore {
             } else {
                 retainEntries { $0.undo >= 0 }
             }
+            cacheHoldsEveryCard = false
         }
     }
 
@@ -692,6 +700,7 @@ public final class SQLiteWindowStore: WindowStore {
             unflushedCheckpoint = nil
             unflushedStreamTime = nil
             cache.removeAll()
+            cacheHoldsEveryCard = false
         } else if readFailure != nil {
             retainEntries { $0.row != .failed }
         }
