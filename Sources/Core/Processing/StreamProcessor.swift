@@ -82,13 +82,17 @@ struct SourcePositions: Equatable {
 /// Runs on one dedicated thread (``run()`` blocks): the consumer poll, the rebalance hooks
 /// (restore on assignment, commit and close on revocation), the detector, the stores and the
 /// Kafka transaction calls all happen there, so none of them touches the Swift cooperative pool
-/// and no state needs a lock. ``requestStop()`` may be called from any thread.
+/// and no state needs a lock. Two helpers take blocking work off it: a ``KafkaEmitter`` thread
+/// produces the records it hands over, and each `commit_transaction` runs on a short-lived
+/// thread while this one handles the next cycle. ``requestStop()`` may be called from any thread.
 ///
 /// Per commit interval, exactly-once: one Kafka transaction holds outputs, dead letters,
-/// repartitioned records, the stores' changelog records (one per changed key, each carrying the
-/// source positions it covers in headers) and the consumed offsets; after it commits, each store
-/// commits the same changes with its checkpoint in one SQLite transaction. An abort rolls the
-/// stores back and rewinds the consumer to the last committed positions.
+/// repartitioned records, the stores' changelog records (one per changed card, the last of a
+/// partition carrying the source positions it covers in headers) and the consumed offsets. The
+/// stores seal the cycle's changes when its commit starts and commit them, with their
+/// checkpoints, once Kafka has; records handled meanwhile are held until the next transaction
+/// begins. An abort rolls the stores back (both cycles) and rewinds the consumer to the last
+/// committed positions.
 public final class StreamProcessor: @unchecked Sendable {
     public let configuration: ProcessorConfiguration
     private let logger: Logger
