@@ -18,6 +18,9 @@ public final class ByteBuffer {
     /// The bytes written so far; valid until the next write.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: storage, count: count) }
 
+    /// The first byte, valid until the buffer next grows.
+    var baseAddress: UnsafePointer<UInt8> { UnsafePointer(storage) }
+
     /// A copy of the bytes written so far.
     public var array: [UInt8] { Array(UnsafeBufferPointer(start: storage, count: count)) }
 

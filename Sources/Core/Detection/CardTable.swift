@@ -34,9 +34,8 @@ final class CardTable<Payload> {
     private var entriesCapacity: Int
     /// Number of entries.
     private(set) var count = 0
-    private var keys: UnsafeMutablePointer<UInt8>
-    private var keysCapacity: Int
-    private var keysUsed = 0
+    /// Every key's bytes, back to back.
+    private var keys: ByteBuffer
     private let seed: UInt64
     /// The entry the last lookup found: the detector asks about the same card several times.
     private var lastFound = -1
@@ -52,8 +51,7 @@ final class CardTable<Payload> {
         index.initialize(repeating: 0, count: c)
         entriesCapacity = c / 2
         entries = Self.allocate(Entry.self, entriesCapacity)
-        keysCapacity = 16 * entriesCapacity
-        keys = .allocate(capacity: keysCapacity)
+        keys = ByteBuffer(capacity: 16 * entriesCapacity)
         // A per-process seed: slot order never reaches a verdict, and a seed an input cannot
         // predict keeps crafted card ids from piling into one probe chain.
         seed = UInt64.random(in: 1 ... .max)
@@ -63,7 +61,6 @@ final class CardTable<Payload> {
         entries.deinitialize(count: count)
         index.deallocate()
         entries.deallocate()
-        keys.deallocate()
     }
 
     private static func allocate<T>(_ type: T.Type, _ n: Int) -> UnsafeMutablePointer<T> {
@@ -90,7 +87,7 @@ final class CardTable<Payload> {
     /// Entry `e`'s card id bytes, valid until the table next changes shape.
     @inline(__always)
     func key(_ e: Int) -> CardBytes {
-        CardBytes(base: keys + Int(entries[e].keyOffset), count: Int(entries[e].keyLength))
+        CardBytes(base: keys.baseAddress + Int(entries[e].keyOffset), count: Int(entries[e].keyLength))
     }
 
     /// The entry holding `card`, or -1.
@@ -120,16 +117,15 @@ final class CardTable<Payload> {
         let n = card.count
         // Card ids are at most 1024 bytes (SEMANTICS.md §1), and an arena over 4 GiB would
         // mean millions of cards of maximal length in one partition.
-        precondition(n <= Int(UInt16.max) && keysUsed + n <= Int(UInt32.max), "card id or key arena too large")
-        if keysUsed + n > keysCapacity { growKeys(to: keysUsed + n) }
-        if n > 0 { (keys + keysUsed).update(from: card.base, count: n) }
-        let h = hash(keys + keysUsed, n)
+        let offset = keys.count
+        precondition(n <= Int(UInt16.max) && offset + n <= Int(UInt32.max), "card id or key arena too large")
+        keys.append(UnsafeRawPointer(card.base), count: n)
+        let key = keys.baseAddress + offset
+        let h = hash(key, n)
         let e = count
         (entries + e).initialize(to: Entry(
-            hash: h, prefix: Self.prefix(keys + keysUsed, n), keyOffset: UInt32(keysUsed), keyLength: UInt16(n),
-            payload: payload))
+            hash: h, prefix: Self.prefix(key, n), keyOffset: UInt32(offset), keyLength: UInt16(n), payload: payload))
         index[emptySlot(for: h)] = UInt32(e + 1)
-        keysUsed += n
         count += 1
         lastFound = e
         return e
@@ -143,27 +139,24 @@ final class CardTable<Payload> {
         var moved = [Int32](repeating: -1, count: count)
         let oldKeys = keys
         index.initialize(repeating: 0, count: indexCapacity)
-        keys = .allocate(capacity: keysCapacity)
-        keysUsed = 0
+        keys = ByteBuffer(capacity: max(oldKeys.count, 64))
         var kept = 0
         for e in 0..<count {
             let entry = entries + e
-            let keyStart = oldKeys + Int(entry.pointee.keyOffset)
+            let keyStart = oldKeys.baseAddress + Int(entry.pointee.keyOffset)
             let length = Int(entry.pointee.keyLength)
             guard keep(e, CardBytes(base: keyStart, count: length), &entry.pointee.payload) else {
                 entry.deinitialize(count: 1)
                 continue
             }
-            if length > 0 { (keys + keysUsed).update(from: keyStart, count: length) }
-            entry.pointee.keyOffset = UInt32(keysUsed)
-            keysUsed += length
+            entry.pointee.keyOffset = UInt32(keys.count)
+            keys.append(UnsafeRawPointer(keyStart), count: length)
             if kept != e { (entries + kept).moveInitialize(from: entry, count: 1) }
             index[emptySlot(for: entries[kept].hash)] = UInt32(kept + 1)
             moved[e] = Int32(kept)
             kept += 1
         }
         count = kept
-        oldKeys.deallocate()
         lastFound = -1
         return moved
     }
@@ -172,7 +165,7 @@ final class CardTable<Payload> {
     func removeAll() {
         entries.deinitialize(count: count)
         count = 0
-        keysUsed = 0
+        keys.removeAll()
         index.initialize(repeating: 0, count: indexCapacity)
         lastFound = -1
     }
@@ -248,7 +241,7 @@ final class CardTable<Payload> {
     private func matches(_ e: Int, _ card: CardBytes, _ prefix: (UInt64, UInt64)) -> Bool {
         let entry = entries + e
         return Int(entry.pointee.keyLength) == card.count && entry.pointee.prefix == prefix
-            && (card.count <= 16 || memcmp(keys + Int(entry.pointee.keyOffset), card.base, card.count) == 0)
+            && (card.count <= 16 || memcmp(keys.baseAddress + Int(entry.pointee.keyOffset), card.base, card.count) == 0)
     }
 
     private func emptySlot(for h: UInt64) -> Int {
@@ -273,15 +266,5 @@ final class CardTable<Payload> {
         entries.deallocate()
         entries = grown
         entriesCapacity = capacity
-    }
-
-    private func growKeys(to needed: Int) {
-        var capacity = keysCapacity * 2
-        while capacity < needed { capacity *= 2 }
-        let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
-        grown.update(from: keys, count: keysUsed)
-        keys.deallocate()
-        keys = grown
-        keysCapacity = capacity
     }
 }
