@@ -18,7 +18,7 @@ readonly install_path=/usr/local/bin/polyglot
 readonly config_dir=/etc/polyglot
 readonly fingerprint_path=/etc/polyglot/fingerprint.json
 readonly unit_path=/etc/systemd/system/polyglot@.service
-readonly runtime_packages=(librdkafka1 libsqlite3-0 libstdc++6 ca-certificates)
+readonly runtime_packages=(librdkafka1 libsqlite3-0 libjemalloc2 libstdc++6 ca-certificates)
 
 die() {
   echo "provision.sh: $*" >&2

@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [--ci]   (--ci adds the tools the test suite validates with)
 set -euo pipefail
 
-packages=(librdkafka-dev libsqlite3-dev pkg-config)
+packages=(librdkafka-dev libsqlite3-dev libjemalloc-dev pkg-config)
 if [[ "${1:-}" == "--ci" ]]; then
     # Offline validation of the machine image (packer, systemd, shellcheck, cloud-init),
     # the local bake (debootstrap), and kcat for comparing against librdkafka alone.

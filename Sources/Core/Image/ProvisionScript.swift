@@ -3,7 +3,7 @@
 enum ProvisionScript {
     /// Debian packages the binary needs at run time (a `--static-swift-stdlib` build still links
     /// glibc, libstdc++, librdkafka and SQLite dynamically).
-    static let runtimePackages = ["librdkafka1", "libsqlite3-0", "libstdc++6", "ca-certificates"]
+    static let runtimePackages = ["librdkafka1", "libsqlite3-0", "libjemalloc2", "libstdc++6", "ca-certificates"]
 
     static func render(_ options: ImageOptions) -> String {
         let install = options.installPath
