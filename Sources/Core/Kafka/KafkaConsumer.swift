@@ -261,19 +261,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
         // A null payload is a tombstone; an empty one is an empty value.
         let value: [UInt8]? = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) }
-        var headers: [KafkaHeader] = []
-        var hdrs: OpaquePointer? = nil
-        if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
-            var index = 0
-            var namePtr: UnsafePointer<CChar>? = nil
-            var valuePtr: UnsafeRawPointer? = nil
-            var size = 0
-            while rd_kafka_header_get_all(hdrs, index, &namePtr, &valuePtr, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                let name = namePtr.map { String(cString: $0) } ?? ""
-                headers.append(KafkaHeader(name, valuePtr.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
-                index += 1
-            }
-        }
+        let headers = copyHeaders(message)
         var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ts = rd_kafka_message_timestamp(message, &tsType)
         let timestampType: KafkaTimestampType? = switch tsType {
@@ -424,21 +412,7 @@ public struct KafkaRecordView: ~Copyable {
     }
 
     /// Every header, copied, in record order.
-    public var headers: [KafkaHeader] {
-        var headers: [KafkaHeader] = []
-        var hdrs: OpaquePointer? = nil
-        guard rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs else { return headers }
-        var index = 0
-        var namePtr: UnsafePointer<CChar>? = nil
-        var valuePtr: UnsafeRawPointer? = nil
-        var size = 0
-        while rd_kafka_header_get_all(hdrs, index, &namePtr, &valuePtr, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-            let name = namePtr.map { String(cString: $0) } ?? ""
-            headers.append(KafkaHeader(name, valuePtr.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
-            index += 1
-        }
-        return headers
-    }
+    public var headers: [KafkaHeader] { copyHeaders(message) }
 
     /// The last header named `name` (nil when absent or null).
     public func header(_ name: String) -> UnsafeRawBufferPointer? {
@@ -449,4 +423,21 @@ public struct KafkaRecordView: ~Copyable {
         guard rd_kafka_header_get_last(hdrs, name, &valuePtr, &size) == RD_KAFKA_RESP_ERR_NO_ERROR, let valuePtr else { return nil }
         return UnsafeRawBufferPointer(start: valuePtr, count: size)
     }
+}
+
+/// A message's headers, copied, in record order (none when it has none).
+private func copyHeaders(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> [KafkaHeader] {
+    var headers: [KafkaHeader] = []
+    var hdrs: OpaquePointer? = nil
+    guard rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs else { return headers }
+    var index = 0
+    var namePtr: UnsafePointer<CChar>? = nil
+    var valuePtr: UnsafeRawPointer? = nil
+    var size = 0
+    while rd_kafka_header_get_all(hdrs, index, &namePtr, &valuePtr, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+        let name = namePtr.map { String(cString: $0) } ?? ""
+        headers.append(KafkaHeader(name, valuePtr.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
+        index += 1
+    }
+    return headers
 }

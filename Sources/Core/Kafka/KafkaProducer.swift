@@ -401,9 +401,6 @@ public struct KafkaRecordHeaders: ~Copyable {
         _ = rd_kafka_header_add(list, name, -1, nil, 0)
     }
 
-    /// Takes over a list from ``take()``.
-    init(taking list: OpaquePointer?) { self.list = list }
-
     consuming func take() -> OpaquePointer? {
         let list = self.list
         discard self

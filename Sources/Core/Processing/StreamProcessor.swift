@@ -687,11 +687,9 @@ public final class StreamProcessor: @unchecked Sendable {
                 $0.changelogRecords += commit.changelogRecords
                 $0.processingSeconds = processing
             }
-            if emitter.hasUnsent {
-                try beginIfNeeded()
-                emitter.release()
-            }
-            emitter.isHolding = false
+            // What was handled meanwhile goes into the next transaction, which begins first.
+            if emitter.hasUnsent { try beginIfNeeded() }
+            emitter.release()
             cycleStart = .now
         } catch let error as ProcessorError {
             throw error

@@ -183,17 +183,11 @@ public struct ChangelogRecord: Sendable, Hashable {
         withUnsafeBytes(of: UInt64(bitPattern: value).bigEndian) { bytes.append(contentsOf: $0) }
     }
 
-    /// UTF-8 validity without allocating: card ids are nearly always ASCII, so check that first.
+    /// UTF-8 validity by the same rules as the input reader's, without allocating.
     @inline(__always)
     static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        var ascii = true
-        for b in bytes where b >= 0x80 {
-            ascii = false
-            break
-        }
-        if ascii { return true }
-        let hadError = transcode(bytes.makeIterator(), from: UTF8.self, to: UTF32.self, stoppingOnError: true) { _ in }
-        return !hadError
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return true }
+        return UTF8Validation.firstInvalidByte(base.assumingMemoryBound(to: UInt8.self), bytes.count) == nil
     }
 }
 

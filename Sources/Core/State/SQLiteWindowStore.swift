@@ -146,9 +146,10 @@ public final class SQLiteWindowStore: WindowStore {
     let connection: SQLiteConnection
     let cache = CardTable<Entry>()
     var undoLog: [Undo] = []
-    /// The sealed cycle's undo log (see ``seal()``), and whether there is one.
+    /// The sealed cycle's undo log (see ``seal()``).
     var sealedUndo: [Undo] = []
-    var hasSealed = false
+    /// Whether a cycle is sealed, waiting for ``commit(checkpoint:)``.
+    public private(set) var isSealed = false
     var sealedStreamTime: Int64?
     /// Entries committed but not yet written to SQLite.
     var unflushed: [Int32] = []
@@ -213,7 +214,7 @@ public final class SQLiteWindowStore: WindowStore {
                 PRAGMA journal_size_limit = 16777216
                 """)
             wasCreated = try Self.prepareSchema(db)
-            cacheHoldsEveryCard = try db.scalarInt64("SELECT NOT EXISTS (SELECT 1 FROM cards)") == 1
+            cacheHoldsEveryCard = try Self.holdsNoCards(db)
 
             selectCard = try db.statement("SELECT state FROM cards WHERE card = ?1")
             upsertCard = try db.statement(
@@ -243,6 +244,10 @@ public final class SQLiteWindowStore: WindowStore {
             throw error
         }
         connection = db
+    }
+
+    static func holdsNoCards(_ db: SQLiteConnection) throws(SQLiteError) -> Bool {
+        try db.scalarInt64("SELECT NOT EXISTS (SELECT 1 FROM cards)") == 1
     }
 
     /// The database path for a task directory.
@@ -478,7 +483,7 @@ public final class SQLiteWindowStore: WindowStore {
     /// cycle sealed already.
     public func seal() throws(SQLiteError) {
         if let readFailure { throw readFailure }
-        guard !hasSealed else {
+        guard !isSealed else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "seal with a cycle sealed already: commit or roll back first")
         }
         for u in undoLog { cache[Int(u.entry)].undo = -1 }
@@ -486,11 +491,8 @@ public final class SQLiteWindowStore: WindowStore {
         undoLog.removeAll(keepingCapacity: true)
         sealedStreamTime = dirtyStreamTime
         dirtyStreamTime = nil
-        hasSealed = true
+        isSealed = true
     }
-
-    /// Whether a cycle is sealed, waiting for ``commit(checkpoint:)``.
-    public var isSealed: Bool { hasSealed }
 
     /// Makes the sealed cycle's changes (see ``seal()``), or with none sealed the open cycle's,
     /// committed: call it only after the Kafka transaction carrying their ``pendingChanges()``
@@ -507,7 +509,7 @@ public final class SQLiteWindowStore: WindowStore {
         guard !restoring else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "commit during a restore: call commitRestore(checkpoint:)")
         }
-        if !hasSealed {
+        if !isSealed {
             // No cycle sealed: commit the open one (sealing checks ``readFailure``).
             try seal()
         }
@@ -526,7 +528,7 @@ public final class SQLiteWindowStore: WindowStore {
             unflushedStreamTime = .some(sealedStreamTime)
         }
         sealedStreamTime = nil
-        hasSealed = false
+        isSealed = false
         unflushedCheckpoint = checkpoint
         if flushIsDue { try flush() }
     }
@@ -560,7 +562,7 @@ public final class SQLiteWindowStore: WindowStore {
     /// left to right). On error nothing is written and the changes stay queued, so the call can
     /// be retried.
     public func flush() throws(SQLiteError) {
-        guard !hasSealed else {
+        guard !isSealed else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "flush with a sealed cycle: commit or roll back first")
         }
         let started = ContinuousClock.now
@@ -688,7 +690,7 @@ public final class SQLiteWindowStore: WindowStore {
         // Then the sealed cycle, which holds the older states.
         for u in sealedUndo { cache[Int(u.entry)].state = u.state }
         sealedUndo.removeAll(keepingCapacity: true)
-        hasSealed = false
+        isSealed = false
         sealedStreamTime = nil
         dirtyStreamTime = nil
         if restoring {
@@ -750,13 +752,13 @@ public final class SQLiteWindowStore: WindowStore {
     }
 
     func beginRestore() throws(SQLiteError) {
-        guard pendingChangeCount == 0, !hasSealed else {
+        guard pendingChangeCount == 0, !isSealed else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "restore with uncommitted changes: commit or roll back first")
         }
         try flush()
         // Deleting a card SQLite does not hold is a wasted b-tree search: skip them all when
         // restoring into an empty store, the usual case.
-        restoreIntoEmpty = try connection.scalarInt64("SELECT NOT EXISTS (SELECT 1 FROM cards)") == 1
+        restoreIntoEmpty = try Self.holdsNoCards(connection)
         restoring = true
     }
 
