@@ -50,9 +50,9 @@ let package = Package(
             ],
             // jemalloc (Debian's libjemalloc2) serves every allocation of the process, librdkafka's
             // included: each output record costs librdkafka six allocations, freed on other
-            // threads, and with glibc's allocator `process` used a third more CPU per record
-            // (scripts/bench-process.sh, paired runs: 245,000-283,000 records/s against
-            // 149,000-198,000).
+            // threads, and with glibc's allocator `process` used about 40% more CPU per record
+            // (the workload of scripts/bench-process.sh, one binary in paired runs with jemalloc
+            // preloaded and without: 245,000-283,000 records/s against 149,000-198,000).
             linkerSettings: [.linkedLibrary("jemalloc", .when(platforms: [.linux]))]
         ),
         .testTarget(
