@@ -115,8 +115,14 @@ struct CodecTests {
         var decoder = TransactionDecoder()
         // Invalid UTF-8 beats invalid JSON, even when the bad byte comes after the JSON error.
         #expect(decoder.code(of: Array("{\"a\" oops ".utf8) + [0xFF]) == .invalidUTF8)
-        // An escaped lone surrogate beats a later JSON error.
-        #expect(decoder.code(of: #"{"transactionId":"\ud800" garbage"#) == .invalidUTF8)
+        // An escaped lone surrogate counts only in valid JSON: a later JSON error wins.
+        #expect(decoder.code(of: #"{"transactionId":"\ud800" garbage"#) == .invalidJSON)
+        #expect(decoder.code(of: #"{"transactionId":"\ud800"}"#) == .invalidUTF8)
+        // Deeper than 128 levels is not valid JSON, so a surrogate before the depth error loses.
+        let deep = #"{"a":"\udc00","b":"# + String(repeating: "[", count: 200) + String(repeating: "]", count: 200) + "}"
+        #expect(decoder.code(of: deep) == .invalidJSON)
+        let shallow = #"{"a":"\udc00","b":"# + String(repeating: "[", count: 127) + String(repeating: "]", count: 127) + "}"
+        #expect(decoder.code(of: shallow) == .invalidUTF8)
         // JSON errors beat duplicates; duplicates beat missing members; missing beats wrong type.
         #expect(decoder.code(of: #"{"a":1,"a":2"#) == .invalidJSON)
         #expect(decoder.code(of: #"{"a":1,"a":2}"#) == .duplicateField)

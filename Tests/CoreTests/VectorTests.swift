@@ -11,11 +11,40 @@ struct VectorTests {
         var description: String { name }
     }
 
-    static let cases: [Case] = [
-        Case(name: "basic", parameters: .default),
-        Case(name: "disorder", parameters: try! DetectorParameters(window: 30_000, threshold: 2, grace: 5_000, retention: 600_000)),
-        Case(name: "hostile", parameters: .default),
-    ]
+    /// Every case of the vectors' README table, with its replay flags, so a vector added to
+    /// shared/ runs here without a change to this file.
+    static let cases: [Case] = (try? readCases()) ?? []
+
+    static func readCases() throws -> [Case] {
+        let readme = try String(contentsOf: TestPaths.vectors.appendingPathComponent("README.md"), encoding: .utf8)
+        var cases: [Case] = []
+        for line in readme.split(separator: "\n") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count == 2, !cells[0].isEmpty, cells[0] != "case", !cells[0].hasPrefix("-") else { continue }
+            let flags = cells[1].replacingOccurrences(of: "`", with: "")
+            var values: [String: Int64] = [:]
+            if flags != "(defaults)" {
+                let words = flags.split(separator: " ")
+                for i in stride(from: 0, to: words.count - 1, by: 2) {
+                    values[String(words[i])] = Int64(words[i + 1])
+                }
+            }
+            let parameters = try DetectorParameters(
+                window: values["--window"] ?? 60_000, threshold: values["--threshold"] ?? 3,
+                grace: values["--grace"] ?? 0, retention: values["--retention"] ?? 3_600_000)
+            cases.append(Case(name: cells[0], parameters: parameters))
+        }
+        return cases
+    }
+
+    /// Every `NAME.in.jsonl` has its row in the table (and so runs above), and the table holds
+    /// the four cases this project was built against.
+    @Test func everyVectorFileIsACase() throws {
+        let names = try FileManager.default.contentsOfDirectory(atPath: TestPaths.vectors.path)
+            .filter { $0.hasSuffix(".in.jsonl") }.map { String($0.dropLast(".in.jsonl".count)) }
+        #expect(Set(names) == Set(Self.cases.map(\.name)))
+        #expect(Set(["basic", "disorder", "hostile", "surrogates"]).isSubset(of: Set(Self.cases.map(\.name))))
+    }
 
     @Test(arguments: cases)
     func replayMatchesVector(_ vector: Case) throws {

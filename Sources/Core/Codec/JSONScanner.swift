@@ -3,7 +3,7 @@
 ///
 /// The bytes must already be valid UTF-8 (``UTF8Validation``), so strings need no further
 /// decoding here; escaped lone surrogates are noted rather than thrown, because SEMANTICS.md
-/// ranks them (`invalid_utf8`) above every JSON error.
+/// makes them `invalid_utf8` only once the whole document has parsed (within depth 128).
 struct JSONScanner {
     struct ParseError: Error {
         var message: String

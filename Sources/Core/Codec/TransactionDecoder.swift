@@ -138,9 +138,8 @@ public struct TransactionDecoder: Sendable {
         } catch {
             names = parser.takeNames()
             nameBytes = parser.takeNameBytes()
-            if parser.sawLoneSurrogate {
-                throw Rejection(.invalidUTF8, "a string holds an escaped lone surrogate")
-            }
+            // SEMANTICS.md §1: a record that is not valid JSON (depth included) is invalid_json,
+            // whatever escapes it holds; a lone surrogate counts only in a valid document.
             throw Rejection(.invalidJSON, error.message)
         }
         names = parser.takeNames()
