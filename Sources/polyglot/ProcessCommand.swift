@@ -48,6 +48,12 @@ struct ProcessCommand: AsyncParsableCommand {
     @Option(help: "Stable id of this instance for its transactional producer (default: derived from host and state dir).")
     var instanceId: String?
 
+    @Option(help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams', default) or crc32 (librdkafka's default); records elsewhere go through the repartition topic.")
+    var partitioner: String?
+
+    @Option(help: "How long start-up waits for the Kafka cluster to answer (default 15s).")
+    var connectTimeout: String?
+
     @Flag(help: "Process up to the end offsets seen at start, commit, and exit 0.")
     var untilEnd = false
 
@@ -89,6 +95,8 @@ struct ProcessCommand: AsyncParsableCommand {
         settings.commitInterval = commitInterval
         settings.instanceID = instanceId
         settings.untilEnd = untilEnd
+        settings.partitioner = partitioner
+        settings.connectTimeout = connectTimeout
         settings.kafkaProperties = properties
         settings.window = window
         settings.threshold = threshold

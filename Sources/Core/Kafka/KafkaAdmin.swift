@@ -132,6 +132,54 @@ public final class KafkaAdmin: @unchecked Sendable {
         }
     }
 
+    /// The value of one config of `topic` (DescribeConfigs), nil when the broker does not
+    /// report it.
+    ///
+    /// - Throws: ``KafkaAdminUnavailable`` when the broker has no admin API; ``KafkaError``
+    ///   otherwise.
+    public func topicConfig(_ topic: String, name: String, timeout: Duration = .seconds(10)) throws -> String? {
+        try requireController(operation: "DescribeConfigs", timeout: timeout)
+        var errstr = [CChar](repeating: 0, count: 512)
+        var resources: [OpaquePointer?] = [rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic)]
+        defer { for r in resources { rd_kafka_ConfigResource_destroy(r) } }
+        let queue = rd_kafka_queue_new(handle)
+        defer { rd_kafka_queue_destroy(queue) }
+        let options = rd_kafka_AdminOptions_new(handle, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds(timeout), &errstr, errstr.count)
+        resources.withUnsafeMutableBufferPointer { buffer in
+            rd_kafka_DescribeConfigs(handle, buffer.baseAddress, buffer.count, options, queue)
+        }
+        guard let event = rd_kafka_queue_poll(queue, milliseconds(timeout) + 5_000) else {
+            throw KafkaError(RD_KAFKA_RESP_ERR__TIMED_OUT, detail: "DescribeConfigs: no response")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        let err = rd_kafka_event_error(event)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            let error = KafkaError(err, detail: rd_kafka_event_error_string(event).map { String(cString: $0) })
+            if Self.meansNoAdminAPI(err) { throw KafkaAdminUnavailable(operation: "DescribeConfigs", underlying: error) }
+            throw error
+        }
+        guard let result = rd_kafka_event_DescribeConfigs_result(event) else {
+            throw KafkaError(RD_KAFKA_RESP_ERR__BAD_MSG, detail: "DescribeConfigs: unexpected result event")
+        }
+        var count = 0
+        guard let described = rd_kafka_DescribeConfigs_result_resources(result, &count), count > 0, let resource = described[0] else {
+            return nil
+        }
+        let e = rd_kafka_ConfigResource_error(resource)
+        if e != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError(e, detail: "topic \(topic): \(rd_kafka_ConfigResource_error_string(resource).map { String(cString: $0) } ?? "")")
+        }
+        var entries = 0
+        guard let configs = rd_kafka_ConfigResource_configs(resource, &entries) else { return nil }
+        for i in 0..<entries {
+            guard let entry = configs[i], String(cString: rd_kafka_ConfigEntry_name(entry)) == name else { continue }
+            return rd_kafka_ConfigEntry_value(entry).map { String(cString: $0) }
+        }
+        return nil
+    }
+
     static func meansNoAdminAPI(_ err: rd_kafka_resp_err_t) -> Bool {
         err == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE || err == RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION
             || err == RD_KAFKA_RESP_ERR_INVALID_REQUEST

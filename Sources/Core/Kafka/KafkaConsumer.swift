@@ -16,11 +16,17 @@ public struct KafkaRebalanceHooks: Sendable {
     /// flush, commit and checkpoint. `lost` is true when the group already gave them to another
     /// member (a commit would be fenced).
     public var onRevoked: @Sendable (_ partitions: [KafkaTopicPartition], _ lost: Bool) -> Void
+    /// Pause every newly assigned partition as soon as it is assigned, before anything is
+    /// fetched: for a consumer that restores state first and resumes each partition when ready,
+    /// so the restore happens in its poll loop rather than inside the rebalance callback.
+    public var pauseAssigned: Bool
 
     public init(onAssigned: @escaping @Sendable ([KafkaTopicPartition]) -> [KafkaTopicPartition: Int64] = { _ in [:] },
-                onRevoked: @escaping @Sendable ([KafkaTopicPartition], Bool) -> Void = { _, _ in }) {
+                onRevoked: @escaping @Sendable ([KafkaTopicPartition], Bool) -> Void = { _, _ in },
+                pauseAssigned: Bool = false) {
         self.onAssigned = onAssigned
         self.onRevoked = onRevoked
+        self.pauseAssigned = pauseAssigned
     }
 }
 
@@ -52,6 +58,10 @@ final class ConsumerContext: KafkaCallbackContext, @unchecked Sendable {
             } else {
                 let e = rd_kafka_assign(rk, list)
                 if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("assign failed: \(KafkaError(e))") }
+            }
+            if hooks.pauseAssigned, let list {
+                let e = rd_kafka_pause_partitions(rk, list)
+                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("pausing assigned partitions failed: \(KafkaError(e))") }
             }
             logger.info("partitions assigned", metadata: ["partitions": "\(partitions.map(\.description).joined(separator: ","))"])
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
@@ -325,9 +335,12 @@ public final class KafkaConsumer: @unchecked Sendable {
         return PartitionList.read(list)
     }
 
-    /// Moves assigned partitions to these offsets. Blocking (up to `timeout`).
+    /// Moves assigned partitions to these offsets. Blocking (up to `timeout`). Forgets where
+    /// those partitions last reached their end (``endOfPartition(_:)``): after a rewind, the
+    /// records between the new position and that end are still to be read.
     public func seek(_ offsets: [KafkaTopicPartitionOffset], timeout: Duration) throws(KafkaError) {
         guard !offsets.isEmpty else { return }
+        state.withLock { s in for o in offsets { s.partitionEnds[o.topicPartition] = nil } }
         let list = PartitionList.make(offsets)
         defer { rd_kafka_topic_partition_list_destroy(list) }
         try KafkaError.check(rd_kafka_seek_partitions(handle, list, milliseconds(timeout)))

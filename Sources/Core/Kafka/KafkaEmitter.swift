@@ -26,6 +26,8 @@ public final class KafkaEmitter: @unchecked Sendable {
     final class Batch: @unchecked Sendable {
         struct Record {
             var topic: KafkaProducerTopic
+            /// nil: the producer's partitioner chooses.
+            var partition: Int32?
             /// Offsets in `bytes`; a negative start means nil (a null key or value).
             var keyStart: Int
             var keyCount: Int
@@ -94,14 +96,14 @@ public final class KafkaEmitter: @unchecked Sendable {
     /// Appends a record to the open batch. `headers` are (name, value) pairs; a nil value is a
     /// null header.
     @inline(__always)
-    public func append(to topic: KafkaProducerTopic, key: UnsafeRawBufferPointer?, value: UnsafeRawBufferPointer?,
-                       timestamp: Int64? = nil, headers: (inout HeaderWriter) -> Void) {
+    public func append(to topic: KafkaProducerTopic, partition: Int32? = nil, key: UnsafeRawBufferPointer?,
+                       value: UnsafeRawBufferPointer?, timestamp: Int64? = nil, headers: (inout HeaderWriter) -> Void) {
         let keyStart = current.copy(key)
         let valueStart = current.copy(value)
         let first = current.headers.count
         var writer = HeaderWriter(batch: current)
         headers(&writer)
-        current.records.append(Batch.Record(topic: topic, keyStart: keyStart, keyCount: key?.count ?? 0, valueStart: valueStart,
+        current.records.append(Batch.Record(topic: topic, partition: partition, keyStart: keyStart, keyCount: key?.count ?? 0, valueStart: valueStart,
                                             valueCount: value?.count ?? 0, headers: first..<current.headers.count, timestamp: timestamp))
     }
 
@@ -203,7 +205,7 @@ public final class KafkaEmitter: @unchecked Sendable {
                     if let value = slice(h.valueStart, h.valueCount) { headers.add(h.name, value) } else { headers.addNull(h.name) }
                 }
                 do throws(KafkaError) {
-                    try producer.produce(to: r.topic, key: slice(r.keyStart, r.keyCount), value: slice(r.valueStart, r.valueCount),
+                    try producer.produce(to: r.topic, partition: r.partition, key: slice(r.keyStart, r.keyCount), value: slice(r.valueStart, r.valueCount),
                                          headers: headers, timestamp: r.timestamp, blockIfQueueFull: true)
                 } catch {
                     failed = error

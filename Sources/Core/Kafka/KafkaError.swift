@@ -111,6 +111,17 @@ extension KafkaError {
         public static let invalidArgument = RD_KAFKA_RESP_ERR__INVALID_ARG.rawValue
         public static let state = RD_KAFKA_RESP_ERR__STATE.rawValue
         public static let fenced = RD_KAFKA_RESP_ERR__FENCED.rawValue
+        public static let producerFenced = RD_KAFKA_RESP_ERR_PRODUCER_FENCED.rawValue
+        public static let invalidProducerEpoch = RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH.rawValue
+        public static let concurrentTransactions = RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS.rawValue
+        public static let topicAuthorizationFailed = RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED.rawValue
+        public static let groupAuthorizationFailed = RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED.rawValue
+        public static let coordinatorNotAvailable = RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE.rawValue
+        public static let notCoordinator = RD_KAFKA_RESP_ERR_NOT_COORDINATOR.rawValue
+        public static let invalidTransactionState = RD_KAFKA_RESP_ERR_INVALID_TXN_STATE.rawValue
+        public static let unknownProducerID = RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID.rawValue
+        public static let invalidRecord = RD_KAFKA_RESP_ERR_INVALID_RECORD.rawValue
+        public static let allBrokersDown = RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN.rawValue
         public static let destroyed = RD_KAFKA_RESP_ERR__DESTROY.rawValue
     }
 

@@ -1,13 +1,3 @@
-/// Delivery guarantee of `polyglot process`.
-public enum ProcessingGuarantee: String, Sendable, Hashable, CaseIterable {
-    /// One Kafka transaction per commit interval holds outputs, changelog records, dead letters
-    /// and consumed offsets; the SQLite store commits only after Kafka does.
-    case exactlyOnce = "exactly-once"
-    /// Outputs and changelog are flushed, then the store and the offsets commit: a crash may
-    /// repeat the outputs of the last interval, never lose one.
-    case atLeastOnce = "at-least-once"
-}
-
 /// Everything `polyglot process` needs, already validated.
 public struct ProcessorConfiguration: Sendable {
     /// librdkafka properties shared by every client (bootstrap servers, SASL, SSL, `-X` ones).
@@ -32,6 +22,11 @@ public struct ProcessorConfiguration: Sendable {
     public var instanceID: String?
     /// Tuning of the window stores.
     public var storeOptions: SQLiteWindowStore.Options
+    /// The rule that says which partition a card belongs to; a record read elsewhere goes
+    /// through the repartition topic first.
+    public var partitioner: KafkaPartitioner
+    /// How long start-up waits for the cluster to answer.
+    public var connectTimeout: Duration
 
     public init(kafka: KafkaConfiguration,
                 applicationID: String = DevBrokerOptions.defaultApplicationID,
@@ -45,7 +40,9 @@ public struct ProcessorConfiguration: Sendable {
                 fingerprintDigest: String,
                 untilEnd: Bool = false,
                 instanceID: String? = nil,
-                storeOptions: SQLiteWindowStore.Options = SQLiteWindowStore.Options()) {
+                storeOptions: SQLiteWindowStore.Options = SQLiteWindowStore.Options(),
+                partitioner: KafkaPartitioner = .murmur2,
+                connectTimeout: Duration = .seconds(15)) {
         self.kafka = kafka
         self.applicationID = applicationID
         self.inputTopic = inputTopic
@@ -59,6 +56,8 @@ public struct ProcessorConfiguration: Sendable {
         self.untilEnd = untilEnd
         self.instanceID = instanceID
         self.storeOptions = storeOptions
+        self.partitioner = partitioner
+        self.connectTimeout = connectTimeout
     }
 
     /// `<application-id>-windows-changelog`.
@@ -93,6 +92,8 @@ public struct ProcessorConfiguration: Sendable {
         if kafka["enable.auto.commit"] == "true" {
             throw ConfigurationError("enable.auto.commit=true is not allowed: offsets commit with the state")
         }
+        guard connectTimeout > .zero else { throw ConfigurationError("the connect timeout must be more than 0") }
+        try RuntimeConfiguration.checkAssignmentStrategy(kafka)
     }
 
     static func isValidTopicName(_ name: String) -> Bool {

@@ -14,6 +14,10 @@ public struct ProcessorSettings: Sendable {
     public var commitInterval: String?
     public var instanceID: String?
     public var untilEnd: Bool = false
+    /// `murmur2` (Java's, the default) or `crc32` (librdkafka's): which partition a card belongs to.
+    public var partitioner: String?
+    /// How long start-up waits for the cluster (a duration).
+    public var connectTimeout: String?
     /// `-X key=value` librdkafka properties (after those from `POLYGLOT_KAFKA_PROPERTIES`).
     public var kafkaProperties: [String] = []
     /// Detector parameters as durations (`60s`) and a count; nil: environment, file or default.
@@ -37,7 +41,7 @@ public struct ProcessorSettings: Sendable {
         POLYGLOT_DLQ_TOPIC, POLYGLOT_STATE_DIR, POLYGLOT_GUARANTEE, POLYGLOT_COMMIT_INTERVAL, \
         POLYGLOT_INSTANCE_ID, POLYGLOT_UNTIL_END (1/true), POLYGLOT_KAFKA_PROPERTIES (key=value pairs \
         separated by newlines or ';'), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
-        POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_CONFIG (the settings file)
+        POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_PARTITIONER, POLYGLOT_CONNECT_TIMEOUT, POLYGLOT_CONFIG (the settings file)
         """
 
     /// Reads a settings file: `NAME=value` per line, blank lines and `#` comments ignored.
@@ -76,6 +80,7 @@ public struct ProcessorSettings: Sendable {
         "POLYGLOT_DLQ_TOPIC", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE", "POLYGLOT_COMMIT_INTERVAL",
         "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END", "POLYGLOT_KAFKA_PROPERTIES", "POLYGLOT_WINDOW",
         "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW",
+        "POLYGLOT_PARTITIONER", "POLYGLOT_CONNECT_TIMEOUT",
     ]
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
@@ -133,6 +138,14 @@ public struct ProcessorSettings: Sendable {
             throw ConfigurationError("guarantee '\(guaranteeText)' is not one of exactly-once, at-least-once")
         }
         let intervalMs = try Durations.milliseconds(pick(commitInterval, "POLYGLOT_COMMIT_INTERVAL") ?? "100ms", setting: "commit interval")
+        let partitionerText = pick(partitioner, "POLYGLOT_PARTITIONER") ?? KafkaPartitioner.murmur2.rawValue
+        guard let partitionerValue = KafkaPartitioner(rawValue: partitionerText) else {
+            throw ConfigurationError("partitioner '\(partitionerText)' is not one of murmur2 (Java's, the default), crc32 (librdkafka's)")
+        }
+        let connectMs = try Durations.milliseconds(pick(connectTimeout, "POLYGLOT_CONNECT_TIMEOUT") ?? "15s", setting: "connect timeout")
+        for property in RuntimeConfiguration.ownedProperties.keys.sorted() where kafka[property] != nil {
+            throw ConfigurationError("-X \(property) is set by polyglot itself; use \(RuntimeConfiguration.ownedProperties[property]!) instead")
+        }
         let untilEndValue = untilEnd || ["1", "true", "yes"].contains(environment["POLYGLOT_UNTIL_END"]?.lowercased() ?? "")
         // The header carries the real environment's digest, computed once at start-up (hashing
         // the binary takes a fraction of a second), so the auditor's drift check means something.
@@ -155,7 +168,9 @@ public struct ProcessorSettings: Sendable {
             parameters: parameters,
             fingerprintDigest: digest,
             untilEnd: untilEndValue,
-            instanceID: pick(instanceID, "POLYGLOT_INSTANCE_ID"))
+            instanceID: pick(instanceID, "POLYGLOT_INSTANCE_ID"),
+            partitioner: partitionerValue,
+            connectTimeout: .milliseconds(connectMs))
         try configuration.validate()
         return configuration
     }

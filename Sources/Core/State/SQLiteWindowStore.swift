@@ -4,15 +4,24 @@ import Foundation
 /// Where a task's store stands relative to Kafka, committed in the same SQLite transaction as the
 /// state it describes.
 public struct StoreCheckpoint: Sendable, Hashable {
-    /// The next input offset to process (the store holds the effect of every record before it).
-    public var sourceOffset: Int64
+    /// The next offset to process of each source topic, in the role's source order (-1: none
+    /// known); the store holds the effect of every record before them.
+    public var positions: [Int64]
     /// The next changelog offset after everything this store has applied or produced.
     public var changelogOffset: Int64
 
-    public init(sourceOffset: Int64, changelogOffset: Int64) {
-        self.sourceOffset = sourceOffset
+    public init(positions: [Int64], changelogOffset: Int64) {
+        self.positions = positions
         self.changelogOffset = changelogOffset
     }
+
+    /// A checkpoint of a store with one source topic.
+    public init(sourceOffset: Int64, changelogOffset: Int64) {
+        self.init(positions: [sourceOffset], changelogOffset: changelogOffset)
+    }
+
+    /// The first source's position (-1: none known).
+    public var sourceOffset: Int64 { positions.first ?? -1 }
 }
 
 /// One input partition's window state (SEMANTICS.md §2) in SQLite, for `polyglot process`.

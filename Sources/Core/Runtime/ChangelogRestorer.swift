@@ -1,0 +1,180 @@
+import Logging
+
+/// Replays changelog partitions into task stores, a slice at a time, from the run loop.
+///
+/// Restoring inside the rebalance callback would hold the group's poll for as long as the
+/// restore takes (a long one breaks `max.poll.interval.ms` and the member is thrown out); here
+/// the run loop calls ``step(budget:)`` between polls of the group consumer, whose restoring
+/// partitions stay paused. Every restoring partition is assigned to the restore consumer at
+/// once, so they fetch in parallel. A partition is done when its position reaches the high
+/// watermark seen when its restore began (transaction markers move the position past the last
+/// record).
+final class ChangelogRestorer<Role: StreamRole> {
+    /// Restore progress, for logs, metrics and health.
+    struct Progress: Sendable, Hashable {
+        var restoring = 0
+        var restored = 0
+        var remaining: Int64 = 0
+    }
+
+    private struct Job {
+        let slot: TaskSlot<Role>
+        let store: Role.Task.Store
+        let high: Int64
+        var next: Int64
+        var positions: [Int64]
+        var applied = 0
+        var sinceCommit = 0
+        let began: ContinuousClock.Instant
+    }
+
+    let consumer: KafkaConsumer
+    let topic: String
+    let sourceCount: Int
+    private let logger: Logger
+    private var jobs: [Int32: Job] = [:]
+    private var lastLog = ContinuousClock.now
+    /// Totals over the run.
+    private(set) var restoredRecords = 0
+    private(set) var restoreSeconds = 0.0
+
+    /// Records applied between intermediate commits of a long restore: bounds what a restore
+    /// holds in memory and what a crash during it repeats.
+    static var commitEvery: Int { 200_000 }
+
+    init(consumer: KafkaConsumer, topic: String, sourceCount: Int, logger: Logger) {
+        self.consumer = consumer
+        self.topic = topic
+        self.sourceCount = sourceCount
+        self.logger = logger
+    }
+
+    var isIdle: Bool { jobs.isEmpty }
+
+    var progress: Progress {
+        Progress(restoring: jobs.count, restored: restoredRecords,
+                 remaining: jobs.values.reduce(0) { $0 + max($1.high - $1.next, 0) })
+    }
+
+    /// Decides where `slot`'s restore starts. Returns false when the store is current (nothing
+    /// to replay); `slot.restoredPositions` then holds its checkpoint's positions. `rebuild`
+    /// deletes and reopens a store that cannot be trusted.
+    func begin(_ slot: TaskSlot<Role>, store: inout Role.Task.Store,
+               rebuild: () throws -> Role.Task.Store) throws -> Bool {
+        let tp = KafkaTopicPartition(topic, slot.partition)
+        let marks = try consumer.queryWatermarks(tp, timeout: .seconds(30))
+        // From the last record already applied: its headers give the exact source positions
+        // (applying it again changes nothing).
+        var start = store.checkpoint.map { $0.changelogOffset - 1 } ?? marks.low
+        if start > marks.high {
+            logger.warning("store is ahead of its changelog (the topic was recreated?); rebuilding it from the changelog",
+                           metadata: ["partition": "\(slot.partition)", "checkpoint": "\(start)", "high": "\(marks.high)"])
+            store = try rebuild()
+            start = marks.low
+        }
+        if start < marks.low {
+            if store.checkpoint != nil {
+                logger.warning("the changelog no longer holds the store's checkpoint; restoring from its earliest offset",
+                               metadata: ["partition": "\(slot.partition)", "checkpoint": "\(start)", "earliest": "\(marks.low)"])
+            }
+            start = marks.low
+        }
+        slot.restoredPositions = Self.positions(of: store.checkpoint, count: sourceCount)
+        guard start < marks.high else { return false }
+        logger.info("restoring", metadata: ["partition": "\(slot.partition)", "from": "\(start)", "to": "\(marks.high)"])
+        jobs[slot.partition] = Job(slot: slot, store: store, high: marks.high, next: start,
+                                   positions: slot.restoredPositions, began: .now)
+        try reassign()
+        return true
+    }
+
+    /// Applies what arrives within about `budget`; returns the slots whose restore finished
+    /// (their stores committed, `restoredPositions` set).
+    func step(budget: Duration) throws -> [TaskSlot<Role>] {
+        guard !jobs.isEmpty else { return [] }
+        let deadline = ContinuousClock.now + budget
+        var finished: [TaskSlot<Role>] = []
+        repeat {
+            _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(20)) { m in
+                guard var job = jobs[m.partition] else { return }
+                do {
+                    try job.store.apply(key: m.key ?? UnsafeRawBufferPointer(start: nil, count: 0), value: m.value)
+                } catch {
+                    throw ProcessorError("changelog \(topic)/\(m.partition) offset \(m.offset) cannot be restored: \(error). The changelog is internal: delete the state directory and the changelog topic to rebuild the state from the input, or run the version that wrote it")
+                }
+                if let h = m.header(ChangelogPositions.header) {
+                    guard let positions = ChangelogPositions.decode(h), positions.count == sourceCount else {
+                        throw ProcessorError("changelog \(topic)/\(m.partition) offset \(m.offset) has a malformed \(ChangelogPositions.header) header. The changelog is internal: delete the state directory and the changelog topic to rebuild the state from the input")
+                    }
+                    job.positions = positions
+                }
+                job.next = m.offset + 1
+                job.applied += 1
+                job.sinceCommit += 1
+                jobs[m.partition] = job
+            }
+            for (p, var job) in jobs {
+                // Transaction markers advance the position without a record.
+                if let position = try consumer.position([KafkaTopicPartition(topic, p)]).first?.offset, position > job.next {
+                    job.next = position
+                }
+                if job.next >= job.high || job.sinceCommit >= Self.commitEvery {
+                    try job.store.commitRestore(checkpoint: StoreCheckpoint(positions: job.positions, changelogOffset: job.next))
+                    job.sinceCommit = 0
+                }
+                if job.next >= job.high {
+                    let elapsed = Self.seconds(ContinuousClock.now - job.began)
+                    restoredRecords += job.applied
+                    restoreSeconds += elapsed
+                    logger.info("restored", metadata: [
+                        "partition": "\(p)", "records": "\(job.applied)", "seconds": "\(String(format: "%.3f", elapsed))",
+                        "rate": "\(Int(Double(job.applied) / max(elapsed, 1e-6)))/s",
+                    ])
+                    job.slot.restoredPositions = job.positions
+                    jobs[p] = nil
+                    finished.append(job.slot)
+                } else {
+                    jobs[p] = job
+                }
+            }
+        } while !jobs.isEmpty && ContinuousClock.now < deadline
+        if !finished.isEmpty { try reassign() }
+        if !jobs.isEmpty, ContinuousClock.now - lastLog >= .seconds(5) {
+            lastLog = .now
+            let p = progress
+            logger.info("restoring", metadata: ["tasks": "\(p.restoring)", "remaining": "\(p.remaining)"])
+        }
+        return finished
+    }
+
+    /// Stops restoring `partition` (revoked): what it applied so far is committed, so a later
+    /// restore of it continues from there.
+    func cancel(_ partition: Int32) {
+        guard let job = jobs.removeValue(forKey: partition) else { return }
+        do {
+            try job.store.commitRestore(checkpoint: StoreCheckpoint(positions: job.positions, changelogOffset: job.next))
+        } catch {
+            job.store.rollback()
+        }
+        try? reassign()
+    }
+
+    private func reassign() throws {
+        if jobs.isEmpty {
+            try consumer.unassign()
+        } else {
+            try consumer.assign(jobs.values.map { KafkaTopicPartitionOffset(topic, $0.slot.partition, offset: $0.next) })
+        }
+    }
+
+    /// A store checkpoint's source positions, padded to `count` with -1 (unknown).
+    static func positions(of checkpoint: StoreCheckpoint?, count: Int) -> [Int64] {
+        var positions = checkpoint?.positions ?? []
+        if positions.count < count { positions += Array(repeating: -1, count: count - positions.count) }
+        return Array(positions.prefix(count))
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+}

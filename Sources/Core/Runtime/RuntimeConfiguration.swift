@@ -1,0 +1,101 @@
+/// Delivery guarantee of a role on the runtime.
+public enum ProcessingGuarantee: String, Sendable, Hashable, CaseIterable {
+    /// One Kafka transaction per commit interval holds outputs, changelog records, dead letters
+    /// and consumed offsets; the SQLite store commits only after Kafka does.
+    case exactlyOnce = "exactly-once"
+    /// Outputs and changelog are flushed, then the store and the offsets commit: a crash may
+    /// repeat the outputs of the last interval, never lose one.
+    case atLeastOnce = "at-least-once"
+}
+
+/// What the stream runtime needs to run any role, already validated.
+public struct RuntimeConfiguration: Sendable {
+    /// librdkafka properties shared by every client (bootstrap servers, SASL, SSL, `-X` ones).
+    public var kafka: KafkaConfiguration
+    /// The consumer group.
+    public var groupID: String
+    /// Where this group's task stores live: one directory per task below it.
+    public var stateDirectory: String
+    public var guarantee: ProcessingGuarantee
+    /// How often the open transaction commits.
+    public var commitInterval: Duration
+    /// Stop after reaching the end offsets of the (non-internal) sources seen at start.
+    public var untilEnd: Bool
+    /// The transactional id (exactly-once): stable for one instance, unique among instances.
+    public var transactionalID: String
+    /// How long start-up waits for the cluster to answer before it fails.
+    public var connectTimeout: Duration
+    /// Upper bound of records in one transaction, whatever the interval.
+    public var maxRecordsPerTransaction: Int
+
+    public init(kafka: KafkaConfiguration, groupID: String, stateDirectory: String, guarantee: ProcessingGuarantee,
+                commitInterval: Duration, untilEnd: Bool, transactionalID: String, connectTimeout: Duration = .seconds(15),
+                maxRecordsPerTransaction: Int = 50_000) {
+        self.kafka = kafka
+        self.groupID = groupID
+        self.stateDirectory = stateDirectory
+        self.guarantee = guarantee
+        self.commitInterval = commitInterval
+        self.untilEnd = untilEnd
+        self.transactionalID = transactionalID
+        self.connectTimeout = connectTimeout
+        self.maxRecordsPerTransaction = maxRecordsPerTransaction
+    }
+
+    /// librdkafka properties the runtime sets itself: a `-X` for one of them is refused, with
+    /// the setting to use instead.
+    public static let ownedProperties: [String: String] = [
+        "group.id": "--application-id",
+        "transactional.id": "--instance-id",
+        "isolation.level": "--guarantee",
+        "enable.auto.commit": "(offsets commit with the state)",
+        "enable.auto.offset.store": "(offsets commit with the state)",
+    ]
+
+    /// The group's members must assign partition p of every source to one member; `range` does
+    /// for co-partitioned topics, the others do not.
+    public static func checkAssignmentStrategy(_ kafka: KafkaConfiguration) throws(ConfigurationError) {
+        guard let strategy = kafka["partition.assignment.strategy"] else { return }
+        let names = strategy.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard names == ["range"] else {
+            throw ConfigurationError("partition.assignment.strategy=\(strategy) is not supported: partition p of the input and of the internal topics must go to one instance, which only 'range' guarantees (leave it unset)")
+        }
+    }
+}
+
+/// Counters of one runtime run.
+public struct RuntimeStatistics: Sendable, Hashable {
+    /// Records handled (committed or not; a rewind counts them again).
+    public var records = 0
+    public var transactionsCommitted = 0
+    public var transactionsAborted = 0
+    /// Transaction calls repeated after a retriable error.
+    public var transactionRetries = 0
+    /// Rewinds to the last commit after an abort.
+    public var rewinds = 0
+    public var changelogRecords = 0
+    public var restoredRecords = 0
+    /// Changelog records still to restore, and tasks restoring.
+    public var restoreRemaining: Int64 = 0
+    public var restoringTasks = 0
+    public var tasks = 0
+    /// Time spent restoring stores from the changelog.
+    public var restoreSeconds = 0.0
+    /// From the first record handled to the last commit (excludes joining the group and restoring).
+    public var processingSeconds = 0.0
+    /// Of which: waiting in poll, and committing (changelog, offsets, Kafka and SQLite commits).
+    public var pollSeconds = 0.0
+    public var commitSeconds = 0.0
+    /// Of the commit time: writing changelog records, the Kafka transaction's offsets and
+    /// commit, and the stores' commits (with their periodic SQLite writes).
+    public var changelogSeconds = 0.0
+    public var kafkaCommitSeconds = 0.0
+    public var storeCommitSeconds = 0.0
+}
+
+/// A failure that stops the run: the message is one line for the operator.
+public struct ProcessorError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
