@@ -523,6 +523,11 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
 
     /// An abortable failure rolls everything back and rewinds; a fatal one stops the run.
     private func recover(from error: any Error, leaving: Set<Int32>) throws {
+        if let kafka = error as? KafkaError {
+            // A refused changelog record: the coordinator says whether the transaction aborts.
+            do { try coordinator.recordFailed(kafka) } catch { return try recover(from: error, leaving: leaving) }
+            return try recover(from: TransactionAbortRequired(underlying: kafka, operation: "produce"), leaving: leaving)
+        }
         switch error {
         case let abort as TransactionAbortRequired:
             logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])

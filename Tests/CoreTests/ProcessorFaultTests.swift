@@ -1,0 +1,212 @@
+import Foundation
+import Logging
+import Testing
+@testable import Core
+
+/// A broker error injected into the processor's transactions.
+struct InjectedFault: CustomStringConvertible, Sendable {
+    let name: String
+    let api: Int16
+    let code: Int32
+    var description: String { name }
+}
+
+extension ProcessorTopics {
+    /// The group's committed offsets of the input topic, by partition.
+    func committedInputOffsets() throws -> [Int32: Int64] {
+        let consumer = try cluster.consumer(group: applicationID)
+        defer { consumer.close() }
+        let committed = try consumer.committed((0..<Int32(partitions)).map { KafkaTopicPartition(input, $0) }, timeout: .seconds(10))
+        return Dictionary(uniqueKeysWithValues: committed.map { ($0.topicPartition.partition, $0.offset) })
+    }
+
+    /// The input positions the state covers, by partition: from the last changelog record of
+    /// each partition (the last transaction's), which carries them.
+    func changelogInputPositions() async throws -> [Int32: Int64] {
+        let consumer = try cluster.consumer(["isolation.level": "read_committed"])
+        let topic = "\(applicationID)-windows-changelog", partitions = self.partitions
+        let positions = try await offPool { () -> [Int32: Int64] in
+            var last: [Int32: Int64] = [:]
+            for p in 0..<Int32(partitions) {
+                let tp = KafkaTopicPartition(topic, p)
+                let high = try consumer.queryWatermarks(tp, timeout: .seconds(10)).high
+                try consumer.assign([KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning)])
+                let deadline = ContinuousClock.now + .seconds(20)
+                while ContinuousClock.now < deadline {
+                    for m in try consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) {
+                        if let h = m.headers.first(where: { $0.name == ChangelogPositions.header })?.value,
+                           let decoded = h.withUnsafeBytes({ ChangelogPositions.decode($0) }) {
+                            last[p] = decoded[0]
+                        }
+                    }
+                    if let position = try consumer.position([tp]).first?.offset, position >= high { break }
+                }
+            }
+            return last
+        }
+        await consumer.close()
+        return positions
+    }
+
+    /// The input topic's end offsets, by partition.
+    func inputEndOffsets() throws -> [Int32: Int64] {
+        let consumer = try cluster.consumer()
+        defer { consumer.close() }
+        var ends: [Int32: Int64] = [:]
+        for p in 0..<Int32(partitions) { ends[p] = try consumer.queryWatermarks(KafkaTopicPartition(input, p), timeout: .seconds(10)).high }
+        return ends
+    }
+
+    /// Every expected transaction has an output whose last committed version is the expected
+    /// one; exactly one unless the mock (which keeps aborted records visible) aborted some.
+    func expectOutputs(_ expected: [String: [UInt8]], aborted: Bool) async throws {
+        let outputs = try await read(output, count: expected.count)
+        var seen: [String: [[UInt8]]] = [:]
+        for m in outputs { seen[try #require(transactionID(of: m.value)), default: []].append(m.value!) }
+        #expect(Set(seen.keys) == Set(expected.keys))
+        var last: [String: [UInt8]] = [:]
+        for (id, values) in seen { last[id] = values.last }
+        #expect(differences(last, expected) == [])
+        if !aborted || !cluster.isMock {
+            #expect(seen.values.allSatisfy { $0.count == 1 }, "duplicate outputs")
+        }
+    }
+}
+
+extension ProcessorTests {
+    static let abortableFaults = [
+        InjectedFault(name: "EndTxn UNKNOWN_PRODUCER_ID", api: MockCluster.APIKey.endTxn, code: KafkaError.Code.unknownProducerID),
+        InjectedFault(name: "TxnOffsetCommit UNKNOWN_MEMBER_ID", api: MockCluster.APIKey.txnOffsetCommit, code: 25),
+        InjectedFault(name: "AddPartitionsToTxn TOPIC_AUTHORIZATION_FAILED", api: MockCluster.APIKey.addPartitionsToTxn,
+                      code: KafkaError.Code.topicAuthorizationFailed),
+        InjectedFault(name: "Produce INVALID_RECORD", api: MockCluster.APIKey.produce, code: KafkaError.Code.invalidRecord),
+    ]
+
+    /// An abortable error in a transaction aborts it, rolls the stores back, rewinds and handles
+    /// the same records again; `--until-end` exits only once every input record is committed.
+    @Test(arguments: abortableFaults)
+    func abortableFaultAbortsRewindsAndProcessesAgain(_ fault: InjectedFault) async throws {
+        let cluster = try TestCluster()
+        guard let mock = cluster.mock else { try Test.cancel("fault injection needs the mock cluster (POLYGLOT_TEST_BOOTSTRAP is set)") }
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
+        // The mock keeps aborted records visible to read_committed readers, so repartitioned
+        // records of an aborted transaction would come back there; a real cluster hides them,
+        // and runs this with records that go through the repartition topic.
+        let workload = Workload.valid(count: 900, cards: 15, misKeyedCards: cluster.isMock ? 0 : 2)
+        try await topics.produce(workload.kafkaRecords)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        // Injected after the input is written, so the processor's own requests meet it.
+        mock.pushRequestErrors(apiKey: fault.api, errors: [fault.code])
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        try await run(processor, timeout: .seconds(60))
+        let s = processor.statistics
+        #expect(s.transactionsAborted >= 1, "the processor never saw \(fault)")
+        #expect(s.rewinds >= 1)
+        #expect(s.records > workload.records.count, "the rewound records were not handled again")
+        // Everything up to the end is committed: in the state's changelog positions, and (where
+        // the cluster stores transactional offsets, which the mock does not) in the group.
+        let ends = try topics.inputEndOffsets()
+        #expect(try await topics.changelogInputPositions() == ends)
+        if !cluster.isMock { #expect(try topics.committedInputOffsets() == ends) }
+        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: true)
+    }
+
+    /// A fenced producer (another instance took the transactional id) or an unusable one stops
+    /// the run with a one-line reason, nothing committed after it.
+    @Test(arguments: [
+        (InjectedFault(name: "EndTxn PRODUCER_FENCED", api: MockCluster.APIKey.endTxn, code: KafkaError.Code.producerFenced),
+         "another instance with the same transactional id took over"),
+        (InjectedFault(name: "EndTxn INVALID_TXN_STATE", api: MockCluster.APIKey.endTxn, code: KafkaError.Code.invalidTransactionState),
+         "fatal Kafka error"),
+    ])
+    func fatalFaultStopsTheRunWithItsReason(_ fault: InjectedFault, _ reason: String) async throws {
+        let cluster = try TestCluster()
+        guard let mock = cluster.mock else { try Test.cancel("fault injection needs the mock cluster (POLYGLOT_TEST_BOOTSTRAP is set)") }
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        let workload = Workload.valid(count: 300, cards: 7)
+        try await topics.produce(workload.kafkaRecords)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        mock.pushRequestErrors(apiKey: fault.api, errors: [fault.code])
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: ProcessorError.self) { try await processor.runOnDedicatedThread() }
+        #expect(error?.message.contains(reason) == true, "\(error?.message ?? "no error")")
+        #expect(error?.message.contains("\n") == false)
+        #expect(ContinuousClock.now - started < .seconds(30))
+        #expect(processor.statistics.transactionsCommitted == 0)
+    }
+
+    /// A card's state lives in one task whatever partitioner wrote its records: records that a
+    /// CRC32 producer put on another partition than murmur2 would go through the repartition
+    /// topic, so the verdicts equal replay's over the card's records in order.
+    @Test func mixedPartitionersGiveReplaysVerdicts() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 4)
+        let workload = Workload.valid(count: 800, cards: 20, misKeyedCards: 0)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        // First half from a librdkafka-default (CRC32) producer, processed; then the second half
+        // from a Java-compatible (murmur2) one: each card's records stay in order.
+        let half = workload.records.count / 2
+        let crc32 = try cluster.producer(["partitioner": KafkaPartitioner.crc32.librdkafkaName])
+        for r in workload.records[..<half] { try crc32.produce(topic: topics.input, key: r.key, value: r.value, blockIfQueueFull: true) }
+        try await crc32.flush(timeout: .seconds(30))
+        _ = await crc32.close()
+        let misplaced = try await topics.misplacedInputRecords(count: half)
+        #expect(misplaced > 0, "the CRC32 producer put every card where murmur2 would: the test proves nothing")
+        let first = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        try await run(first)
+        #expect(first.statistics.repartitioned == misplaced)
+        try await topics.produce(Array(workload.kafkaRecords[half...]))
+        let second = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        try await run(second)
+        #expect(second.statistics.repartitioned == 0)
+        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: false)
+    }
+
+    /// A changelog record no version of the store writes stops that task's restore with a
+    /// message naming the topic, partition and offset, and what to do.
+    @Test func malformedChangelogRecordStopsTheRestoreWithItsPosition() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
+        let changelog = "\(topics.applicationID)-windows-changelog"
+        let producer = try cluster.producer()
+        try producer.produce(topic: changelog, partition: 0, key: [0x02, 0x63] + Array("card".utf8), value: [1, 2, 3], blockIfQueueFull: true)
+        try await producer.flush(timeout: .seconds(10))
+        _ = await producer.close()
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        let error = await #expect(throws: ProcessorError.self) { try await processor.runOnDedicatedThread() }
+        #expect(error?.message.contains("changelog \(changelog)/0 offset 0 cannot be restored") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("delete the state directory and the changelog topic") == true)
+    }
+
+    /// An unreachable cluster fails start-up within the connect timeout, naming the servers;
+    /// a stop request during start-up ends it at once, without an error.
+    @Test func unreachableClusterFailsWithinTheConnectTimeout() async throws {
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        var configuration = ProcessorConfiguration(kafka: KafkaConfiguration(bootstrapServers: "127.0.0.1:9"), stateDirectory: state.path,
+                                                   fingerprintDigest: String(repeating: "0", count: 64), untilEnd: true)
+        configuration.connectTimeout = .seconds(2)
+        let processor = try StreamProcessor(configuration: configuration, logger: logger)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: ProcessorError.self) { try await processor.runOnDedicatedThread() }
+        #expect(error?.message.contains("cannot reach Kafka at 127.0.0.1:9 within") == true, "\(error?.message ?? "")")
+        #expect(ContinuousClock.now - started < .seconds(10))
+
+        configuration.connectTimeout = .seconds(60)
+        let stopped = try StreamProcessor(configuration: configuration, logger: logger)
+        let begun = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await stopped.runOnDedicatedThread() }
+            try await Task.sleep(for: .milliseconds(300))
+            stopped.requestStop()
+            try await group.waitForAll()
+        }
+        #expect(ContinuousClock.now - begun < .seconds(5))
+    }
+}
