@@ -43,7 +43,10 @@ public struct Detector: Sendable {
         if p.isClosed(windowStart: s, cardMax: cardMax, streamTime: streamTime) {
             return Verdict(windowStart: s, count: 0, isFlagged: false, isLate: true)
         }
-        let k = store.windowCount(card, windowStart: s) + 1
+        // Saturating: a count can only come near the limit from a damaged store, and a
+        // verdict must never wrap (or trap) on one.
+        let (next, overflow) = store.windowCount(card, windowStart: s).addingReportingOverflow(1)
+        let k = overflow ? Int64.max : next
         let newStreamTime = max(streamTime ?? t, t)
         store.putAccepted(card, windowStart: s, count: k, cardMax: max(cardMax ?? t, t), streamTime: newStreamTime)
         if let due = nextPurgeAt {
