@@ -75,18 +75,8 @@ public final class KafkaAdmin: @unchecked Sendable {
         newTopics.withUnsafeMutableBufferPointer { buffer in
             rd_kafka_CreateTopics(handle, buffer.baseAddress, buffer.count, options, queue)
         }
-        // The request itself times out after `timeout`; wait a little longer for its result.
-        guard let event = rd_kafka_queue_poll(queue, milliseconds(timeout) + 5_000) else {
-            throw KafkaError(RD_KAFKA_RESP_ERR__TIMED_OUT, detail: "CreateTopics: no response")
-        }
+        let event = try Self.result(of: "CreateTopics", on: queue, timeout: timeout)
         defer { rd_kafka_event_destroy(event) }
-        let err = rd_kafka_event_error(event)
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            let detail = rd_kafka_event_error_string(event).map { String(cString: $0) }
-            let error = KafkaError(err, detail: detail)
-            if Self.meansNoAdminAPI(err) { throw KafkaAdminUnavailable(operation: "CreateTopics", underlying: error) }
-            throw error
-        }
         guard let result = rd_kafka_event_CreateTopics_result(event) else {
             throw KafkaError(RD_KAFKA_RESP_ERR__BAD_MSG, detail: "CreateTopics: unexpected result event")
         }
@@ -150,16 +140,8 @@ public final class KafkaAdmin: @unchecked Sendable {
         resources.withUnsafeMutableBufferPointer { buffer in
             rd_kafka_DescribeConfigs(handle, buffer.baseAddress, buffer.count, options, queue)
         }
-        guard let event = rd_kafka_queue_poll(queue, milliseconds(timeout) + 5_000) else {
-            throw KafkaError(RD_KAFKA_RESP_ERR__TIMED_OUT, detail: "DescribeConfigs: no response")
-        }
+        let event = try Self.result(of: "DescribeConfigs", on: queue, timeout: timeout)
         defer { rd_kafka_event_destroy(event) }
-        let err = rd_kafka_event_error(event)
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            let error = KafkaError(err, detail: rd_kafka_event_error_string(event).map { String(cString: $0) })
-            if Self.meansNoAdminAPI(err) { throw KafkaAdminUnavailable(operation: "DescribeConfigs", underlying: error) }
-            throw error
-        }
         guard let result = rd_kafka_event_DescribeConfigs_result(event) else {
             throw KafkaError(RD_KAFKA_RESP_ERR__BAD_MSG, detail: "DescribeConfigs: unexpected result event")
         }
@@ -178,6 +160,21 @@ public final class KafkaAdmin: @unchecked Sendable {
             return rd_kafka_ConfigEntry_value(entry).map { String(cString: $0) }
         }
         return nil
+    }
+
+    /// Waits for an admin request's result event (the caller destroys it); a request-level
+    /// error throws, as ``KafkaAdminUnavailable`` when it means the broker has no admin API.
+    private static func result(of operation: String, on queue: OpaquePointer?, timeout: Duration) throws -> OpaquePointer {
+        // The request itself times out after `timeout`; wait a little longer for its result.
+        guard let event = rd_kafka_queue_poll(queue, milliseconds(timeout) + 5_000) else {
+            throw KafkaError(RD_KAFKA_RESP_ERR__TIMED_OUT, detail: "\(operation): no response")
+        }
+        let err = rd_kafka_event_error(event)
+        guard err != RD_KAFKA_RESP_ERR_NO_ERROR else { return event }
+        let error = KafkaError(err, detail: rd_kafka_event_error_string(event).map { String(cString: $0) })
+        rd_kafka_event_destroy(event)
+        if meansNoAdminAPI(err) { throw KafkaAdminUnavailable(operation: operation, underlying: error) }
+        throw error
     }
 
     static func meansNoAdminAPI(_ err: rd_kafka_resp_err_t) -> Bool {

@@ -2,30 +2,15 @@ import Crypto
 import Foundation
 import Logging
 
-/// Counters of one processor run: the runtime's and the fraud role's.
+/// Counters of one processor run: the runtime's and the fraud role's, each readable by name
+/// (`statistics.records`, `statistics.outputs`).
+@dynamicMemberLookup
 public struct ProcessorStatistics: Sendable, Hashable {
-    /// Input and repartition records handled (committed or not).
-    public var records = 0
-    public var outputs = 0
-    public var deadLetters = 0
-    public var repartitioned = 0
-    public var flagged = 0
-    public var late = 0
-    public var transactionsCommitted = 0
-    public var transactionsAborted = 0
-    /// Transaction calls repeated after a retriable error.
-    public var transactionRetries = 0
-    /// Rewinds to the last commit after an abort.
-    public var rewinds = 0
-    public var changelogRecords = 0
-    public var restoredRecords = 0
-    public var restoreSeconds = 0.0
-    public var processingSeconds = 0.0
-    public var pollSeconds = 0.0
-    public var commitSeconds = 0.0
-    public var changelogSeconds = 0.0
-    public var kafkaCommitSeconds = 0.0
-    public var storeCommitSeconds = 0.0
+    public var runtime: RuntimeStatistics
+    public var fraud: FraudDetectionCounters
+
+    public subscript<T>(dynamicMember key: KeyPath<RuntimeStatistics, T>) -> T { runtime[keyPath: key] }
+    public subscript<T>(dynamicMember key: KeyPath<FraudDetectionCounters, T>) -> T { fraud[keyPath: key] }
 }
 
 /// `polyglot process`: the fraud role (``FraudDetectionRole``) on the stream runtime
@@ -54,16 +39,7 @@ public final class StreamProcessor: Sendable {
     public func requestStop() { runtime.requestStop() }
 
     public var statistics: ProcessorStatistics {
-        let r = runtime.statistics
-        let f = role.counters
-        return ProcessorStatistics(
-            records: r.records, outputs: f.outputs, deadLetters: f.deadLetters, repartitioned: f.repartitioned,
-            flagged: f.flagged, late: f.late,
-            transactionsCommitted: r.transactionsCommitted, transactionsAborted: r.transactionsAborted,
-            transactionRetries: r.transactionRetries, rewinds: r.rewinds, changelogRecords: r.changelogRecords,
-            restoredRecords: r.restoredRecords, restoreSeconds: r.restoreSeconds, processingSeconds: r.processingSeconds,
-            pollSeconds: r.pollSeconds, commitSeconds: r.commitSeconds, changelogSeconds: r.changelogSeconds,
-            kafkaCommitSeconds: r.kafkaCommitSeconds, storeCommitSeconds: r.storeCommitSeconds)
+        ProcessorStatistics(runtime: runtime.statistics, fraud: role.counters)
     }
 
     /// The transactional id: `<application-id>-<instance id>`.
