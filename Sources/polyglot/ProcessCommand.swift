@@ -42,7 +42,7 @@ struct ProcessCommand: AsyncParsableCommand {
     @Option(help: "exactly-once (default) or at-least-once.")
     var guarantee: String?
 
-    @Option(help: "How often the open transaction commits (default 100ms).")
+    @Option(parsing: .unconditional, help: "How often the open transaction commits (default 100ms).")
     var commitInterval: String?
 
     @Option(help: "Stable id of this instance for its transactional producer (default: derived from host and state dir).")
@@ -56,19 +56,19 @@ struct ProcessCommand: AsyncParsableCommand {
                                valueName: "key=value"))
     var properties: [String] = []
 
-    @Option(help: "Tumbling window size (ms, s, m, h; a bare number is ms; default 60s).")
+    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default 60s).")
     var window: String?
 
-    @Option(help: "Flag a transaction when its window's count exceeds this (default 3).")
+    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default 3).")
     var threshold: String?
 
-    @Option(help: "How long after its end a window still accepts records (default 0s).")
+    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default 0s).")
     var grace: String?
 
-    @Option(help: "How far behind stream time a window is kept (default 1h).")
+    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default 1h).")
     var retention: String?
 
-    @Option(help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
+    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
     var maxFutureSkew: String?
 
     @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
