@@ -36,21 +36,27 @@ public struct ProcessorSettings: Sendable {
         KAFKA_BOOTSTRAP_SERVERS, POLYGLOT_APPLICATION_ID, POLYGLOT_INPUT_TOPIC, POLYGLOT_OUTPUT_TOPIC, \
         POLYGLOT_DLQ_TOPIC, POLYGLOT_STATE_DIR, POLYGLOT_GUARANTEE, POLYGLOT_COMMIT_INTERVAL, \
         POLYGLOT_INSTANCE_ID, POLYGLOT_UNTIL_END (1/true), POLYGLOT_KAFKA_PROPERTIES (key=value pairs \
-        separated by newlines or ';'), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
+        separated by newlines, or by ';' before a property name), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
         POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_CONFIG (the settings file)
         """
 
-    /// Reads a settings file: `NAME=value` per line, blank lines and `#` comments ignored.
-    /// Unknown names are an error (a typo must not be silently ignored).
+    /// Reads a settings file: `NAME=value` per line (LF, CRLF or CR; a leading UTF-8 byte order
+    /// mark is skipped), blank lines and `#` comments ignored. Unknown names are an error (a typo
+    /// must not be silently ignored).
     public static func readFile(_ path: String) throws(ConfigurationError) -> [String: String] {
-        let text: String
+        let bytes: [UInt8]
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            bytes = try FileStream.readAll(path)
         } catch {
-            throw ConfigurationError("cannot read settings file \(path): \((error as NSError).localizedDescription)")
+            throw ConfigurationError("settings file: \(error.description)")
         }
+        guard var text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigurationError("settings file \(path) is not UTF-8 text")
+        }
+        if text.hasPrefix("\u{FEFF}") { text.removeFirst() }
         var values: [String: String] = [:]
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // A Character is a whole grapheme, so "\r\n" is one newline here, as are "\n" and "\r".
+        for (index, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             guard let eq = line.firstIndex(of: "=") else {
@@ -120,8 +126,7 @@ public struct ProcessorSettings: Sendable {
             maxFutureSkew: milliseconds(maxFutureSkew, "POLYGLOT_MAX_FUTURE_SKEW", "--max-future-skew", d.maxFutureSkew))
         var kafka = KafkaConfiguration()
         for layer in kafkaLayers {
-            let pairs = layer.text.split(whereSeparator: { $0 == "\n" || $0 == ";" }).map(String.init).filter { !$0.allSatisfy(\.isWhitespace) }
-            do { try kafka.apply(overrides: pairs) } catch {
+            do { try kafka.apply(overrides: KafkaConfiguration.splitPropertyList(layer.text)) } catch {
                 throw ConfigurationError("\(layer.source): \(error.message)")
             }
         }
