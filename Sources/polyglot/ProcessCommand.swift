@@ -36,7 +36,7 @@ struct ProcessCommand: AsyncParsableCommand {
     @Option(help: "Dead-letter topic (default financial-transactions.dlq).")
     var dlqTopic: String?
 
-    @Option(help: "Directory of the task stores (default ./state).")
+    @Option(help: "Directory of the task stores, made private (0700) (default $STATE_DIRECTORY under systemd, else ./state; its absolute path is logged at start).")
     var stateDir: String?
 
     @Option(help: "exactly-once (default) or at-least-once.")
@@ -45,7 +45,7 @@ struct ProcessCommand: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "How often the open transaction commits (default 100ms).")
     var commitInterval: String?
 
-    @Option(help: "Stable id of this instance for its transactional producer (default: derived from host and state dir).")
+    @Option(help: "Stable id of this instance for its transactional producer (default: the one kept in the state directory's instance-id file, created at first start).")
     var instanceId: String?
 
     @Flag(help: "Process up to the end offsets seen at start, commit, and exit 0.")

@@ -148,19 +148,38 @@ public struct ProcessorSettings: Sendable {
             throw ConfigurationError("cannot compute the environment fingerprint: \(error)")
         }
 
+        // Absolute from here on: the path logged at start is the one used, whatever later
+        // changes the working directory.
+        let workingDirectory = FileManager.default.currentDirectoryPath
+        let stateDirectoryValue = pick(stateDirectory, "POLYGLOT_STATE_DIR").map {
+            StateDirectory.absolute($0, workingDirectory: workingDirectory)
+        } ?? StateDirectory.defaultPath(environment: environment, workingDirectory: workingDirectory)
+        // Flag, environment, then the id kept in the state directory, then a new one, which the
+        // service keeps there at start: an instance's restarts share one transactional id, and
+        // two instances never do, wherever they run.
+        let instanceIDValue: String
+        if let given = pick(instanceID, "POLYGLOT_INSTANCE_ID") {
+            guard StateDirectory.isValidInstanceID(given) else {
+                throw ConfigurationError("instance id '\(given)' must be 1 to 200 of [a-zA-Z0-9._-]")
+            }
+            instanceIDValue = given
+        } else {
+            instanceIDValue = try StateDirectory.storedInstanceID(in: stateDirectoryValue) ?? StateDirectory.newInstanceID()
+        }
+
         let configuration = ProcessorConfiguration(
             kafka: kafka,
             applicationID: pick(applicationID, "POLYGLOT_APPLICATION_ID") ?? DevBrokerOptions.defaultApplicationID,
             inputTopic: pick(inputTopic, "POLYGLOT_INPUT_TOPIC") ?? DevBrokerOptions.inputTopic,
             outputTopic: pick(outputTopic, "POLYGLOT_OUTPUT_TOPIC") ?? DevBrokerOptions.outputTopic,
             deadLetterTopic: pick(deadLetterTopic, "POLYGLOT_DLQ_TOPIC") ?? DevBrokerOptions.deadLetterTopic,
-            stateDirectory: pick(stateDirectory, "POLYGLOT_STATE_DIR") ?? "state",
+            stateDirectory: stateDirectoryValue,
             guarantee: guaranteeValue,
             commitInterval: .milliseconds(intervalMs),
             parameters: parameters,
             fingerprintDigest: digest,
             untilEnd: untilEndValue,
-            instanceID: pick(instanceID, "POLYGLOT_INSTANCE_ID"))
+            instanceID: instanceIDValue)
         try configuration.validate()
         return configuration
     }
