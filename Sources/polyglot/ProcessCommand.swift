@@ -96,13 +96,17 @@ struct ProcessCommand: AsyncParsableCommand {
         settings.retention = retention
         settings.maxFutureSkew = maxFutureSkew
         settings.configFile = config
-        guard let level = Logger.Level(rawValue: logLevel) else { throw CommandFailure("--log-level: unknown level '\(logLevel)'") }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         let configuration: ProcessorConfiguration
         let service: ProcessorService
         var logger = Logger(label: "polyglot.process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = level
         do {
             configuration = try settings.resolve()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        do {
             service = try ProcessorService(configuration: configuration, logger: logger)
         } catch {
             throw CommandFailure(error.message)
