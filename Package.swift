@@ -59,6 +59,12 @@ let package = Package(
             name: "CoreTests",
             dependencies: ["Core"]
         ),
+        // Runs the built binary: exit codes, messages, stdin and stdout. The dependency makes
+        // SwiftPM build the executable before these tests.
+        .testTarget(
+            name: "PolyglotCLITests",
+            dependencies: ["polyglot"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

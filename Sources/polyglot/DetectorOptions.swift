@@ -3,16 +3,16 @@ import Core
 
 /// The detector's parameters, shared by every command that runs the detector.
 struct DetectorOptions: ParsableArguments {
-    @Option(help: "Tumbling window size (ms, s, m, h; a bare number is ms).")
+    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h; a bare number is ms).")
     var window: String = "60s"
 
-    @Option(help: "Flag a transaction when its window's count exceeds this.")
+    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this.")
     var threshold: Int64 = 3
 
-    @Option(help: "How long after its end a window still accepts records.")
+    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records.")
     var grace: String = "0s"
 
-    @Option(help: "How far behind stream time a window is kept.")
+    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept.")
     var retention: String = "1h"
 
     func parameters() throws -> DetectorParameters {

@@ -10,19 +10,19 @@ struct GenerateCommand: ParsableCommand {
     @Argument(help: "Number of lines.")
     var count: Int
 
-    @Option(help: "Number of distinct cards.")
+    @Option(parsing: .unconditional, help: "Number of distinct cards.")
     var cards: Int = 10_000
 
-    @Option(help: "Random seed.")
+    @Option(parsing: .unconditional, help: "Random seed.")
     var seed: UInt64 = 1
 
-    @Option(help: "Mean transactions per second of event time.")
+    @Option(parsing: .unconditional, help: "Mean transactions per second of event time.")
     var rate: Int = 100
 
-    @Option(help: "Fraction of malformed lines, 0 to 1.")
+    @Option(parsing: .unconditional, help: "Fraction of malformed lines, 0 to 1.")
     var bad: Double = 0
 
-    @Option(help: "Shift event times back by up to this much (out-of-order records).")
+    @Option(parsing: .unconditional, help: "Shift event times back by up to this much (out-of-order records).")
     var jitter: String = "0ms"
 
     @Option(name: .shortAndLong, help: "Output file ('-' for stdout).")

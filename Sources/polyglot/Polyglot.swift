@@ -31,6 +31,8 @@ struct Polyglot: AsyncParsableCommand {
             if code == .success {
                 exit(withError: error)  // --help, --version
             }
+            // A bare exit status: the command has already printed why.
+            if error is ExitCode { exit(withError: error) }
             StandardError.write("polyglot: \(message(for: error))\n")
             exit(withError: ExitCode(code.rawValue))
         }

@@ -36,16 +36,16 @@ struct ProcessCommand: AsyncParsableCommand {
     @Option(help: "Dead-letter topic (default financial-transactions.dlq).")
     var dlqTopic: String?
 
-    @Option(help: "Directory of the task stores (default ./state).")
+    @Option(help: "Directory of the task stores, made private (0700) (default $STATE_DIRECTORY under systemd, else ./state; its absolute path is logged at start).")
     var stateDir: String?
 
     @Option(help: "exactly-once (default) or at-least-once.")
     var guarantee: String?
 
-    @Option(help: "How often the open transaction commits (default 100ms).")
+    @Option(parsing: .unconditional, help: "How often the open transaction commits (default 100ms).")
     var commitInterval: String?
 
-    @Option(help: "Stable id of this instance for its transactional producer (default: derived from host and state dir).")
+    @Option(help: "Stable id of this instance for its transactional producer (default: the one kept in the state directory's instance-id file, created at first start).")
     var instanceId: String?
 
     @Option(help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams', default) or crc32 (librdkafka's default); records elsewhere go through the repartition topic.")
@@ -62,19 +62,19 @@ struct ProcessCommand: AsyncParsableCommand {
                                valueName: "key=value"))
     var properties: [String] = []
 
-    @Option(help: "Tumbling window size (ms, s, m, h; a bare number is ms; default 60s).")
+    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default 60s).")
     var window: String?
 
-    @Option(help: "Flag a transaction when its window's count exceeds this (default 3).")
+    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default 3).")
     var threshold: String?
 
-    @Option(help: "How long after its end a window still accepts records (default 0s).")
+    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default 0s).")
     var grace: String?
 
-    @Option(help: "How far behind stream time a window is kept (default 1h).")
+    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default 1h).")
     var retention: String?
 
-    @Option(help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
+    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
     var maxFutureSkew: String?
 
     @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
@@ -104,13 +104,17 @@ struct ProcessCommand: AsyncParsableCommand {
         settings.retention = retention
         settings.maxFutureSkew = maxFutureSkew
         settings.configFile = config
-        guard let level = Logger.Level(rawValue: logLevel) else { throw CommandFailure("--log-level: unknown level '\(logLevel)'") }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         let configuration: ProcessorConfiguration
         let service: ProcessorService
         var logger = Logger(label: "polyglot.process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = level
         do {
             configuration = try settings.resolve()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        do {
             service = try ProcessorService(configuration: configuration, logger: logger)
         } catch {
             throw CommandFailure(error.message)

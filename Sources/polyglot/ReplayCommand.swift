@@ -7,8 +7,10 @@ struct ReplayCommand: ParsableCommand {
         abstract: "Run the fraud detector over a JSONL file, no broker.",
         discussion: """
             Writes one enriched record per valid input line, in input order. Rejected lines go to \
-            --dlq (or are only counted). Prints a one-line summary on stderr; exits 0 even when \
-            lines were rejected.
+            --dlq (or are only counted). Output files are written beside their target and renamed \
+            into place when the run succeeds; neither may be the input. Prints a one-line summary \
+            on stderr. Exits 0 even when lines were rejected, 64 on a usage error, 1 when a file \
+            cannot be read or written.
             """)
 
     @Argument(help: "Input JSONL file ('-' for stdin).")
@@ -30,6 +32,11 @@ struct ReplayCommand: ParsableCommand {
             input: input, output: output, deadLetters: dlq,
             parameters: try detector.parameters(),
             showProgress: progress && ProgressBar.stderrIsTerminal)
+        do {
+            try options.validate()
+        } catch {
+            throw ValidationError(error.message)
+        }
         do {
             let summary = try Replay(options: options).run()
             StandardError.write(summary.line + "\n")

@@ -36,8 +36,8 @@ enum EnvironmentFile {
         # read after this file and overrides it; command-line flags override both.
         #
         # Syntax: KEY=VALUE, one per line, no shell expansion. Durations take an ms,
-        # s, m or h suffix; a bare integer means milliseconds. A setting left commented
-        # out takes the default shown.
+        # s, m or h suffix, or several from largest to smallest (1m30s); a bare integer
+        # means milliseconds. A setting left commented out takes the default shown.
 
         # Kafka bootstrap servers: comma-separated host:port.
         KAFKA_BOOTSTRAP_SERVERS=\(options.bootstrapServers)

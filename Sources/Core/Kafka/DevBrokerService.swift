@@ -82,14 +82,9 @@ public struct DevBrokerService: Service {
     }
 
     /// Writes a temporary file beside `path`, then renames it: readers see no file or the whole one.
-    static func writeAtomically(_ text: String, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).\(getpid()).tmp")
-        try Data(text.utf8).write(to: temp)
-        if rename(temp.path, url.path) != 0 {
-            let code = errno
-            try? FileManager.default.removeItem(at: temp)
-            throw ConfigurationError("cannot write \(path): \(String(cString: strerror(code)))")
-        }
+    static func writeAtomically(_ text: String, to path: String) throws(FileIOError) {
+        let stream = try FileStream.openForWriting(path)
+        try stream.write(Array(text.utf8))
+        try stream.close()
     }
 }

@@ -67,21 +67,80 @@ public struct KafkaConfiguration: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// True for keys whose values must never be printed or logged.
+    /// True for keys whose values look secret: never printed or logged.
     public static func isSecret(_ key: String) -> Bool {
         let k = key.lowercased()
         return secretMarkers.contains { k.contains($0) }
     }
 
     static let secretMarkers = [
-        "password", "secret", "sasl.oauthbearer.config", "ssl.key", "ssl.keystore",
-        "jaas", "token", "credential", "sasl.kerberos.keytab", "private",
+        "password", "secret", "token", "key", "jaas", "credential", "private", "ssl.", "sasl.",
     ]
 
-    /// `key=value` pairs sorted by key, secrets shown as `[redacted]`.
+    /// True for keys whose values are never shown: secret-looking ones, and names librdkafka
+    /// does not know, since a misspelt secret (`sasl.pasword`) is still a secret.
+    public static func isRedacted(_ key: String) -> Bool {
+        isSecret(key) || !isKnownProperty(key)
+    }
+
+    /// Whether librdkafka knows the property, as a client or a default topic property: it
+    /// answers "unknown" to setting it, with any value, only for a name it does not know.
+    /// (`rd_kafka_conf_get` cannot tell: it says "unknown" for a known property not set yet.)
+    public static func isKnownProperty(_ key: String) -> Bool {
+        // Setting these loads shared libraries; they are librdkafka's own names anyway.
+        if key.hasPrefix("plugin.") { return true }
+        let conf = rd_kafka_conf_new()!
+        defer { rd_kafka_conf_destroy(conf) }
+        var errstr = [CChar](repeating: 0, count: 512)
+        return rd_kafka_conf_set(conf, key, "", &errstr, errstr.count) != RD_KAFKA_CONF_UNKNOWN
+    }
+
+    /// `text` with the value of every redacted property replaced by `[redacted]`: for
+    /// librdkafka's own messages, which may quote a value they reject.
+    public func redacting(_ text: String) -> String {
+        Self.redacting(text, values: redactedValues)
+    }
+
+    /// The values ``redacting(_:)`` hides, longest first (so a value holding another goes whole).
+    var redactedValues: [String] {
+        properties.filter { !$0.value.isEmpty && Self.isRedacted($0.key) }.map(\.value).sorted { $0.count > $1.count }
+    }
+
+    static func redacting(_ text: String, values: [String]) -> String {
+        values.reduce(text) { $0.replacingAll($1, with: "[redacted]") }
+    }
+
+    /// Splits a list of `key=value` properties (``POLYGLOT_KAFKA_PROPERTIES``, a settings file's
+    /// lines) at newlines, and at a `;` only where a property librdkafka knows follows it as
+    /// `name=`: a value such as a password may itself hold `;`.
+    public static func splitPropertyList(_ text: String) -> [String] {
+        var pairs: [String] = []
+        for line in text.split(whereSeparator: \.isNewline) {
+            var current = ""
+            var rest = Substring(line)
+            while let semicolon = rest.firstIndex(of: ";") {
+                let after = rest[rest.index(after: semicolon)...]
+                let candidate = after.drop { $0 == " " || $0 == "\t" }
+                if let eq = candidate.firstIndex(of: "="), isKnownProperty(String(candidate[..<eq])) {
+                    current += rest[..<semicolon]
+                    pairs.append(current)
+                    current = ""
+                    rest = candidate
+                } else {
+                    current += rest[...semicolon]
+                    rest = after
+                }
+            }
+            current += rest
+            pairs.append(current)
+        }
+        return pairs.filter { !$0.allSatisfy(\.isWhitespace) }
+    }
+
+    /// `key=value` pairs sorted by key, redacted values (``isRedacted(_:)``) shown as `[redacted]`.
     public var redactedDescription: String {
         properties.keys.sorted().map { key in
-            "\(key)=\(Self.isSecret(key) ? "[redacted]" : properties[key]!)"
+            "\(key)=\(Self.isRedacted(key) ? "[redacted]" : properties[key]!)"
         }.joined(separator: " ")
     }
 
@@ -97,14 +156,28 @@ public struct KafkaConfiguration: Sendable, Hashable, CustomStringConvertible {
             let result = rd_kafka_conf_set(conf, key, value, &errstr, errstr.count)
             if result != RD_KAFKA_CONF_OK {
                 rd_kafka_conf_destroy(conf)
-                let reason = String(decoding: errstr.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                if Self.isSecret(key) {
-                    throw ConfigurationError("Kafka property \(key): invalid value")
+                let reason = redacting(String(decoding: errstr.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+                if Self.isRedacted(key) {
+                    throw ConfigurationError("Kafka property \(key): \(reason)")
                 }
                 throw ConfigurationError("Kafka property \(key)=\(value): \(reason)")
             }
         }
         return conf
+    }
+}
+
+extension String {
+    fileprivate func replacingAll(_ target: String, with replacement: String) -> String {
+        guard !target.isEmpty else { return self }
+        var result = ""
+        var rest = Substring(self)
+        while let range = rest.firstRange(of: target) {
+            result += rest[..<range.lowerBound]
+            result += replacement
+            rest = rest[range.upperBound...]
+        }
+        return result + rest
     }
 }
 

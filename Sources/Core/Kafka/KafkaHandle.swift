@@ -5,8 +5,14 @@ import Logging
 /// State shared with librdkafka's C callbacks through the configuration opaque.
 ///
 /// Kept alive by the owning client for at least as long as its `rd_kafka_t`.
+///
+/// `@unchecked Sendable`: `logger` is immutable, and `redactedValues` is written only by
+/// ``KafkaHandleFactory/make(type:configuration:context:configure:)`` before `rd_kafka_new`
+/// starts the threads that call back, and never again.
 class KafkaCallbackContext: @unchecked Sendable {
     let logger: Logger
+    /// The client's secret property values, redacted from librdkafka's log lines.
+    var redactedValues: [String] = []
     init(logger: Logger) { self.logger = logger }
 
     var opaque: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
@@ -32,10 +38,11 @@ enum KafkaHandleFactory {
         } catch {
             throw KafkaError(code: RD_KAFKA_RESP_ERR__INVALID_ARG.rawValue, name: "_INVALID_ARG", message: error.message)
         }
+        context.redactedValues = configuration.redactedValues
         rd_kafka_conf_set_opaque(conf, context.opaque)
         rd_kafka_conf_set_log_cb(conf) { rk, level, facility, buffer in
             guard let rk, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return }
-            let text = buffer.map { String(cString: $0) } ?? ""
+            let text = KafkaConfiguration.redacting(buffer.map { String(cString: $0) } ?? "", values: context.redactedValues)
             let fac = facility.map { String(cString: $0) } ?? ""
             context.logger.log(level: logLevel(librdkafkaLevel: level, facility: fac, text: text), "\(fac): \(text)",
                                metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))"])
@@ -46,7 +53,7 @@ enum KafkaHandleFactory {
             // On failure the configuration is still ours.
             rd_kafka_conf_destroy(conf)
             throw KafkaError(code: RD_KAFKA_RESP_ERR__INVALID_ARG.rawValue, name: "_INVALID_ARG",
-                             message: "cannot create Kafka client: \(cString(errstr))")
+                             message: "cannot create Kafka client: \(configuration.redacting(cString(errstr)))")
         }
         return rk
     }

@@ -22,11 +22,19 @@ public final class FileStream {
     let fd: Int32
     private let owned: Bool
     private var closed = false
+    /// A temporary file written in place of `target`, renamed over it by ``close()``.
+    private let replacing: (temporary: String, target: String)?
 
-    private init(path: String, fd: Int32, owned: Bool) {
+    private init(path: String, fd: Int32, owned: Bool, replacing: (temporary: String, target: String)? = nil) {
         self.path = path
         self.fd = fd
         self.owned = owned
+        self.replacing = replacing
+    }
+
+    /// Takes ownership of an open descriptor (closed by ``close()``).
+    convenience init(adopting fd: Int32, path: String) {
+        self.init(path: path, fd: fd, owned: true)
     }
 
     /// Opens `path` for reading (`-`: stdin).
@@ -42,12 +50,89 @@ public final class FileStream {
         return FileStream(path: path, fd: fd, owned: true)
     }
 
-    /// Creates or truncates `path` for writing (`-`: stdout).
+    /// Opens `path` for writing (`-`: stdout). A regular file (or a path that does not exist yet)
+    /// is written to a temporary file beside it, which ``close()`` renames into place: a run that
+    /// fails, or never reaches `close()`, leaves the old file as it was and no half-written one.
+    /// Anything else (`/dev/null`, a pipe, a terminal) is written directly.
     public static func openForWriting(_ path: String) throws(FileIOError) -> FileStream {
         if path == "-" { return FileStream(path: "stdout", fd: 1, owned: false) }
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw FileIOError(path: path, operation: "create", code: errno) }
-        return FileStream(path: path, fd: fd, owned: true)
+        var target = path
+        var mode: mode_t = 0o644
+        var st = stat()
+        if stat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                if (st.st_mode & S_IFMT) == S_IFDIR { throw FileIOError(path: path, operation: "write", code: EISDIR) }
+                let fd = open(path, O_WRONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw FileIOError(path: path, operation: "open", code: errno) }
+                return FileStream(path: path, fd: fd, owned: true)
+            }
+            // Replace the file a symbolic link points to, not the link; keep the file's mode.
+            if let resolved = realpath(path, nil) {
+                target = String(cString: resolved)
+                free(resolved)
+            }
+            mode = st.st_mode & 0o7777
+        }
+        let directory = target.lastIndex(of: "/").map { String(target[...$0]) } ?? ""
+        let name = target.lastIndex(of: "/").map { String(target[target.index(after: $0)...]) } ?? target
+        for attempt in 0..<100 {
+            let temporary = "\(directory).\(name).\(getpid())-\(attempt).tmp"
+            let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+            if fd < 0 && errno == EEXIST { continue }
+            guard fd >= 0 else { throw FileIOError(path: path, operation: "create", code: errno) }
+            // Created under the umask; an existing file's mode is kept as it was.
+            if mode != 0o644 { _ = fchmod(fd, mode) }
+            return FileStream(path: path, fd: fd, owned: true, replacing: (temporary, target))
+        }
+        throw FileIOError(path: path, operation: "create", code: EEXIST)
+    }
+
+    /// Whether `a` and `b` name the same file, whatever their spelling: the same device and inode
+    /// when both exist (hard and symbolic links included), else the same absolute path once `.`,
+    /// `..` and links in the folder part are resolved. `-` stands for the standard stream given
+    /// beside it (0 for an input, 1 for an output), compared by the file behind it.
+    public static func isSameFile(_ a: String, stream streamA: Int32, _ b: String, stream streamB: Int32) -> Bool {
+        func identity(_ path: String, _ stream: Int32) -> (device: UInt64, inode: UInt64)? {
+            var st = stat()
+            if path == "-" {
+                guard fstat(stream, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+            } else if stat(path, &st) != 0 {
+                return nil
+            }
+            return (UInt64(st.st_dev), UInt64(st.st_ino))
+        }
+        if a == "-" && b == "-" { return streamA == streamB }
+        if let x = identity(a, streamA), let y = identity(b, streamB) { return x == y }
+        guard a != "-", b != "-" else { return false }
+        return canonicalPath(a) == canonicalPath(b)
+    }
+
+    /// `path` made absolute, its folder part resolved through `realpath` when it exists.
+    static func canonicalPath(_ path: String) -> String {
+        let split = path.lastIndex(of: "/")
+        let folder = split.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let name = split.map { String(path[path.index(after: $0)...]) } ?? path
+        guard let resolved = realpath(folder, nil) else { return path }
+        defer { free(resolved) }
+        let base = String(cString: resolved)
+        return (base.hasSuffix("/") ? base : base + "/") + name
+    }
+
+    /// The whole content of a (small) file, such as a settings file.
+    public static func readAll(_ path: String) throws(FileIOError) -> [UInt8] {
+        let stream = try openForReading(path)
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { buffer in
+                Result { () throws(FileIOError) in try stream.read(into: buffer.baseAddress!, count: buffer.count) }
+            }
+            let count = try n.get()
+            if count == 0 { break }
+            bytes += chunk[..<count]
+        }
+        try stream.close()
+        return bytes
     }
 
     /// Size in bytes of a regular file, nil for pipes and terminals.
@@ -80,6 +165,11 @@ public final class FileStream {
         }
     }
 
+    /// Writes all of `bytes`.
+    public func write(_ bytes: [UInt8]) throws(FileIOError) {
+        try bytes.withUnsafeBytes { buffer in Result { () throws(FileIOError) in try write(buffer) } }.get()
+    }
+
     /// Writes the buffer's bytes and empties it, keeping its capacity.
     public func drain(_ buffer: ByteBuffer) throws(FileIOError) {
         guard !buffer.isEmpty else { return }
@@ -88,15 +178,28 @@ public final class FileStream {
     }
 
     /// Closes the descriptor (not stdin/stdout), reporting a failed close, which on some file
-    /// systems is where a write error surfaces.
+    /// systems is where a write error surfaces; a file opened by ``openForWriting(_:)`` then
+    /// replaces its target.
     public func close() throws(FileIOError) {
         guard owned, !closed else { return }
         closed = true
-        if Glibc.close(fd) != 0 { throw FileIOError(path: path, operation: "close", code: errno) }
+        if Glibc.close(fd) != 0 {
+            let code = errno
+            if let replacing { unlink(replacing.temporary) }
+            throw FileIOError(path: path, operation: "close", code: code)
+        }
+        if let replacing, rename(replacing.temporary, replacing.target) != 0 {
+            let code = errno
+            unlink(replacing.temporary)
+            throw FileIOError(path: path, operation: "replace", code: code)
+        }
     }
 
     deinit {
-        if owned && !closed { _ = Glibc.close(fd) }
+        if owned && !closed {
+            _ = Glibc.close(fd)
+            if let replacing { unlink(replacing.temporary) }
+        }
     }
 }
 

@@ -18,7 +18,8 @@ public struct ProcessorConfiguration: Sendable {
     /// Stop after reaching the input's end offsets seen at start.
     public var untilEnd: Bool
     /// Identifies this instance's transactional producer; stable across restarts of the same
-    /// instance so a restart fences its predecessor. Derived from the state directory if nil.
+    /// instance so a restart fences its predecessor. ``ProcessorSettings/resolve(environment:)``
+    /// always sets it (``StateDirectory`` keeps it).
     public var instanceID: String?
     /// Tuning of the window stores.
     public var storeOptions: SQLiteWindowStore.Options

@@ -40,21 +40,27 @@ public struct ProcessorSettings: Sendable {
         KAFKA_BOOTSTRAP_SERVERS, POLYGLOT_APPLICATION_ID, POLYGLOT_INPUT_TOPIC, POLYGLOT_OUTPUT_TOPIC, \
         POLYGLOT_DLQ_TOPIC, POLYGLOT_STATE_DIR, POLYGLOT_GUARANTEE, POLYGLOT_COMMIT_INTERVAL, \
         POLYGLOT_INSTANCE_ID, POLYGLOT_UNTIL_END (1/true), POLYGLOT_KAFKA_PROPERTIES (key=value pairs \
-        separated by newlines or ';'), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
+        separated by newlines, or by ';' before a property name), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
         POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_PARTITIONER, POLYGLOT_CONNECT_TIMEOUT, POLYGLOT_CONFIG (the settings file)
         """
 
-    /// Reads a settings file: `NAME=value` per line, blank lines and `#` comments ignored.
-    /// Unknown names are an error (a typo must not be silently ignored).
+    /// Reads a settings file: `NAME=value` per line (LF, CRLF or CR; a leading UTF-8 byte order
+    /// mark is skipped), blank lines and `#` comments ignored. Unknown names are an error (a typo
+    /// must not be silently ignored).
     public static func readFile(_ path: String) throws(ConfigurationError) -> [String: String] {
-        let text: String
+        let bytes: [UInt8]
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            bytes = try FileStream.readAll(path)
         } catch {
-            throw ConfigurationError("cannot read settings file \(path): \((error as NSError).localizedDescription)")
+            throw ConfigurationError("settings file: \(error.description)")
         }
+        guard var text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigurationError("settings file \(path) is not UTF-8 text")
+        }
+        if text.hasPrefix("\u{FEFF}") { text.removeFirst() }
         var values: [String: String] = [:]
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // A Character is a whole grapheme, so "\r\n" is one newline here, as are "\n" and "\r".
+        for (index, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             guard let eq = line.firstIndex(of: "=") else {
@@ -125,8 +131,7 @@ public struct ProcessorSettings: Sendable {
             maxFutureSkew: milliseconds(maxFutureSkew, "POLYGLOT_MAX_FUTURE_SKEW", "--max-future-skew", d.maxFutureSkew))
         var kafka = KafkaConfiguration()
         for layer in kafkaLayers {
-            let pairs = layer.text.split(whereSeparator: { $0 == "\n" || $0 == ";" }).map(String.init).filter { !$0.allSatisfy(\.isWhitespace) }
-            do { try kafka.apply(overrides: pairs) } catch {
+            do { try kafka.apply(overrides: KafkaConfiguration.splitPropertyList(layer.text)) } catch {
                 throw ConfigurationError("\(layer.source): \(error.message)")
             }
         }
@@ -156,19 +161,38 @@ public struct ProcessorSettings: Sendable {
             throw ConfigurationError("cannot compute the environment fingerprint: \(error)")
         }
 
+        // Absolute from here on: the path logged at start is the one used, whatever later
+        // changes the working directory.
+        let workingDirectory = FileManager.default.currentDirectoryPath
+        let stateDirectoryValue = pick(stateDirectory, "POLYGLOT_STATE_DIR").map {
+            StateDirectory.absolute($0, workingDirectory: workingDirectory)
+        } ?? StateDirectory.defaultPath(environment: environment, workingDirectory: workingDirectory)
+        // Flag, environment, then the id kept in the state directory, then a new one, which the
+        // service keeps there at start: an instance's restarts share one transactional id, and
+        // two instances never do, wherever they run.
+        let instanceIDValue: String
+        if let given = pick(instanceID, "POLYGLOT_INSTANCE_ID") {
+            guard StateDirectory.isValidInstanceID(given) else {
+                throw ConfigurationError("instance id '\(given)' must be 1 to 200 of [a-zA-Z0-9._-]")
+            }
+            instanceIDValue = given
+        } else {
+            instanceIDValue = try StateDirectory.storedInstanceID(in: stateDirectoryValue) ?? StateDirectory.newInstanceID()
+        }
+
         let configuration = ProcessorConfiguration(
             kafka: kafka,
             applicationID: pick(applicationID, "POLYGLOT_APPLICATION_ID") ?? DevBrokerOptions.defaultApplicationID,
             inputTopic: pick(inputTopic, "POLYGLOT_INPUT_TOPIC") ?? DevBrokerOptions.inputTopic,
             outputTopic: pick(outputTopic, "POLYGLOT_OUTPUT_TOPIC") ?? DevBrokerOptions.outputTopic,
             deadLetterTopic: pick(deadLetterTopic, "POLYGLOT_DLQ_TOPIC") ?? DevBrokerOptions.deadLetterTopic,
-            stateDirectory: pick(stateDirectory, "POLYGLOT_STATE_DIR") ?? "state",
+            stateDirectory: stateDirectoryValue,
             guarantee: guaranteeValue,
             commitInterval: .milliseconds(intervalMs),
             parameters: parameters,
             fingerprintDigest: digest,
             untilEnd: untilEndValue,
-            instanceID: pick(instanceID, "POLYGLOT_INSTANCE_ID"),
+            instanceID: instanceIDValue,
             partitioner: partitionerValue,
             connectTimeout: .milliseconds(connectMs))
         try configuration.validate()

@@ -18,6 +18,21 @@ public struct ReplayOptions: Sendable {
         self.parameters = parameters
         self.showProgress = showProgress
     }
+
+    /// Refuses an output or dead-letter file that is the input, or one another: writing it would
+    /// destroy what is being read or mix the two streams. The message is one line.
+    public func validate() throws(ConfigurationError) {
+        if FileStream.isSameFile(input, stream: 0, output, stream: 1) {
+            throw ConfigurationError("-o \(output) is the input file; write the output to another file")
+        }
+        guard let deadLetters else { return }
+        if FileStream.isSameFile(input, stream: 0, deadLetters, stream: 1) {
+            throw ConfigurationError("--dlq \(deadLetters) is the input file; write the dead letters to another file")
+        }
+        if FileStream.isSameFile(output, stream: 1, deadLetters, stream: 1) {
+            throw ConfigurationError("-o and --dlq are the same file (\(output)); give them different files")
+        }
+    }
 }
 
 /// Counts of one replay run, for the one-line summary.
@@ -58,10 +73,20 @@ public struct ReplaySummary: Sendable, Equatable {
     }
 }
 
-/// A failed replay: the input or an output could not be read or written.
+/// A failed replay: the files given are unusable together (``ReplayOptions/validate()``), or the
+/// input or an output could not be read or written.
 public struct ReplayError: Error, Sendable, CustomStringConvertible {
-    public let underlying: FileIOError
-    public var description: String { underlying.description }
+    public enum Reason: Sendable {
+        case options(ConfigurationError)
+        case io(FileIOError)
+    }
+    public let reason: Reason
+    public var description: String {
+        switch reason {
+        case .options(let error): error.message
+        case .io(let error): error.description
+        }
+    }
 }
 
 /// SEMANTICS.md over a JSONL file, no broker: one partition, outputs in input order.
@@ -79,9 +104,14 @@ public struct Replay {
 
     public func run() throws(ReplayError) -> ReplaySummary {
         do {
+            try options.validate()
+        } catch {
+            throw ReplayError(reason: .options(error))
+        }
+        do {
             return try runUnwrapped()
         } catch {
-            throw ReplayError(underlying: error)
+            throw ReplayError(reason: .io(error))
         }
     }
 

@@ -21,6 +21,11 @@
 // So: raw sqlite3, behind the small owner types below.
 
 import CSQLite
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// An error from SQLite or from this module's use of it.
 ///
@@ -111,9 +116,12 @@ public final class SQLiteConnection {
     /// The file path this connection opened.
     public let path: String
 
-    /// Opens (creating when `create` is true) the database at `path`.
+    /// Opens (creating when `create` is true) the database at `path`. The file and its `-wal`,
+    /// `-shm` and `-journal` companions are readable by their owner only (0600), whatever the
+    /// umask: they hold card ids.
     public init(path: String, create: Bool = true) throws(SQLiteError) {
         self.path = path
+        Self.makePrivate(path, create: create)
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
@@ -125,6 +133,22 @@ public final class SQLiteConnection {
         }
         sqlite3_extended_result_codes(db, 1)
         handle = db
+    }
+
+    /// Creates `path` empty with mode 0600 when missing (SQLite takes an empty file for a new
+    /// database, and gives its companion files the database file's mode) and takes group and
+    /// other permissions off existing files. Failures are left to `sqlite3_open_v2` to report.
+    private static func makePrivate(_ path: String, create: Bool) {
+        if create {
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 { _ = Glibc.close(fd) }
+        }
+        for file in [path, path + "-wal", path + "-shm", path + "-journal"] {
+            var st = stat()
+            if stat(file, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_mode & 0o077 != 0 {
+                _ = chmod(file, st.st_mode & 0o700)
+            }
+        }
     }
 
     deinit {
