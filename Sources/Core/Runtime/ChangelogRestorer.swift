@@ -17,7 +17,8 @@ final class ChangelogRestorer<Role: StreamRole> {
         var remaining: Int64 = 0
     }
 
-    private struct Job {
+    /// A class: the poll callback looks its job up per record and updates it in place.
+    private final class Job {
         let slot: TaskSlot<Role>
         let store: Role.Task.Store
         let high: Int64
@@ -26,6 +27,15 @@ final class ChangelogRestorer<Role: StreamRole> {
         var applied = 0
         var sinceCommit = 0
         let began: ContinuousClock.Instant
+
+        init(slot: TaskSlot<Role>, store: Role.Task.Store, high: Int64, next: Int64, positions: [Int64], began: ContinuousClock.Instant) {
+            self.slot = slot
+            self.store = store
+            self.high = high
+            self.next = next
+            self.positions = positions
+            self.began = began
+        }
     }
 
     let consumer: KafkaConsumer
@@ -33,6 +43,11 @@ final class ChangelogRestorer<Role: StreamRole> {
     let sourceCount: Int
     private let logger: Logger
     private var jobs: [Int32: Job] = [:]
+    /// The restore consumer's assignment lags `jobs` (a restore began since it was set).
+    private var assignmentIsStale = false
+    /// Since when some job has been restoring: restore time is wall time, however many
+    /// partitions restore at once.
+    private var busySince: ContinuousClock.Instant?
     private var lastLog = ContinuousClock.now
     /// Totals over the run.
     private(set) var restoredRecords = 0
@@ -84,7 +99,10 @@ final class ChangelogRestorer<Role: StreamRole> {
         logger.info("restoring", metadata: ["partition": "\(slot.partition)", "from": "\(start)", "to": "\(marks.high)"])
         jobs[slot.partition] = Job(slot: slot, store: store, high: marks.high, next: start,
                                    positions: slot.restoredPositions, began: .now)
-        try reassign()
+        // Assigned at the next step, together with the others that begin now: every assign
+        // resets the fetch state of all partitions.
+        assignmentIsStale = true
+        if busySince == nil { busySince = .now }
         return true
     }
 
@@ -92,11 +110,12 @@ final class ChangelogRestorer<Role: StreamRole> {
     /// (their stores committed, `restoredPositions` set).
     func step(budget: Duration) throws -> [TaskSlot<Role>] {
         guard !jobs.isEmpty else { return [] }
+        if assignmentIsStale { try reassign() }
         let deadline = ContinuousClock.now + budget
         var finished: [TaskSlot<Role>] = []
         repeat {
-            _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(20)) { m in
-                guard var job = jobs[m.partition] else { return }
+            _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(50)) { m in
+                guard let job = jobs[m.partition] else { return }
                 do {
                     try job.store.apply(key: m.key ?? UnsafeRawBufferPointer(start: nil, count: 0), value: m.value)
                 } catch {
@@ -111,9 +130,8 @@ final class ChangelogRestorer<Role: StreamRole> {
                 job.next = m.offset + 1
                 job.applied += 1
                 job.sinceCommit += 1
-                jobs[m.partition] = job
             }
-            for (p, var job) in jobs {
+            for (p, job) in jobs {
                 // Transaction markers advance the position without a record.
                 if let position = try consumer.position([KafkaTopicPartition(topic, p)]).first?.offset, position > job.next {
                     job.next = position
@@ -125,7 +143,9 @@ final class ChangelogRestorer<Role: StreamRole> {
                 if job.next >= job.high {
                     let elapsed = Self.seconds(ContinuousClock.now - job.began)
                     restoredRecords += job.applied
-                    restoreSeconds += elapsed
+                    // Paused rather than unassigned: reassigning would restart every other
+                    // partition's fetch.
+                    try consumer.pause([KafkaTopicPartition(topic, p)])
                     logger.info("restored", metadata: [
                         "partition": "\(p)", "records": "\(job.applied)", "seconds": "\(String(format: "%.3f", elapsed))",
                         "rate": "\(Int(Double(job.applied) / max(elapsed, 1e-6)))/s",
@@ -133,12 +153,10 @@ final class ChangelogRestorer<Role: StreamRole> {
                     job.slot.restoredPositions = job.positions
                     jobs[p] = nil
                     finished.append(job.slot)
-                } else {
-                    jobs[p] = job
                 }
             }
         } while !jobs.isEmpty && ContinuousClock.now < deadline
-        if !finished.isEmpty { try reassign() }
+        if jobs.isEmpty { try idle() }
         if !jobs.isEmpty, ContinuousClock.now - lastLog >= .seconds(5) {
             lastLog = .now
             let p = progress
@@ -156,15 +174,20 @@ final class ChangelogRestorer<Role: StreamRole> {
         } catch {
             job.store.rollback()
         }
-        try? reassign()
+        if jobs.isEmpty { try? idle() } else { try? consumer.pause([KafkaTopicPartition(topic, partition)]) }
     }
 
     private func reassign() throws {
-        if jobs.isEmpty {
-            try consumer.unassign()
-        } else {
-            try consumer.assign(jobs.values.map { KafkaTopicPartitionOffset(topic, $0.slot.partition, offset: $0.next) })
-        }
+        try consumer.assign(jobs.values.map { KafkaTopicPartitionOffset(topic, $0.slot.partition, offset: $0.next) })
+        assignmentIsStale = false
+    }
+
+    /// No restore left: nothing assigned, and the time spent counted.
+    private func idle() throws {
+        try consumer.unassign()
+        assignmentIsStale = false
+        if let since = busySince { restoreSeconds += Self.seconds(ContinuousClock.now - since) }
+        busySince = nil
     }
 
     /// A store checkpoint's source positions, padded to `count` with -1 (unknown).
