@@ -9,6 +9,7 @@ struct Polyglot: AsyncParsableCommand {
         version: ProductVersion.description,
         subcommands: [
             ReplayCommand.self,
+            AuditCommand.self,
             ProcessCommand.self,
             GenerateCommand.self,
             ImageCommand.self,
@@ -26,10 +27,16 @@ struct Polyglot: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let status as ExitCode {
+            exit(withError: status)  // the command has said why, if it had to
         } catch {
-            let code = exitCode(for: error)
+            var code = exitCode(for: error)
             if code == .success {
                 exit(withError: error)  // --help, --version
+            }
+            if CommandLine.arguments.dropFirst().first == AuditCommand.configuration.commandName {
+                // audit's status 1 means findings; a bad flag must not read as one.
+                code = ExitCode(AuditCommand.failureStatus)
             }
             StandardError.write("polyglot: \(message(for: error))\n")
             exit(withError: ExitCode(code.rawValue))
