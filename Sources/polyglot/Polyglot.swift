@@ -9,6 +9,7 @@ struct Polyglot: AsyncParsableCommand {
         version: ProductVersion.description,
         subcommands: [
             ReplayCommand.self,
+            AuditCommand.self,
             ProcessCommand.self,
             GenerateCommand.self,
             ImageCommand.self,
@@ -26,13 +27,13 @@ struct Polyglot: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let status as ExitCode {
+            exit(withError: status)  // the command has said why, if it had to
         } catch {
             let code = exitCode(for: error)
             if code == .success {
                 exit(withError: error)  // --help, --version
             }
-            // A bare exit status: the command has already printed why.
-            if error is ExitCode { exit(withError: error) }
             StandardError.write("polyglot: \(message(for: error))\n")
             exit(withError: ExitCode(code.rawValue))
         }

@@ -45,6 +45,11 @@ struct JSONScanner {
         var cardId: ValueRef?
         var amount: ValueRef?
         var timestamp: ValueRef?
+        // The further members of an output record (SEMANTICS.md §3), which the auditor reads.
+        var isFlagged: ValueRef?
+        var reason: ValueRef?
+        var windowStart: ValueRef?
+        var count: ValueRef?
     }
 
     struct NameRef {
@@ -119,6 +124,44 @@ struct JSONScanner {
         guard pos == end - 1, base[pos] == UInt8(ascii: "}") else { return false }
         pos = end
         members = Members(transactionId: transactionId, cardId: cardId, amount: amount, timestamp: timestamp)
+        return true
+    }
+
+    /// Fast path for an output record exactly as SEMANTICS.md §3 writes it, ids and reason
+    /// without escapes: the same contract as ``matchCanonicalRecord()`` (a match is what the
+    /// general parser would report), for the auditor's reading of outputs.
+    mutating func matchCanonicalEnrichedRecord() -> Bool {
+        pos = 0
+        guard matchLiteral("{\"transactionId\":\"") else { return false }
+        let idStart = pos
+        guard scanPlainString() else { return false }
+        let transactionId = ValueRef(kind: .string, start: idStart, length: pos - 1 - idStart)
+        guard matchLiteral(",\"cardId\":\"") else { return false }
+        let cardStart = pos
+        guard scanPlainString() else { return false }
+        let cardId = ValueRef(kind: .string, start: cardStart, length: pos - 1 - cardStart)
+        guard matchLiteral(",\"amount\":"), pos < end, let amount = try? scanNumber() else { return false }
+        guard matchLiteral(",\"isFlagged\":") else { return false }
+        let flagStart = pos
+        let isFlagged: ValueRef
+        if matchLiteral("true") {
+            isFlagged = ValueRef(kind: .bool, start: flagStart, length: 4)
+        } else if matchLiteral("false") {
+            isFlagged = ValueRef(kind: .bool, start: flagStart, length: 5)
+        } else {
+            return false
+        }
+        guard matchLiteral(",\"reason\":\"") else { return false }
+        let reasonStart = pos
+        guard scanPlainString() else { return false }
+        let reason = ValueRef(kind: .string, start: reasonStart, length: pos - 1 - reasonStart)
+        guard matchLiteral(",\"timestamp\":"), pos < end, let timestamp = try? scanNumber() else { return false }
+        guard matchLiteral(",\"windowStart\":"), pos < end, let windowStart = try? scanNumber() else { return false }
+        guard matchLiteral(",\"count\":"), pos < end, let count = try? scanNumber() else { return false }
+        guard pos == end - 1, base[pos] == UInt8(ascii: "}") else { return false }
+        pos = end
+        members = Members(transactionId: transactionId, cardId: cardId, amount: amount, timestamp: timestamp,
+                          isFlagged: isFlagged, reason: reason, windowStart: windowStart, count: count)
         return true
     }
 
@@ -249,7 +292,7 @@ struct JSONScanner {
             } else {
                 name = NameRef(start: nameStart, length: nameLength, decoded: false)
             }
-            // In the record itself, the four members SEMANTICS.md reads are tracked by a bit
+            // In the record itself, the members SEMANTICS.md names (§1, §3) are tracked by a bit
             // each, and only other names are compared with each other: a typical record then
             // costs no name comparison at all.
             let known = isTopLevel ? knownMember(name) : -1
@@ -287,6 +330,10 @@ struct JSONScanner {
             case 1: members.cardId = value
             case 2: members.amount = value
             case 3: members.timestamp = value
+            case 4: members.isFlagged = value
+            case 5: members.reason = value
+            case 6: members.windowStart = value
+            case 7: members.count = value
             default: break
             }
             skipWhitespace()
@@ -322,8 +369,8 @@ struct JSONScanner {
         }
     }
 
-    /// Which of the four members SEMANTICS.md §1 reads `name` is (0 to 3), or -1. Names
-    /// compare by decoded value.
+    /// Which of the four members SEMANTICS.md §1 reads `name` is (0 to 3), or which further
+    /// member of an output record (4 to 7), or -1. Names compare by decoded value.
     private func knownMember(_ name: NameRef) -> Int {
         if name.decoded {
             // Rare (an escaped member name): compare a copy.
@@ -332,6 +379,10 @@ struct JSONScanner {
             case Array("cardId".utf8): return 1
             case Array("amount".utf8): return 2
             case Array("timestamp".utf8): return 3
+            case Array("isFlagged".utf8): return 4
+            case Array("reason".utf8): return 5
+            case Array("windowStart".utf8): return 6
+            case Array("count".utf8): return 7
             default: return -1
             }
         }
@@ -341,6 +392,10 @@ struct JSONScanner {
         case 6 where memcmpBytes(p, StaticString("cardId").utf8Start, 6): return 1
         case 6 where memcmpBytes(p, StaticString("amount").utf8Start, 6): return 2
         case 9 where memcmpBytes(p, StaticString("timestamp").utf8Start, 9): return 3
+        case 9 where memcmpBytes(p, StaticString("isFlagged").utf8Start, 9): return 4
+        case 6 where memcmpBytes(p, StaticString("reason").utf8Start, 6): return 5
+        case 11 where memcmpBytes(p, StaticString("windowStart").utf8Start, 11): return 6
+        case 5 where memcmpBytes(p, StaticString("count").utf8Start, 5): return 7
         default: return -1
         }
     }

@@ -124,7 +124,7 @@ public struct TransactionDecoder: Sendable {
     }
 
     /// The general parser: any JSON, every rule in its order up to `duplicate_field`.
-    private mutating func parseGeneral(_ base: UnsafePointer<UInt8>, _ count: Int) throws(Rejection) -> JSONScanner.Members {
+    mutating func parseGeneral(_ base: UnsafePointer<UInt8>, _ count: Int) throws(Rejection) -> JSONScanner.Members {
         // Hand the scratch buffers to the scanner (leaving ours empty keeps them uniquely
         // referenced, so appending never copies), and take them back afterwards.
         names.removeAll(keepingCapacity: true)
