@@ -1,0 +1,93 @@
+import Foundation
+import Logging
+import Testing
+@testable import Core
+
+extension AuditTests {
+    static let auditorDigest = String(repeating: "ab", count: 32)
+
+    func topicAudit(_ topics: ProcessorTopics) throws -> FileAuditSummary {
+        var logger = Logger(label: "polyglot.test.audit")
+        logger.logLevel = .warning
+        let options = TopicAuditOptions(
+            kafka: topics.cluster.configuration, inputTopic: topics.input, outputTopic: topics.output, deadLetterTopic: topics.deadLetters,
+            configuration: AuditConfiguration(fingerprintDigest: Self.auditorDigest))
+        return try TopicAudit(options: options, logger: logger).run { _ in }
+    }
+
+    /// `audit --once` over a clean pipeline run (repartitioned and rejected records included)
+    /// finds nothing to report.
+    @Test func onceOverACleanPipelineRunFindsNothing() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
+        var workload = Workload.valid(count: 600, cards: 12)
+        workload.records.append(Workload.Record(key: Array("k".utf8), value: Array("{not json".utf8), transactionId: nil))
+        workload.records.append(Workload.Record(key: nil, value: Array(#"{"transactionId":"x","cardId":"y","amount":1}"#.utf8), transactionId: nil))
+        try await topics.produce(workload.kafkaRecords)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        var logger = Logger(label: "polyglot.test.process")
+        logger.logLevel = .warning
+        var configuration = topics.configuration(stateDirectory: state)
+        configuration.fingerprintDigest = Self.auditorDigest
+        let processor = try StreamProcessor(configuration: configuration, logger: logger)
+        try await run(processor)
+        let summary = try await offPool { try topicAudit(topics) }
+        let c = summary.counts
+        #expect(c.inputs == 602)
+        #expect(c.outputs == 600)
+        #expect(c.deadLetters == 2)
+        #expect(!c.hasDiscrepancies, "\(c)")
+    }
+
+    /// A crafted output topic with one missing, one duplicate, one orphan, one wrong verdict,
+    /// one foreign fingerprint and one high value just above 10,000 reports exactly those.
+    @Test func onceCountsCraftedDiscrepanciesExactly() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
+        let start: Int64 = 1_767_225_600_000
+        func record(_ id: String, _ card: String, _ amount: String, _ minute: Int64) -> [UInt8] {
+            Array(#"{"transactionId":"\#(id)","cardId":"\#(card)","amount":\#(amount),"timestamp":\#(start + minute * 61_000)}"#.utf8)
+        }
+        let inputs: [(id: String, value: [UInt8])] = (0..<5).map { ("t-\($0)", record("t-\($0)", "c1", "1.00", Int64($0))) } + [
+            ("t-miss", record("t-miss", "cm", "2.00", 0)), ("t-dup", record("t-dup", "cd", "3.00", 0)),
+            ("t-bad", record("t-bad", "cb", "4.00", 0)), ("t-drift", record("t-drift", "cf", "5.00", 0)),
+            ("t-high", record("t-high", "ch", "10000.0000000000000001", 0)),
+        ]
+        try await topics.produce(inputs.map { (key: nil, value: $0.value) })
+        // The outputs a processor would write (replay's), then the damage.
+        let expected = try Workload.expected(inputs.map { Workload.Record(key: nil, value: $0.value, transactionId: $0.id) })
+        var outputs: [(id: String, value: [UInt8], fingerprint: String)] = []
+        for input in inputs where input.id != "t-miss" {
+            var value = expected[input.id]!
+            if input.id == "t-bad" { value = Array(String(decoding: value, as: UTF8.self).replacingOccurrences(of: "\"count\":1", with: "\"count\":7").utf8) }
+            let fingerprint = input.id == "t-drift" ? String(repeating: "cd", count: 32) : Self.auditorDigest
+            outputs.append((input.id, value, fingerprint))
+            if input.id == "t-dup" { outputs.append((input.id, value, fingerprint)) }
+        }
+        let orphan = try Workload.expected([Workload.Record(key: nil, value: record("t-orphan", "co", "6.00", 0), transactionId: "t-orphan")])
+        outputs.append(("t-orphan", orphan["t-orphan"]!, Self.auditorDigest))
+        let producer = try cluster.producer()
+        for o in outputs {
+            let source = inputs.firstIndex { $0.id == o.id }.map { "\(topics.input)/0/\($0)" } ?? "\(topics.input)/0/999"
+            try producer.produce(topic: topics.output, partition: 0, key: nil, value: o.value,
+                                 headers: [KafkaHeader("polyglot-source", Array(source.utf8)),
+                                           KafkaHeader("polyglot-fingerprint", Array(o.fingerprint.utf8))])
+        }
+        try await producer.flush(timeout: .seconds(10))
+        _ = await producer.close()
+
+        let c = try await offPool { try topicAudit(topics) }.counts
+        #expect(c.inputs == 10)
+        #expect(c.outputs == 11)
+        #expect(c.missing == 1)
+        #expect(c.duplicate == 1)
+        #expect(c.orphan == 1)
+        #expect(c.mismatch == 1)
+        #expect(c.drift == 1)
+        #expect(c.highValue == 1)
+        #expect(c.flagged == 0)
+        #expect(c.deadLetters == 0)
+        #expect(c.hasDiscrepancies)
+    }
+}
