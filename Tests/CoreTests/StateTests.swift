@@ -106,6 +106,28 @@ struct StateTests {
         try store.close()
     }
 
+    @Test func positionsHeaderEncoding() throws {
+        #expect(ChangelogPositions.header == "polyglot-positions")
+        let lists: [[Int64]] = [[], [0], [-1], [1_200, -1], [Int64.max, 0, 7], Array(repeating: 9, count: ChangelogPositions.maxCount)]
+        for positions in lists {
+            let bytes = ChangelogPositions.encode(positions)
+            #expect(bytes.withUnsafeBytes { ChangelogPositions.decode($0) } == positions)
+        }
+        #expect(ChangelogPositions.encode([1_200, -1]) == Array("1200,-1".utf8))
+        // Every negative position means unknown.
+        #expect(ChangelogPositions.encode([-1_001, Int64.min]) == Array("-1,-1".utf8))
+        let malformed = [
+            ",", "1,", ",1", "1,,2", " 1", "1 ", "+1", "-0", "-2", "-10", "-1-1", "01", "00", "1.5", "0x10", "1e3",
+            "9223372036854775808", "99999999999999999999", "-", "--1", "1;2", "１",
+            Array(repeating: "1", count: ChangelogPositions.maxCount + 1).joined(separator: ","),
+            String(repeating: "1", count: ChangelogPositions.maxByteCount + 1),
+        ]
+        for text in malformed {
+            #expect(Array(text.utf8).withUnsafeBytes { ChangelogPositions.decode($0) } == nil, "\(text)")
+        }
+        #expect(Array("9223372036854775807".utf8).withUnsafeBytes { ChangelogPositions.decode($0) } == [Int64.max])
+    }
+
     // MARK: Store behaviour
 
     @Test func commitWritesOneRecordPerKeyAndReopens() throws {
