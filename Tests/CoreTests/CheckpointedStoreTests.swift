@@ -233,7 +233,7 @@ extension StateTests {
             var found: [String] = []
             store.forEachEntry(rankAtMost: 10) { e in
                 found.append(String(decoding: store.key(e).buffer, as: UTF8.self))
-                if store.value(e).time < 10 { store.update(e) { $0 = .absent } }
+                if store[e].time < 10 { store.update(e) { $0 = .absent } }
             }
             #expect(found.sorted() == ["a", "b", "d", "e"])
             #expect(Set(try Self.pending(store)) == [Self.record("a", nil), Self.record("d", nil), Self.record("f", nil)])

@@ -357,11 +357,20 @@ final class CheckpointedStore<Value: StoreValue> {
         return load(key)
     }
 
-    /// Entry `e`'s value, with the open cycle's changes.
+    /// Entry `e`'s value, with the open cycle's changes, read in place: a copy would retain and
+    /// release the value's storage on every read of the hot path.
     @inline(__always)
-    func value(_ e: Int) -> Value {
-        cache[e].value
+    subscript(e: Int) -> Value {
+        unsafeAddress { UnsafePointer(valueAddress(e)) }
     }
+
+    @inline(__always)
+    private func valueAddress(_ e: Int) -> UnsafeMutablePointer<Value> {
+        (UnsafeMutableRawPointer(cache.payload(e)) + valueOffset).assumingMemoryBound(to: Value.self)
+    }
+
+    /// Where an entry's value lies in it.
+    private let valueOffset = MemoryLayout<Entry>.offset(of: \Entry.value)!
 
     /// Entry `e`'s key bytes, valid until the cache next changes shape.
     @inline(__always)
@@ -373,12 +382,12 @@ final class CheckpointedStore<Value: StoreValue> {
     @inline(__always)
     func update(_ e: Int, _ change: (inout Value) -> Void) {
         willChange(e)
-        change(&cache[e].value)
+        change(&valueAddress(e).pointee)
     }
 
     /// The value of `key` (``StoreValue/absent`` when none).
     func value(for key: CardBytes) -> Value {
-        value(entry(for: key))
+        self[entry(for: key)]
     }
 
     /// Sets the value of `key` in the open cycle (``StoreValue/absent`` deletes it).
@@ -407,10 +416,7 @@ final class CheckpointedStore<Value: StoreValue> {
                 }
             }
         }
-        for e in 0..<cache.count {
-            let value = cache[e].value
-            if value.exists && value.rank <= bound { body(e) }
-        }
+        for e in 0..<cache.count where self[e].exists && self[e].rank <= bound { body(e) }
     }
 
     func load(_ key: CardBytes) -> Int {
@@ -444,7 +450,7 @@ final class CheckpointedStore<Value: StoreValue> {
     func willChange(_ e: Int) {
         guard cache[e].undo < 0 else { return }
         cache[e].undo = Int32(undoLog.count)
-        undoLog.append(Undo(entry: Int32(e), value: cache[e].value))
+        undoLog.append(Undo(entry: Int32(e), value: self[e]))
     }
 
     /// The value of entry `e` as of the last commit (with no cycle sealed), or as of the sealed
@@ -468,11 +474,14 @@ final class CheckpointedStore<Value: StoreValue> {
     func pendingChanges(into batch: inout ChangelogBatch) throws(SQLiteError) {
         if let readFailure { throw readFailure }
         batch.removeAll()
-        for u in undoLog {
-            let e = Int(u.entry)
-            let value = cache[e].value
-            if value == u.value { continue }
-            batch.append(cache.key(e), value)
+        // By index and in place, here and in the other walks of an undo log: copying each
+        // record out would retain and release its value's storage.
+        undoLog.withUnsafeBufferPointer { undo in
+            for u in undo.indices {
+                let e = Int(undo[u].entry)
+                if self[e] == undo[u].value { continue }
+                batch.append(cache.key(e), self[e])
+            }
         }
         if let dirtyStreamTime, dirtyStreamTime != sealedStreamTime ?? committedStreamTime { batch.appendStreamTime(dirtyStreamTime) }
     }
@@ -486,7 +495,7 @@ final class CheckpointedStore<Value: StoreValue> {
         guard !isSealed else {
             throw SQLiteError(code: .apiMisuse, resultCode: 0, message: "seal with a cycle sealed already: commit or roll back first")
         }
-        for u in undoLog { cache[Int(u.entry)].undo = -1 }
+        for u in undoLog.indices { cache[Int(undoLog[u].entry)].undo = -1 }
         swap(&sealedUndo, &undoLog)
         undoLog.removeAll(keepingCapacity: true)
         sealedStreamTime = dirtyStreamTime
@@ -516,11 +525,17 @@ final class CheckpointedStore<Value: StoreValue> {
         }
         // The sealed cycle read nothing that failed (sealing checks); a failure since then
         // belongs to the open cycle, which stays open.
-        for u in sealedUndo {
-            let e = Int(u.entry)
-            if !cache[e].unflushed && committedValue(e) != u.value {
-                cache[e].unflushed = true
-                unflushed.append(u.entry)
+        sealedUndo.withUnsafeBufferPointer { sealed in
+            for u in sealed.indices {
+                let e = Int(sealed[u].entry)
+                guard !cache[e].unflushed else { continue }
+                // Changed when its value as of this commit differs from the one before the cycle.
+                let undo = Int(cache[e].undo)
+                let changed = undo < 0 ? self[e] != sealed[u].value : undoLog[undo].value != sealed[u].value
+                if changed {
+                    cache[e].unflushed = true
+                    unflushed.append(sealed[u].entry)
+                }
             }
         }
         sealedUndo.removeAll(keepingCapacity: true)

@@ -116,13 +116,13 @@ public final class SQLiteWindowStore: WindowStore {
     public typealias CardKey = CardBytes
 
     public func cardMax(_ card: CardBytes) -> Int64? {
-        let state = store.value(store.entry(for: card))
-        return state.exists ? state.max : nil
+        let e = store.entry(for: card)
+        return store[e].exists ? store[e].max : nil
     }
 
     public func windowCount(_ card: CardBytes, windowStart: Int64) -> Int64 {
-        let state = store.value(store.entry(for: card))
-        return state.exists ? state.count(at: windowStart) : 0
+        let e = store.entry(for: card)
+        return store[e].exists ? store[e].count(at: windowStart) : 0
     }
 
     public func putAccepted(_ card: CardBytes, windowStart: Int64, count: Int64, cardMax: Int64, streamTime: Int64) {
@@ -163,7 +163,7 @@ public final class SQLiteWindowStore: WindowStore {
         guard let bound = Self.clampToInt64(cutoff - cutoff % w + w - 1) else { return }
         let store = store
         store.forEachEntry(rankAtMost: bound) { e in
-            guard p.isCardExpired(cardMax: store.value(e).max, streamTime: now) else { return }
+            guard p.isCardExpired(cardMax: store[e].max, streamTime: now) else { return }
             store.update(e) { $0 = .absent }
         }
     }
