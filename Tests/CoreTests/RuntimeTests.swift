@@ -271,7 +271,7 @@ struct RuntimeTests {
             let bytes = ChangelogPositions.encode(positions)
             #expect(bytes.withUnsafeBytes { ChangelogPositions.decode($0) } == positions)
         }
-        for bad in ["", ",", "1,", "-2", "x", "12a", "99999999999999999999", String(repeating: "1,", count: 20) + "1"] {
+        for bad in [",", "1,", "-2", "x", "12a", "99999999999999999999", String(repeating: "1,", count: 20) + "1"] {
             #expect(Array(bad.utf8).withUnsafeBytes { ChangelogPositions.decode($0) } == nil, "\(bad)")
         }
     }

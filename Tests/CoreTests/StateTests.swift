@@ -45,9 +45,9 @@ struct StateTests {
             .card(card: "card-1", state: CardState(max: 1, windows: [WindowCount(start: 0, count: 1)])),
             .card(card: "card-1", state: CardState(max: Int64.max, windows: [
                 WindowCount(start: Int64.max - Int64.max % 1000 - 1000, count: 2),
-                WindowCount(start: Int64.max - Int64.max % 1000, count: Int64.max),
+                WindowCount(start: Int64.max - Int64.max % 1000, count: CardWindows.maxWindowCount),
             ])),
-            .card(card: "", state: nil),
+            .card(card: "0", state: nil),
             .card(card: "kärtchen 🃏", state: CardState(max: 60_001, windows: (0..<5).map { WindowCount(start: Int64($0) * 10_000, count: 3) })),
             .card(card: "x", state: CardState(max: 9, windows: [])),
             .card(card: String(repeating: "z", count: 1024), state: nil),
@@ -71,6 +71,7 @@ struct StateTests {
             (ChangelogRecord(key: [0x02, 0x63, 0xff], value: nil), "not valid UTF-8"),
             (ChangelogRecord(key: [0x02, 0x63, 0xed, 0xa0, 0x80], value: nil), "not valid UTF-8"),  // a surrogate
             (ChangelogRecord(key: [0x02, 0x63] + Array(repeating: 0x61, count: 1025), value: nil), "more than 1024"),
+            (ChangelogRecord(key: [0x02, 0x63], value: [0, 0, 0, 0, 0, 0, 0, 1]), "holds an empty id"),  // ids are 1 to 1024 bytes
             (ChangelogRecord(key: [0x02, 0x74, 0x00], value: [0, 0, 0, 0, 0, 0, 0, 1]), "stream time key has 3 bytes"),
             (ChangelogRecord(key: [0x02, 0x74], value: [1, 2, 3]), "stream time value has 3 bytes, expected 8"),
             (ChangelogRecord(key: [0x02, 0x63, 0x61], value: [1, 2, 3]), "card value has 3 bytes"),
@@ -80,6 +81,18 @@ struct StateTests {
             (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: 6, count: 1)]))), "after the card's maximum"),
             (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: 2, count: 1), WindowCount(start: 1, count: 1)]))),
              "out of order"),
+            (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: 0, count: 1), WindowCount(start: 0, count: 1)]))),
+             "out of order"),
+            // Event times are never negative, and no partition holds enough records to reach the bound.
+            (ChangelogRecord(.card(card: "a", state: CardState(max: -1, windows: []))), "negative maximum -1"),
+            (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: -1_000, count: 1)]))), "before the epoch"),
+            (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: 0, count: -3)]))), "window of count -3"),
+            (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: 0, count: CardWindows.maxWindowCount + 1)]))),
+             "more than any partition can hold"),
+            (ChangelogRecord(.card(card: "a", state: CardState(max: 5, windows: [WindowCount(start: 0, count: Int64.max)]))),
+             "more than any partition can hold"),
+            (ChangelogRecord(.streamTime(-1)), "stream time -1 is negative"),
+            (ChangelogRecord(.streamTime(Int64.min)), "is negative"),
         ]
         for (record, expected) in cases {
             #expect {
@@ -104,6 +117,51 @@ struct StateTests {
         #expect(state.cards == [.init(card: "ok", state: ok)])
         #expect(state.streamTime == nil)
         try store.close()
+    }
+
+    @Test func positionsHeaderEncoding() throws {
+        #expect(ChangelogPositions.header == "polyglot-positions")
+        let lists: [[Int64]] = [[], [0], [-1], [1_200, -1], [Int64.max, 0, 7], Array(repeating: 9, count: ChangelogPositions.maxCount)]
+        for positions in lists {
+            let bytes = ChangelogPositions.encode(positions)
+            #expect(bytes.withUnsafeBytes { ChangelogPositions.decode($0) } == positions)
+        }
+        #expect(ChangelogPositions.encode([1_200, -1]) == Array("1200,-1".utf8))
+        // Every negative position means unknown.
+        #expect(ChangelogPositions.encode([-1_001, Int64.min]) == Array("-1,-1".utf8))
+        let malformed = [
+            ",", "1,", ",1", "1,,2", " 1", "1 ", "+1", "-0", "-2", "-10", "-1-1", "01", "00", "1.5", "0x10", "1e3",
+            "9223372036854775808", "99999999999999999999", "-", "--1", "1;2", "１",
+            Array(repeating: "1", count: ChangelogPositions.maxCount + 1).joined(separator: ","),
+            String(repeating: "1", count: ChangelogPositions.maxByteCount + 1),
+        ]
+        for text in malformed {
+            #expect(Array(text.utf8).withUnsafeBytes { ChangelogPositions.decode($0) } == nil, "\(text)")
+        }
+        #expect(Array("9223372036854775807".utf8).withUnsafeBytes { ChangelogPositions.decode($0) } == [Int64.max])
+    }
+
+    @Test func checkpointKeepsEverySourcePosition() throws {
+        let dir = try TemporaryDirectory("positions")
+        defer { dir.cleanup() }
+        var store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        store.putAccepted("a", windowStart: 0, count: 1, cardMax: 1, streamTime: 1)
+        try store.commit(checkpoint: StoreCheckpoint(positions: [12, -1_001, 40], changelogOffset: 2))
+        try store.close()
+        store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        #expect(store.checkpoint == StoreCheckpoint(positions: [12, -1, 40], changelogOffset: 2))
+        #expect(store.checkpoint?.sourceOffset == 12)
+        try store.close()
+        #expect(StoreCheckpoint(sourceOffset: 3, changelogOffset: 4) == StoreCheckpoint(positions: [3], changelogOffset: 4))
+        #expect(StoreCheckpoint(positions: [], changelogOffset: 4).sourceOffset == -1)
+
+        // A checkpoint row this build could not have written: the file is not trusted.
+        let db = try SQLiteConnection(path: SQLiteWindowStore.path(directory: dir.path))
+        try db.execute("UPDATE checkpoint SET positions = CAST('12,,40' AS BLOB)")
+        try db.close()
+        #expect {
+            _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        } throws: { ($0 as? SQLiteError).map { $0.code == .corrupt && $0.requiresRebuild } ?? false }
     }
 
     // MARK: Store behaviour
@@ -670,6 +728,29 @@ struct StateTests {
         #expect {
             _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
         } throws: { ($0 as? SQLiteError).map { $0.code == .unsupportedSchema && $0.requiresRebuild } ?? false }
+    }
+
+    /// A file an earlier build wrote (schema 2: a `cards` table, one source offset) is rebuilt.
+    @Test func earlierSchemaRequiresRebuild() throws {
+        let dir = try TemporaryDirectory("schema-2")
+        defer { dir.cleanup() }
+        let db = try SQLiteConnection(path: SQLiteWindowStore.path(directory: dir.path))
+        try db.execute("""
+            CREATE TABLE cards(card BLOB NOT NULL PRIMARY KEY, max INTEGER NOT NULL, state BLOB NOT NULL) WITHOUT ROWID;
+            CREATE TABLE stream(id INTEGER PRIMARY KEY CHECK (id = 1), time INTEGER NOT NULL);
+            CREATE TABLE checkpoint(id INTEGER PRIMARY KEY CHECK (id = 1), source_offset INTEGER NOT NULL, changelog_offset INTEGER NOT NULL);
+            INSERT INTO checkpoint VALUES (1, 10, 20);
+            PRAGMA user_version = 2
+            """)
+        try db.close()
+        #expect(SQLiteWindowStore.schemaVersion > 2)
+        #expect {
+            _ = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters)
+        } throws: { ($0 as? SQLiteError).map { $0.code == .unsupportedSchema && $0.requiresRebuild } ?? false }
+        try SQLiteWindowStore.destroy(directory: dir.path)
+        let store = try SQLiteWindowStore(directory: dir.path, parameters: Self.parameters, options: Self.fast)
+        #expect(store.wasCreated && store.checkpoint == nil)
+        try store.close()
     }
 
     @Test func secondOpenOfAnOpenStoreIsBusy() throws {

@@ -79,8 +79,9 @@ final class CardTable<Payload> {
         unsafeMutableAddress { payload(e) }
     }
 
+    /// Entry `e`'s payload in place, valid until the table next changes shape.
     @inline(__always)
-    private func payload(_ e: Int) -> UnsafeMutablePointer<Payload> {
+    func payload(_ e: Int) -> UnsafeMutablePointer<Payload> {
         (UnsafeMutableRawPointer(entries + e) + payloadOffset).assumingMemoryBound(to: Payload.self)
     }
 

@@ -116,3 +116,62 @@ struct CardWindows: Equatable {
         return true
     }
 }
+
+extension CardWindows: StoreValue {
+    static var changelogTag: UInt8 { ChangelogRecord.cardTag }
+
+    /// The card's maximum: a card expires by it (``SQLiteWindowStore/purgeExpired(_:)``).
+    var rank: Int64 { max }
+
+    /// The largest window count a changelog record may hold. A count is at most the number of
+    /// records in one partition, which Kafka numbers with non-negative Int64 offsets, so a real
+    /// count stays below Int64.max; half of it leaves a margin no partition can use up, and the
+    /// detector adds one per record to a restored count, which therefore cannot overflow.
+    static let maxWindowCount = Int64.max / 2
+
+    /// The maximum, then each window's start and count, 8 bytes big-endian each.
+    func encode(into bytes: inout [UInt8]) {
+        ChangelogRecord.appendBigEndian(max, to: &bytes)
+        forEach { w in
+            ChangelogRecord.appendBigEndian(w.start, to: &bytes)
+            ChangelogRecord.appendBigEndian(w.count, to: &bytes)
+        }
+    }
+
+    /// A card value: a maximum that is an event time (never negative), then windows with
+    /// strictly ascending starts from 0 up to the maximum, each with a count from 1 to
+    /// ``maxWindowCount``.
+    static func decode(_ value: UnsafeRawBufferPointer) throws(ChangelogDecodingError) -> CardWindows {
+        guard value.count >= 8, (value.count - 8) % 16 == 0 else {
+            throw ChangelogDecodingError("card value has \(value.count) bytes, expected 8 plus 16 per window")
+        }
+        let n = (value.count - 8) / 16
+        var state = CardWindows(max: ChangelogRecord.readBigEndian(value, at: 0))
+        guard state.max >= 0 else {
+            throw ChangelogDecodingError("card value has a negative maximum \(state.max)")
+        }
+        var previous: Int64?
+        for i in 0..<n {
+            let start = ChangelogRecord.readBigEndian(value, at: 8 + 16 * i)
+            let count = ChangelogRecord.readBigEndian(value, at: 16 + 16 * i)
+            guard count > 0 else {
+                throw ChangelogDecodingError("card value has a window of count \(count)")
+            }
+            guard count <= maxWindowCount else {
+                throw ChangelogDecodingError("card value has a window of count \(count), more than any partition can hold (\(maxWindowCount))")
+            }
+            guard start >= 0 else {
+                throw ChangelogDecodingError("card value has a window starting at \(start), before the epoch")
+            }
+            guard start <= state.max else {
+                throw ChangelogDecodingError("card value has a window starting at \(start), after the card's maximum \(state.max)")
+            }
+            if let previous, start <= previous {
+                throw ChangelogDecodingError("card value has windows out of order (\(start) after \(previous))")
+            }
+            previous = start
+            state.appendInOrder(WindowCount(start: start, count: count))
+        }
+        return state
+    }
+}

@@ -41,6 +41,11 @@ public struct CardState: Sendable, Hashable {
 /// The card id is the rest of the key, so it needs no length prefix. A reader rejects versions
 /// it does not know rather than guess; version 1 (one key per window and per card maximum)
 /// came before any release.
+///
+/// Every ``CheckpointedStore`` shares the key layout (version, its value type's
+/// ``StoreValue/changelogTag``, then the id, 1 to 1024 bytes of UTF-8 like the input's ids) and
+/// the stream time entry. The changelog is read back as input, so a reader also rejects what no
+/// valid state holds: negative times, counts no partition could reach, windows out of order.
 public struct ChangelogRecord: Sendable, Hashable {
     public var key: [UInt8]
     /// nil is a tombstone.
@@ -65,7 +70,7 @@ public struct ChangelogRecord: Sendable, Hashable {
             self.init(key: key, value: state.map { state in
                 var value: [UInt8] = []
                 value.reserveCapacity(8 + 16 * state.windows.count)
-                ChangelogBatch.appendValue(CardWindows(state), to: &value)
+                CardWindows(state).encode(into: &value)
                 return value
             })
         case .streamTime(let time):
@@ -81,14 +86,14 @@ public struct ChangelogRecord: Sendable, Hashable {
     public func decode() throws(ChangelogDecodingError) -> ChangelogEntry {
         // Array.withUnsafeBytes only rethrows untyped errors: carry the typed one out in a Result.
         let parsed = try key.withUnsafeBytes { raw in
-            Result { () throws(ChangelogDecodingError) in try Self.parseKey(raw) }
+            Result { () throws(ChangelogDecodingError) in try Self.parseKey(raw, entryTag: Self.cardTag) }
         }.get()
         switch parsed {
-        case .card(let range):
+        case .entry(let range):
             let card = String(decoding: key[range], as: UTF8.self)
             guard let value else { return .card(card: card, state: nil) }
             let windows = try value.withUnsafeBytes { raw in
-                Result { () throws(ChangelogDecodingError) in try Self.parseCardValue(raw) }
+                Result { () throws(ChangelogDecodingError) in try CardWindows.decode(raw) }
             }.get()
             var state = CardState(max: windows.max, windows: [])
             windows.forEach { state.windows.append($0) }
@@ -102,14 +107,18 @@ public struct ChangelogRecord: Sendable, Hashable {
     }
 
     enum ParsedKey {
-        /// Byte range of the card id within the key (already checked to be valid UTF-8).
-        case card(Range<Int>)
+        /// Byte range of the entry's id within the key (already checked: 1 to 1024 bytes, valid UTF-8).
+        case entry(Range<Int>)
         case streamTime
     }
 
-    /// Parses a key without allocating (the restore path calls this per record).
+    /// The longest id a key may hold: the input's limit for card and transaction ids (SEMANTICS.md §1).
+    static let maxIdByteCount = 1024
+
+    /// Parses the key of a store whose entries have tag `entryTag`, without allocating (the
+    /// restore path calls this per record).
     @inline(__always)
-    static func parseKey(_ key: UnsafeRawBufferPointer) throws(ChangelogDecodingError) -> ParsedKey {
+    static func parseKey(_ key: UnsafeRawBufferPointer, entryTag: UInt8) throws(ChangelogDecodingError) -> ParsedKey {
         guard key.count >= 2 else {
             throw ChangelogDecodingError("key of \(key.count) bytes is shorter than its 2-byte header")
         }
@@ -120,14 +129,17 @@ public struct ChangelogRecord: Sendable, Hashable {
             throw ChangelogDecodingError("unknown changelog encoding version \(key[0]) (this build reads version \(version))")
         }
         switch key[1] {
-        case cardTag:
-            guard key.count - 2 <= 1024 else {
-                throw ChangelogDecodingError("card key holds a card id of \(key.count - 2) bytes, more than 1024")
+        case entryTag:
+            guard key.count > 2 else {
+                throw ChangelogDecodingError("key with tag 0x\(String(entryTag, radix: 16)) holds an empty id")
+            }
+            guard key.count - 2 <= maxIdByteCount else {
+                throw ChangelogDecodingError("key with tag 0x\(String(entryTag, radix: 16)) holds an id of \(key.count - 2) bytes, more than \(maxIdByteCount)")
             }
             guard isValidUTF8(UnsafeRawBufferPointer(rebasing: key[2...])) else {
-                throw ChangelogDecodingError("card key holds a card id that is not valid UTF-8")
+                throw ChangelogDecodingError("key with tag 0x\(String(entryTag, radix: 16)) holds an id that is not valid UTF-8")
             }
-            return .card(2..<key.count)
+            return .entry(2..<key.count)
         case streamTimeTag:
             guard key.count == 2 else {
                 throw ChangelogDecodingError("stream time key has \(key.count) bytes, expected 2")
@@ -138,39 +150,17 @@ public struct ChangelogRecord: Sendable, Hashable {
         }
     }
 
+    /// A stream time: the largest event time of a partition, so never negative (SEMANTICS.md §1).
     @inline(__always)
     static func parseStreamTime(_ value: UnsafeRawBufferPointer) throws(ChangelogDecodingError) -> Int64 {
         guard value.count == 8 else {
             throw ChangelogDecodingError("stream time value has \(value.count) bytes, expected 8")
         }
-        return readBigEndian(value, at: 0)
-    }
-
-    /// A card value: the maximum, then windows with strictly ascending starts and positive
-    /// counts, each at or before the maximum's window.
-    static func parseCardValue(_ value: UnsafeRawBufferPointer) throws(ChangelogDecodingError) -> CardWindows {
-        guard value.count >= 8, (value.count - 8) % 16 == 0 else {
-            throw ChangelogDecodingError("card value has \(value.count) bytes, expected 8 plus 16 per window")
+        let time = readBigEndian(value, at: 0)
+        guard time >= 0 else {
+            throw ChangelogDecodingError("stream time \(time) is negative")
         }
-        let n = (value.count - 8) / 16
-        var state = CardWindows(max: readBigEndian(value, at: 0))
-        var previous: Int64?
-        for i in 0..<n {
-            let start = readBigEndian(value, at: 8 + 16 * i)
-            let count = readBigEndian(value, at: 16 + 16 * i)
-            guard count > 0 else {
-                throw ChangelogDecodingError("card value has a window of count \(count)")
-            }
-            guard start <= state.max else {
-                throw ChangelogDecodingError("card value has a window starting at \(start), after the card's maximum \(state.max)")
-            }
-            if let previous, start <= previous {
-                throw ChangelogDecodingError("card value has windows out of order (\(start) after \(previous))")
-            }
-            previous = start
-            state.appendInOrder(WindowCount(start: start, count: count))
-        }
-        return state
+        return time
     }
 
     @inline(__always)
@@ -251,29 +241,20 @@ public struct ChangelogBatch: Sendable {
         entries.removeAll(keepingCapacity: true)
     }
 
-    /// Appends a card's record: its state, or a tombstone when it no longer exists.
-    mutating func appendCard(_ card: CardBytes, _ state: CardWindows) {
+    /// Appends an entry's record: its value, or a tombstone when it no longer exists.
+    mutating func append<Value: StoreValue>(_ key: CardBytes, _ value: Value) {
         let start = bytes.count
         bytes.append(ChangelogRecord.version)
-        bytes.append(ChangelogRecord.cardTag)
-        bytes.append(contentsOf: card.buffer)
+        bytes.append(Value.changelogTag)
+        bytes.append(contentsOf: key.buffer)
         let keyCount = bytes.count - start
         var valueStart: Int32 = -1
-        if state.exists {
+        if value.exists {
             valueStart = Int32(bytes.count)
-            Self.appendValue(state, to: &bytes)
+            value.encode(into: &bytes)
         }
         entries.append(Entry(keyStart: Int32(start), keyCount: Int32(keyCount), valueStart: valueStart,
                              valueCount: valueStart < 0 ? 0 : Int32(bytes.count) - valueStart))
-    }
-
-    /// A card's value bytes: its maximum, then each window's start and count.
-    static func appendValue(_ state: CardWindows, to bytes: inout [UInt8]) {
-        ChangelogRecord.appendBigEndian(state.max, to: &bytes)
-        state.forEach { w in
-            ChangelogRecord.appendBigEndian(w.start, to: &bytes)
-            ChangelogRecord.appendBigEndian(w.count, to: &bytes)
-        }
     }
 
     mutating func appendStreamTime(_ time: Int64) {
