@@ -367,9 +367,10 @@ struct ProcessorTests {
         #expect(differences(seen, try Workload.expected(workload.records)) == [])
     }
 
-    @Test func recoversFromInjectedFaults() async throws {
+    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock))
+    func recoversFromInjectedFaults() async throws {
         let cluster = try TestCluster(brokers: 3)
-        guard let mock = cluster.mock else { return }
+        let mock = try #require(cluster.mock)
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         let workload = Workload.valid(count: 900, cards: 15)
         let state = try TestPaths.temporaryDirectory()
@@ -406,6 +407,8 @@ struct ProcessorTests {
         // Exactly once, unless a transaction aborted on the mock (which keeps aborted records visible).
         if processor.statistics.transactionsAborted == 0 || !cluster.isMock {
             #expect(seen.values.allSatisfy { $0.count == 1 })
+        } else {
+            Issue.record("exactly-once not checked: a transaction aborted, and the mock keeps aborted records visible", severity: .warning)
         }
     }
 
