@@ -96,7 +96,7 @@ func readAll(_ consumer: KafkaConsumer, topic: String, partitions: Int, count: I
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
-@Suite("Kafka")
+@Suite("Kafka", .serialized, .brokerHeavy)
 struct KafkaTests {
     @Test func configurationRedactsSecretsAndParsesOverrides() throws {
         var c = KafkaConfiguration(bootstrapServers: "b:9092")
