@@ -426,7 +426,8 @@ struct ImageTests {
         let scripts = [
             directory.appendingPathComponent("provision.sh").path,
             ImageFixtures.repositoryRoot.appendingPathComponent("image/bake-local.sh").path,
-        ]
+        ] + (try FileManager.default.contentsOfDirectory(atPath: ImageFixtures.repositoryRoot.appendingPathComponent("scripts").path))
+            .filter { $0.hasSuffix(".sh") }.sorted().map { ImageFixtures.repositoryRoot.appendingPathComponent("scripts/\($0)").path }
         for script in scripts {
             let result = try ExternalTool.run("shellcheck", [script])
             #expect(result.status == 0, "shellcheck \(script): \(result.stdout)\(result.stderr)")
