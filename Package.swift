@@ -55,10 +55,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             // jemalloc (Debian's libjemalloc2) serves every allocation of the process, librdkafka's
-            // included: each output record costs librdkafka six allocations, freed on other
-            // threads, and with glibc's allocator `process` used about 40% more CPU per record
-            // (the workload of scripts/bench-process.sh, one binary in paired runs with jemalloc
-            // preloaded and without: 245,000-283,000 records/s against 149,000-198,000).
+            // included: librdkafka allocates several times per output record and frees on other
+            // threads, where glibc's allocator costs `process` more CPU per record
+            // (scripts/bench-allocator.sh measures one binary with each allocator).
             linkerSettings: [.linkedLibrary("jemalloc", .when(platforms: [.linux]))]
         ),
         .testTarget(

@@ -4,10 +4,17 @@
 # --until-end. Then the state directory is deleted and a second run restores every store from the
 # changelog (no new input), which measures restore speed.
 # The dev broker (librdkafka's mock) waits session.timeout.ms before a group's first assignment, so
-# the runs set it to 6 s. Prints the processor's final log line of each run (records/s counts from
-# the first record to the last commit; restore rate over the time spent restoring), RUNS times
-# over fresh brokers (default 5), then the median of each rate: on a shared 2-core machine single
-# runs vary by up to 2x.
+# the runs set it to 6 s. Prints the processor's final log line of each run, RUNS times over fresh
+# brokers (default 5), then the median of each rate: on a shared 2-core machine single runs vary
+# by up to 2x. records/s is records / processingSeconds, the span from the first record handled to
+# the last commit (start-up, joining the group and restoring are outside it); the restore rate is
+# changelog records over the time spent restoring.
+# Each run is checked, and the script fails if a check does: the output topic received one record
+# per valid input record and the dead-letter topic one per rejected line (the counts `replay`
+# gives for the same file), and the restore read back every changelog record the first run wrote.
+# BAD=fraction makes that fraction of the input malformed (default 0, the figures' workload).
+# BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
+# puts dir first in the library path of the `process` runs only (the broker runs as built).
 # Usage: scripts/bench-process.sh [RECORDS] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,17 +24,31 @@ runs="${2:-5}"
 if [[ -z "${BIN:-}" ]]; then
     swift build -c release --static-swift-stdlib --scratch-path .build-release 2>&1 | grep -E 'error|Compiling|Build complete' | tail -1
 fi
-# BIN=path runs an already built binary instead (to compare builds).
 bin=${BIN:-.build-release/release/polyglot}
 work=.build-release/bench-process
 mkdir -p "$work"
 rm -rf "$work/state" "$work/bootstrap"
-input="$work/in-$records.jsonl"
-[[ -s "$input" ]] || "$bin" generate "$records" --cards 100000 --rate 1000 --seed 1 -o "$input"
+input=$(scripts/bench-input.sh "$bin" "$work" "$records" --cards 100000 --rate 1000 --seed 1 --bad "${BAD:-0}")
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+# What the processor must produce from this input, by the broker-free path.
+summary=$("$bin" replay "$input" -o "$work/replay.out.jsonl" --no-progress 2>&1 | grep '^replay:')
+rm -f "$work/replay.out.jsonl"
+valid=$(sed -E 's/^replay: ([0-9]+) records.*/\1/' <<<"$summary")
+rejected=$(sed -E 's/.* ([0-9]+) rejected.*/\1/' <<<"$summary")
+echo "input: $records lines, $valid valid, $rejected rejected (replay of $input)" >&2
+
+process_env=(env)
+if [[ -n "${PROCESS_LIBRARY_PATH:-}" ]]; then
+    process_env+=("LD_LIBRARY_PATH=$PROCESS_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+fi
+
+median() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print (m == int(m)) ? m : sprintf("%.2f", m) }'; }
+# A value of the processor's final log line: `field NAME LINE`.
+field() { grep -oE "(^| )$1=[0-9.]+" <<<"$2" | head -1 | cut -d= -f2; }
+fail() { echo "run $run: $*" >&2; exit 1; }
 
 one_run() {
+    run=$1
     rm -rf "$work/state" "$work/bootstrap"
     "$bin" dev broker --partitions 32 --bootstrap-file "$work/bootstrap" >/dev/null 2>"$work/broker.log" &
     broker=$!
@@ -43,24 +64,57 @@ one_run() {
         kcat -P -b "$bootstrap" -t financial-transactions -K $'\t' -X partitioner=murmur2_random \
             -X linger.ms=200 -X batch.size=4000000 -X batch.num.messages=100000 -X queue.buffering.max.messages=1000000
 
+    # The final log line, with the run's user CPU seconds (from time) appended.
     process() {
-        "$bin" process --bootstrap-servers "$bootstrap" --state-dir "$work/state" --until-end --log-level notice \
+        local line
+        line=$("${process_env[@]}" /usr/bin/time -o "$work/time" -f '%U' \
+            "$bin" process --bootstrap-servers "$bootstrap" --state-dir "$work/state" --until-end --log-level notice \
             -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
-            grep -E 'stopped|error' | sed -E 's/^[^ ]+ [a-z]+ polyglot.process: //'
+            grep -E 'stopped|error' | sed -E 's/^[^ ]+ [a-z]+ polyglot.process: //')
+        echo "$line userCPUSeconds=$(tail -1 "$work/time")"
     }
-    local processed restored
+    # Records a topic received and records it still holds, summed over its partitions: its end
+    # offsets, and end minus start offsets. On the dev broker an offset is a record (it writes no
+    # transaction markers), but it keeps only the newest 5 MiB of each partition, so the oldest
+    # outputs of a large run are gone by the end.
+    offsets() {
+        local args=() p
+        for ((p = 0; p < 32; p++)); do args+=(-t "$1:$p:$2"); done
+        kcat -Q -b "$bootstrap" "${args[@]}" | awk '{ s += $NF } END { print s }'
+    }
+    received() { offsets "$1" -1; }
+    held() { echo $(($(offsets "$1" -1) - $(offsets "$1" -2))); }
+    local processed restored outputs held_outputs dead changelog held_changelog
     processed=$(process)
+    outputs=$(received enriched-transactions)
+    held_outputs=$(held enriched-transactions)
+    dead=$(received financial-transactions.dlq)
+    changelog=$(received fraud-detector-processor-windows-changelog)
+    held_changelog=$(held fraud-detector-processor-windows-changelog)
     rm -rf "$work/state"
     restored=$(process)
     kill -TERM "$broker" 2>/dev/null; wait "$broker" 2>/dev/null || true
     trap - EXIT
-    echo "run $1: processing $records records: $processed" >&2
-    echo "run $1: restore from the changelog (state directory deleted): $restored" >&2
-    echo "$(grep -oE ' rate=[0-9]+' <<<"$processed" | cut -d= -f2) $(grep -oE 'restoreRate=[0-9]+' <<<"$restored" | cut -d= -f2)"
+    echo "run $run: processing $records records: $processed" >&2
+    echo "run $run: restore from the changelog (state directory deleted): $restored" >&2
+    [[ "$(field aborts "$processed")" == 0 ]] || fail "a transaction aborted: the dev broker keeps aborted records, so the counts cannot be checked"
+    [[ "$(field outputs "$processed")" == "$valid" && "$outputs" == "$valid" ]] ||
+        fail "expected $valid outputs, the processor counted $(field outputs "$processed") and the output topic received $outputs"
+    [[ "$(field deadLetters "$processed")" == "$rejected" && "$dead" == "$rejected" ]] ||
+        fail "expected $rejected dead letters, the processor counted $(field deadLetters "$processed") and the topic received $dead"
+    [[ "$held_changelog" == "$changelog" ]] ||
+        fail "the dev broker dropped $((changelog - held_changelog)) of $changelog changelog records (5 MiB per partition): the restore cannot be checked"
+    [[ "$(field restored "$restored")" == "$changelog" ]] ||
+        fail "the first run wrote $changelog changelog records, the restore read $(field restored "$restored")"
+    echo "run $run: checked: $outputs outputs (the dev broker still holds the newest $held_outputs), $dead dead letters," \
+        "$changelog changelog records written and all of them restored" >&2
+    echo "$(field rate "$processed") $(field restoreRate "$restored") $(field processingSeconds "$processed") $(field userCPUSeconds "$processed")"
 }
 
 results=()
 for ((i = 1; i <= runs; i++)); do results+=("$(one_run "$i")"); done
 printf '%s\n' "${results[@]}" > "$work/rates"
-echo "records/s over $runs runs: median $(cut -d' ' -f1 "$work/rates" | median), min $(cut -d' ' -f1 "$work/rates" | sort -n | head -1), max $(cut -d' ' -f1 "$work/rates" | sort -n | tail -1)"
-echo "restore changelog records/s: median $(cut -d' ' -f2 "$work/rates" | median), min $(cut -d' ' -f2 "$work/rates" | sort -n | head -1), max $(cut -d' ' -f2 "$work/rates" | sort -n | tail -1)"
+stat() { echo "median $(cut -d' ' -f"$1" "$work/rates" | median), min $(cut -d' ' -f"$1" "$work/rates" | sort -n | head -1), max $(cut -d' ' -f"$1" "$work/rates" | sort -n | tail -1)"; }
+echo "records/s (over processingSeconds) over $runs runs: $(stat 1)"
+echo "restore changelog records/s: $(stat 2)"
+echo "processingSeconds: $(stat 3); process user CPU seconds: $(stat 4)"

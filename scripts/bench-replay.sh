@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Replay throughput: 1,000,000 generated clean records over 100,000 cards, written to a file.
-# Prints each run's records/s (from the summary line), wall time and peak memory.
+# Prints each run's summary line, wall time and peak memory (from time), then the medians.
+# BIN=path runs an already built binary instead.
 # Usage: scripts/bench-replay.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
 
-swift build -c release --static-swift-stdlib --scratch-path .build-release 2>&1 | grep -E 'error|Compiling|Build complete' | tail -1
-bin=.build-release/release/polyglot
+if [[ -z "${BIN:-}" ]]; then
+    swift build -c release --static-swift-stdlib --scratch-path .build-release 2>&1 | grep -E 'error|Compiling|Build complete' | tail -1
+fi
+bin=${BIN:-.build-release/release/polyglot}
 work=.build-release/bench
-mkdir -p "$work"
-[[ -s "$work/1m.jsonl" ]] || "$bin" generate 1000000 --cards 100000 --rate 1000 --seed 1 -o "$work/1m.jsonl"
+input=$(scripts/bench-input.sh "$bin" "$work" 1000000 --cards 100000 --rate 1000 --seed 1)
 
+median() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print (m == int(m)) ? m : sprintf("%.2f", m) }'; }
+
+: > "$work/replay-runs"
 for ((i = 1; i <= runs; i++)); do
-    /usr/bin/time -f '%e s wall, %M KiB peak' "$bin" replay "$work/1m.jsonl" -o "$work/1m.out.jsonl" --no-progress 2>&1 |
-        sed -E 's/^replay: //' | paste -sd ' ' -
+    /usr/bin/time -o "$work/time" -f '%e %M' "$bin" replay "$input" -o "$work/1m.out.jsonl" --no-progress 2>"$work/summary"
+    summary=$(sed -E 's/^replay: //' "$work/summary")
+    read -r wall peak < "$work/time"
+    echo "$summary, $wall s wall, $peak KiB peak"
+    echo "$(grep -oE '\(([0-9]+) records/s\)' <<<"$summary" | tr -dc 0-9) $wall $peak" >> "$work/replay-runs"
 done
+echo "median over $runs runs: $(cut -d' ' -f1 "$work/replay-runs" | median) records/s, $(cut -d' ' -f2 "$work/replay-runs" | median) s wall, $(cut -d' ' -f3 "$work/replay-runs" | median | awk '{ printf "%.1f", $1 / 1024 }') MiB peak"

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import Core
 
-@Suite("Audit")
+@Suite("Audit", .brokerHeavy, .serialized)
 struct AuditTests {
     static let own = String(repeating: "a", count: 64)
 

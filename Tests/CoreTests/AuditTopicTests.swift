@@ -45,7 +45,7 @@ extension AuditTests {
     @Test func onceCountsCraftedDiscrepanciesExactly() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
-        let start: Int64 = 1_767_225_600_000
+        let start = Workload.epoch
         func record(_ id: String, _ card: String, _ amount: String, _ minute: Int64) -> [UInt8] {
             Array(#"{"transactionId":"\#(id)","cardId":"\#(card)","amount":\#(amount),"timestamp":\#(start + minute * 61_000)}"#.utf8)
         }

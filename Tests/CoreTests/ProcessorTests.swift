@@ -94,9 +94,17 @@ struct Workload {
     struct Record { var key: [UInt8]?; var value: [UInt8]; var transactionId: String? }
     var records: [Record] = []
 
+    /// Event times start at the beginning of the hour before the current one. Records get a
+    /// Kafka CreateTime of now, and an event time more than an hour past it is rejected as future
+    /// skew, so a fixed date would fail on a host whose clock is behind it.
+    static let epoch: Int64 = {
+        let hour: Int64 = 3_600_000
+        return (Int64(Date().timeIntervalSince1970 * 1000) / hour - 1) * hour
+    }()
+
     /// `count` valid records over `cards` cards (keyed by card id) starting at id `first`;
     /// cards named `m…` are keyed by something else, so they go through the repartition topic.
-    static func valid(count: Int, cards: Int, first: Int = 0, start: Int64 = 1_767_225_600_000, misKeyedCards: Int = 2) -> Workload {
+    static func valid(count: Int, cards: Int, first: Int = 0, start: Int64 = Workload.epoch, misKeyedCards: Int = 2) -> Workload {
         var w = Workload()
         for i in first..<(first + count) {
             let cardIndex = (i * 7) % cards
@@ -160,7 +168,7 @@ func run(_ processor: StreamProcessor, timeout: Duration = .seconds(120)) async 
     }
 }
 
-@Suite("Processor")
+@Suite("Processor", .serialized, .brokerHeavy)
 struct ProcessorTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.process")
@@ -254,7 +262,7 @@ struct ProcessorTests {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
         var workload = Workload()
-        let start: Int64 = 1_767_225_600_000
+        let start = Workload.epoch
         for i in 0..<12 {
             // JSON `t\\<i>` and `c\u00e9\"<n>`: decoded, `t\<i>` and `cé"<n>`.
             let value = "{\"transactionId\":\"t\\\\\(i)\",\"cardId\":\"c\\u00e9\\\"\(i % 3)\",\"amount\":1.50,\"timestamp\":\(start + Int64(i) * 1_000)}"
@@ -384,9 +392,10 @@ struct ProcessorTests {
         #expect(differences(seen, try Workload.expected(workload.records)) == [])
     }
 
-    @Test func recoversFromInjectedFaults() async throws {
+    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock))
+    func recoversFromInjectedFaults() async throws {
         let cluster = try TestCluster(brokers: 3)
-        guard let mock = cluster.mock else { return }
+        let mock = try #require(cluster.mock)
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         let workload = Workload.valid(count: 900, cards: 15)
         let state = try TestPaths.temporaryDirectory()
@@ -423,6 +432,8 @@ struct ProcessorTests {
         // Exactly once, unless a transaction aborted on the mock (which keeps aborted records visible).
         if processor.statistics.transactionsAborted == 0 || !cluster.isMock {
             #expect(seen.values.allSatisfy { $0.count == 1 })
+        } else {
+            Issue.record("exactly-once not checked: a transaction aborted on the mock cluster", severity: .warning)
         }
     }
 

@@ -1,4 +1,6 @@
 import Foundation
+import Synchronization
+import Testing
 @testable import Core
 
 /// Paths the tests read: the repository and the shared vectors beside it.
@@ -41,4 +43,55 @@ extension TransactionDecoder {
 func fileMode(_ path: String) throws -> Int {
     let attributes = try FileManager.default.attributesOfItem(atPath: path)
     return (attributes[.posixPermissions] as? NSNumber)?.intValue ?? -1
+}
+
+/// Runs a suite that starts brokers and processors while no other such suite runs: each test
+/// spends several threads on a mock cluster, clients and a processor, and two suites at once
+/// oversubscribe a 2-core machine until timeouts and rebalances decide the results. Apply with
+/// `.serialized`, which orders the suite's own tests.
+struct BrokerHeavyTrait: SuiteTrait, TestScoping {
+    /// One scope around the whole suite, not one per test.
+    var isRecursive: Bool { false }
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        await Self.gate.acquire()
+        defer { Self.gate.release() }
+        try await function()
+    }
+
+    static let gate = AsyncGate()
+}
+
+extension Trait where Self == BrokerHeavyTrait {
+    static var brokerHeavy: Self { BrokerHeavyTrait() }
+}
+
+/// A lock held across suspension points, granted in request order.
+final class AsyncGate: Sendable {
+    private let state = Mutex<(isHeld: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let granted = state.withLock { state in
+                if state.isHeld {
+                    state.waiters.append(continuation)
+                    return false
+                }
+                state.isHeld = true
+                return true
+            }
+            if granted { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.waiters.isEmpty else {
+                state.isHeld = false
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        next?.resume()
+    }
 }
