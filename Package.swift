@@ -42,7 +42,7 @@ let package = Package(
             // checks do not, in release builds of Core: on the per-record path (the line reader,
             // the output buffer, the card table and window store, all classes with mutable
             // state on one thread) they were 15% of replay's instructions: callgrind, replay
-            // of 100,000 generated records, 465 M instructions with them, 397 M without
+            // of 100,000 generated records, 465 M instructions with them, 382 M without
             // (361 M with -Ounchecked, which also dropped every overflow check).
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
         ),
