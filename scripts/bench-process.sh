@@ -13,6 +13,10 @@
 # per valid input record and the dead-letter topic one per rejected line (the counts `replay`
 # gives for the same file), and the restore read back every changelog record the first run wrote.
 # BAD=fraction makes that fraction of the input malformed (default 0, the figures' workload).
+# AUDIT=1 also runs `polyglot audit --once` over the topics after the first run of each pair,
+# fails if it reports a discrepancy, and prints its audited records/s (inputs plus outputs over
+# its whole run); keep RECORDS at 300,000 or less then, so the dev broker (5 MiB per partition)
+# still holds every output the audit must find.
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
 # Usage: scripts/bench-process.sh [RECORDS] [RUNS]
@@ -84,8 +88,14 @@ one_run() {
     }
     received() { offsets "$1" -1; }
     held() { echo $(($(offsets "$1" -1) - $(offsets "$1" -2))); }
-    local processed restored outputs held_outputs dead changelog held_changelog
+    local processed restored outputs held_outputs dead changelog held_changelog audited="" audit_rate=0
     processed=$(process)
+    if [[ -n "${AUDIT:-}" ]]; then
+        audited=$("$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
+            fail "audit --once reported discrepancies or failed: ${audited:-no summary}"
+        audit_rate=$(sed -E 's/.*\(([0-9]+) records\/s\).*/\1/' <<<"$audited")
+        echo "run $run: $audited" >&2
+    fi
     outputs=$(received enriched-transactions)
     held_outputs=$(held enriched-transactions)
     dead=$(received financial-transactions.dlq)
@@ -108,7 +118,7 @@ one_run() {
         fail "the first run wrote $changelog changelog records, the restore read $(field restored "$restored")"
     echo "run $run: checked: $outputs outputs (the dev broker still holds the newest $held_outputs), $dead dead letters," \
         "$changelog changelog records written and all of them restored" >&2
-    echo "$(field rate "$processed") $(field restoreRate "$restored") $(field processingSeconds "$processed") $(field userCPUSeconds "$processed")"
+    echo "$(field rate "$processed") $(field restoreRate "$restored") $(field processingSeconds "$processed") $(field userCPUSeconds "$processed") $audit_rate"
 }
 
 results=()
@@ -118,3 +128,4 @@ stat() { echo "median $(cut -d' ' -f"$1" "$work/rates" | median), min $(cut -d' 
 echo "records/s (over processingSeconds) over $runs runs: $(stat 1)"
 echo "restore changelog records/s: $(stat 2)"
 echo "processingSeconds: $(stat 3); process user CPU seconds: $(stat 4)"
+if [[ -n "${AUDIT:-}" ]]; then echo "audit --once audited records/s: $(stat 5)"; fi

@@ -243,6 +243,7 @@ struct RuntimeTests {
             func destroyStore(directory: String) throws(SQLiteError) {}
             func makeTask(partition: Int32, partitionCount: Int, store: SQLiteWindowStore, collector: RecordCollector) throws -> FraudDetectionTask { fatalError() }
             func didHandleBatch() {}
+            var summary: [String: String] { [:] }
         }
         let manager = TaskManager(role: NoRole(), stateRoot: "/nonexistent")
         let both = try manager.assigned([KafkaTopicPartition("in", 0), KafkaTopicPartition("in-repartition", 0)])

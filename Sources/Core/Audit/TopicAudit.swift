@@ -66,61 +66,111 @@ public struct TopicAudit {
         let consumer = try KafkaConsumer(configuration: config, logger: logger)
         defer { consumer.close() }
         // The end offsets seen now: records written later are the next audit's.
-        var remaining: [KafkaTopicPartition: Int64] = [:]
-        var starts: [KafkaTopicPartitionOffset] = []
-        for (topic, _) in topics {
-            for p in 0..<Int32(counts[topic]!) {
-                let tp = KafkaTopicPartition(topic, p)
-                let marks = try consumer.queryWatermarks(tp, timeout: .seconds(30))
-                if marks.high > marks.low { remaining[tp] = marks.high }
-                starts.append(KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning))
+        let partitions = topics.flatMap { topic, _ in (0..<Int32(counts[topic]!)).map { KafkaTopicPartition(topic, $0) } }
+        let ends = try consumer.endOffsets(partitions, timeout: .seconds(30))
+        let firsts = try consumer.beginningOffsets(partitions, timeout: .seconds(30))
+        // The end offset still to reach per topic (in `topics` order) and partition; -1: done.
+        var remaining: [[Int64]] = topics.map { topic, _ in Array(repeating: -1, count: counts[topic]!) }
+        var left = 0
+        for tp in partitions {
+            guard let end = ends[tp], end > (firsts[tp] ?? 0) else { continue }
+            remaining[topics.firstIndex { $0.0 == tp.topic }!][Int(tp.partition)] = end
+            left += 1
+        }
+        var inputsLeft = remaining[0].filter { $0 >= 0 }.count
+        try consumer.assign(partitions.map { KafkaTopicPartitionOffset($0, offset: KafkaOffset.beginning) })
+        let reconciler = AuditReconciler(configuration: o.configuration)
+        let topicNames = topics.map(\.0)
+        let inputTopicBytes = Array(o.inputTopic.utf8)
+        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+        // Outputs of one producer carry the same fingerprint: one String for all of them.
+        var lastFingerprint: (bytes: [UInt8], text: String) = ([], "")
+        func fingerprint(_ bytes: UnsafeRawBufferPointer?) -> String? {
+            guard let bytes else { return nil }
+            if !bytes.elementsEqual(lastFingerprint.bytes) { lastFingerprint = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
+            return lastFingerprint.text
+        }
+        func source(_ bytes: UnsafeRawBufferPointer?) -> AuditPosition? {
+            guard let bytes else { return nil }
+            return Self.position(bytes, inputTopic: o.inputTopic, inputTopicBytes: inputTopicBytes)
+        }
+        func finishPartition(_ t: Int, _ p: Int) {
+            remaining[t][p] = -1
+            left -= 1
+            if t == 0 {
+                inputsLeft -= 1
+                if inputsLeft == 0 { reconciler.endOfInputs() }
             }
         }
-        try consumer.assign(starts)
-        let reconciler = AuditReconciler(configuration: o.configuration)
-        let roleOf = Dictionary(uniqueKeysWithValues: topics.map { ($0.0, $0.1) })
-        var inputsLeft = Set(remaining.keys.filter { $0.topic == o.inputTopic })
-        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
         var lastProgress = clock.now
-        while !remaining.isEmpty {
+        while left > 0 {
             if isStopping() { throw ProcessorError("stopped before the audit finished") }
             _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(100)) { m in
-                let tp = KafkaTopicPartition(m.topic, m.partition)
-                guard let end = remaining[tp], m.offset < end, let role = roleOf[m.topic] else { return }
-                let position = AuditPosition.record(topic: m.topic, partition: m.partition, offset: m.offset)
-                switch role {
+                guard let t = topicNames.firstIndex(of: m.topic), m.partition >= 0, Int(m.partition) < remaining[t].count else { return }
+                let p = Int(m.partition)
+                let end = remaining[t][p]
+                guard m.offset < end else { return }
+                let position = AuditPosition.record(topic: topicNames[t], partition: m.partition, offset: m.offset)
+                switch topics[t].1 {
                 case .input:
                     reconciler.input(m.value ?? empty, position: position, kafkaTimestamp: m.timestamp)
                 case .output:
                     reconciler.output(m.value ?? empty, position: position, lane: m.partition,
-                                      source: m.header("polyglot-source").flatMap { AuditPosition(source: String(decoding: $0, as: UTF8.self)) },
-                                      fingerprint: m.header("polyglot-fingerprint").map { String(decoding: $0, as: UTF8.self) })
+                                      source: source(m.header("polyglot-source")),
+                                      fingerprint: fingerprint(m.header("polyglot-fingerprint")))
                 case .deadLetter:
                     reconciler.deadLetter(m.value ?? empty, code: m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) },
-                                          source: m.header("polyglot-source").flatMap { AuditPosition(source: String(decoding: $0, as: UTF8.self)) },
-                                          position: position)
+                                          source: source(m.header("polyglot-source")), position: position)
                 }
-                if m.offset + 1 >= end { remaining[tp] = nil }
+                if m.offset + 1 >= end { finishPartition(t, p) }
             }
             // Transaction markers end a partition without a record: the end-of-partition
             // position says it is read.
-            for (tp, end) in remaining {
-                if let eof = consumer.endOfPartition(tp), eof >= end { remaining[tp] = nil }
-            }
-            if !inputsLeft.isEmpty {
-                inputsLeft = inputsLeft.filter { remaining[$0] != nil }
-                if inputsLeft.isEmpty { reconciler.endOfInputs() }
+            for t in remaining.indices {
+                for p in remaining[t].indices where remaining[t][p] >= 0 {
+                    if let eof = consumer.endOfPartition(KafkaTopicPartition(topicNames[t], Int32(p))), eof >= remaining[t][p] {
+                        finishPartition(t, p)
+                    }
+                }
             }
             try findings(reconciler.takeFindings())
             if clock.now - lastProgress >= .seconds(5) {
                 lastProgress = clock.now
                 let c = reconciler.counts
-                logger.info("auditing", metadata: ["inputs": "\(c.inputs)", "outputs": "\(c.outputs)", "partitionsLeft": "\(remaining.count)"])
+                logger.info("auditing", metadata: ["inputs": "\(c.inputs)", "outputs": "\(c.outputs)", "partitionsLeft": "\(left)"])
             }
         }
         reconciler.endOfInputs()
         reconciler.finish()
         try findings(reconciler.takeFindings())
         return FileAuditSummary(counts: reconciler.counts, seconds: ProgressBar.seconds(clock.now - started))
+    }
+
+    /// A `polyglot-source` header (`topic/partition/offset`) without splitting it into Strings:
+    /// every output carries one, and its topic is nearly always the input topic.
+    static func position(_ bytes: UnsafeRawBufferPointer, inputTopic: String, inputTopicBytes: [UInt8]) -> AuditPosition? {
+        guard let second = bytes.lastIndex(of: UInt8(ascii: "/")), second > 0,
+              let first = bytes[..<second].lastIndex(of: UInt8(ascii: "/")), first > 0,
+              let partition = Int32(decimal: bytes[(first + 1)..<second]), let offset = Int64(decimal: bytes[(second + 1)...])
+        else { return nil }
+        let topicBytes = bytes[..<first]
+        let topic = topicBytes.elementsEqual(inputTopicBytes) ? inputTopic : String(decoding: topicBytes, as: UTF8.self)
+        return .record(topic: topic, partition: partition, offset: offset)
+    }
+}
+
+extension FixedWidthInteger {
+    /// A non-negative decimal of 1 to 19 digits, or nil.
+    init?(decimal bytes: Slice<UnsafeRawBufferPointer>) {
+        guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
+        var v: Self = 0
+        for b in bytes {
+            guard b >= 48, b <= 57 else { return nil }
+            let (m, o1) = v.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(Self(b - 48))
+            guard !o1, !o2 else { return nil }
+            v = a
+        }
+        self = v
     }
 }

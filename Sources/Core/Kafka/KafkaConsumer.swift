@@ -347,6 +347,27 @@ public final class KafkaConsumer: @unchecked Sendable {
         if let error = PartitionList.firstError(list) { throw error }
     }
 
+    /// The high watermarks (end offsets) of many partitions in one request per leader, rather
+    /// than a round trip per partition. Blocking.
+    public func endOffsets(_ partitions: [KafkaTopicPartition], timeout: Duration) throws(KafkaError) -> [KafkaTopicPartition: Int64] {
+        try offsets(partitions, at: KafkaOffset.end, timeout: timeout)
+    }
+
+    /// The low watermarks (first offsets still held) of many partitions at once. Blocking.
+    public func beginningOffsets(_ partitions: [KafkaTopicPartition], timeout: Duration) throws(KafkaError) -> [KafkaTopicPartition: Int64] {
+        try offsets(partitions, at: KafkaOffset.beginning, timeout: timeout)
+    }
+
+    /// ListOffsets for every partition at the logical time `time` (end or beginning).
+    private func offsets(_ partitions: [KafkaTopicPartition], at time: Int64, timeout: Duration) throws(KafkaError) -> [KafkaTopicPartition: Int64] {
+        guard !partitions.isEmpty else { return [:] }
+        let list = PartitionList.make(partitions, offset: time)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        try KafkaError.check(rd_kafka_offsets_for_times(handle, list, milliseconds(timeout)), "list offsets")
+        if let error = PartitionList.firstError(list) { throw error }
+        return Dictionary(PartitionList.read(list).map { ($0.topicPartition, $0.offset) }, uniquingKeysWith: { a, _ in a })
+    }
+
     /// Asks the partition leader for the low and high watermarks. Blocking.
     public func queryWatermarks(_ partition: KafkaTopicPartition, timeout: Duration) throws(KafkaError) -> KafkaWatermarks {
         var low: Int64 = 0, high: Int64 = 0

@@ -90,6 +90,12 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
         }
     }
 
+    public var summary: [String: String] {
+        let c = counters
+        return ["outputs": "\(c.outputs)", "deadLetters": "\(c.deadLetters)", "repartitioned": "\(c.repartitioned)",
+                "flagged": "\(c.flagged)", "late": "\(c.late)"]
+    }
+
     /// Handles one record, borrowed from the consumer: the hot path decodes in place
     /// (`decodeView`), copies ids and numbers straight into one reused output buffer, and builds
     /// no String unless an id holds escapes.

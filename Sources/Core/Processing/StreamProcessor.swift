@@ -19,12 +19,10 @@ public final class StreamProcessor: Sendable {
     public let configuration: ProcessorConfiguration
     public let role: FraudDetectionRole
     public let runtime: StreamRuntime<FraudDetectionRole>
-    private let logger: Logger
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process")) throws(ConfigurationError) {
         try configuration.validate()
         self.configuration = configuration
-        self.logger = logger
         role = FraudDetectionRole(configuration: configuration)
         let c = configuration
         runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(
@@ -69,10 +67,5 @@ public final class StreamProcessor: Sendable {
     /// Blocking: the whole run. Call on a dedicated thread.
     public func run() throws {
         try runtime.run()
-        let s = statistics
-        logger.notice("processed", metadata: [
-            "records": "\(s.records)", "outputs": "\(s.outputs)", "deadLetters": "\(s.deadLetters)",
-            "repartitioned": "\(s.repartitioned)", "flagged": "\(s.flagged)", "late": "\(s.late)",
-        ])
     }
 }

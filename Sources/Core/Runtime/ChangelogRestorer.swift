@@ -45,7 +45,7 @@ final class ChangelogRestorer<Role: StreamRole> {
     private var jobs: [Int32: Job] = [:]
     /// The restore consumer's assignment lags `jobs` (a restore began since it was set).
     private var assignmentIsStale = false
-    /// Since when some job has been restoring: restore time is wall time, however many
+    /// Since when some job has been fetching: restore time is wall time, however many
     /// partitions restore at once.
     private var busySince: ContinuousClock.Instant?
     private var lastLog = ContinuousClock.now
@@ -102,7 +102,6 @@ final class ChangelogRestorer<Role: StreamRole> {
         // Assigned at the next step, together with the others that begin now: every assign
         // resets the fetch state of all partitions.
         assignmentIsStale = true
-        if busySince == nil { busySince = .now }
         return true
     }
 
@@ -111,6 +110,9 @@ final class ChangelogRestorer<Role: StreamRole> {
     func step(budget: Duration) throws -> [TaskSlot<Role>] {
         guard !jobs.isEmpty else { return [] }
         if assignmentIsStale { try reassign() }
+        // Restore time runs from the first fetch: opening the stores and finding where each
+        // restore starts came before, as they do for a store that needs no restore.
+        if busySince == nil { busySince = .now }
         let deadline = ContinuousClock.now + budget
         var finished: [TaskSlot<Role>] = []
         repeat {

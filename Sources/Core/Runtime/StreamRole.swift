@@ -27,6 +27,8 @@ public protocol StreamRole: AnyObject, SendableMetatype {
     /// Called once per poll, after its records: the place to publish counters gathered per
     /// record without a lock.
     func didHandleBatch()
+    /// The role's counters for the run's final log line, beside the runtime's.
+    var summary: [String: String] { get }
 }
 
 /// One topic a role reads.

@@ -89,7 +89,8 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         let s = statistics
         let elapsed = Self.seconds(ContinuousClock.now - started)
         let processing = max(s.processingSeconds, 1e-6)
-        logger.notice("stopped", metadata: [
+        var metadata: Logger.Metadata = role.summary.mapValues { .string($0) }
+        metadata.merge([
             "records": "\(s.records)", "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)",
             "retries": "\(s.transactionRetries)",
             "seconds": "\(String(format: "%.2f", elapsed))", "processingSeconds": "\(String(format: "%.2f", s.processingSeconds))",
@@ -99,7 +100,8 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             "rate": "\(Int(Double(s.records) / processing))/s",
             "restored": "\(s.restoredRecords)", "restoreSeconds": "\(String(format: "%.2f", s.restoreSeconds))",
             "restoreRate": "\(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0)/s",
-        ])
+        ]) { role, _ in role }
+        logger.notice("stopped", metadata: metadata)
     }
 
     private func runLoop() throws {
