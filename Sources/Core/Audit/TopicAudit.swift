@@ -87,7 +87,7 @@ public struct TopicAudit {
         var lastFingerprint: (bytes: [UInt8], text: String) = ([], "")
         func fingerprint(_ bytes: UnsafeRawBufferPointer?) -> String? {
             guard let bytes else { return nil }
-            if !bytes.elementsEqual(lastFingerprint.bytes) { lastFingerprint = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
+            if !Self.same(bytes, lastFingerprint.bytes) { lastFingerprint = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
             return lastFingerprint.text
         }
         func source(_ bytes: UnsafeRawBufferPointer?) -> AuditPosition? {
@@ -154,8 +154,18 @@ public struct TopicAudit {
               let partition = Int32(decimal: bytes[(first + 1)..<second]), let offset = Int64(decimal: bytes[(second + 1)...])
         else { return nil }
         let topicBytes = bytes[..<first]
-        let topic = topicBytes.elementsEqual(inputTopicBytes) ? inputTopic : String(decoding: topicBytes, as: UTF8.self)
+        let topic = same(UnsafeRawBufferPointer(rebasing: topicBytes), inputTopicBytes) ? inputTopic : String(decoding: topicBytes, as: UTF8.self)
         return .record(topic: topic, partition: partition, offset: offset)
+    }
+}
+
+extension TopicAudit {
+    /// Byte equality by memcmp (the generic `elementsEqual` showed in profiles).
+    @inline(__always)
+    static func same(_ a: UnsafeRawBufferPointer, _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        guard let base = a.baseAddress, !b.isEmpty else { return true }
+        return b.withUnsafeBytes { memcmp(base, $0.baseAddress!, b.count) == 0 }
     }
 }
 
