@@ -215,3 +215,6 @@ public final class FraudDetectionTask: StreamTask {
         set { precondition(newValue === store) }
     }
 }
+
+/// The window store is the fraud task's store on the runtime.
+extension SQLiteWindowStore: TaskStore {}

@@ -83,4 +83,3 @@ public protocol TaskStore: AnyObject {
     func close() throws(SQLiteError)
 }
 
-extension SQLiteWindowStore: TaskStore {}

@@ -62,7 +62,7 @@ final class TaskSlot<Role: StreamRole> {
 
 /// The tasks of one runtime: created when the group assigns a partition group, restored, run
 /// and closed when it is revoked. Partition p of every source topic belongs to task p; an
-/// assignment that splits a group is refused (it would give one card's state to two tasks).
+/// assignment that splits a group is refused (it would give one key's state to two tasks).
 final class TaskManager<Role: StreamRole> {
     let role: Role
     let stateRoot: String
