@@ -84,11 +84,17 @@ struct AuditCommand: ParsableCommand {
         let options = FileAuditOptions(
             input: files[0], output: files[1], deadLetters: dlq,
             configuration: AuditConfiguration(parameters: try detector.parameters(), highValueThreshold: DecimalText(highValue)!))
+        try reporting { sink in try FileAudit(options: options).run { findings throws(FileIOError) in try sink(findings) } }
+    }
+
+    /// Runs an audit whose findings go to `sink`: each finding's log line (with --log) and the
+    /// report file; then the counts and the exit status, the same for every mode.
+    private func reporting(_ audit: (_ sink: ([AuditFinding]) throws(FileIOError) -> Void) throws -> FileAuditSummary) throws {
         let summary: FileAuditSummary
         do {
             let reportFile = try report.map { path throws(FileIOError) in try AuditReport(path: path) }
             let log = self.log
-            summary = try FileAudit(options: options).run { findings throws(FileIOError) in
+            summary = try audit { findings throws(FileIOError) in
                 if log { for finding in findings { StandardError.write(finding.logLine + "\n") } }
                 try reportFile?.write(findings)
             }
@@ -126,21 +132,6 @@ struct AuditCommand: ParsableCommand {
             connectTimeout: processor.connectTimeout)
         var logger = Logger(label: "polyglot.audit") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
-        let summary: FileAuditSummary
-        do {
-            let reportFile = try report.map { path throws(FileIOError) in try AuditReport(path: path) }
-            let log = self.log
-            summary = try TopicAudit(options: options, logger: logger).run { findings in
-                if log { for finding in findings { StandardError.write(finding.logLine + "\n") } }
-                try reportFile?.write(findings)
-            }
-            try reportFile?.finish(summary.counts)
-        } catch {
-            StandardError.write("polyglot: \(error)\n")
-            throw ExitCode(Self.failureStatus)
-        }
-        if report != "-" { print(AuditReport.summary(summary.counts), terminator: "") }
-        StandardError.write(summary.line + "\n")
-        if summary.counts.hasDiscrepancies { throw ExitCode(1) }
+        try reporting { sink in try TopicAudit(options: options, logger: logger).run { findings in try sink(findings) } }
     }
 }
