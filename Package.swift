@@ -64,11 +64,12 @@ let package = Package(
             name: "CoreTests",
             dependencies: ["Core"]
         ),
-        // Runs the built binary: exit codes, messages, stdin and stdout. The dependency makes
-        // SwiftPM build the executable before these tests.
+        // Runs the built binary: exit codes, messages, stdin and stdout, a kill -9 and restart.
+        // The dependency makes SwiftPM build the executable before these tests; Core hosts the
+        // broker they talk to and reads what the binary wrote.
         .testTarget(
             name: "PolyglotCLITests",
-            dependencies: ["polyglot"]
+            dependencies: ["polyglot", "Core"]
         ),
     ],
     swiftLanguageModes: [.v6]
