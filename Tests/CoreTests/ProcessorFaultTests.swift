@@ -214,3 +214,37 @@ extension ProcessorTests {
         #expect(ContinuousClock.now - begun < .seconds(5))
     }
 }
+
+extension ProcessorTests {
+    /// A store ahead of its changelog (here: the state of one application under another whose
+    /// changelog is empty, as after a recreated topic) is rebuilt, not trusted: the verdicts are
+    /// replay's, not a continuation of the stale state.
+    @Test func storeAheadOfItsChangelogIsRebuilt() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        let workload = Workload.valid(count: 300, cards: 6, misKeyedCards: 0)
+        try await topics.produce(workload.kafkaRecords)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        try await run(try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger))
+
+        // The same input under another application id, with that application's stores set to
+        // the first one's.
+        let other = "\(topics.applicationID)-b"
+        let output = "\(topics.output)-b"
+        for topic in [output, "\(other)-windows-changelog", "\(other)-repartition"] {
+            try cluster.createExactTopic(topic, partitions: topics.partitions)
+        }
+        try FileManager.default.copyItem(at: state.appendingPathComponent(topics.applicationID), to: state.appendingPathComponent(other))
+        var configuration = topics.configuration(stateDirectory: state)
+        configuration.applicationID = other
+        configuration.outputTopic = output
+        let processor = try StreamProcessor(configuration: configuration, logger: logger)
+        try await run(processor)
+        #expect(processor.statistics.outputs == workload.records.count)
+        let outputs = try await topics.read(output, count: workload.records.count)
+        var seen: [String: [UInt8]] = [:]
+        for m in outputs { seen[try #require(transactionID(of: m.value))] = m.value }
+        #expect(differences(seen, try Workload.expected(workload.records)) == [])
+    }
+}
