@@ -103,6 +103,23 @@ struct JSONScanner {
         return TopLevel(kind: value.kind)
     }
 
+    /// The members input and output records begin with, in their usual layout:
+    /// `{"transactionId":"…","cardId":"…","amount":N` with no whitespace and no escapes.
+    @inline(__always)
+    private mutating func matchCanonicalPrefix() -> (transactionId: ValueRef, cardId: ValueRef, amount: ValueRef)? {
+        pos = 0
+        guard matchLiteral("{\"transactionId\":\"") else { return nil }
+        let idStart = pos
+        guard scanPlainString() else { return nil }
+        let transactionId = ValueRef(kind: .string, start: idStart, length: pos - 1 - idStart)
+        guard matchLiteral(",\"cardId\":\"") else { return nil }
+        let cardStart = pos
+        guard scanPlainString() else { return nil }
+        let cardId = ValueRef(kind: .string, start: cardStart, length: pos - 1 - cardStart)
+        guard matchLiteral(",\"amount\":"), pos < end, let amount = try? scanNumber() else { return nil }
+        return (transactionId, cardId, amount)
+    }
+
     /// Fast path for the common layout, `{"transactionId":"…","cardId":"…","amount":N,"timestamp":N}`
     /// with no whitespace and no escapes: matched directly, without the general parser's
     /// bookkeeping. Returns false at the first deviation, and the caller then parses the record
@@ -110,16 +127,7 @@ struct JSONScanner {
     /// match is a valid object with four distinct members, exactly what the general parser
     /// would report for it.
     mutating func matchCanonicalRecord() -> Bool {
-        pos = 0
-        guard matchLiteral("{\"transactionId\":\"") else { return false }
-        let idStart = pos
-        guard scanPlainString() else { return false }
-        let transactionId = ValueRef(kind: .string, start: idStart, length: pos - 1 - idStart)
-        guard matchLiteral(",\"cardId\":\"") else { return false }
-        let cardStart = pos
-        guard scanPlainString() else { return false }
-        let cardId = ValueRef(kind: .string, start: cardStart, length: pos - 1 - cardStart)
-        guard matchLiteral(",\"amount\":"), pos < end, let amount = try? scanNumber() else { return false }
+        guard let (transactionId, cardId, amount) = matchCanonicalPrefix() else { return false }
         guard matchLiteral(",\"timestamp\":"), pos < end, let timestamp = try? scanNumber() else { return false }
         guard pos == end - 1, base[pos] == UInt8(ascii: "}") else { return false }
         pos = end
@@ -131,16 +139,7 @@ struct JSONScanner {
     /// without escapes: the same contract as ``matchCanonicalRecord()`` (a match is what the
     /// general parser would report), for the auditor's reading of outputs.
     mutating func matchCanonicalEnrichedRecord() -> Bool {
-        pos = 0
-        guard matchLiteral("{\"transactionId\":\"") else { return false }
-        let idStart = pos
-        guard scanPlainString() else { return false }
-        let transactionId = ValueRef(kind: .string, start: idStart, length: pos - 1 - idStart)
-        guard matchLiteral(",\"cardId\":\"") else { return false }
-        let cardStart = pos
-        guard scanPlainString() else { return false }
-        let cardId = ValueRef(kind: .string, start: cardStart, length: pos - 1 - cardStart)
-        guard matchLiteral(",\"amount\":"), pos < end, let amount = try? scanNumber() else { return false }
+        guard let (transactionId, cardId, amount) = matchCanonicalPrefix() else { return false }
         guard matchLiteral(",\"isFlagged\":") else { return false }
         let flagStart = pos
         let isFlagged: ValueRef
