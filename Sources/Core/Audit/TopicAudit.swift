@@ -62,7 +62,7 @@ public struct TopicAudit {
         config.set("enable.partition.eof", "true")
         config.set("group.id", "polyglot-audit-once-\(UUID().uuidString.lowercased())")
         config.setDefault("fetch.wait.max.ms", "10")
-        StreamRuntime<FraudDetectionRole>.setPrefetchDefaults(&config)
+        config.setConsumerPrefetchDefaults()
         let consumer = try KafkaConsumer(configuration: config, logger: logger)
         defer { consumer.close() }
         // The end offsets seen now: records written later are the next audit's.

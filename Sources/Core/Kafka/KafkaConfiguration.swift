@@ -186,3 +186,16 @@ extension Substring {
         String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }
+
+extension KafkaConfiguration {
+    /// How much a consumer fetches ahead. In librdkafka 2.0.2 both limits count the whole
+    /// consumer queue (every partition's fetch queue forwards to it), and a consumer that
+    /// reaches either stops fetching for a full second before it looks again. With the default
+    /// 100,000 messages, a consumer that drained the queue in half a second then waited the
+    /// other half: a third of a benchmark run. So the count limit is off and the byte limit
+    /// holds well over a second of input, so the pause never empties it.
+    public mutating func setConsumerPrefetchDefaults() {
+        setDefault("queued.min.messages", "10000000")
+        setDefault("queued.max.messages.kbytes", "131072")
+    }
+}

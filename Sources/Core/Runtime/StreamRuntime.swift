@@ -122,7 +122,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         restoreConfig.set("auto.offset.reset", "earliest")
         restoreConfig.setDefault("fetch.wait.max.ms", "10")
         restoreConfig.setDefault("max.partition.fetch.bytes", "4194304")
-        Self.setPrefetchDefaults(&restoreConfig)
+        restoreConfig.setConsumerPrefetchDefaults()
         let restoreConsumer = try KafkaConsumer(configuration: restoreConfig, logger: logger)
         defer { restoreConsumer.close() }
         restorer = ChangelogRestorer(consumer: restoreConsumer, topic: role.changelogTopic, sourceCount: sources.count, logger: logger)
@@ -150,7 +150,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         if c.untilEnd { consumerConfig.set("enable.partition.eof", "true") }
         consumerConfig.setDefault("auto.offset.reset", "earliest")
         consumerConfig.setDefault("fetch.wait.max.ms", "10")
-        Self.setPrefetchDefaults(&consumerConfig)
+        consumerConfig.setConsumerPrefetchDefaults()
         let me = UnsafeSendable(self)
         let hooks = KafkaRebalanceHooks(
             onAssigned: { partitions in me.value.assigned(partitions) },
@@ -280,17 +280,6 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             if failure.isRetriable, !failure.isFatal, ContinuousClock.now < deadline { continue }
             throw ProcessorError("cannot initialise the transactional producer \(configuration.transactionalID): \(failure)")
         }
-    }
-
-    /// How much a consumer fetches ahead. In librdkafka 2.0.2 both limits count the whole
-    /// consumer queue (every partition's fetch queue forwards to it), and a consumer that
-    /// reaches either stops fetching for a full second before it looks again. With the default
-    /// 100,000 messages, a consumer that drained the queue in half a second then waited the
-    /// other half: a third of a benchmark run. So the count limit is off and the byte limit
-    /// holds well over a second of input, so the pause never empties it.
-    static func setPrefetchDefaults(_ config: inout KafkaConfiguration) {
-        config.setDefault("queued.min.messages", "10000000")
-        config.setDefault("queued.max.messages.kbytes", "131072")
     }
 
     // MARK: - Records
