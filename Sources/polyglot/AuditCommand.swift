@@ -1,12 +1,26 @@
 import ArgumentParser
+import Foundation
 import Core
 import Logging
+import ServiceLifecycle
 
-struct AuditCommand: ParsableCommand {
+struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Recompute every verdict and report drift (SEMANTICS.md §5).",
         discussion: """
+            Without --files or --once: the continuous auditor. Joins the consumer group --group \
+            (default fraud-auditor) on the input, output and dead-letter topics, exactly once, with \
+            its own state under --state-dir restored from <group>-ledger-changelog, and writes one \
+            JSON record per finding to --findings-topic (default audit-findings), keyed by \
+            transactionId, and one log line per finding once committed. A valid input with no \
+            output or dead letter --settle (default 30s) after the auditor read it is missing; an \
+            output or dead letter whose input has not come by then is an orphan. The output and \
+            dead-letter topics must have as many partitions as the input topic. SIGTERM or SIGINT \
+            commits and exits 0; --until-end stops at the end offsets seen at start. Settings as \
+            for process; the auditor's own variables: POLYGLOT_AUDIT_GROUP, \
+            POLYGLOT_AUDIT_FINDINGS_TOPIC, POLYGLOT_AUDIT_SETTLE, POLYGLOT_AUDIT_HIGH_VALUE.
+
             --files audits a replay run: IN.jsonl, replay's OUT.jsonl and, with --dlq, its \
             dead-letter file; positions are line numbers. Prints the counts on stdout and writes \
             every finding to --report. Exits 0 when there is no missing, duplicate, orphan, \
@@ -32,59 +46,95 @@ struct AuditCommand: ParsableCommand {
     @Flag(help: "Audit the processor's Kafka topics once, from their start to the end offsets seen at start.")
     var once = false
 
-    @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS), with --once.")
-    var bootstrapServers: String?
+    @Option(help: "The continuous auditor's consumer group and internal topic prefix (default fraud-auditor).")
+    var group: String?
 
-    @Option(help: "Input topic (default financial-transactions), with --once.")
-    var inputTopic: String?
+    @Option(help: "Topic of the continuous auditor's findings (default audit-findings).")
+    var findingsTopic: String?
 
-    @Option(help: "Output topic (default enriched-transactions), with --once.")
-    var outputTopic: String?
+    @Option(parsing: .unconditional, help: "How long the continuous auditor waits for an input's output, or an output's input (default 30s).")
+    var settle: String?
 
-    @Option(help: "Dead-letter topic (default financial-transactions.dlq), with --once.")
-    var dlqTopic: String?
+    @OptionGroup var runtime: RuntimeOptions
 
-    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
-            help: ArgumentHelp("librdkafka property, repeatable, with --once.", valueName: "key=value"))
-    var properties: [String] = []
-
-    @Option(help: "Settings file of NAME=value lines (env POLYGLOT_CONFIG), with --once.")
-    var config: String?
-
-    @Option(help: "How long --once waits for the Kafka cluster to answer (default 15s).")
-    var connectTimeout: String?
+    @Option(help: "Log level of the continuous auditor: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
 
     @Option(help: "Write the findings and counts as JSON to this file ('-' for stdout).")
     var report: String?
 
-    @Option(name: .customLong("high-value"), help: "Report inputs whose amount is above this, compared exactly as decimals.")
-    var highValue: String = "10000"
+    @Option(name: .customLong("high-value"), help: "Report inputs whose amount is above this, compared exactly as decimals (default 10000).")
+    var highValue: String?
 
-    @Flag(help: "Print each finding's log line on stderr.")
+    @Flag(help: "Print each finding's log line on stderr (--files, --once).")
     var log = false
 
-    @OptionGroup var detector: DetectorOptions
-
     func validate() throws {
-        if once {
-            guard files.isEmpty else { throw ValidationError("--once audits Kafka topics: it takes no --files") }
-            guard DecimalText(highValue) != nil else { throw ValidationError("--high-value must be a JSON number, got '\(highValue)'") }
-            return
+        if once, !files.isEmpty { throw ValidationError("--once audits Kafka topics: it takes no --files") }
+        if !files.isEmpty, files.count != 2 {
+            throw ValidationError("--files needs IN.jsonl OUT.jsonl (got \(files.count) file\(files.count == 1 ? "" : "s"))")
         }
-        guard files.count == 2 else {
-            throw ValidationError("audit needs --files IN.jsonl OUT.jsonl (got \(files.count) file\(files.count == 1 ? "" : "s"))")
-        }
-        guard DecimalText(highValue) != nil else {
-            throw ValidationError("--high-value must be a JSON number, got '\(highValue)'")
-        }
+        if files.isEmpty, dlq != nil { throw ValidationError("--dlq is a file of --files") }
+        if let highValue, DecimalText(highValue) == nil { throw ValidationError("--high-value must be a JSON number, got '\(highValue)'") }
+        if !once, files.isEmpty, report != nil { throw ValidationError("--report is for --files and --once; the continuous auditor writes to --findings-topic") }
     }
 
-    func run() throws {
+    /// The settings of the Kafka modes, resolved the way process resolves its own.
+    private func auditorSettings() -> AuditorSettings {
+        var settings = AuditorSettings()
+        settings.processor = runtime.settings
+        settings.group = group
+        settings.findingsTopic = findingsTopic
+        settings.settle = settle
+        settings.highValue = highValue
+        return settings
+    }
+
+    func run() async throws {
         if once { return try runOnce() }
+        if files.isEmpty { return try await runContinuously() }
+        let parameters: DetectorParameters
+        do throws(ConfigurationError) {
+            let settings = runtime.settings
+            parameters = try settings.detectorParameters(environment: settings.mergedEnvironment(ProcessInfo.processInfo.environment))
+        } catch {
+            throw ValidationError(error.message)
+        }
         let options = FileAuditOptions(
             input: files[0], output: files[1], deadLetters: dlq,
-            configuration: AuditConfiguration(parameters: try detector.parameters(), highValueThreshold: DecimalText(highValue)!))
+            configuration: AuditConfiguration(parameters: parameters,
+                                              highValueThreshold: highValue.flatMap(DecimalText.init) ?? AuditConfiguration.defaultHighValueThreshold))
         try reporting { sink in try FileAudit(options: options).run { findings throws(FileIOError) in try sink(findings) } }
+    }
+
+    private func runContinuously() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        var logger = Logger(label: "polyglot.audit") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = level
+        let configuration: AuditorConfiguration
+        do {
+            configuration = try auditorSettings().resolve()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        let service: AuditorService
+        do {
+            service = try AuditorService(configuration: configuration, logger: logger)
+        } catch {
+            throw CommandFailure(error.message)
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch let error as ProcessorError {
+            throw CommandFailure(error.message)
+        } catch let error as KafkaError {
+            throw CommandFailure("Kafka: \(error)")
+        }
+        let counts = service.auditor.counts
+        StandardError.write(counts.entries.map { "\($0.name) \($0.value)" }.joined(separator: ", ") + "\n")
     }
 
     /// Runs an audit whose findings go to `sink`: each finding's log line (with --log) and the
@@ -108,28 +158,19 @@ struct AuditCommand: ParsableCommand {
         if summary.counts.hasDiscrepancies { throw ExitCode(1) }
     }
 
-    /// The processor's settings, resolved the same way, give the topics and the Kafka properties.
+    /// The auditor's settings, resolved as process resolves its own, give the topics, the Kafka
+    /// properties and the detector.
     private func runOnce() throws {
-        var settings = ProcessorSettings()
-        settings.bootstrapServers = bootstrapServers
-        settings.inputTopic = inputTopic
-        settings.outputTopic = outputTopic
-        settings.deadLetterTopic = dlqTopic
-        settings.kafkaProperties = properties
-        settings.configFile = config
-        settings.connectTimeout = connectTimeout
-        let processor: ProcessorConfiguration
+        let auditor: AuditorConfiguration
         do {
-            processor = try settings.resolve()
+            auditor = try auditorSettings().resolve()
         } catch {
             throw ValidationError(error.message)
         }
+        let r = auditor.runtime
         let options = TopicAuditOptions(
-            kafka: processor.kafka, inputTopic: processor.inputTopic, outputTopic: processor.outputTopic,
-            deadLetterTopic: processor.deadLetterTopic,
-            configuration: AuditConfiguration(parameters: try detector.parameters(), highValueThreshold: DecimalText(highValue)!,
-                                              fingerprintDigest: processor.fingerprintDigest),
-            connectTimeout: processor.connectTimeout)
+            kafka: r.kafka, inputTopic: r.inputTopic, outputTopic: r.outputTopic, deadLetterTopic: r.deadLetterTopic,
+            configuration: auditor.audit, connectTimeout: r.connectTimeout)
         var logger = Logger(label: "polyglot.audit") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
         try reporting { sink in try TopicAudit(options: options, logger: logger).run { findings in try sink(findings) } }

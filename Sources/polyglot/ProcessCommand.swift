@@ -21,89 +21,17 @@ struct ProcessCommand: AsyncParsableCommand {
             SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
             """)
 
-    @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
-    var bootstrapServers: String?
-
     @Option(help: "Consumer group id and internal topic prefix (default fraud-detector-processor).")
     var applicationId: String?
 
-    @Option(help: "Input topic (default financial-transactions).")
-    var inputTopic: String?
-
-    @Option(help: "Output topic (default enriched-transactions).")
-    var outputTopic: String?
-
-    @Option(help: "Dead-letter topic (default financial-transactions.dlq).")
-    var dlqTopic: String?
-
-    @Option(help: "Directory of the task stores, made private (0700) (default $STATE_DIRECTORY under systemd, else ./state; its absolute path is logged at start).")
-    var stateDir: String?
-
-    @Option(help: "exactly-once (default) or at-least-once.")
-    var guarantee: String?
-
-    @Option(parsing: .unconditional, help: "How often the open transaction commits (default 100ms).")
-    var commitInterval: String?
-
-    @Option(help: "Stable id of this instance for its transactional producer (default: the one kept in the state directory's instance-id file, created at first start).")
-    var instanceId: String?
-
-    @Option(help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams', default) or crc32 (librdkafka's default); records elsewhere go through the repartition topic.")
-    var partitioner: String?
-
-    @Option(help: "How long start-up waits for the Kafka cluster to answer (default 15s).")
-    var connectTimeout: String?
-
-    @Flag(help: "Process up to the end offsets seen at start, commit, and exit 0.")
-    var untilEnd = false
-
-    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
-            help: ArgumentHelp("librdkafka property, repeatable (SASL and SSL included; secrets are never logged).",
-                               valueName: "key=value"))
-    var properties: [String] = []
-
-    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default 60s).")
-    var window: String?
-
-    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default 3).")
-    var threshold: String?
-
-    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default 0s).")
-    var grace: String?
-
-    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default 1h).")
-    var retention: String?
-
-    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
-    var maxFutureSkew: String?
-
-    @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
-    var config: String?
+    @OptionGroup var runtime: RuntimeOptions
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func run() async throws {
-        var settings = ProcessorSettings()
-        settings.bootstrapServers = bootstrapServers
+        var settings = runtime.settings
         settings.applicationID = applicationId
-        settings.inputTopic = inputTopic
-        settings.outputTopic = outputTopic
-        settings.deadLetterTopic = dlqTopic
-        settings.stateDirectory = stateDir
-        settings.guarantee = guarantee
-        settings.commitInterval = commitInterval
-        settings.instanceID = instanceId
-        settings.untilEnd = untilEnd
-        settings.partitioner = partitioner
-        settings.connectTimeout = connectTimeout
-        settings.kafkaProperties = properties
-        settings.window = window
-        settings.threshold = threshold
-        settings.grace = grace
-        settings.retention = retention
-        settings.maxFutureSkew = maxFutureSkew
-        settings.configFile = config
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         let configuration: ProcessorConfiguration
         let service: ProcessorService

@@ -6,15 +6,15 @@ import Testing
 struct AuditTests {
     static let own = String(repeating: "a", count: 64)
 
-    static func reconciler(expectsDeadLetters: Bool = true) -> AuditReconciler {
+    static func reconciler(expectsDeadLetters: Bool = true) -> BatchAuditReconciler {
         AuditReconciler(configuration: AuditConfiguration(fingerprintDigest: own, expectsDeadLetters: expectsDeadLetters))
     }
 
-    static func input(_ r: AuditReconciler, _ text: String, line: Int, readAt: Int64 = 0) {
+    static func input(_ r: BatchAuditReconciler, _ text: String, line: Int, readAt: Int64 = 0) {
         Array(text.utf8).withUnsafeBytes { r.input($0, position: .line(line), readAt: readAt) }
     }
 
-    static func output(_ r: AuditReconciler, _ text: String, line: Int, fingerprint: String? = own, receivedAt: Int64 = 0) {
+    static func output(_ r: BatchAuditReconciler, _ text: String, line: Int, fingerprint: String? = own, receivedAt: Int64 = 0) {
         Array(text.utf8).withUnsafeBytes { r.output($0, position: .line(line), lane: 0, fingerprint: fingerprint, receivedAt: receivedAt) }
     }
 

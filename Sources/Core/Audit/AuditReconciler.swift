@@ -31,13 +31,16 @@ public struct AuditConfiguration: Sendable {
 /// in its lane wait too, until the input arrives, ``endOfInputs()`` or ``finish()`` makes it an
 /// orphan, or ``expire(olderThan:)`` gives up on it.
 ///
-/// Memory holds what is pending: inputs without output, waiting outputs, rejected inputs
-/// without dead letter, dead letters without input; and, to tell a duplicate from an orphan, one
-/// hash per settled transaction id, until ``expire(olderThan:)`` drops it.
+/// What must wait for its match (inputs without output, rejected inputs without dead letter,
+/// dead letters without input, and the ids already settled, to tell a duplicate from an orphan
+/// until ``expire(olderThan:)`` drops them) lives in an ``AuditLedger``: in memory for a batch
+/// audit, in a checkpointed store for the continuous auditor, whose lanes' window stores are its
+/// tasks' stores too. Waiting outputs stay in memory: the continuous auditor does not commit
+/// past them (``firstWaitingOutput(lane:)``), so a restart reads them again.
 ///
 /// Not thread-safe: one reconciler per group of lanes, used from one thread. Clock values
 /// (`readAt`, `receivedAt`) are the caller's, in any unit ``expire(olderThan:)`` is given.
-public final class AuditReconciler {
+public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey == CardBytes {
     public let configuration: AuditConfiguration
     /// Counts so far.
     public private(set) var counts = AuditCounts()
@@ -48,66 +51,34 @@ public final class AuditReconciler {
     private let encoder: EnrichedRecordEncoder
     private let threshold: HighValueThreshold
     private let recomputed = ByteBuffer(capacity: 1_024)
+    let ledger: any AuditLedger
+    private let makeWindows: (Int32) -> Windows
 
-    private struct PendingInput {
-        var transaction: Transaction
-        var position: AuditPosition
-        var readAt: Int64
-        /// A dead letter claimed this valid input (already reported): not missing without output.
-        var deadLettered = false
-        /// Further valid inputs with the same id, matched to outputs in arrival order.
-        var later: [PendingInput] = []
-    }
-
-    /// Valid inputs without output, by transaction id.
-    private var pending: [String: PendingInput] = [:]
-    /// Hashes of the ids whose input had its output, and when those inputs were read (oldest first).
-    private var settled: Set<Int> = []
-    private var settledOrder: [(hash: Int, readAt: Int64)] = []
-    private var settledHead = 0
-
-    private struct RejectedInput {
-        var code: RejectionCode
-        var position: AuditPosition
-        var readAt: Int64
-        var contentHash: Int
-    }
-
-    /// Rejected inputs without dead letter, by position.
-    private var rejected: [AuditPosition: RejectedInput] = [:]
-
-    private struct UnmatchedDeadLetter {
-        var code: String?
-        var position: AuditPosition?
-        var source: AuditPosition?
-        var receivedAt: Int64
-    }
-
-    private enum DeadLetterKey: Hashable {
-        case source(AuditPosition)
-        case content(Int)
-    }
-
-    /// Dead letters whose input has not been read, by source (or, without one, by content).
-    private var unmatchedDeadLetters: [DeadLetterKey: [UnmatchedDeadLetter]] = [:]
-    private var sourcelessDeadLetters = 0
+    /// Rejected inputs by content, for dead letters without a source (in memory only: entries
+    /// whose input has since been answered are dropped when met).
+    private var rejectedByContent: [Int: [AuditPosition]] = [:]
+    /// Dead letters without a source whose input has not been read, by content (in memory only).
+    private var sourcelessDeadLetters: [Int: [LedgerDeadLetter]] = [:]
 
     private struct WaitingOutput {
-        var transactionId: String
         var bytes: [UInt8]
         var position: AuditPosition
+        var source: AuditPosition?
+        var fingerprint: String?
         var receivedAt: Int64
     }
 
     private final class Lane {
         var detector: Detector
-        var store: InMemoryWindowStore
+        var store: Windows
         var waiting: [WaitingOutput] = []
         var head = 0
+        /// The transaction id the first waiting output waits for.
+        var blockedOn: String?
 
-        init(parameters: DetectorParameters) {
+        init(parameters: DetectorParameters, store: Windows) {
             detector = Detector(parameters: parameters)
-            store = InMemoryWindowStore(parameters: parameters, initialCapacity: 1 << 12)
+            self.store = store
         }
 
         var isWaiting: Bool { head < waiting.count }
@@ -118,8 +89,11 @@ public final class AuditReconciler {
     private var blocked: [String: [Int32]] = [:]
     private var inputsComplete = false
 
-    public init(configuration: AuditConfiguration) {
+    /// A reconciler over `ledger`, whose lane `n` recomputes verdicts in `windows(n)`.
+    init(configuration: AuditConfiguration, ledger: any AuditLedger, windows: @escaping (Int32) -> Windows) {
         self.configuration = configuration
+        self.ledger = ledger
+        makeWindows = windows
         encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
         threshold = HighValueThreshold(configuration.highValueThreshold)
     }
@@ -133,8 +107,20 @@ public final class AuditReconciler {
     /// Whether some lane has outputs waiting for an input not read yet.
     public var hasWaitingOutputs: Bool { !blocked.isEmpty }
 
-    /// Valid inputs read and not yet matched by an output.
-    public var pendingInputCount: Int { pending.values.reduce(0) { $0 + 1 + $1.later.count } }
+    /// Valid inputs read and not yet matched by an output (a batch audit's, whose ledger is in memory).
+    var pendingInputCount: Int? { (ledger as? MemoryAuditLedger)?.pendingInputCount }
+
+    /// The first output of `lane` still waiting for its input.
+    public func firstWaitingOutput(lane: Int32) -> AuditPosition? {
+        guard let lane = lanes[lane], lane.isWaiting else { return nil }
+        return lane.waiting[lane.head].position
+    }
+
+    /// Counts since the last call (for a caller that publishes them per commit).
+    func takeCounts() -> AuditCounts {
+        defer { counts = AuditCounts() }
+        return counts
+    }
 
     // MARK: Records
 
@@ -155,19 +141,17 @@ public final class AuditReconciler {
             rejectedInput(error.code, bytes: bytes, position: position, readAt: readAt)
             return
         }
-        var entry = PendingInput(transaction: transaction, position: position, readAt: readAt)
-        if !unmatchedDeadLetters.isEmpty, let deadLetter = takeUnmatchedDeadLetter(position: position, bytes: bytes) {
+        var entry = LedgerInput(transaction: transaction, position: position, readAt: readAt, deadLettered: false)
+        if let deadLetter = takeUnmatchedDeadLetter(position: position, bytes: bytes) {
             report(AuditFinding(kind: .deadLetterMismatch, transactionId: transaction.transactionId, cardId: transaction.cardId,
                                 input: position, output: deadLetter.position, actualCode: deadLetter.code,
                                 message: "the input is valid but was dead-lettered"))
             entry.deadLettered = true
         }
         let id = transaction.transactionId
-        if pending[id] != nil {
-            pending[id]!.later.append(entry)
-        } else {
-            pending[id] = entry
-        }
+        var known = ledger.transaction(id)
+        known.inputs.append(entry)
+        ledger.setTransaction(known, for: id)
         if let waitingLanes = blocked.removeValue(forKey: id) {
             for lane in waitingLanes { drain(lane, orphansBefore: nil) }
         }
@@ -175,19 +159,52 @@ public final class AuditReconciler {
 
     /// One output record of lane `lane`, in the lane's order. `source` is its input's position
     /// (the `polyglot-source` header) and `fingerprint` its producer's digest, when known;
-    /// `receivedAt` is the caller's clock, for ``expire(olderThan:)``.
+    /// `receivedAt` is the caller's clock, for ``expire(olderThan:)``. It is counted and checked
+    /// when its input is known (or it is given up on as an orphan); until then it waits, and so
+    /// does every output behind it in its lane, unreadable ones included, so that what the
+    /// continuous auditor has not committed past has not been reported either.
     public func output(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, lane laneID: Int32 = 0,
                        source: AuditPosition? = nil, fingerprint: String? = nil, receivedAt: Int64 = 0) {
-        counts.outputs += 1
+        let lane = self.lane(laneID)
+        if !lane.isWaiting {
+            switch handle(bytes, position: position, source: source, fingerprint: fingerprint, lane: lane, orphan: inputsComplete) {
+            case .done: return
+            case .waiting(let id):
+                blocked[id, default: []].append(laneID)
+                lane.blockedOn = id
+            }
+        }
+        if lane.waiting.count == lane.head {
+            lane.waiting.removeAll(keepingCapacity: true)
+            lane.head = 0
+        }
+        lane.waiting.append(WaitingOutput(bytes: Array(bytes), position: position, source: source, fingerprint: fingerprint,
+                                          receivedAt: receivedAt))
+    }
+
+    private enum OutputOutcome {
+        case done
+        /// Its input is unknown: it waits for this transaction id.
+        case waiting(String)
+    }
+
+    /// Counts and checks one output whose turn in its lane has come, unless its input is unknown
+    /// and it is not yet an `orphan`.
+    private func handle(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, source: AuditPosition?, fingerprint: String?,
+                        lane: Lane, orphan: Bool) -> OutputOutcome {
         let view: EnrichedRecordView
         do {
             view = try reader.read(bytes)
         } catch {
+            counts.outputs += 1
             report(AuditFinding(kind: .unreadableOutput, input: source, output: position,
                                 actual: String(decoding: bytes, as: UTF8.self), message: error.message))
-            return
+            return .done
         }
         let id = reader.string(view.transactionId, in: bytes)
+        var known = ledger.transaction(id)
+        guard !known.inputs.isEmpty || known.settledAt >= 0 || orphan else { return .waiting(id) }
+        counts.outputs += 1
         if view.isFlagged {
             report(AuditFinding(kind: .flagged, transactionId: id, cardId: reader.string(view.cardId, in: bytes),
                                 input: source, output: position, reason: reader.string(view.reason, in: bytes)))
@@ -196,16 +213,25 @@ public final class AuditReconciler {
             report(AuditFinding(kind: .drift, transactionId: id, input: source, output: position,
                                 outputFingerprint: fingerprint, auditorFingerprint: own))
         }
-        let lane = self.lane(laneID)
-        if !lane.isWaiting, settle(id: id, bytes: bytes, position: position, lane: lane, orphan: inputsComplete) {
-            return
+        if !known.inputs.isEmpty {
+            let entry = known.inputs.removeFirst()
+            let transaction = entry.transaction
+            let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &lane.store)
+            recomputed.removeAll()
+            encoder.append(transaction, verdict, to: recomputed)
+            if !Self.equal(recomputed.bytes, bytes) {
+                report(AuditFinding(kind: .mismatch, transactionId: id, cardId: transaction.cardId, input: entry.position,
+                                    output: position, expected: String(decoding: recomputed.bytes, as: UTF8.self),
+                                    actual: String(decoding: bytes, as: UTF8.self)))
+            }
+            known.settledAt = max(known.settledAt, entry.readAt)
+            ledger.setTransaction(known, for: id)
+        } else if known.settledAt >= 0 {
+            report(AuditFinding(kind: .duplicate, transactionId: id, output: position))
+        } else {
+            report(AuditFinding(kind: .orphan, transactionId: id, output: position, message: "no input has this transaction id"))
         }
-        if lane.waiting.count == lane.head {
-            lane.waiting.removeAll(keepingCapacity: true)
-            lane.head = 0
-        }
-        lane.waiting.append(WaitingOutput(transactionId: id, bytes: Array(bytes), position: position, receivedAt: receivedAt))
-        if lane.waiting.count - lane.head == 1 { blocked[id, default: []].append(laneID) }
+        return .done
     }
 
     /// One dead letter: the rejected record's original bytes, its `polyglot-error` code and its
@@ -214,15 +240,21 @@ public final class AuditReconciler {
     public func deadLetter(_ originalBytes: UnsafeRawBufferPointer, code: String?, source: AuditPosition?,
                            position: AuditPosition? = nil, receivedAt: Int64 = 0) {
         counts.deadLetters += 1
-        let found: RejectedInput?
+        let hash = Self.contentHash(originalBytes)
+        var found: (code: RejectionCode, position: AuditPosition)?
         if let source {
-            found = rejected.removeValue(forKey: source)
+            if case .rejected(let expected, _)? = ledger.pairing(at: source) {
+                ledger.setPairing(nil, at: source)
+                found = (expected, source)
+                forgetRejectedContent(hash, at: source)
+            }
         } else {
-            let hash = Self.contentHash(originalBytes)
-            if let match = rejected.first(where: { $0.value.contentHash == hash }) {
-                found = rejected.removeValue(forKey: match.key)
-            } else {
-                found = nil
+            while found == nil, let candidate = rejectedByContent[hash]?.first {
+                forgetRejectedContent(hash, at: candidate)
+                if case .rejected(let expected, _)? = ledger.pairing(at: candidate) {
+                    ledger.setPairing(nil, at: candidate)
+                    found = (expected, candidate)
+                }
             }
         }
         if let found {
@@ -234,19 +266,26 @@ public final class AuditReconciler {
             return
         }
         // A valid input already read that the processor dead-lettered?
-        if let transaction = try? decoder.decode(Array(originalBytes)),
-            let entry = pending[transaction.transactionId], !entry.deadLettered, source == nil || source == entry.position
-        {
-            pending[transaction.transactionId]!.deadLettered = true
-            report(AuditFinding(kind: .deadLetterMismatch, transactionId: transaction.transactionId, cardId: transaction.cardId,
-                                input: entry.position, output: position, actualCode: code,
-                                message: "the input is valid but was dead-lettered"))
-            return
+        if let transaction = try? decoder.decode(Array(originalBytes)) {
+            var known = ledger.transaction(transaction.transactionId)
+            if let i = known.inputs.firstIndex(where: { !$0.deadLettered && (source == nil || source == $0.position) }) {
+                known.inputs[i].deadLettered = true
+                ledger.setTransaction(known, for: transaction.transactionId)
+                report(AuditFinding(kind: .deadLetterMismatch, transactionId: transaction.transactionId, cardId: transaction.cardId,
+                                    input: known.inputs[i].position, output: position, actualCode: code,
+                                    message: "the input is valid but was dead-lettered"))
+                return
+            }
         }
-        let key: DeadLetterKey = source.map { .source($0) } ?? .content(Self.contentHash(originalBytes))
-        if source == nil { sourcelessDeadLetters += 1 }
-        unmatchedDeadLetters[key, default: []].append(
-            UnmatchedDeadLetter(code: code, position: position, source: source, receivedAt: receivedAt))
+        let letter = LedgerDeadLetter(code: code, position: position, receivedAt: receivedAt)
+        if let source {
+            var letters: [LedgerDeadLetter] = []
+            if case .deadLetters(let earlier)? = ledger.pairing(at: source) { letters = earlier }
+            letters.append(letter)
+            ledger.setPairing(.deadLetters(letters), at: source)
+        } else {
+            sourcelessDeadLetters[hash, default: []].append(letter)
+        }
     }
 
     // MARK: Ends
@@ -264,74 +303,81 @@ public final class AuditReconciler {
     public func finish() {
         endOfInputs()
         expire(olderThan: .max)
-        settled.removeAll()
-        settledOrder.removeAll()
-        settledHead = 0
+        (ledger as? MemoryAuditLedger)?.removeAll()
     }
 
     /// Continuous mode: gives up on what has waited since before `cutoff` (the caller's clock,
     /// say now minus the settle time). Outputs waiting since then for an input are orphans,
     /// valid inputs read before then without output (or dead letter) are missing, rejected ones
     /// without dead letter and dead letters without input are reported; settled ids read before
-    /// then are forgotten (a later output for one is an orphan, not a duplicate).
-    public func expire(olderThan cutoff: Int64) {
-        for id in lanes.keys.sorted() { drain(id, orphansBefore: cutoff) }
+    /// then are forgotten (a later output for one is an orphan, not a duplicate). Returns
+    /// whether anything changed.
+    @discardableResult
+    public func expire(olderThan cutoff: Int64) -> Bool {
+        var changed = false
+        for id in lanes.keys.sorted() where drain(id, orphansBefore: cutoff) { changed = true }
 
-        var missing: [PendingInput] = []
-        for (id, entry) in pending {
-            var kept: [PendingInput] = []
-            for input in [entry] + entry.later {
-                if input.readAt < cutoff { missing.append(input) } else { kept.append(input) }
-            }
-            if kept.count == entry.later.count + 1 { continue }
-            if var first = kept.first {
-                first.later = Array(kept.dropFirst())
-                pending[id] = first
-            } else {
-                pending[id] = nil
+        var missing: [LedgerInput] = []
+        var unanswered: [(position: AuditPosition, code: RejectionCode)] = []
+        var orphans: [(source: AuditPosition?, letter: LedgerDeadLetter)] = []
+        for key in ledger.expiring(before: cutoff) {
+            switch key {
+            case .transaction(let id):
+                var known = ledger.transaction(id)
+                let before = known
+                missing += known.inputs.filter { $0.readAt < cutoff }
+                known.inputs.removeAll { $0.readAt < cutoff }
+                if known.settledAt >= 0, known.settledAt < cutoff { known.settledAt = -1 }
+                if known != before {
+                    ledger.setTransaction(known, for: id)
+                    changed = true
+                }
+            case .pairing(let position):
+                switch ledger.pairing(at: position) {
+                case .rejected(let code, let readAt)? where readAt < cutoff:
+                    ledger.setPairing(nil, at: position)
+                    unanswered.append((position, code))
+                    changed = true
+                case .deadLetters(let letters)?:
+                    let old = letters.filter { $0.receivedAt < cutoff }
+                    guard !old.isEmpty else { continue }
+                    orphans += old.map { (position, $0) }
+                    let young = letters.filter { $0.receivedAt >= cutoff }
+                    ledger.setPairing(young.isEmpty ? nil : .deadLetters(young), at: position)
+                    changed = true
+                default:
+                    continue
+                }
             }
         }
         for input in missing.sorted(by: { $0.position < $1.position }) where !input.deadLettered {
             report(AuditFinding(kind: .missing, transactionId: input.transaction.transactionId,
                                 cardId: input.transaction.cardId, input: input.position))
         }
-
-        let unanswered = rejected.values.filter { $0.readAt < cutoff }.sorted { $0.position < $1.position }
-        for input in unanswered {
-            rejected[input.position] = nil
+        for input in unanswered.sorted(by: { $0.position < $1.position }) {
             report(AuditFinding(kind: .deadLetterMismatch, input: input.position, expectedCode: input.code.rawValue,
                                 message: "the rejected input has no dead letter"))
         }
-
-        var orphans: [UnmatchedDeadLetter] = []
-        for (key, letters) in unmatchedDeadLetters {
+        for (hash, letters) in sourcelessDeadLetters {
             let old = letters.filter { $0.receivedAt < cutoff }
             guard !old.isEmpty else { continue }
-            orphans += old
+            orphans += old.map { (nil, $0) }
             let young = letters.filter { $0.receivedAt >= cutoff }
-            unmatchedDeadLetters[key] = young.isEmpty ? nil : young
-            if case .content = key { sourcelessDeadLetters -= old.count }
+            sourcelessDeadLetters[hash] = young.isEmpty ? nil : young
         }
-        for letter in orphans.sorted(by: { ($0.source ?? $0.position ?? .line(0)) < ($1.source ?? $1.position ?? .line(0)) }) {
-            report(AuditFinding(kind: .orphan, input: letter.source, output: letter.position, actualCode: letter.code,
+        if cutoff == .max { rejectedByContent.removeAll() }
+        for (source, letter) in orphans.sorted(by: { ($0.source ?? $0.letter.position ?? .line(0)) < ($1.source ?? $1.letter.position ?? .line(0)) }) {
+            report(AuditFinding(kind: .orphan, input: source, output: letter.position, actualCode: letter.code,
                                 message: "a dead letter whose input was not read"))
         }
-
-        while settledHead < settledOrder.count && settledOrder[settledHead].readAt < cutoff {
-            settled.remove(settledOrder[settledHead].hash)
-            settledHead += 1
-        }
-        if settledHead > 4_096 && settledHead * 2 > settledOrder.count {
-            settledOrder.removeFirst(settledHead)
-            settledHead = 0
-        }
+        return changed || !missing.isEmpty || !orphans.isEmpty
     }
 
     // MARK: Matching
 
     private func lane(_ id: Int32) -> Lane {
         if let lane = lanes[id] { return lane }
-        let lane = Lane(parameters: configuration.parameters)
+        let lane = Lane(parameters: configuration.parameters, store: makeWindows(id))
         lanes[id] = lane
         return lane
     }
@@ -339,24 +385,29 @@ public final class AuditReconciler {
     /// Handles a lane's waiting outputs in order while their inputs are known; an unknown one
     /// that arrived before `orphansBefore` (or after ``endOfInputs()``) is an orphan, any other
     /// stops the lane again. A waiting lane's first output is always in `blocked`.
-    private func drain(_ laneID: Int32, orphansBefore cutoff: Int64?) {
-        guard let lane = lanes[laneID], lane.isWaiting else { return }
-        unblock(lane.waiting[lane.head].transactionId, laneID)
+    @discardableResult
+    private func drain(_ laneID: Int32, orphansBefore cutoff: Int64?) -> Bool {
+        guard let lane = lanes[laneID], lane.isWaiting else { return false }
+        if let id = lane.blockedOn { unblock(id, laneID) }
+        lane.blockedOn = nil
+        let head = lane.head
         while lane.isWaiting {
             let output = lane.waiting[lane.head]
             let orphan = inputsComplete || (cutoff.map { output.receivedAt < $0 } ?? false)
-            let done = output.bytes.withUnsafeBytes {
-                settle(id: output.transactionId, bytes: $0, position: output.position, lane: lane, orphan: orphan)
+            let outcome = output.bytes.withUnsafeBytes {
+                handle($0, position: output.position, source: output.source, fingerprint: output.fingerprint, lane: lane, orphan: orphan)
             }
-            guard done else {
-                blocked[output.transactionId, default: []].append(laneID)
-                return
+            if case .waiting(let id) = outcome {
+                blocked[id, default: []].append(laneID)
+                lane.blockedOn = id
+                return lane.head != head
             }
             lane.waiting[lane.head].bytes = []
             lane.head += 1
         }
         lane.waiting.removeAll(keepingCapacity: true)
         lane.head = 0
+        return true
     }
 
     private func unblock(_ id: String, _ laneID: Int32) {
@@ -365,49 +416,8 @@ public final class AuditReconciler {
         blocked[id] = lanes.isEmpty ? nil : lanes
     }
 
-
-    /// Matches one output to its input and recomputes it; false when its input is unknown and it
-    /// must wait (an `orphan` is reported instead when `orphan` is true).
-    private func settle(id: String, bytes: UnsafeRawBufferPointer, position: AuditPosition, lane: Lane, orphan: Bool) -> Bool {
-        if var entry = pending[id] {
-            let transaction = entry.transaction
-            let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &lane.store)
-            recomputed.removeAll()
-            encoder.append(transaction, verdict, to: recomputed)
-            if !Self.equal(recomputed.bytes, bytes) {
-                report(AuditFinding(kind: .mismatch, transactionId: id, cardId: transaction.cardId, input: entry.position,
-                                    output: position, expected: String(decoding: recomputed.bytes, as: UTF8.self),
-                                    actual: String(decoding: bytes, as: UTF8.self)))
-            }
-            markSettled(id, readAt: entry.readAt)
-            if entry.later.isEmpty {
-                pending[id] = nil
-            } else {
-                var next = entry.later.removeFirst()
-                next.later = entry.later
-                entry.later = []
-                pending[id] = next
-            }
-            return true
-        }
-        if settled.contains(id.hashValue) {
-            report(AuditFinding(kind: .duplicate, transactionId: id, output: position))
-            return true
-        }
-        if orphan {
-            report(AuditFinding(kind: .orphan, transactionId: id, output: position, message: "no input has this transaction id"))
-            return true
-        }
-        return false
-    }
-
-    private func markSettled(_ id: String, readAt: Int64) {
-        let hash = id.hashValue
-        if settled.insert(hash).inserted { settledOrder.append((hash, readAt)) }
-    }
-
     private func rejectedInput(_ code: RejectionCode, bytes: UnsafeRawBufferPointer, position: AuditPosition, readAt: Int64) {
-        if !unmatchedDeadLetters.isEmpty, let deadLetter = takeUnmatchedDeadLetter(position: position, bytes: bytes) {
+        if let deadLetter = takeUnmatchedDeadLetter(position: position, bytes: bytes) {
             if deadLetter.code != code.rawValue {
                 report(AuditFinding(kind: .deadLetterMismatch, input: position, output: deadLetter.position,
                                     expectedCode: code.rawValue, actualCode: deadLetter.code,
@@ -416,20 +426,27 @@ public final class AuditReconciler {
             return
         }
         guard configuration.expectsDeadLetters else { return }
-        rejected[position] = RejectedInput(code: code, position: position, readAt: readAt, contentHash: Self.contentHash(bytes))
+        ledger.setPairing(.rejected(code: code, readAt: readAt), at: position)
+        rejectedByContent[Self.contentHash(bytes), default: []].append(position)
     }
 
-    private func takeUnmatchedDeadLetter(position: AuditPosition, bytes: UnsafeRawBufferPointer) -> UnmatchedDeadLetter? {
-        if let letter = takeFirst(.source(position)) { return letter }
-        guard sourcelessDeadLetters > 0, let letter = takeFirst(.content(Self.contentHash(bytes))) else { return nil }
-        sourcelessDeadLetters -= 1
-        return letter
+    private func forgetRejectedContent(_ hash: Int, at position: AuditPosition) {
+        guard var positions = rejectedByContent[hash], let i = positions.firstIndex(of: position) else { return }
+        positions.remove(at: i)
+        rejectedByContent[hash] = positions.isEmpty ? nil : positions
     }
 
-    private func takeFirst(_ key: DeadLetterKey) -> UnmatchedDeadLetter? {
-        guard var letters = unmatchedDeadLetters[key], !letters.isEmpty else { return nil }
+    private func takeUnmatchedDeadLetter(position: AuditPosition, bytes: UnsafeRawBufferPointer) -> LedgerDeadLetter? {
+        if ledger.mayHoldDeadLetters, case .deadLetters(var letters)? = ledger.pairing(at: position), !letters.isEmpty {
+            let first = letters.removeFirst()
+            ledger.setPairing(letters.isEmpty ? nil : .deadLetters(letters), at: position)
+            return first
+        }
+        guard !sourcelessDeadLetters.isEmpty else { return nil }
+        let hash = Self.contentHash(bytes)
+        guard var letters = sourcelessDeadLetters[hash], !letters.isEmpty else { return nil }
         let first = letters.removeFirst()
-        unmatchedDeadLetters[key] = letters.isEmpty ? nil : letters
+        sourcelessDeadLetters[hash] = letters.isEmpty ? nil : letters
         return first
     }
 
@@ -451,6 +468,15 @@ public final class AuditReconciler {
     }
 }
 
+extension AuditReconciler where Windows == InMemoryWindowStore {
+    /// A reconciler for a batch audit: its ledger and its lanes' window stores in memory.
+    public convenience init(configuration: AuditConfiguration) {
+        let parameters = configuration.parameters
+        self.init(configuration: configuration, ledger: MemoryAuditLedger(),
+                  windows: { _ in InMemoryWindowStore(parameters: parameters, initialCapacity: 1 << 12) })
+    }
+}
+
 extension AuditPosition: Comparable {
     /// Lines before records; lines by number; records by topic, partition and offset.
     public static func < (a: AuditPosition, b: AuditPosition) -> Bool {
@@ -462,3 +488,6 @@ extension AuditPosition: Comparable {
         }
     }
 }
+
+/// The reconciler of a batch audit (`audit --files`, `audit --once`): everything in memory.
+public typealias BatchAuditReconciler = AuditReconciler<InMemoryWindowStore>

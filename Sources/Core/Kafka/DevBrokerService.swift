@@ -24,11 +24,16 @@ public struct DevBrokerOptions: Sendable, Hashable {
     public static let outputTopic = "enriched-transactions"
     public static let deadLetterTopic = "financial-transactions.dlq"
 
-    /// Every topic the pipeline uses with the default names: input, output, dead letters and the
-    /// application's changelog and repartition topics.
+    public static let auditorGroupID = "fraud-auditor"
+    public static let findingsTopic = "audit-findings"
+
+    /// Every topic the pipeline uses with the default names: input, output, dead letters, the
+    /// application's changelog and repartition topics, and the auditor's findings, ledger
+    /// changelog and repartition topics (the mock cluster has no admin API to create them later).
     public var topics: [String] {
         [Self.inputTopic, Self.outputTopic, Self.deadLetterTopic,
-         "\(applicationID)-windows-changelog", "\(applicationID)-repartition"]
+         "\(applicationID)-windows-changelog", "\(applicationID)-repartition",
+         Self.findingsTopic, "\(Self.auditorGroupID)-ledger-changelog", "\(Self.auditorGroupID)-repartition"]
     }
 
     /// Checks the numbers; the message is one line for the operator.

@@ -73,8 +73,11 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
             topics = Topics(output: try collector.topic(c.outputTopic), deadLetter: try collector.topic(c.deadLetterTopic),
                             repartition: try collector.topic(c.repartitionTopic))
         }
-        return FraudDetectionTask(role: self, partition: partition, partitionCount: Int32(partitionCount), store: store,
-                                  collector: collector)
+        let c = configuration
+        return FraudDetectionTask(role: self, partition: partition, partitionCount: Int32(partitionCount),
+                                  outputPartitionCount: Int32(collector.partitionCounts[c.outputTopic] ?? partitionCount),
+                                  deadLetterPartitionCount: Int32(collector.partitionCounts[c.deadLetterTopic] ?? 0),
+                                  store: store, collector: collector)
     }
 
     public func didHandleBatch() {
@@ -145,7 +148,13 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                         encoder.append(view: view, record: record, verdict, to: out)
                     }
                     let source = source, fingerprint = fingerprintBytes, version = versionBytes
-                    collector.send(to: topics.output, key: UnsafeRawBufferPointer(card), value: out.bytes) { headers in
+                    // On the card's partition of the output topic, placed explicitly like the
+                    // repartition records: with co-partitioned topics, the task's own partition,
+                    // so an auditor finds an input and its output in one task.
+                    let outputPartition = task.outputPartitionCount == task.partitionCount
+                        ? home : configuration.partitioner.partition(of: card, count: task.outputPartitionCount)
+                    collector.send(to: topics.output, partition: outputPartition, key: UnsafeRawBufferPointer(card),
+                                   value: out.bytes) { headers in
                         headers.add("polyglot-source", source.bytes)
                         fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
                         version.withUnsafeBytes { headers.add("polyglot-version", $0) }
@@ -157,8 +166,11 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
             }
         } catch {
             let source = source, fingerprint = fingerprintBytes
-            // A null value is dead-lettered as an empty one.
-            collector.send(to: topics.deadLetter, key: m.key, value: m.value ?? UnsafeRawBufferPointer(start: nil, count: 0)) { headers in
+            // A null value is dead-lettered as an empty one. On the input record's partition when
+            // the dead-letter topic has as many: an auditor reads both in one task.
+            let partition: Int32? = task.deadLetterPartitionCount == task.partitionCount ? m.partition : nil
+            collector.send(to: topics.deadLetter, partition: partition, key: m.key,
+                           value: m.value ?? UnsafeRawBufferPointer(start: nil, count: 0)) { headers in
                 Array(error.code.rawValue.utf8).withUnsafeBytes { headers.add("polyglot-error", $0) }
                 Array(error.message.utf8).withUnsafeBytes { headers.add("polyglot-error-message", $0) }
                 headers.add("polyglot-source", source.bytes)
@@ -187,14 +199,19 @@ public final class FraudDetectionTask: StreamTask {
     unowned let role: FraudDetectionRole
     let partition: Int32
     let partitionCount: Int32
+    let outputPartitionCount: Int32
+    let deadLetterPartitionCount: Int32
     public let store: SQLiteWindowStore
     let collector: RecordCollector
     var detector: Detector
 
-    init(role: FraudDetectionRole, partition: Int32, partitionCount: Int32, store: SQLiteWindowStore, collector: RecordCollector) {
+    init(role: FraudDetectionRole, partition: Int32, partitionCount: Int32, outputPartitionCount: Int32,
+         deadLetterPartitionCount: Int32, store: SQLiteWindowStore, collector: RecordCollector) {
         self.role = role
         self.partition = partition
         self.partitionCount = partitionCount
+        self.outputPartitionCount = outputPartitionCount
+        self.deadLetterPartitionCount = deadLetterPartitionCount
         self.store = store
         self.collector = collector
         detector = Detector(parameters: role.configuration.parameters)

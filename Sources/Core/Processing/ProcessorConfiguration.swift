@@ -1,3 +1,25 @@
+import Crypto
+import Foundation
+
+extension RuntimeConfiguration {
+    /// The runtime settings of a role configured like the processor: the group is its
+    /// application id, its stores live in `<state directory>/<application id>`, and its
+    /// transactional id is `<application id>-<instance id>`.
+    public init(role c: ProcessorConfiguration) {
+        self.init(kafka: c.kafka, groupID: c.applicationID,
+                  stateDirectory: URL(fileURLWithPath: c.stateDirectory).appendingPathComponent(c.applicationID).path,
+                  guarantee: c.guarantee, commitInterval: c.commitInterval, untilEnd: c.untilEnd,
+                  transactionalID: Self.transactionalID(c), connectTimeout: c.connectTimeout)
+    }
+
+    static func transactionalID(_ c: ProcessorConfiguration) -> String {
+        if let id = c.instanceID { return "\(c.applicationID)-\(id)" }
+        let path = URL(fileURLWithPath: c.stateDirectory).standardizedFileURL.path
+        let digest = SHA256.hash(data: Data("\(ProcessInfo.processInfo.hostName)\n\(path)".utf8))
+        return "\(c.applicationID)-" + digest.prefix(8).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
 /// Everything `polyglot process` needs, already validated.
 public struct ProcessorConfiguration: Sendable {
     /// librdkafka properties shared by every client (bootstrap servers, SASL, SSL, `-X` ones).

@@ -6,16 +6,27 @@ import ServiceLifecycle
 public struct ProcessorService: Service {
     public let processor: StreamProcessor
 
-    /// Prepares the state directory (``StateDirectory/prepare(_:instanceID:)``: private, with
-    /// the instance id kept in it) and logs its absolute path, so that a run never writes state
-    /// somewhere unnoticed.
+    /// Prepares the state directory (``StateDirectory/prepareForRun(_:instanceID:logger:)``).
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process")) throws(ConfigurationError) {
         processor = try StreamProcessor(configuration: configuration, logger: logger)
-        var metadata: Logger.Metadata = ["path": "\(configuration.stateDirectory)"]
-        if let instanceID = configuration.instanceID {
+        try StateDirectory.prepareForRun(configuration.stateDirectory, instanceID: configuration.instanceID, logger: logger)
+    }
+
+    public func run() async throws {
+        try await processor.runtime.runUntilGracefulShutdown(threadName: "polyglot-proc")
+    }
+}
+
+extension StateDirectory {
+    /// Prepares a role's state directory (``prepare(_:instanceID:)``: private, with the instance
+    /// id kept in it) and logs its absolute path, so that a run never writes state somewhere
+    /// unnoticed.
+    public static func prepareForRun(_ directory: String, instanceID: String?, logger: Logger) throws(ConfigurationError) {
+        var metadata: Logger.Metadata = ["path": "\(directory)"]
+        if let instanceID {
             let preparation: StateDirectory.Preparation
             do {
-                preparation = try StateDirectory.prepare(configuration.stateDirectory, instanceID: instanceID)
+                preparation = try StateDirectory.prepare(directory, instanceID: instanceID)
             } catch {
                 throw ConfigurationError("state directory: \(error.description)")
             }
@@ -25,14 +36,5 @@ public struct ProcessorService: Service {
             metadata["instance"] = "\(instanceID)"
         }
         logger.info("state directory", metadata: metadata)
-    }
-
-    public func run() async throws {
-        let processor = self.processor
-        try await withGracefulShutdownHandler {
-            try await processor.runOnDedicatedThread()
-        } onGracefulShutdown: {
-            processor.requestStop()
-        }
     }
 }

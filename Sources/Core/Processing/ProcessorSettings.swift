@@ -87,22 +87,13 @@ public struct ProcessorSettings: Sendable {
         "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END", "POLYGLOT_KAFKA_PROPERTIES", "POLYGLOT_WINDOW",
         "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW",
         "POLYGLOT_PARTITIONER", "POLYGLOT_CONNECT_TIMEOUT",
+        // The auditor's own (AuditorSettings).
+        "POLYGLOT_AUDIT_GROUP", "POLYGLOT_AUDIT_FINDINGS_TOPIC", "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_HIGH_VALUE",
     ]
 
-    /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
-    public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ProcessorConfiguration {
-        var environment = environment
-        var kafkaLayers: [(source: String, text: String)] = []
-        if let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
-            // The file is the lowest layer: the environment wins over it. Kafka properties add up
-            // (file, then environment, then -X), each later one winning per property.
-            let file = try Self.readFile(path)
-            if let text = file["POLYGLOT_KAFKA_PROPERTIES"] { kafkaLayers.append((path, text)) }
-            environment = file.merging(environment) { _, env in env }
-        }
-        if let text = environment["POLYGLOT_KAFKA_PROPERTIES"], kafkaLayers.last?.text != text {
-            kafkaLayers.append(("POLYGLOT_KAFKA_PROPERTIES", text))
-        }
+    /// The detector's parameters from the flags over `environment` (already merged with the
+    /// settings file, as ``mergedEnvironment(_:)`` gives it) over the defaults.
+    public func detectorParameters(environment: [String: String]) throws(ConfigurationError) -> DetectorParameters {
         func pick(_ flag: String?, _ variable: String) -> String? {
             if let flag { return flag }
             if let value = environment[variable], !value.isEmpty { return value }
@@ -129,6 +120,35 @@ public struct ProcessorSettings: Sendable {
             grace: milliseconds(grace, "POLYGLOT_GRACE", "--grace", d.grace),
             retention: milliseconds(retention, "POLYGLOT_RETENTION", "--retention", d.retention),
             maxFutureSkew: milliseconds(maxFutureSkew, "POLYGLOT_MAX_FUTURE_SKEW", "--max-future-skew", d.maxFutureSkew))
+        return parameters
+    }
+
+    /// `environment` over the settings file (``configFile`` or `POLYGLOT_CONFIG`), when there is one.
+    public func mergedEnvironment(_ environment: [String: String]) throws(ConfigurationError) -> [String: String] {
+        guard let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) else { return environment }
+        return try Self.readFile(path).merging(environment) { _, env in env }
+    }
+
+    /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
+    public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ProcessorConfiguration {
+        var environment = environment
+        var kafkaLayers: [(source: String, text: String)] = []
+        if let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            // The file is the lowest layer: the environment wins over it. Kafka properties add up
+            // (file, then environment, then -X), each later one winning per property.
+            let file = try Self.readFile(path)
+            if let text = file["POLYGLOT_KAFKA_PROPERTIES"] { kafkaLayers.append((path, text)) }
+            environment = file.merging(environment) { _, env in env }
+        }
+        if let text = environment["POLYGLOT_KAFKA_PROPERTIES"], kafkaLayers.last?.text != text {
+            kafkaLayers.append(("POLYGLOT_KAFKA_PROPERTIES", text))
+        }
+        func pick(_ flag: String?, _ variable: String) -> String? {
+            if let flag { return flag }
+            if let value = environment[variable], !value.isEmpty { return value }
+            return nil
+        }
+        let parameters = try detectorParameters(environment: environment)
         var kafka = KafkaConfiguration()
         for layer in kafkaLayers {
             do { try kafka.apply(overrides: KafkaConfiguration.splitPropertyList(layer.text)) } catch {

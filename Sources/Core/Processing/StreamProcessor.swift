@@ -24,12 +24,7 @@ public final class StreamProcessor: Sendable {
         try configuration.validate()
         self.configuration = configuration
         role = FraudDetectionRole(configuration: configuration)
-        let c = configuration
-        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(
-            kafka: c.kafka, groupID: c.applicationID,
-            stateDirectory: URL(fileURLWithPath: c.stateDirectory).appendingPathComponent(c.applicationID).path,
-            guarantee: c.guarantee, commitInterval: c.commitInterval, untilEnd: c.untilEnd,
-            transactionalID: Self.transactionalID(c), connectTimeout: c.connectTimeout), logger: logger)
+        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration), logger: logger)
     }
 
     /// Asks ``run()`` to finish: it commits (or aborts) the open transaction, leaves the group and
@@ -41,27 +36,12 @@ public final class StreamProcessor: Sendable {
     }
 
     /// The transactional id: `<application-id>-<instance id>`.
-    public var transactionalID: String { Self.transactionalID(configuration) }
-
-    static func transactionalID(_ c: ProcessorConfiguration) -> String {
-        if let id = c.instanceID { return "\(c.applicationID)-\(id)" }
-        let path = URL(fileURLWithPath: c.stateDirectory).standardizedFileURL.path
-        let digest = SHA256.hash(data: Data("\(ProcessInfo.processInfo.hostName)\n\(path)".utf8))
-        return "\(c.applicationID)-" + digest.prefix(8).map { String(format: "%02x", $0) }.joined()
-    }
+    public var transactionalID: String { runtime.configuration.transactionalID }
 
     /// Runs on a dedicated thread until stopped (or, with `untilEnd`, until the end offsets seen
     /// at start are processed), bridged to async.
     public func runOnDedicatedThread() async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let thread = Thread {
-                // Named from inside: on Linux a name set before start does not reach the OS thread (15 bytes at most).
-                Thread.current.name = "polyglot-proc"
-                continuation.resume(with: Result { try self.run() })
-            }
-            thread.stackSize = 8 << 20
-            thread.start()
-        }
+        try await runtime.runOnDedicatedThread(threadName: "polyglot-proc")
     }
 
     /// Blocking: the whole run. Call on a dedicated thread.

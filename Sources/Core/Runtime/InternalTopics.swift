@@ -10,8 +10,8 @@ struct InternalTopics {
     let changelogTopic: String
     let sinkTopics: [String]
 
-    /// Returns the partition count of the first source.
-    func check(kafka: KafkaConfiguration, connectTimeout: Duration, isStopping: () -> Bool, logger: Logger) throws -> Int {
+    /// Returns the partition count of every topic checked (the first source's at `sources[0].name`).
+    func check(kafka: KafkaConfiguration, connectTimeout: Duration, isStopping: () -> Bool, logger: Logger) throws -> [String: Int] {
         let admin = try KafkaAdmin(configuration: kafka, logger: logger)
         defer { admin.close() }
         let input = sources[0].name
@@ -47,7 +47,7 @@ struct InternalTopics {
             logger.warning("the changelog topic is not compacted: it grows without bound, and a restore reads all of it (set cleanup.policy=compact)",
                            metadata: ["topic": "\(changelogTopic)", "cleanup.policy": "\(policy)"])
         }
-        return inputCount
+        return counts
     }
 
     /// Partition counts, asked in short slices so a stop request is seen at once; a cluster

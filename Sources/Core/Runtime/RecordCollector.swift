@@ -8,6 +8,8 @@ public final class RecordCollector {
     let producer: KafkaProducer
     let emitter: KafkaEmitter
     private var topics: [String: KafkaProducerTopic] = [:]
+    /// Partition counts of the role's sources, changelog and sinks, as checked at start.
+    public internal(set) var partitionCounts: [String: Int] = [:]
 
     init(producer: KafkaProducer) {
         self.producer = producer

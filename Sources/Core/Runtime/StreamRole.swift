@@ -29,6 +29,14 @@ public protocol StreamRole: AnyObject, SendableMetatype {
     func didHandleBatch()
     /// The role's counters for the run's final log line, beside the runtime's.
     var summary: [String: String] { get }
+    /// How often the runtime calls each running task's ``StreamTask/punctuate(wallClock:)``
+    /// (nil: never), for work driven by wall time rather than records, as Kafka Streams'
+    /// wall-clock punctuators.
+    var punctuationInterval: Duration? { get }
+}
+
+extension StreamRole {
+    public var punctuationInterval: Duration? { nil }
 }
 
 /// One topic a role reads.
@@ -57,6 +65,26 @@ public protocol StreamTask: AnyObject {
     /// The store was rolled back to its last commit: forget anything derived from the records
     /// since then.
     func rolledBack()
+    /// The offset of the first record of `sources[source]` the task has read but holds back,
+    /// unhandled, until a record of another source arrives (nil: none). Commits stop there, so a
+    /// restart or a rewind reads it again: what the task holds in memory is never state.
+    func heldBack(source: Int) -> Int64?
+    /// The cycle's changes are sealed for the commit that starts now: what the task derived from
+    /// them (log lines, counters) belongs to that commit, and ``committed()`` or
+    /// ``rolledBack()`` follows.
+    func sealed()
+    /// The sealed cycle is committed in Kafka and in the store.
+    func committed()
+    /// Wall-clock work (epoch milliseconds), every ``StreamRole/punctuationInterval``: it may
+    /// send records and change the store like ``handle(_:source:)``. Returns whether it did.
+    func punctuate(wallClock: Int64) throws -> Bool
+}
+
+extension StreamTask {
+    public func heldBack(source: Int) -> Int64? { nil }
+    public func sealed() {}
+    public func committed() {}
+    public func punctuate(wallClock: Int64) throws -> Bool { false }
 }
 
 /// What the runtime needs of a task's store: a write-back store whose changes become changelog

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// The run loop every role runs on: one consumer-group member whose tasks (one per partition
@@ -77,6 +78,30 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
 
     // MARK: - Run
 
+    /// Runs on a dedicated thread (named `threadName`, at most 15 bytes) until stopped, bridged
+    /// to async.
+    public func runOnDedicatedThread(threadName: String) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let thread = Thread {
+                // Named from inside: on Linux a name set before start does not reach the OS thread.
+                Thread.current.name = threadName
+                continuation.resume(with: Result { try self.run() })
+            }
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+    }
+
+    /// Runs on a dedicated thread until stopped or until the service group shuts down
+    /// gracefully (SIGTERM, SIGINT), which stops the run the way ``requestStop()`` does.
+    public func runUntilGracefulShutdown(threadName: String) async throws {
+        try await withGracefulShutdownHandler {
+            try await runOnDedicatedThread(threadName: threadName)
+        } onGracefulShutdown: {
+            self.requestStop()
+        }
+    }
+
     /// Blocking: the whole run. Call on a dedicated thread.
     public func run() throws {
         let started = ContinuousClock.now
@@ -107,12 +132,14 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     private func runLoop() throws {
         let c = configuration
         let sources = role.sources
-        partitionCount = try InternalTopics(sources: sources, changelogTopic: role.changelogTopic, sinkTopics: role.sinkTopics)
+        let partitionCounts = try InternalTopics(sources: sources, changelogTopic: role.changelogTopic, sinkTopics: role.sinkTopics)
             .check(kafka: c.kafka, connectTimeout: c.connectTimeout, isStopping: { isStopping }, logger: logger)
+        partitionCount = partitionCounts[sources[0].name]!
         producer = try KafkaProducer(configuration: producerConfiguration(), logger: logger)
         defer { producer.close(flushTimeout: .seconds(5)) }
         if c.guarantee == .exactlyOnce { try initTransactions() }
         collector = RecordCollector(producer: producer)
+        collector.partitionCounts = partitionCounts
         defer { collector.emitter.stop() }
         changelog = try collector.topic(role.changelogTopic)
 
@@ -178,9 +205,20 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
 
         cycleStart = .now
         var lastReport = ContinuousClock.now
+        var lastPunctuation = ContinuousClock.now
         var reportedRecords = 0
         while !isStopping {
             try startAssignedTasks()
+            if let interval = role.punctuationInterval, ContinuousClock.now - lastPunctuation >= interval {
+                lastPunctuation = .now
+                do {
+                    try punctuate()
+                } catch let abort as TransactionAbortRequired {
+                    logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
+                    try abortAndRewind()
+                    continue
+                }
+            }
             let restoring = !restorer.isIdle
             if restoring {
                 for slot in try restorer.step(budget: .milliseconds(200)) { try startRunning(slot) }
@@ -303,6 +341,26 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         cycleRecords += 1
     }
 
+    /// Runs every running task's wall-clock work inside the open cycle.
+    private func punctuate() throws {
+        let wallClock = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
+        for slot in tasks.running {
+            guard let task = slot.task else { continue }
+            try coordinator.beginIfNeeded()
+            if try task.punctuate(wallClock: wallClock) { slot.changed = true }
+        }
+    }
+
+    /// Where a task's commit leaves each source: its next offset, or the first record it holds back.
+    private func commitPositions(_ slot: TaskSlot<Role>) -> SourcePositions {
+        var positions = slot.next
+        guard let task = slot.task else { return positions }
+        for i in role.sources.indices {
+            if let held = task.heldBack(source: i), let next = positions[i], held < next { positions[i] = held }
+        }
+        return positions
+    }
+
     private func publishCycleStats() {
         role.didHandleBatch()
         guard cycleRecords > 0 else { return }
@@ -421,35 +479,37 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             try coordinator.beginIfNeeded()
             var changelogCount = 0
             for slot in changed { try slot.store!.pendingChanges(into: &slot.changelog) }
+            let positions = changed.map(commitPositions)
             // Each task's first record, then the rest: every changelog partition joins the
             // transaction in one burst. librdkafka 2.0.2 adds partitions one request at a time,
             // a timer of under a millisecond apart, and its main thread spins on the clock while
             // it waits (fixed in 2.4.0): joining 32 partitions one by one cost ~20% of the CPU.
             for pass in 0..<2 {
-                for slot in changed {
+                for (slot, positions) in zip(changed, positions) {
                     let batch = slot.changelog
                     guard pass == 0 || batch.count > 1 else { continue }
                     let store = slot.store!
                     try collector.writeChangelog(
                         batch, range: pass == 0 ? 0..<min(1, batch.count) : 1..<batch.count, to: changelog,
-                        partition: slot.partition, positions: ChangelogPositions.encode(slot.next.checkpointForm),
+                        partition: slot.partition, positions: ChangelogPositions.encode(positions.checkpointForm),
                         carrier: { ChangelogRecord(.streamTime(store.streamTime)) })
                     changelogCount += pass == 0 ? 1 : batch.count - 1
                 }
             }
             let sources = role.sources
-            let offsets = changed.flatMap { slot in
+            let offsets = zip(changed, positions).flatMap { slot, positions in
                 sources.indices.compactMap { i -> KafkaTopicPartitionOffset? in
-                    guard let next = slot.next[i], next != slot.committed[i] else { return nil }
+                    guard let next = positions[i], next != slot.committed[i] else { return nil }
                     return KafkaTopicPartitionOffset(sources[i].name, slot.partition, offset: next)
                 }
             }
             let kafkaStart = ContinuousClock.now
             statsBox.withLock { $0.changelogSeconds += Self.seconds(kafkaStart - commitStart) }
             try coordinator.sendOffsets(offsets)
-            for slot in changed {
+            for (slot, positions) in zip(changed, positions) {
                 try slot.store!.seal()
-                slot.sealed = slot.next
+                slot.task?.sealed()
+                slot.sealed = positions
                 slot.changed = false
             }
             pendingRecords = 0
@@ -551,6 +611,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 throw ProcessorError("partition \(slot.partition): SQLite commit failed after the Kafka commit (\(error)); restart restores the store from the changelog")
             }
             slot.committed = slot.sealed
+            slot.task?.committed()
         }
     }
 

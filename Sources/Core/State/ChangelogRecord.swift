@@ -118,7 +118,8 @@ public struct ChangelogRecord: Sendable, Hashable {
     /// Parses the key of a store whose entries have tag `entryTag`, without allocating (the
     /// restore path calls this per record).
     @inline(__always)
-    static func parseKey(_ key: UnsafeRawBufferPointer, entryTag: UInt8) throws(ChangelogDecodingError) -> ParsedKey {
+    static func parseKey(_ key: UnsafeRawBufferPointer, entryTag: UInt8,
+                         maxIdByteCount: Int = maxIdByteCount) throws(ChangelogDecodingError) -> ParsedKey {
         guard key.count >= 2 else {
             throw ChangelogDecodingError("key of \(key.count) bytes is shorter than its 2-byte header")
         }
@@ -255,6 +256,16 @@ public struct ChangelogBatch: Sendable {
         }
         entries.append(Entry(keyStart: Int32(start), keyCount: Int32(keyCount), valueStart: valueStart,
                              valueCount: valueStart < 0 ? 0 : Int32(bytes.count) - valueStart))
+    }
+
+    /// Appends every record of `other`.
+    mutating func append(contentsOf other: ChangelogBatch) {
+        let shift = Int32(bytes.count)
+        bytes.append(contentsOf: other.bytes)
+        for e in other.entries {
+            entries.append(Entry(keyStart: e.keyStart + shift, keyCount: e.keyCount,
+                                 valueStart: e.valueStart < 0 ? -1 : e.valueStart + shift, valueCount: e.valueCount))
+        }
     }
 
     mutating func appendStreamTime(_ time: Int64) {

@@ -705,7 +705,7 @@ final class CheckpointedStore<Value: StoreValue> {
     /// uncommitted changes.
     func apply(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?) throws {
         if !restoring { try beginRestore() }
-        switch try ChangelogRecord.parseKey(key, entryTag: Value.changelogTag) {
+        switch try ChangelogRecord.parseKey(key, entryTag: Value.changelogTag, maxIdByteCount: Value.maxKeyByteCount) {
         case .entry(let range):
             let decoded = try value.map { (v) throws(ChangelogDecodingError) in try Value.decode(v) } ?? .absent
             let id = CardBytes(UnsafeRawBufferPointer(rebasing: key[range]).bindMemory(to: UInt8.self))

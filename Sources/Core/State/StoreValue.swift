@@ -12,6 +12,8 @@ protocol StoreValue: Equatable {
     /// The changelog key tag of this type's entries (the byte after the encoding version); it
     /// must differ from the stream time's tag.
     static var changelogTag: UInt8 { get }
+    /// The longest key id (the bytes after the tag) a changelog record of this type may hold.
+    static var maxKeyByteCount: Int { get }
     /// Stored in SQLite beside the value, for ``CheckpointedStore/forEachEntry(rankAtMost:_:)``.
     /// Read only from existing values.
     var rank: Int64 { get }
@@ -21,4 +23,9 @@ protocol StoreValue: Equatable {
     /// is from outside: anything ``encode(into:)`` could not have written, or no valid state
     /// could hold, throws.
     static func decode(_ bytes: UnsafeRawBufferPointer) throws(ChangelogDecodingError) -> Self
+}
+
+extension StoreValue {
+    /// Ids are the input's: 1 to 1024 bytes (SEMANTICS.md §1).
+    static var maxKeyByteCount: Int { ChangelogRecord.maxIdByteCount }
 }

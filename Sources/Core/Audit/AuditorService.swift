@@ -1,0 +1,16 @@
+import Logging
+import ServiceLifecycle
+
+/// `polyglot audit` (continuous) as a service, stopping like ``ProcessorService``.
+public struct AuditorService: Service {
+    public let auditor: ContinuousAuditor
+
+    public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit")) throws(ConfigurationError) {
+        auditor = try ContinuousAuditor(configuration: configuration, logger: logger)
+        try StateDirectory.prepareForRun(configuration.runtime.stateDirectory, instanceID: configuration.runtime.instanceID, logger: logger)
+    }
+
+    public func run() async throws {
+        try await auditor.runtime.runUntilGracefulShutdown(threadName: "polyglot-audit")
+    }
+}
