@@ -16,7 +16,11 @@
 # AUDIT=1 also runs `polyglot audit --once` over the topics after the first run of each pair,
 # fails if it reports a discrepancy, and prints its audited records/s (inputs plus outputs over
 # its whole run); keep RECORDS at 300,000 or less then, so the dev broker (5 MiB per partition)
-# still holds every output the audit must find.
+# still holds every output the audit must find. AUDIT=continuous runs the continuous auditor
+# instead (`polyglot audit --until-end`, its own group, state and findings topic, exactly once),
+# fails unless it matched every input to its output or dead letter with no discrepancy, and
+# prints its records/s over its processingSeconds (inputs, outputs and dead letters it read,
+# and its own repartition records).
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
 # Usage: scripts/bench-process.sh [RECORDS] [RUNS]
@@ -90,7 +94,18 @@ one_run() {
     held() { echo $(($(offsets "$1" -1) - $(offsets "$1" -2))); }
     local processed restored outputs held_outputs dead changelog held_changelog audited="" audit_rate=0
     processed=$(process)
-    if [[ -n "${AUDIT:-}" ]]; then
+    if [[ "${AUDIT:-}" == continuous ]]; then
+        local auditor counts
+        auditor=$(/usr/bin/time -o "$work/time" -f '%U' "$bin" audit --bootstrap-servers "$bootstrap" --state-dir "$work/audit-state" \
+            --until-end --settle 10m --log-level notice -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
+            grep -vE 'AUDIT-(INPUT|OUTPUT)' | grep -E 'stopped|error|^inputs ' | sed -E 's/^[^ ]+ [a-z]+ polyglot.audit: //')
+        rm -rf "$work/audit-state"
+        counts=$(grep '^inputs ' <<<"$auditor") || fail "the auditor failed: $auditor"
+        [[ "$counts" == "inputs $records, outputs $valid, deadLetters $rejected, missing 0, duplicate 0, orphan 0, mismatch 0,"* &&
+            "$counts" == *"drift 0, unreadable 0" ]] || fail "the auditor did not match every record: $counts"
+        audit_rate=$(field rate "$auditor")
+        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '(records|processingSeconds|rate|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
+    elif [[ -n "${AUDIT:-}" ]]; then
         audited=$("$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
             fail "audit --once reported discrepancies or failed: ${audited:-no summary}"
         audit_rate=$(sed -E 's/.*\(([0-9]+) records\/s\).*/\1/' <<<"$audited")
@@ -128,4 +143,5 @@ stat() { echo "median $(cut -d' ' -f"$1" "$work/rates" | median), min $(cut -d' 
 echo "records/s (over processingSeconds) over $runs runs: $(stat 1)"
 echo "restore changelog records/s: $(stat 2)"
 echo "processingSeconds: $(stat 3); process user CPU seconds: $(stat 4)"
-if [[ -n "${AUDIT:-}" ]]; then echo "audit --once audited records/s: $(stat 5)"; fi
+if [[ "${AUDIT:-}" == continuous ]]; then echo "continuous audit records/s (over its processingSeconds): $(stat 5)"
+elif [[ -n "${AUDIT:-}" ]]; then echo "audit --once audited records/s: $(stat 5)"; fi

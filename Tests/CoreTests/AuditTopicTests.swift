@@ -11,7 +11,7 @@ extension AuditTests {
         logger.logLevel = .warning
         let options = TopicAuditOptions(
             kafka: topics.cluster.configuration, inputTopic: topics.input, outputTopic: topics.output, deadLetterTopic: topics.deadLetters,
-            configuration: AuditConfiguration(fingerprintDigest: Self.auditorDigest))
+            configuration: AuditConfiguration(fingerprintDigest: AuditTests.auditorDigest))
         return try TopicAudit(options: options, logger: logger).run { _ in }
     }
 
@@ -29,7 +29,7 @@ extension AuditTests {
         var logger = Logger(label: "polyglot.test.process")
         logger.logLevel = .warning
         var configuration = topics.configuration(stateDirectory: state)
-        configuration.fingerprintDigest = Self.auditorDigest
+        configuration.fingerprintDigest = AuditTests.auditorDigest
         let processor = try StreamProcessor(configuration: configuration, logger: logger)
         try await run(processor)
         let summary = try await offPool { try topicAudit(topics) }
@@ -45,38 +45,7 @@ extension AuditTests {
     @Test func onceCountsCraftedDiscrepanciesExactly() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
-        let start = Workload.epoch
-        func record(_ id: String, _ card: String, _ amount: String, _ minute: Int64) -> [UInt8] {
-            Array(#"{"transactionId":"\#(id)","cardId":"\#(card)","amount":\#(amount),"timestamp":\#(start + minute * 61_000)}"#.utf8)
-        }
-        let inputs: [(id: String, value: [UInt8])] = (0..<5).map { ("t-\($0)", record("t-\($0)", "c1", "1.00", Int64($0))) } + [
-            ("t-miss", record("t-miss", "cm", "2.00", 0)), ("t-dup", record("t-dup", "cd", "3.00", 0)),
-            ("t-bad", record("t-bad", "cb", "4.00", 0)), ("t-drift", record("t-drift", "cf", "5.00", 0)),
-            ("t-high", record("t-high", "ch", "10000.0000000000000001", 0)),
-        ]
-        try await topics.produce(inputs.map { (key: nil, value: $0.value) })
-        // The outputs a processor would write (replay's), then the damage.
-        let expected = try Workload.expected(inputs.map { Workload.Record(key: nil, value: $0.value, transactionId: $0.id) })
-        var outputs: [(id: String, value: [UInt8], fingerprint: String)] = []
-        for input in inputs where input.id != "t-miss" {
-            var value = expected[input.id]!
-            if input.id == "t-bad" { value = Array(String(decoding: value, as: UTF8.self).replacingOccurrences(of: "\"count\":1", with: "\"count\":7").utf8) }
-            let fingerprint = input.id == "t-drift" ? String(repeating: "cd", count: 32) : Self.auditorDigest
-            outputs.append((input.id, value, fingerprint))
-            if input.id == "t-dup" { outputs.append((input.id, value, fingerprint)) }
-        }
-        let orphan = try Workload.expected([Workload.Record(key: nil, value: record("t-orphan", "co", "6.00", 0), transactionId: "t-orphan")])
-        outputs.append(("t-orphan", orphan["t-orphan"]!, Self.auditorDigest))
-        let producer = try cluster.producer()
-        for o in outputs {
-            let source = inputs.firstIndex { $0.id == o.id }.map { "\(topics.input)/0/\($0)" } ?? "\(topics.input)/0/999"
-            try producer.produce(topic: topics.output, partition: 0, key: nil, value: o.value,
-                                 headers: [KafkaHeader("polyglot-source", Array(source.utf8)),
-                                           KafkaHeader("polyglot-fingerprint", Array(o.fingerprint.utf8))])
-        }
-        try await producer.flush(timeout: .seconds(10))
-        _ = await producer.close()
-
+        try await produceCraftedDiscrepancies(topics)
         let c = try await offPool { try topicAudit(topics) }.counts
         #expect(c.inputs == 10)
         #expect(c.outputs == 11)
@@ -90,4 +59,41 @@ extension AuditTests {
         #expect(c.deadLetters == 0)
         #expect(c.hasDiscrepancies)
     }
+}
+
+/// Inputs on a one-partition input topic, and the outputs a processor would write for them
+/// (replay's), damaged: one missing, one duplicate, one orphan, one wrong verdict, one foreign
+/// fingerprint; one input's amount is just above 10,000.
+func produceCraftedDiscrepancies(_ topics: ProcessorTopics) async throws {
+    let start = Workload.epoch
+    func record(_ id: String, _ card: String, _ amount: String, _ minute: Int64) -> [UInt8] {
+        Array(#"{"transactionId":"\#(id)","cardId":"\#(card)","amount":\#(amount),"timestamp":\#(start + minute * 61_000)}"#.utf8)
+    }
+    let inputs: [(id: String, value: [UInt8])] = (0..<5).map { ("t-\($0)", record("t-\($0)", "c1", "1.00", Int64($0))) } + [
+        ("t-miss", record("t-miss", "cm", "2.00", 0)), ("t-dup", record("t-dup", "cd", "3.00", 0)),
+        ("t-bad", record("t-bad", "cb", "4.00", 0)), ("t-drift", record("t-drift", "cf", "5.00", 0)),
+        ("t-high", record("t-high", "ch", "10000.0000000000000001", 0)),
+    ]
+    try await topics.produce(inputs.map { (key: nil, value: $0.value) })
+    // The outputs a processor would write (replay's), then the damage.
+    let expected = try Workload.expected(inputs.map { Workload.Record(key: nil, value: $0.value, transactionId: $0.id) })
+    var outputs: [(id: String, value: [UInt8], fingerprint: String)] = []
+    for input in inputs where input.id != "t-miss" {
+        var value = expected[input.id]!
+        if input.id == "t-bad" { value = Array(String(decoding: value, as: UTF8.self).replacingOccurrences(of: "\"count\":1", with: "\"count\":7").utf8) }
+        let fingerprint = input.id == "t-drift" ? String(repeating: "cd", count: 32) : AuditTests.auditorDigest
+        outputs.append((input.id, value, fingerprint))
+        if input.id == "t-dup" { outputs.append((input.id, value, fingerprint)) }
+    }
+    let orphan = try Workload.expected([Workload.Record(key: nil, value: record("t-orphan", "co", "6.00", 0), transactionId: "t-orphan")])
+    outputs.append(("t-orphan", orphan["t-orphan"]!, AuditTests.auditorDigest))
+    let producer = try topics.cluster.producer()
+    for o in outputs {
+        let source = inputs.firstIndex { $0.id == o.id }.map { "\(topics.input)/0/\($0)" } ?? "\(topics.input)/0/999"
+        try producer.produce(topic: topics.output, partition: 0, key: nil, value: o.value,
+                             headers: [KafkaHeader("polyglot-source", Array(source.utf8)),
+                                       KafkaHeader("polyglot-fingerprint", Array(o.fingerprint.utf8))])
+    }
+    try await producer.flush(timeout: .seconds(10))
+    _ = await producer.close()
 }

@@ -143,4 +143,35 @@ struct AuditorTests {
         #expect(fromPair.count == flagged)
         #expect(fromPair == fromOne)
     }
+
+    /// The crafted topics of the batch audit's test, audited continuously with a short settle
+    /// time: the same counts, the missing input and the orphan once their settle time passed, and
+    /// one JSON record per finding on the findings topic, the mismatch with both versions.
+    @Test func continuousAuditCountsCraftedDiscrepanciesExactly() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
+        try await produceCraftedDiscrepancies(topics)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        let group = "craft-\(UUID().uuidString.prefix(8).lowercased())"
+        let auditor = try auditor(topics, group: group, findings: "\(group)-findings", state: state, settle: .seconds(2))
+        try await audit([auditor]) { $0.missing == 1 && $0.orphan == 1 && $0.outputs == 11 }
+        let c = auditor.counts
+        #expect(c.inputs == 10)
+        #expect(c.duplicate == 1)
+        #expect(c.mismatch == 1)
+        #expect(c.drift == 1)
+        #expect(c.highValue == 1)
+        #expect(c.flagged == 0)
+        let records = try await topics.read("\(group)-findings", count: 6, timeout: .seconds(20))
+        let kinds = records.compactMap { m -> String? in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(m.value ?? [])) as? [String: Any] else { return nil }
+            return object["kind"] as? String
+        }
+        #expect(kinds.sorted() == ["drift", "duplicate", "highValue", "mismatch", "missing", "orphan"])
+        let mismatch = records.first { String(decoding: $0.value ?? [], as: UTF8.self).contains("\"kind\":\"mismatch\"") }
+        let text = String(decoding: mismatch?.value ?? [], as: UTF8.self)
+        #expect(text.contains("\"expected\":") && text.contains("\"actual\":"))
+        #expect(mismatch?.key == Array("t-bad".utf8))
+    }
 }

@@ -42,10 +42,23 @@ enum EnvironmentFile {
         # Kafka bootstrap servers: comma-separated host:port.
         KAFKA_BOOTSTRAP_SERVERS=\(options.bootstrapServers)
 
-        # Application id: the consumer group and the prefix of the internal topics
-        # (<id>-windows-changelog, <id>-repartition). `process` defaults to the one
-        # below; `audit` has its own default. Give each role its own id.
+        # Application id of `process`: its consumer group and the prefix of its
+        # internal topics (<id>-windows-changelog, <id>-repartition).
         #POLYGLOT_APPLICATION_ID=fraud-detector-processor
+
+        # The auditor's consumer group and internal topic prefix
+        # (<group>-ledger-changelog, <group>-repartition), read by `audit` only.
+        #POLYGLOT_AUDIT_GROUP=\(AuditorConfiguration.defaultGroupID)
+
+        # Topic of the auditor's findings, one JSON record each, keyed by transactionId.
+        #POLYGLOT_AUDIT_FINDINGS_TOPIC=\(AuditorConfiguration.defaultFindingsTopic)
+
+        # How long the auditor waits for an input's output (or dead letter), and for an
+        # output's input, before it reports it missing (or orphan).
+        #POLYGLOT_AUDIT_SETTLE=30s
+
+        # The auditor reports inputs whose amount is above this, compared exactly.
+        #POLYGLOT_AUDIT_HIGH_VALUE=10000
 
         # Directory of the SQLite window stores. The unit sets it to
         # /var/lib/polyglot/<role>, its StateDirectory; the sandbox lets the service
