@@ -34,9 +34,9 @@ final class ConsumerContext: KafkaCallbackContext, @unchecked Sendable {
     let hooks: KafkaRebalanceHooks
     /// Number of completed assign/revoke callbacks: lets callers await a rebalance.
     let rebalances = Atomic<Int>(0)
-    init(logger: Logger, hooks: KafkaRebalanceHooks) {
+    init(logger: Logger, hooks: KafkaRebalanceHooks, brokerState: KafkaBrokerState?) {
         self.hooks = hooks
-        super.init(logger: logger)
+        super.init(logger: logger, brokerState: brokerState)
     }
 
     func rebalance(_ rk: OpaquePointer, _ err: rd_kafka_resp_err_t, _ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
@@ -53,15 +53,15 @@ final class ConsumerContext: KafkaCallbackContext, @unchecked Sendable {
             }
             if cooperative {
                 if let error = rd_kafka_incremental_assign(rk, list) {
-                    logger.error("incremental assign failed: \(KafkaError(consuming: error))")
+                    logger.error("incremental assign failed", metadata: ["error": "\(KafkaError(consuming: error))"])
                 }
             } else {
                 let e = rd_kafka_assign(rk, list)
-                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("assign failed: \(KafkaError(e))") }
+                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("assign failed", metadata: ["error": "\(KafkaError(e))"]) }
             }
             if hooks.pauseAssigned, let list {
                 let e = rd_kafka_pause_partitions(rk, list)
-                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("pausing assigned partitions failed: \(KafkaError(e))") }
+                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("pausing assigned partitions failed", metadata: ["error": "\(KafkaError(e))"]) }
             }
             logger.info("partitions assigned", metadata: ["partitions": "\(partitions.map(\.description).joined(separator: ","))"])
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
@@ -69,14 +69,14 @@ final class ConsumerContext: KafkaCallbackContext, @unchecked Sendable {
             hooks.onRevoked(partitions, lost)
             if cooperative {
                 if let error = rd_kafka_incremental_unassign(rk, list) {
-                    logger.error("incremental unassign failed: \(KafkaError(consuming: error))")
+                    logger.error("incremental unassign failed", metadata: ["error": "\(KafkaError(consuming: error))"])
                 }
             } else {
                 _ = rd_kafka_assign(rk, nil)
             }
             logger.info("partitions revoked", metadata: ["partitions": "\(partitions.map(\.description).joined(separator: ","))", "lost": "\(lost)"])
         default:
-            logger.error("rebalance error: \(KafkaError(err))")
+            logger.error("rebalance error", metadata: ["error": "\(KafkaError(err))"])
             _ = rd_kafka_assign(rk, nil)
         }
         rebalances.add(1, ordering: .releasing)
@@ -113,7 +113,10 @@ public final class KafkaConsumer: @unchecked Sendable {
     public let name: String
 
     /// Creates a consumer. Without `group.id`, a unique one is generated (assign-only use).
+    /// `brokerState`, when given, is kept current from the consumer's error and statistics
+    /// callbacks (served by its polls), statistics once a second unless the configuration says.
     public init(configuration: KafkaConfiguration, hooks: KafkaRebalanceHooks = KafkaRebalanceHooks(),
+                brokerState: KafkaBrokerState? = nil,
                 logger: Logger = Logger(label: "polyglot.kafka.consumer")) throws(KafkaError) {
         var configuration = configuration
         configuration.setDefault("group.id", "polyglot-reader-\(UUID().uuidString.lowercased())")
@@ -121,7 +124,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         configuration.set("enable.auto.offset.store", "false")
         self.groupID = configuration["group.id"]!
         self.logger = logger
-        let context = ConsumerContext(logger: logger, hooks: hooks)
+        let context = ConsumerContext(logger: logger, hooks: hooks, brokerState: brokerState)
         self.context = context
         handle = try KafkaHandleFactory.make(type: RD_KAFKA_CONSUMER, configuration: configuration, context: context) { conf in
             rd_kafka_conf_set_rebalance_cb(conf) { rk, err, list, _ in
@@ -137,7 +140,7 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     deinit {
         if !state.withLock({ $0.closed }) {
-            logger.warning("consumer \(name) deinitialised without close(); destroying without leaving the group")
+            logger.warning("consumer deinitialised without close(); destroying without leaving the group", metadata: ["client": "\(name)"])
             rd_kafka_destroy_flags(handle, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
         }
     }
@@ -263,7 +266,7 @@ public final class KafkaConsumer: @unchecked Sendable {
                  RD_KAFKA_RESP_ERR__FATAL:
                 throw error
             default:
-                logger.warning("consumer \(name): \(error)")
+                logger.warning("consumer error", metadata: ["client": "\(name)", "error": "\(error)"])
                 return nil
             }
         }
@@ -411,7 +414,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         }
         guard first else { return }
         let err = rd_kafka_consumer_close(handle)
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR { logger.warning("consumer \(name) close: \(KafkaError(err))") }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR { logger.warning("consumer close failed", metadata: ["client": "\(name)", "error": "\(KafkaError(err))"]) }
         rd_kafka_destroy(handle)
     }
 

@@ -6,14 +6,19 @@ import Logging
 ///
 /// Kept alive by the owning client for at least as long as its `rd_kafka_t`.
 ///
-/// `@unchecked Sendable`: `logger` is immutable, and `redactedValues` is written only by
-/// ``KafkaHandleFactory/make(type:configuration:context:configure:)`` before `rd_kafka_new`
-/// starts the threads that call back, and never again.
+/// `@unchecked Sendable`: `logger` and `brokerState` are immutable, and `redactedValues` is
+/// written only by ``KafkaHandleFactory/make(type:configuration:context:configure:)`` before
+/// `rd_kafka_new` starts the threads that call back, and never again.
 class KafkaCallbackContext: @unchecked Sendable {
     let logger: Logger
     /// The client's secret property values, redacted from librdkafka's log lines.
     var redactedValues: [String] = []
-    init(logger: Logger) { self.logger = logger }
+    /// Fed by the error and statistics callbacks, when the client is tracked.
+    let brokerState: KafkaBrokerState?
+    init(logger: Logger, brokerState: KafkaBrokerState? = nil) {
+        self.logger = logger
+        self.brokerState = brokerState
+    }
 
     var opaque: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
 
@@ -32,6 +37,10 @@ enum KafkaHandleFactory {
         context: KafkaCallbackContext,
         configure: (OpaquePointer) -> Void = { _ in }
     ) throws(KafkaError) -> OpaquePointer {
+        var configuration = configuration
+        if context.brokerState != nil {
+            configuration.setDefault("statistics.interval.ms", KafkaBrokerState.statisticsIntervalMilliseconds)
+        }
         let conf: OpaquePointer
         do {
             conf = try configuration.makeNativeConfiguration()
@@ -44,8 +53,26 @@ enum KafkaHandleFactory {
             guard let rk, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return }
             let text = KafkaConfiguration.redacting(buffer.map { String(cString: $0) } ?? "", values: context.redactedValues)
             let fac = facility.map { String(cString: $0) } ?? ""
-            context.logger.log(level: logLevel(librdkafkaLevel: level, facility: fac, text: text), "\(fac): \(text)",
-                               metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))"])
+            context.logger.log(level: logLevel(librdkafkaLevel: level, facility: fac, text: text), "\(text)",
+                               metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))", "facility": "\(fac)"])
+        }
+        if context.brokerState != nil {
+            // With an error callback librdkafka no longer logs these errors itself: this does.
+            rd_kafka_conf_set_error_cb(conf) { rk, err, reason, _ in
+                guard let rk, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return }
+                let error = KafkaError(rd_kafka_resp_err_t(rawValue: err))
+                let text = KafkaConfiguration.redacting(reason.map { String(cString: $0) } ?? "", values: context.redactedValues)
+                context.brokerState?.recordError(name: error.name, reason: text)
+                let fatal = err == RD_KAFKA_RESP_ERR__FATAL.rawValue
+                context.logger.log(level: fatal ? .error : .warning, "\(text)", metadata: [
+                    "librdkafka": "\(String(cString: rd_kafka_name(rk)))", "code": "\(error.name)",
+                ])
+            }
+            rd_kafka_conf_set_stats_cb(conf) { rk, json, length, _ in
+                guard let rk, let json, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return 0 }
+                context.brokerState?.recordStatistics(UnsafeRawBufferPointer(start: json, count: length))
+                return 0  // librdkafka frees the JSON
+            }
         }
         configure(conf)
         var errstr = [CChar](repeating: 0, count: 512)

@@ -102,7 +102,7 @@ public final class KafkaProducer: @unchecked Sendable {
     deinit {
         let wasOpen = state.withLock { !$0.closed }
         if wasOpen {
-            logger.warning("producer \(name) deinitialised without close(); destroying without flushing")
+            logger.warning("producer deinitialised without close(); destroying without flushing", metadata: ["client": "\(name)"])
             pollLoop.stop()
             for (_, rkt) in state.withLock({ $0.topics }) { rd_kafka_topic_destroy(rkt) }
             rd_kafka_destroy(handle)
@@ -332,7 +332,7 @@ public final class KafkaProducer: @unchecked Sendable {
             _ = rd_kafka_flush(handle, milliseconds(flushTimeout))
         }
         let left = outstanding
-        if left > 0 { logger.warning("producer \(name) closing with \(left) records undelivered") }
+        if left > 0 { logger.warning("producer closing with records undelivered", metadata: ["client": "\(name)", "undelivered": "\(left)"]) }
         pollLoop.stop()
         for (_, rkt) in state.withLock({ $0.topics }) { rd_kafka_topic_destroy(rkt) }
         rd_kafka_destroy(handle)
