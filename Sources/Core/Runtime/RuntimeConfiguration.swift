@@ -91,6 +91,54 @@ public struct RuntimeStatistics: Sendable, Hashable {
     public var changelogSeconds = 0.0
     public var kafkaCommitSeconds = 0.0
     public var storeCommitSeconds = 0.0
+
+    /// Where the run stands, for health checks and the progress line.
+    public var phase: RuntimePhase = .starting
+    /// Partitions the group gave this member (restoring or running).
+    public var assignedPartitions = 0
+    /// When the run loop last returned from a consumer poll: a loop stuck elsewhere stops it.
+    public var lastPollAt: ContinuousClock.Instant?
+    /// When a transaction last committed, and how many aborted in a row since then.
+    public var lastCommitAt: ContinuousClock.Instant?
+    public var consecutiveAborts = 0
+    /// Records left to read per source partition (high watermark minus position, of running
+    /// tasks), sampled about once a second. Transaction markers count: a transactional topic
+    /// read to its end shows 1.
+    public var consumerLag: [KafkaTopicPartition: Int64] = [:]
+    /// Bytes of each task's store files, sampled every few seconds.
+    public var storeBytes: [Int32: Int64] = [:]
+    /// The group consumer's view of its brokers.
+    public var broker = KafkaBrokerReachability()
+}
+
+/// The stages of a runtime's run.
+public enum RuntimePhase: String, Sendable, Hashable {
+    /// Checking topics, initialising the transactional producer, opening clients.
+    case starting
+    /// Subscribed: waiting for partitions, restoring them or processing.
+    case running
+    /// Finishing the open transaction and leaving the group.
+    case stopping
+    case stopped
+}
+
+/// Hears of each commit as it ends, for what a snapshot of counters cannot give (latency
+/// distributions). Called on the runtime's thread, at most once per commit: must not block.
+public protocol RuntimeObserver: Sendable {
+    func commitEnded(_ commit: CommitTiming)
+}
+
+/// How long one successful commit took.
+public struct CommitTiming: Sendable, Hashable {
+    /// From the start of the commit (changelog records, offsets) to the stores' commit.
+    public var total: Duration
+    /// Of which the Kafka transaction's commit (exactly-once) or flush and offset commit.
+    public var transaction: Duration
+
+    public init(total: Duration, transaction: Duration) {
+        self.total = total
+        self.transaction = transaction
+    }
 }
 
 /// A failure that stops the run: the message is one line for the operator.

@@ -31,6 +31,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     private let logger: Logger
     private let stopRequested = Atomic<Bool>(false)
     private let statsBox = Mutex(RuntimeStatistics())
+    private let observer: (any RuntimeObserver)?
+    /// The group consumer's broker connections, from its error and statistics callbacks.
+    private let brokerState = KafkaBrokerState()
 
     private var producer: KafkaProducer!
     private var consumer: KafkaConsumer!
@@ -53,18 +56,25 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// runs from there, so each transaction gets the whole interval to fill.
     private var cycleStart = ContinuousClock.now
     private var inFlight: CommitInFlight?
+    /// When consumer lag and store sizes were last sampled.
+    private var lagSampledAt: ContinuousClock.Instant?
+    private var storesSampledAt: ContinuousClock.Instant?
+    private var sampledStores = 0
 
     /// The cycle whose Kafka commit is in flight.
     private struct CommitInFlight {
         var slots: [TaskSlot<Role>]
         var changelogRecords: Int
+        var started: ContinuousClock.Instant
         var kafkaStarted: ContinuousClock.Instant
     }
 
-    public init(role: Role, configuration: RuntimeConfiguration, logger: Logger) {
+    /// `observer` hears of each commit's latency (``RuntimeObserver``).
+    public init(role: Role, configuration: RuntimeConfiguration, logger: Logger, observer: (any RuntimeObserver)? = nil) {
         self.role = role
         self.configuration = configuration
         self.logger = logger
+        self.observer = observer
         tasks = TaskManager(role: role, stateRoot: configuration.stateDirectory)
     }
 
@@ -74,7 +84,11 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
 
     public var isStopping: Bool { stopRequested.load(ordering: .acquiring) }
 
-    public var statistics: RuntimeStatistics { statsBox.withLock { $0 } }
+    public var statistics: RuntimeStatistics {
+        var s = statsBox.withLock { $0 }
+        s.broker = brokerState.reachability
+        return s
+    }
 
     // MARK: - Run
 
@@ -105,6 +119,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// Blocking: the whole run. Call on a dedicated thread.
     public func run() throws {
         let started = ContinuousClock.now
+        defer { statsBox.withLock { $0.phase = .stopped } }
         do {
             try runLoop()
         } catch is RuntimeStopped {
@@ -183,7 +198,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             onAssigned: { partitions in me.value.assigned(partitions) },
             onRevoked: { partitions, lost in me.value.revoked(partitions, lost: lost) },
             pauseAssigned: true)
-        consumer = try KafkaConsumer(configuration: consumerConfig, hooks: hooks, logger: logger)
+        consumer = try KafkaConsumer(configuration: consumerConfig, hooks: hooks, brokerState: brokerState, logger: logger)
         var closed = false
         defer {
             if !closed {
@@ -198,6 +213,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             : AtLeastOnceClient(producer: producer, consumer: consumer)
         coordinator = TransactionCoordinator(client: client)
         try consumer.subscribe(sources.map(\.name))
+        statsBox.withLock { $0.phase = .running }
         logger.info("running", metadata: [
             "sources": "\(sources.map(\.name).joined(separator: ","))", "partitions": "\(partitionCount)",
             "guarantee": "\(c.guarantee.rawValue)", "group": "\(c.groupID)", "kafka": "\(c.kafka.redactedDescription)",
@@ -246,6 +262,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             if let error = hookError { throw error }
             try finishCommit(wait: false)
             let now = ContinuousClock.now
+            sampleLagAndStores(now: now)
             var committed = false
             if now - cycleStart >= c.commitInterval || pendingRecords >= c.maxRecordsPerTransaction {
                 // One commit in flight at a time; a full cycle waits for it rather than hold more.
@@ -258,9 +275,16 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             if now - lastReport >= .seconds(10) {
                 let s = statistics
                 let rate = Double(s.records - reportedRecords) / Self.seconds(now - lastReport)
-                logger.info("progress", metadata: ["records": "\(s.records)", "rate": "\(Int(rate))/s",
-                                                   "commits": "\(s.transactionsCommitted)", "tasks": "\(s.tasks)",
-                                                   "restoring": "\(s.restoringTasks)"])
+                // Idle, stuck in a group join and cut off from the broker must read differently.
+                let health = RoleHealth.evaluate(s, now: now)
+                var metadata: Logger.Metadata = [
+                    "state": "\(health.state.rawValue)", "records": "\(s.records)", "rate": "\(Int(rate))/s",
+                    "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)", "tasks": "\(s.tasks)",
+                    "assigned": "\(s.assignedPartitions)", "restoring": "\(s.restoringTasks)",
+                    "lag": "\(s.consumerLag.values.reduce(0, +))",
+                ]
+                if let reason = health.reason { metadata["reason"] = "\(reason)" }
+                logger.info("progress", metadata: metadata)
                 reportedRecords = s.records
                 lastReport = now
             }
@@ -273,6 +297,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 }
             }
         }
+        statsBox.withLock { $0.phase = .stopping }
         try commitCycle()
         // Leaving the group runs the revoke hook: it closes the stores.
         closed = true
@@ -363,10 +388,53 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
 
     private func publishCycleStats() {
         role.didHandleBatch()
-        guard cycleRecords > 0 else { return }
         let n = cycleRecords
         cycleRecords = 0
-        statsBox.withLock { $0.records += n }
+        let now = ContinuousClock.now
+        statsBox.withLock {
+            $0.records += n
+            $0.lastPollAt = now
+        }
+    }
+
+    /// Consumer lag about once a second and store sizes every few seconds: both from local
+    /// state (positions, the watermarks of the last fetch responses, file sizes), no request.
+    private func sampleLagAndStores(now: ContinuousClock.Instant) {
+        if let last = lagSampledAt, now - last < .seconds(1) { return }
+        lagSampledAt = now
+        var lag: [KafkaTopicPartition: Int64] = [:]
+        let running = tasks.running
+        for source in role.sources {
+            let tps = running.map { KafkaTopicPartition(source.name, $0.partition) }
+            guard !tps.isEmpty, let positions = try? consumer.position(tps) else { continue }
+            for position in positions where position.offset >= 0 {
+                guard let marks = consumer.cachedWatermarks(position.topicPartition) else { continue }
+                lag[position.topicPartition] = max(0, marks.high - position.offset)
+            }
+        }
+        var stores: [Int32: Int64]?
+        let open = tasks.all.filter { $0.store != nil }
+        // A store opened or closed since: sampled now, not up to ten seconds later.
+        if storesSampledAt.map({ now - $0 >= .seconds(10) }) ?? true || open.count != sampledStores {
+            storesSampledAt = now
+            sampledStores = open.count
+            stores = Dictionary(uniqueKeysWithValues: open.map { ($0.partition, Self.directoryBytes($0.directory)) })
+        }
+        statsBox.withLock {
+            $0.consumerLag = lag
+            if let stores { $0.storeBytes = stores }
+        }
+    }
+
+    /// Bytes of the regular files in a directory (a store's database and journal files).
+    static func directoryBytes(_ path: String) -> Int64 {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return 0 }
+        var total: Int64 = 0
+        for name in names {
+            var info = stat()
+            if lstat(path + "/" + name, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG { total += Int64(info.st_size) }
+        }
+        return total
     }
 
     private func publishRestoreProgress() {
@@ -445,7 +513,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         restorer?.cancel(slot.partition)
         guard let store = slot.store else { return }
         store.rollback()
-        do { try store.close() } catch { logger.warning("closing store \(slot.partition): \(error)") }
+        do { try store.close() } catch { logger.warning("closing store failed", metadata: ["partition": "\(slot.partition)", "error": "\(error)"]) }
         slot.store = nil
         logger.info("task stopped", metadata: ["partition": "\(slot.partition)"])
     }
@@ -513,7 +581,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 slot.changed = false
             }
             pendingRecords = 0
-            inFlight = CommitInFlight(slots: changed, changelogRecords: changelogCount, kafkaStarted: kafkaStart)
+            inFlight = CommitInFlight(slots: changed, changelogRecords: changelogCount, started: commitStart, kafkaStarted: kafkaStart)
             collector.emitter.isHolding = coordinator.client.holdsRecordsDuringCommit
             coordinator.startCommit()
         } catch {
@@ -551,7 +619,10 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 $0.transactionRetries = counters.retries
                 $0.changelogRecords += commit.changelogRecords
                 $0.processingSeconds = processing
+                $0.lastCommitAt = storeEnd
+                $0.consecutiveAborts = 0
             }
+            observer?.commitEnded(CommitTiming(total: storeEnd - commit.started, transaction: storeStart - commit.kafkaStarted))
             // What was handled meanwhile goes into the next transaction, which begins first.
             do {
                 if collector.emitter.hasUnsent { try coordinator.beginIfNeeded() }
@@ -651,6 +722,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             $0.transactionsAborted = counters.aborted
             $0.transactionRetries = counters.retries
             $0.rewinds += 1
+            $0.consecutiveAborts += 1
         }
         cycleStart = .now
     }
@@ -695,6 +767,8 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         } catch {
             hookError = error
         }
+        let assigned = tasks.all.count
+        statsBox.withLock { $0.assignedPartitions = assigned }
         // Every assigned partition starts paused; a task resumes its own once restored.
         return [:]
     }
@@ -717,7 +791,13 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             do { try commitCycle(leaving: leaving) } catch { hookError = hookError ?? error }
         }
         for slot in tasks.remove(leaving) { close(slot) }
-        statsBox.withLock { $0.tasks = tasks.running.count }
+        let running = tasks.running.count, assigned = tasks.all.count
+        statsBox.withLock {
+            $0.tasks = running
+            $0.assignedPartitions = assigned
+            $0.consumerLag = $0.consumerLag.filter { !leaving.contains($0.key.partition) }
+            $0.storeBytes = $0.storeBytes.filter { !leaving.contains($0.key) }
+        }
     }
 
     static func seconds(_ d: Duration) -> Double {
