@@ -5,6 +5,8 @@ import Synchronization
 public struct FraudDetectionCounters: Sendable, Hashable {
     public var outputs = 0
     public var deadLetters = 0
+    /// Of the dead letters, how many per rejection code.
+    public var deadLettersByCode: [RejectionCode: Int] = [:]
     public var repartitioned = 0
     public var flagged = 0
     public var late = 0
@@ -87,10 +89,37 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
         shared.withLock {
             $0.outputs += c.outputs
             $0.deadLetters += c.deadLetters
+            for (code, n) in c.deadLettersByCode { $0.deadLettersByCode[code, default: 0] += n }
             $0.repartitioned += c.repartitioned
             $0.flagged += c.flagged
             $0.late += c.late
         }
+    }
+
+    /// The fraud role's families on `/metrics`, beside the runtime's.
+    public static let metricFamilies: [MetricFamily] = [
+        .counter("polyglot_records_out_total", help: "Enriched records sent to the output topic."),
+        .counter("polyglot_records_dead_lettered_total", help: "Records sent to the dead-letter topic, by rejection code."),
+        .counter("polyglot_records_flagged_total", help: "Enriched records flagged as suspicious."),
+        .counter("polyglot_records_late_total", help: "Records whose window had closed (late)."),
+        .counter("polyglot_records_repartitioned_total", help: "Records moved to their card's partition through the repartition topic."),
+    ]
+
+    /// The counters as samples of ``metricFamilies``: every rejection code, seen or not, so a
+    /// rate over a code that appears later starts from zero.
+    public var metricSamples: [MetricSample] {
+        let c = counters
+        var samples = [
+            MetricSample("polyglot_records_out_total", value: c.outputs),
+            MetricSample("polyglot_records_flagged_total", value: c.flagged),
+            MetricSample("polyglot_records_late_total", value: c.late),
+            MetricSample("polyglot_records_repartitioned_total", value: c.repartitioned),
+        ]
+        for code in RejectionCode.allCases {
+            samples.append(MetricSample("polyglot_records_dead_lettered_total", labels: ["code": code.rawValue],
+                                        value: c.deadLettersByCode[code] ?? 0))
+        }
+        return samples
     }
 
     public var summary: [String: String] {
@@ -177,6 +206,7 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                 fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
             }
             cycle.deadLetters += 1
+            cycle.deadLettersByCode[error.code, default: 0] += 1
         }
     }
 

@@ -7,8 +7,10 @@ public struct ProcessorService: Service {
     public let processor: StreamProcessor
 
     /// Prepares the state directory (``StateDirectory/prepareForRun(_:instanceID:logger:)``).
-    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process")) throws(ConfigurationError) {
-        processor = try StreamProcessor(configuration: configuration, logger: logger)
+    /// `observer` hears of each commit (``RoleMetrics`` is one).
+    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process"),
+                observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
+        processor = try StreamProcessor(configuration: configuration, logger: logger, observer: observer)
         try StateDirectory.prepareForRun(configuration.stateDirectory, instanceID: configuration.instanceID, logger: logger)
     }
 

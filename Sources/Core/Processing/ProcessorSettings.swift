@@ -41,7 +41,8 @@ public struct ProcessorSettings: Sendable {
         POLYGLOT_DLQ_TOPIC, POLYGLOT_STATE_DIR, POLYGLOT_GUARANTEE, POLYGLOT_COMMIT_INTERVAL, \
         POLYGLOT_INSTANCE_ID, POLYGLOT_UNTIL_END (1/true), POLYGLOT_KAFKA_PROPERTIES (key=value pairs \
         separated by newlines, or by ';' before a property name), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
-        POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_PARTITIONER, POLYGLOT_CONNECT_TIMEOUT, POLYGLOT_CONFIG (the settings file)
+        POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_PARTITIONER, POLYGLOT_CONNECT_TIMEOUT, \(ObservabilitySettings.environmentHelp), \
+        POLYGLOT_CONFIG (the settings file)
         """
 
     /// Reads a settings file: `NAME=value` per line (LF, CRLF or CR; a leading UTF-8 byte order
@@ -81,7 +82,7 @@ public struct ProcessorSettings: Sendable {
         return values
     }
 
-    static let knownNames: Set<String> = [
+    static let knownNames: Set<String> = Set([
         "KAFKA_BOOTSTRAP_SERVERS", "POLYGLOT_APPLICATION_ID", "POLYGLOT_INPUT_TOPIC", "POLYGLOT_OUTPUT_TOPIC",
         "POLYGLOT_DLQ_TOPIC", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE", "POLYGLOT_COMMIT_INTERVAL",
         "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END", "POLYGLOT_KAFKA_PROPERTIES", "POLYGLOT_WINDOW",
@@ -89,7 +90,7 @@ public struct ProcessorSettings: Sendable {
         "POLYGLOT_PARTITIONER", "POLYGLOT_CONNECT_TIMEOUT",
         // The auditor's own (AuditorSettings).
         "POLYGLOT_AUDIT_GROUP", "POLYGLOT_AUDIT_FINDINGS_TOPIC", "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_HIGH_VALUE",
-    ]
+    ]).union(ObservabilitySettings.knownNames)
 
     /// The detector's parameters from the flags over `environment` (already merged with the
     /// settings file, as ``mergedEnvironment(_:)`` gives it) over the defaults.

@@ -20,11 +20,13 @@ public final class StreamProcessor: Sendable {
     public let role: FraudDetectionRole
     public let runtime: StreamRuntime<FraudDetectionRole>
 
-    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process")) throws(ConfigurationError) {
+    /// `observer` hears of each commit (``RoleMetrics`` is one).
+    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process"),
+                observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
         try configuration.validate()
         self.configuration = configuration
         role = FraudDetectionRole(configuration: configuration)
-        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration), logger: logger)
+        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration), logger: logger, observer: observer)
     }
 
     /// Asks ``run()`` to finish: it commits (or aborts) the open transaction, leaves the group and
@@ -33,6 +35,12 @@ public final class StreamProcessor: Sendable {
 
     public var statistics: ProcessorStatistics {
         ProcessorStatistics(runtime: runtime.statistics, fraud: role.counters)
+    }
+
+    /// What `/metrics` and `/healthz` read: the runtime's statistics and the fraud role's
+    /// counters (``FraudDetectionRole/metricFamilies``). Any thread; never waits for the run.
+    public var snapshot: RoleSnapshot {
+        RoleSnapshot(runtime: runtime.statistics, samples: role.metricSamples)
     }
 
     /// The transactional id: `<application-id>-<instance id>`.

@@ -107,11 +107,13 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     }
 
     /// Runs on a dedicated thread until stopped or until the service group shuts down
-    /// gracefully (SIGTERM, SIGINT), which stops the run the way ``requestStop()`` does.
+    /// gracefully (SIGTERM, SIGINT), which stops the run the way ``requestStop()`` does. So
+    /// does cancellation: the group cancels it when a service beside it fails (the HTTP
+    /// endpoints cannot listen), and the run then commits what it holds and leaves the group.
     public func runUntilGracefulShutdown(threadName: String) async throws {
-        try await withGracefulShutdownHandler {
+        try await withTaskCancellationOrGracefulShutdownHandler {
             try await runOnDedicatedThread(threadName: threadName)
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             self.requestStop()
         }
     }

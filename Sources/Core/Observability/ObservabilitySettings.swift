@@ -1,0 +1,79 @@
+import Foundation
+import Logging
+
+/// The observability settings of a long-running command as given on its command line (nil: not
+/// given), resolved like the processor's: flags win over `POLYGLOT_*` variables, which win over
+/// the settings file, which wins over the defaults.
+public struct ObservabilitySettings: Sendable {
+    /// The port of `/metrics` and `/healthz`; `0` turns them off.
+    public var metricsPort: String?
+    /// trace, debug, info, notice, warning, error or critical.
+    public var logLevel: String?
+    /// How long the broker may be unreachable before `/healthz` answers 503 (a duration).
+    public var brokerTimeout: String?
+
+    public init() {}
+
+    /// Environment variables read, for `--help`.
+    public static let environmentHelp = "POLYGLOT_METRICS_PORT (0: off), POLYGLOT_LOG_LEVEL, POLYGLOT_HEALTH_BROKER_TIMEOUT"
+
+    /// Names a settings file may hold for these settings.
+    public static let knownNames: Set<String> = ["POLYGLOT_METRICS_PORT", "POLYGLOT_LOG_LEVEL", "POLYGLOT_HEALTH_BROKER_TIMEOUT"]
+
+    /// The default ports: one per long-running role, so both can run on one host.
+    public static let processMetricsPort = 9464
+    public static let auditMetricsPort = 9465
+
+    /// Resolves over `environment`: the process environment layered over the settings file
+    /// (``ProcessorSettings/mergedEnvironment(_:)``).
+    public func resolve(environment: [String: String], defaultMetricsPort: Int) throws(ConfigurationError) -> ObservabilityConfiguration {
+        func pick(_ flag: String?, _ variable: String) -> (text: String, setting: String)? {
+            if let flag { return (flag, Self.flagNames[variable]!) }
+            if let value = environment[variable], !value.isEmpty { return (value, variable) }
+            return nil
+        }
+        var port: Int? = defaultMetricsPort
+        if let (text, setting) = pick(metricsPort, "POLYGLOT_METRICS_PORT") {
+            guard let n = Int(text.trimmingCharacters(in: .whitespaces)), (0...65_535).contains(n) else {
+                throw ConfigurationError("\(setting): '\(text)' is not a port (0 to 65535; 0 turns /metrics and /healthz off)")
+            }
+            port = n == 0 ? nil : n
+        }
+        var health = HealthPolicy()
+        if let (text, setting) = pick(brokerTimeout, "POLYGLOT_HEALTH_BROKER_TIMEOUT") {
+            let ms = try Durations.milliseconds(text, setting: setting)
+            guard ms > 0 else { throw ConfigurationError("\(setting): must be more than 0") }
+            health.brokerUnreachableLimit = .milliseconds(ms)
+        }
+        return ObservabilityConfiguration(metricsPort: port, health: health, logLevel: try resolveLogLevel(environment: environment))
+    }
+
+    /// The log level alone (the binary sets up logging before anything else is resolved).
+    public func resolveLogLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
+        let text: String, setting: String
+        if let logLevel {
+            (text, setting) = (logLevel, "--log-level")
+        } else if let value = environment["POLYGLOT_LOG_LEVEL"], !value.isEmpty {
+            (text, setting) = (value, "POLYGLOT_LOG_LEVEL")
+        } else {
+            return .info
+        }
+        guard let level = Logger.Level(rawValue: text.trimmingCharacters(in: .whitespaces).lowercased()) else {
+            throw ConfigurationError("\(setting): unknown level '\(text)' (trace, debug, info, notice, warning, error, critical)")
+        }
+        return level
+    }
+
+    static let flagNames = [
+        "POLYGLOT_METRICS_PORT": "--metrics-port", "POLYGLOT_LOG_LEVEL": "--log-level",
+        "POLYGLOT_HEALTH_BROKER_TIMEOUT": "--health-broker-timeout",
+    ]
+}
+
+/// Resolved observability settings.
+public struct ObservabilityConfiguration: Sendable, Hashable {
+    /// nil: the endpoints are off.
+    public var metricsPort: Int?
+    public var health: HealthPolicy
+    public var logLevel: Logger.Level
+}
