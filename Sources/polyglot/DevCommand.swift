@@ -12,7 +12,7 @@ struct DevCommand: AsyncParsableCommand {
     )
 }
 
-struct DevBrokerCommand: AsyncParsableCommand {
+struct DevBrokerCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "broker",
         abstract: "Run an in-memory Kafka cluster on loopback, for development only.",
@@ -38,6 +38,15 @@ struct DevBrokerCommand: AsyncParsableCommand {
     @Option(help: "Write the bootstrap list to this file once ready (replaced atomically, removed on exit).")
     var bootstrapFile: String?
 
+    @Option(help: "Log level: trace, debug, info (default), notice, warning, error, critical (env POLYGLOT_LOG_LEVEL).")
+    var logLevel: String?
+
+    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
+        var settings = ObservabilitySettings()
+        settings.logLevel = logLevel
+        return try settings.resolveLogLevel(environment: environment)
+    }
+
     func validate() throws {
         do {
             try DevBrokerOptions(brokers: brokers, partitions: partitions, bootstrapFile: bootstrapFile).validate()
@@ -48,7 +57,7 @@ struct DevBrokerCommand: AsyncParsableCommand {
 
     func run() async throws {
         // Logs go to stderr: stdout's first line is the bootstrap list, for scripts to read.
-        let logger = Logger(label: "polyglot.dev.broker") { StreamLogHandler.standardError(label: $0) }
+        let logger = Logger(label: "polyglot.dev.broker")
         let service = DevBrokerService(
             options: DevBrokerOptions(brokers: brokers, partitions: partitions, bootstrapFile: bootstrapFile),
             logger: logger
@@ -101,7 +110,7 @@ struct DevKafkaBenchCommand: AsyncParsableCommand {
         var overrides = KafkaConfiguration()
         do { try overrides.apply(overrides: properties) } catch { throw ValidationError(error.message) }
         options.overrides = overrides
-        var logger = Logger(label: "polyglot.dev.kafka-bench") { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "polyglot.dev.kafka-bench")
         logger.logLevel = .warning
         let result = try await KafkaBenchmark(options: options, logger: logger).run()
         print(result)

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Core
+import Foundation
+import Logging
 
 @main
 struct Polyglot: AsyncParsableCommand {
@@ -17,11 +19,13 @@ struct Polyglot: AsyncParsableCommand {
         ]
     )
 
-    /// Errors end the process with one line, `polyglot: <reason>`, rather than the reason plus
+    /// Logging is set up once, for every command, before it runs (``LogOutput``); errors end
+    /// the process with one line, `polyglot: <reason>`, rather than the reason plus
     /// a usage block: a bad flag or an unreadable file in a script's log should read as one line.
     static func main() async {
         do {
             var command = try parseAsRoot()
+            LogOutput.bootstrap(level: try logLevel(of: command, environment: ProcessInfo.processInfo.environment))
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -38,4 +42,22 @@ struct Polyglot: AsyncParsableCommand {
             exit(withError: ExitCode(code.rawValue))
         }
     }
+}
+
+extension Polyglot {
+    /// The level logging starts with: the command's (``LoggingCommand``), else `POLYGLOT_LOG_LEVEL`.
+    static func logLevel(of command: any ParsableCommand, environment: [String: String]) throws -> Logger.Level {
+        do throws(ConfigurationError) {
+            if let logging = command as? any LoggingCommand { return try logging.logLevel(environment: environment) }
+            return try ObservabilitySettings().resolveLogLevel(environment: environment)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+/// A command with `--log-level`: its level (flag, then `POLYGLOT_LOG_LEVEL`, then its settings
+/// file) is the one logging starts with.
+protocol LoggingCommand {
+    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level
 }

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,4 +17,20 @@ public enum StandardError {
             }
         }
     }
+
+    /// Writes `bytes` whole while no other caller of this method writes: a line longer than
+    /// the pipe's atomic size (4 KiB) still never interleaves with another thread's.
+    public static func writeLocked(_ bytes: UnsafeRawBufferPointer) {
+        lock.withLock { _ in
+            var offset = 0
+            while offset < bytes.count {
+                let n = Glibc.write(2, bytes.baseAddress! + offset, bytes.count - offset)
+                if n < 0, errno == EINTR { continue }
+                if n <= 0 { return }
+                offset += n
+            }
+        }
+    }
+
+    private static let lock = Mutex(())
 }
