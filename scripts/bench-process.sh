@@ -23,6 +23,8 @@
 # and its own repartition records).
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
+# METRICS_PORT=port serves /metrics and /healthz during the runs (default 0: off, so that
+# another instance on the machine cannot make the run fail to listen).
 # Usage: scripts/bench-process.sh [RECORDS] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +56,8 @@ median() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : 
 # A value of the processor's final log line: `field NAME LINE`.
 field() { grep -oE "(^| )$1=[0-9.]+" <<<"$2" | head -1 | cut -d= -f2; }
 fail() { echo "run $run: $*" >&2; exit 1; }
+# A JSON log line as `message=... name=value ...` (its values hold no quotes, commas or spaces).
+json_fields() { sed -E 's/^\{//; s/\}$//; s/"([^"]+)":"([^"]*)"/\1=\2/g; s/,([A-Za-z_]+=)/ \1/g; s/^time=[^ ]* level=[^ ]* logger=[^ ]* //'; }
 
 one_run() {
     run=$1
@@ -77,8 +81,8 @@ one_run() {
         local line
         line=$("${process_env[@]}" /usr/bin/time -o "$work/time" -f '%U' \
             "$bin" process --bootstrap-servers "$bootstrap" --state-dir "$work/state" --until-end --log-level notice \
-            -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
-            grep -E 'stopped|error' | sed -E 's/^[^ ]+ [a-z]+ polyglot.process: //')
+            --metrics-port "${METRICS_PORT:-0}" -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
+            grep -E 'stopped|error' | json_fields)
         echo "$line userCPUSeconds=$(tail -1 "$work/time")"
     }
     # Records a topic received and records it still holds, summed over its partitions: its end
@@ -98,7 +102,7 @@ one_run() {
         local auditor counts
         auditor=$(/usr/bin/time -o "$work/time" -f '%U' "$bin" audit --bootstrap-servers "$bootstrap" --state-dir "$work/audit-state" \
             --until-end --settle 10m --log-level notice -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
-            grep -vE 'AUDIT-(INPUT|OUTPUT)' | grep -E 'stopped|error|^inputs ' | sed -E 's/^[^ ]+ [a-z]+ polyglot.audit: //')
+            grep -vE 'AUDIT-(INPUT|OUTPUT)' | grep -E 'stopped|error|^inputs ' | json_fields | sed -E 's/^[^ ]+ [a-z]+ polyglot.audit: //')
         rm -rf "$work/audit-state"
         counts=$(grep '^inputs ' <<<"$auditor") || fail "the auditor failed: $auditor"
         [[ "$counts" == "inputs $records, outputs $valid, deadLetters $rejected, missing 0, duplicate 0, orphan 0, mismatch 0,"* &&

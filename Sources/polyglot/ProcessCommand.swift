@@ -1,9 +1,10 @@
 import ArgumentParser
 import Core
+import Foundation
 import Logging
 import ServiceLifecycle
 
-struct ProcessCommand: AsyncParsableCommand {
+struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "process",
         abstract: "Run the fraud detector on Kafka, exactly once, with SQLite window state.",
@@ -18,6 +19,11 @@ struct ProcessCommand: AsyncParsableCommand {
             which wins over defaults. Environment and file names: \
             \(ProcessorSettings.environmentHelp).
 
+            HTTP on --metrics-port (default 9464, 0: off): GET /metrics (Prometheus text), GET /healthz \
+            (200 while every assigned partition is restored and polling; else 503 with a one-line JSON reason).
+
+            Logs: one JSON object per line on stderr when it is not a terminal, readable text when it is.
+
             SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
             """)
 
@@ -26,35 +32,53 @@ struct ProcessCommand: AsyncParsableCommand {
 
     @OptionGroup var runtime: RuntimeOptions
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @OptionGroup var observability: ObservabilityOptions
+
+    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
+        try observability.logLevel(environment: environment, configFile: runtime.config)
+    }
 
     func run() async throws {
         var settings = runtime.settings
         settings.applicationID = applicationId
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         let configuration: ProcessorConfiguration
+        let endpoints: ObservabilityConfiguration
         let service: ProcessorService
-        var logger = Logger(label: "polyglot.process") { StreamLogHandler.standardError(label: $0) }
-        logger.logLevel = level
         do {
             configuration = try settings.resolve()
+            endpoints = try observability.settings.resolve(
+                environment: settings.mergedEnvironment(ProcessInfo.processInfo.environment),
+                defaultMetricsPort: ObservabilitySettings.processMetricsPort)
         } catch {
             throw ValidationError(error.message)
         }
+        var logger = Logger(label: "polyglot.process")
+        logger.logLevel = endpoints.logLevel
+        let metrics = RoleMetrics(role: "process", fingerprintDigest: configuration.fingerprintDigest,
+                                  families: FraudDetectionRole.metricFamilies)
         do {
-            service = try ProcessorService(configuration: configuration, logger: logger)
+            service = try ProcessorService(configuration: configuration, logger: logger, observer: metrics)
         } catch {
             throw CommandFailure(error.message)
         }
+        // The group stops its services in reverse order: the processor first, while /healthz
+        // still answers (503, stopping).
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        let processor = service.processor
+        if let server = observability.server(endpoints, metrics: metrics, snapshot: { processor.snapshot }) {
+            services.append(.init(service: server))
+        }
+        services.append(.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup))
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
         } catch let error as ProcessorError {
             throw CommandFailure(error.message)
         } catch let error as KafkaError {
             throw CommandFailure("Kafka: \(error)")
+        } catch let error as ObservabilityError {
+            throw CommandFailure(error.message)
         }
     }
 }

@@ -143,12 +143,13 @@ final class CommandLineTests {
 
     @Test func aMisspeltSecretPropertyIsNeverEchoed() throws {
         let run = try polyglot(["process", "--bootstrap-servers", "127.0.0.1:1", "--until-end", "--state-dir", "state",
-                                "-X", "sasl.pasword=hunter2"], in: directory)
+                                "--metrics-port", "0", "-X", "sasl.pasword=hunter2"], in: directory)
         #expect(run.status == 1)
         #expect(run.stderr.contains("sasl.pasword"))
         #expect(!run.stderr.contains("hunter2"))
         // The state directory was made private, and its absolute path logged.
-        #expect(run.stderr.contains("path=\(directory.path)/state"))
+        // stderr is a pipe: one JSON object per line.
+        #expect(run.stderr.contains("\"path\":\"\(directory.path)/state\""))
         let attributes = try FileManager.default.attributesOfItem(atPath: directory.appendingPathComponent("state").path)
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o700)
     }

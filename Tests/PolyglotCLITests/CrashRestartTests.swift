@@ -39,7 +39,7 @@ struct CrashRestartTests {
         }
         #expect(try Self.produce(lines[..<30_000], to: mock.bootstrapServers) == 0, "records not delivered")
         let state = dir.appendingPathComponent("state").path
-        let arguments = ["process", "--bootstrap-servers", mock.bootstrapServers, "--state-dir", state, "--log-level", "warning",
+        let arguments = ["process", "--bootstrap-servers", mock.bootstrapServers, "--state-dir", state, "--log-level", "warning", "--metrics-port", "0",
                          "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500", "--until-end"]
         let first = try polyglot(arguments, in: dir)
         #expect(first.status == 0, "\(first.stderr)")

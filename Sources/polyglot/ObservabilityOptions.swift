@@ -1,0 +1,41 @@
+import ArgumentParser
+import Core
+import Logging
+
+/// The observability flags of a long-running role on the stream runtime (`process`, `audit`):
+/// the log level and the HTTP endpoints. Nil is "not given": the environment, then the settings
+/// file, then the default decide.
+struct ObservabilityOptions: ParsableArguments {
+    @Option(help: "Log level: trace, debug, info (default), notice, warning, error, critical (env POLYGLOT_LOG_LEVEL).")
+    var logLevel: String?
+
+    @Option(help: "Port of GET /metrics and GET /healthz on every interface (default 9464 for process, 9465 for audit; 0 turns them off; env POLYGLOT_METRICS_PORT).")
+    var metricsPort: String?
+
+    @Option(help: "How long the broker may be unreachable before /healthz answers 503 (default 30s; env POLYGLOT_HEALTH_BROKER_TIMEOUT).")
+    var healthBrokerTimeout: String?
+
+    var settings: ObservabilitySettings {
+        var settings = ObservabilitySettings()
+        settings.metricsPort = metricsPort
+        settings.logLevel = logLevel
+        settings.brokerTimeout = healthBrokerTimeout
+        return settings
+    }
+
+    /// The level, over `environment` merged with the role's settings file.
+    func logLevel(environment: [String: String], configFile: String?) throws(ConfigurationError) -> Logger.Level {
+        var processor = ProcessorSettings()
+        processor.configFile = configFile
+        return try settings.resolveLogLevel(environment: processor.mergedEnvironment(environment))
+    }
+
+    /// The endpoints' service for a role, nil when they are off.
+    func server(_ configuration: ObservabilityConfiguration, metrics: RoleMetrics,
+                snapshot: @escaping @Sendable () -> RoleSnapshot) -> ObservabilityServer? {
+        guard let port = configuration.metricsPort else { return nil }
+        var logger = Logger(label: "polyglot.http")
+        logger.logLevel = configuration.logLevel
+        return ObservabilityServer(port: port, metrics: metrics, policy: configuration.health, logger: logger, snapshot: snapshot)
+    }
+}
