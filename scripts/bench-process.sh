@@ -101,7 +101,7 @@ one_run() {
     if [[ "${AUDIT:-}" == continuous ]]; then
         local auditor counts
         auditor=$(/usr/bin/time -o "$work/time" -f '%U' "$bin" audit --bootstrap-servers "$bootstrap" --state-dir "$work/audit-state" \
-            --until-end --settle 10m --log-level notice -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
+            --until-end --settle 10m --log-level notice --metrics-port "${METRICS_PORT:-0}" -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
             grep -vE 'AUDIT-(INPUT|OUTPUT)' | grep -E 'stopped|error|^inputs ' | json_fields | sed -E 's/^[^ ]+ [a-z]+ polyglot.audit: //')
         rm -rf "$work/audit-state"
         counts=$(grep '^inputs ' <<<"$auditor") || fail "the auditor failed: $auditor"

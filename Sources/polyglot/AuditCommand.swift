@@ -4,7 +4,7 @@ import Core
 import Logging
 import ServiceLifecycle
 
-struct AuditCommand: AsyncParsableCommand {
+struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Recompute every verdict and report drift (SEMANTICS.md §5).",
@@ -57,8 +57,11 @@ struct AuditCommand: AsyncParsableCommand {
 
     @OptionGroup var runtime: RuntimeOptions
 
-    @Option(help: "Log level of the continuous auditor: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @OptionGroup var observability: ObservabilityOptions
+
+    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
+        try observability.logLevel(environment: environment, configFile: runtime.config)
+    }
 
     @Option(help: "Write the findings and counts as JSON to this file ('-' for stdout).")
     var report: String?
@@ -108,32 +111,47 @@ struct AuditCommand: AsyncParsableCommand {
     }
 
     private func runContinuously() async throws {
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
-        var logger = Logger(label: "polyglot.audit") { StreamLogHandler.standardError(label: $0) }
-        logger.logLevel = level
+        let settings = auditorSettings()
         let configuration: AuditorConfiguration
+        let endpoints: ObservabilityConfiguration
         do {
-            configuration = try auditorSettings().resolve()
+            configuration = try settings.resolve()
+            endpoints = try observability.settings.resolve(
+                environment: settings.processor.mergedEnvironment(ProcessInfo.processInfo.environment),
+                defaultMetricsPort: ObservabilitySettings.auditMetricsPort)
         } catch {
             throw ValidationError(error.message)
         }
+        var logger = Logger(label: "polyglot.audit")
+        logger.logLevel = endpoints.logLevel
+        let metrics = RoleMetrics(role: "audit", fingerprintDigest: configuration.runtime.fingerprintDigest,
+                                  families: AuditRole.metricFamilies)
         let service: AuditorService
         do {
-            service = try AuditorService(configuration: configuration, logger: logger)
+            service = try AuditorService(configuration: configuration, logger: logger, observer: metrics)
         } catch {
             throw CommandFailure(error.message)
         }
+        // The group stops its services in reverse order: the auditor first, while /healthz
+        // still answers (503, stopping).
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        let auditor = service.auditor
+        if let server = observability.server(endpoints, metrics: metrics, snapshot: { auditor.snapshot }) {
+            services.append(.init(service: server))
+        }
+        services.append(.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup))
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
-            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
         } catch let error as ProcessorError {
             throw CommandFailure(error.message)
         } catch let error as KafkaError {
             throw CommandFailure("Kafka: \(error)")
+        } catch let error as ObservabilityError {
+            throw CommandFailure(error.message)
         }
-        let counts = service.auditor.counts
+        let counts = auditor.counts
         StandardError.write(counts.entries.map { "\($0.name) \($0.value)" }.joined(separator: ", ") + "\n")
     }
 
@@ -171,7 +189,7 @@ struct AuditCommand: AsyncParsableCommand {
         let options = TopicAuditOptions(
             kafka: r.kafka, inputTopic: r.inputTopic, outputTopic: r.outputTopic, deadLetterTopic: r.deadLetterTopic,
             configuration: auditor.audit, connectTimeout: r.connectTimeout)
-        var logger = Logger(label: "polyglot.audit") { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "polyglot.audit")
         logger.logLevel = .warning
         try reporting { sink in try TopicAudit(options: options, logger: logger).run { findings in try sink(findings) } }
     }

@@ -120,6 +120,22 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
 
     public func didHandleBatch() {}
 
+    public static let metricFamilies: [MetricFamily] = [
+        .counter("polyglot_audit_findings_total", help: "Audit findings committed, by kind."),
+        .counter("polyglot_audit_records_total", help: "Records the auditor reconciled, by what they are (input, output, dead_letter)."),
+    ]
+
+    /// The committed counts as samples of ``metricFamilies``: every kind, seen or not.
+    public var metricSamples: [MetricSample] {
+        let c = counts
+        let kinds: [(String, Int)] = [("missing", c.missing), ("duplicate", c.duplicate), ("orphan", c.orphan), ("mismatch", c.mismatch),
+                                      ("high_value", c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable)]
+        return kinds.map { MetricSample("polyglot_audit_findings_total", labels: ["kind": $0.0], value: $0.1) }
+            + [("input", c.inputs), ("output", c.outputs), ("dead_letter", c.deadLetters)].map {
+                MetricSample("polyglot_audit_records_total", labels: ["record": $0.0], value: $0.1)
+            }
+    }
+
     public var summary: [String: String] {
         Dictionary(uniqueKeysWithValues: counts.entries.map { ($0.name, "\($0.value)") })
     }
@@ -311,11 +327,19 @@ public final class ContinuousAuditor: Sendable {
     public let role: AuditRole
     public let runtime: StreamRuntime<AuditRole>
 
-    public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit")) throws(ConfigurationError) {
+    /// `observer` hears of each commit (``RoleMetrics`` is one).
+    public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit"),
+                observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
         try configuration.validate()
         self.configuration = configuration
         role = AuditRole(configuration: configuration, logger: logger)
-        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration.runtime), logger: logger)
+        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration.runtime), logger: logger,
+                                observer: observer)
+    }
+
+    /// What `/metrics` and `/healthz` show.
+    public var snapshot: RoleSnapshot {
+        RoleSnapshot(runtime: runtime.statistics, samples: role.metricSamples)
     }
 
     /// Asks the run to finish: it commits (or aborts) the open transaction, leaves the group and

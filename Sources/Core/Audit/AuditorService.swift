@@ -5,8 +5,10 @@ import ServiceLifecycle
 public struct AuditorService: Service {
     public let auditor: ContinuousAuditor
 
-    public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit")) throws(ConfigurationError) {
-        auditor = try ContinuousAuditor(configuration: configuration, logger: logger)
+    /// `observer` hears of each commit (``RoleMetrics`` is one).
+    public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit"),
+                observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
+        auditor = try ContinuousAuditor(configuration: configuration, logger: logger, observer: observer)
         try StateDirectory.prepareForRun(configuration.runtime.stateDirectory, instanceID: configuration.runtime.instanceID, logger: logger)
     }
 
