@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import ServiceLifecycle
+import Synchronization
 import Testing
 @testable import Core
 
@@ -155,7 +157,30 @@ struct AuditorTests {
         defer { try? FileManager.default.removeItem(at: state) }
         let group = "craft-\(UUID().uuidString.prefix(8).lowercased())"
         let auditor = try auditor(topics, group: group, findings: "\(group)-findings", state: state, settle: .seconds(2))
-        try await audit([auditor]) { $0.missing == 1 && $0.orphan == 1 && $0.outputs == 11 }
+        // With its endpoints, as `polyglot audit` serves them: the counts are on /metrics too.
+        let metrics = RoleMetrics(role: "audit", fingerprintDigest: auditor.configuration.runtime.fingerprintDigest,
+                                  families: AuditRole.metricFamilies)
+        let server = ObservabilityServer(host: "127.0.0.1", port: 0, metrics: metrics, policy: HealthPolicy(), logger: logger) {
+            auditor.snapshot
+        }
+        let endpoints = ServiceGroup(configuration: ServiceGroupConfiguration(services: [.init(service: server)],
+                                                                              logger: Logger(label: "polyglot.test.group")))
+        let scraped = Mutex<PrometheusText?>(nil)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await endpoints.run() }
+            try await audit([auditor], whileRunning: {
+                let client = HTTPTestClient(port: await server.listeningPort())
+                try await client.waitForHealth(200)
+                let text = try await client.waitForMetrics { $0["polyglot_audit_findings_total", ["kind": "missing"]] == 1 }
+                scraped.withLock { $0 = text }
+            }) { $0.missing == 1 && $0.orphan == 1 && $0.outputs == 11 }
+            await endpoints.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+        let text = try #require(scraped.withLock { $0 })
+        #expect(text["polyglot_audit_findings_total", ["kind": "mismatch"]] == 1)
+        #expect(text["polyglot_audit_findings_total", ["kind": "high_value"]] == 1)
+        #expect(text["polyglot_audit_records_total", ["record": "input"]] == 10)
         let c = auditor.counts
         #expect(c.inputs == 10)
         #expect(c.duplicate == 1)
@@ -170,8 +195,8 @@ struct AuditorTests {
         }
         #expect(kinds.sorted() == ["drift", "duplicate", "highValue", "mismatch", "missing", "orphan"])
         let mismatch = records.first { String(decoding: $0.value ?? [], as: UTF8.self).contains("\"kind\":\"mismatch\"") }
-        let text = String(decoding: mismatch?.value ?? [], as: UTF8.self)
-        #expect(text.contains("\"expected\":") && text.contains("\"actual\":"))
+        let mismatchText = String(decoding: mismatch?.value ?? [], as: UTF8.self)
+        #expect(mismatchText.contains("\"expected\":") && mismatchText.contains("\"actual\":"))
         #expect(mismatch?.key == Array("t-bad".utf8))
     }
 }
