@@ -58,6 +58,50 @@ public struct TransactionDecoder: Sendable {
         kafkaTimestamp: Int64? = nil,
         maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew
     ) throws(Rejection) -> TransactionView {
+        var members: JSONScanner.Members?
+        return try decodeView(bytes, kafkaTimestamp: kafkaTimestamp, maxFutureSkew: maxFutureSkew, members: &members)
+    }
+
+    /// The card id of `record` as `process` partitions by it, its decoded bytes written to
+    /// `key` (emptied first): from a valid record, or from one rejected only after its members
+    /// were read (a member missing or of the wrong type, a value out of range) whose `cardId` is
+    /// still a string of 1 to 1024 bytes. Costs no more than ``decodeView(_:kafkaTimestamp:maxFutureSkew:)``.
+    public mutating func cardKey(of record: UnsafeRawBufferPointer, into key: inout [UInt8]) -> CardKeyReading {
+        key.removeAll(keepingCapacity: true)
+        var members: JSONScanner.Members?
+        let cardId: JSONScanner.ValueRef
+        let outcome: CardKeyReading
+        do {
+            _ = try decodeView(record, members: &members)
+            // A valid record has read its members, its card id a checked string among them.
+            cardId = members!.cardId!
+            outcome = .valid
+        } catch {
+            guard let id = members?.cardId, id.kind == .string else { return .unreadable(error.code) }
+            cardId = id
+            outcome = .rejected(error.code)
+        }
+        let base = record.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        if cardId.hasEscapes {
+            JSONScanner.unescape(base + cardId.start, cardId.length, into: &key)
+        } else {
+            key.append(contentsOf: UnsafeBufferPointer(start: base + cardId.start, count: cardId.length))
+        }
+        if case .rejected(let code) = outcome, key.isEmpty || key.count > Self.maxIdBytes {
+            key.removeAll(keepingCapacity: true)
+            return .unreadable(code)
+        }
+        return outcome
+    }
+
+    /// ``decodeView(_:kafkaTimestamp:maxFutureSkew:)``, leaving in `members` where the members
+    /// are once they were read, even when the record is then rejected.
+    mutating func decodeView(
+        _ bytes: UnsafeRawBufferPointer,
+        kafkaTimestamp: Int64? = nil,
+        maxFutureSkew: Int64 = DetectorParameters.default.maxFutureSkew,
+        members: inout JSONScanner.Members?
+    ) throws(Rejection) -> TransactionView {
         let count = bytes.count
         if count > Self.maxRecordBytes {
             throw Rejection(.tooLarge, "record is \(count) bytes; the limit is \(Self.maxRecordBytes)")
@@ -75,6 +119,7 @@ public struct TransactionDecoder: Sendable {
         } else {
             m = try parseGeneral(base, count)
         }
+        members = m
         guard let transactionId = m.transactionId, let cardId = m.cardId, let amount = m.amount,
             let timestamp = m.timestamp
         else {
@@ -236,4 +281,21 @@ func memcmpBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int)
         i += 1
     }
     return true
+}
+
+/// What ``TransactionDecoder/cardKey(of:into:)`` could read of a record.
+public enum CardKeyReading: Sendable, Hashable {
+    /// A valid record; the key is its card id.
+    case valid
+    /// A rejected record (with this code) whose card id could still be read; the key is that.
+    case rejected(RejectionCode)
+    /// A rejected record (with this code) with no card id to read: not JSON, not an object, a
+    /// member twice, or no usable `cardId`. The key is empty.
+    case unreadable(RejectionCode)
+
+    /// Whether there is a key.
+    public var hasKey: Bool {
+        if case .unreadable = self { return false }
+        return true
+    }
 }

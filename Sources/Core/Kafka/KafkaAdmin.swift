@@ -185,6 +185,21 @@ public final class KafkaAdmin: @unchecked Sendable {
     /// Partition counts of the topics that exist among `topics` (missing ones are absent from the
     /// result). Reads cluster metadata for all topics, so asking never auto-creates a topic.
     public func partitionCounts(_ topics: [String], timeout: Duration = .seconds(10)) throws(KafkaError) -> [String: Int] {
+        try ClusterMetadata.partitionCounts(handle, topics, timeout: timeout)
+    }
+
+    public func partitionCounts(_ topics: [String], timeout: Duration = .seconds(10)) async throws(KafkaError) -> [String: Int] {
+        try await executor.run { () throws(KafkaError) in try self.partitionCounts(topics, timeout: timeout) }
+    }
+}
+
+import Synchronization
+
+/// Cluster metadata read through any client handle.
+enum ClusterMetadata {
+    /// Partition counts of the topics that exist among `topics`. Reads metadata for all topics,
+    /// so asking never auto-creates a topic. Blocking.
+    static func partitionCounts(_ handle: OpaquePointer, _ topics: [String], timeout: Duration) throws(KafkaError) -> [String: Int] {
         var metadata: UnsafePointer<rd_kafka_metadata>? = nil
         try KafkaError.check(rd_kafka_metadata(handle, 1, nil, &metadata, milliseconds(timeout)), "metadata")
         guard let metadata else { return [:] }
@@ -200,10 +215,4 @@ public final class KafkaAdmin: @unchecked Sendable {
         }
         return counts
     }
-
-    public func partitionCounts(_ topics: [String], timeout: Duration = .seconds(10)) async throws(KafkaError) -> [String: Int] {
-        try await executor.run { () throws(KafkaError) in try self.partitionCounts(topics, timeout: timeout) }
-    }
 }
-
-import Synchronization

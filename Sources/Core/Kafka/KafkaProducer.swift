@@ -236,6 +236,12 @@ public final class KafkaProducer: @unchecked Sendable {
         context.state.withLock { $0.trackedOffsets[partition] }
     }
 
+    /// Partition counts of the topics that exist among `topics`, from cluster metadata (asking
+    /// never auto-creates a topic). Blocking.
+    public func partitionCounts(_ topics: [String], timeout: Duration) throws(KafkaError) -> [String: Int] {
+        try ClusterMetadata.partitionCounts(handle, topics, timeout: timeout)
+    }
+
     /// Records queued, in flight or awaiting their delivery report.
     public var outstanding: Int { Int(rd_kafka_outq_len(handle)) }
 

@@ -132,43 +132,19 @@ public struct ProcessorSettings: Sendable {
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ProcessorConfiguration {
-        var environment = environment
-        var kafkaLayers: [(source: String, text: String)] = []
-        if let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
-            // The file is the lowest layer: the environment wins over it. Kafka properties add up
-            // (file, then environment, then -X), each later one winning per property.
-            let file = try Self.readFile(path)
-            if let text = file["POLYGLOT_KAFKA_PROPERTIES"] { kafkaLayers.append((path, text)) }
-            environment = file.merging(environment) { _, env in env }
-        }
-        if let text = environment["POLYGLOT_KAFKA_PROPERTIES"], kafkaLayers.last?.text != text {
-            kafkaLayers.append(("POLYGLOT_KAFKA_PROPERTIES", text))
-        }
-        func pick(_ flag: String?, _ variable: String) -> String? {
-            if let flag { return flag }
-            if let value = environment[variable], !value.isEmpty { return value }
-            return nil
-        }
+        let layers = try SettingsLayers(configFile: configFile, environment: environment)
+        let environment = layers.environment
+        func pick(_ flag: String?, _ variable: String) -> String? { layers.pick(flag, variable) }
         let parameters = try detectorParameters(environment: environment)
-        var kafka = KafkaConfiguration()
-        for layer in kafkaLayers {
-            do { try kafka.apply(overrides: KafkaConfiguration.splitPropertyList(layer.text)) } catch {
-                throw ConfigurationError("\(layer.source): \(error.message)")
-            }
-        }
-        try kafka.apply(overrides: kafkaProperties)
-        if let servers = pick(bootstrapServers, "KAFKA_BOOTSTRAP_SERVERS") { kafka.set("bootstrap.servers", servers) }
+        let kafka = try layers.kafka(properties: kafkaProperties, bootstrapServers: bootstrapServers)
 
         let guaranteeText = pick(guarantee, "POLYGLOT_GUARANTEE") ?? ProcessingGuarantee.exactlyOnce.rawValue
         guard let guaranteeValue = ProcessingGuarantee(rawValue: guaranteeText) else {
             throw ConfigurationError("guarantee '\(guaranteeText)' is not one of exactly-once, at-least-once")
         }
         let intervalMs = try Durations.milliseconds(pick(commitInterval, "POLYGLOT_COMMIT_INTERVAL") ?? "100ms", setting: "commit interval")
-        let partitionerText = pick(partitioner, "POLYGLOT_PARTITIONER") ?? KafkaPartitioner.murmur2.rawValue
-        guard let partitionerValue = KafkaPartitioner(rawValue: partitionerText) else {
-            throw ConfigurationError("partitioner '\(partitionerText)' is not one of murmur2 (Java's, the default), crc32 (librdkafka's)")
-        }
-        let connectMs = try Durations.milliseconds(pick(connectTimeout, "POLYGLOT_CONNECT_TIMEOUT") ?? "15s", setting: "connect timeout")
+        let partitionerValue = try layers.partitioner(partitioner)
+        let connectTimeoutValue = try layers.connectTimeout(connectTimeout)
         for property in RuntimeConfiguration.ownedProperties.keys.sorted() where kafka[property] != nil {
             throw ConfigurationError("-X \(property) is set by polyglot itself; use \(RuntimeConfiguration.ownedProperties[property]!) instead")
         }
@@ -204,7 +180,7 @@ public struct ProcessorSettings: Sendable {
         let configuration = ProcessorConfiguration(
             kafka: kafka,
             applicationID: pick(applicationID, "POLYGLOT_APPLICATION_ID") ?? DevBrokerOptions.defaultApplicationID,
-            inputTopic: pick(inputTopic, "POLYGLOT_INPUT_TOPIC") ?? DevBrokerOptions.inputTopic,
+            inputTopic: layers.inputTopic(inputTopic),
             outputTopic: pick(outputTopic, "POLYGLOT_OUTPUT_TOPIC") ?? DevBrokerOptions.outputTopic,
             deadLetterTopic: pick(deadLetterTopic, "POLYGLOT_DLQ_TOPIC") ?? DevBrokerOptions.deadLetterTopic,
             stateDirectory: stateDirectoryValue,
@@ -215,8 +191,72 @@ public struct ProcessorSettings: Sendable {
             untilEnd: untilEndValue,
             instanceID: instanceIDValue,
             partitioner: partitionerValue,
-            connectTimeout: .milliseconds(connectMs))
+            connectTimeout: connectTimeoutValue)
         try configuration.validate()
         return configuration
+    }
+}
+
+/// The layers every Kafka command's settings resolve through: the settings file under the
+/// environment under the flags, and librdkafka properties added up from the file, then
+/// `POLYGLOT_KAFKA_PROPERTIES`, then `-X`, each later one winning per property.
+struct SettingsLayers {
+    /// The environment with the settings file's values under it.
+    let environment: [String: String]
+    private let kafkaLayers: [(source: String, text: String)]
+
+    /// Reads the settings file (`configFile`, else `POLYGLOT_CONFIG`), if there is one.
+    init(configFile: String?, environment: [String: String]) throws(ConfigurationError) {
+        var environment = environment
+        var kafkaLayers: [(source: String, text: String)] = []
+        if let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            let file = try ProcessorSettings.readFile(path)
+            if let text = file["POLYGLOT_KAFKA_PROPERTIES"] { kafkaLayers.append((path, text)) }
+            environment = file.merging(environment) { _, env in env }
+        }
+        if let text = environment["POLYGLOT_KAFKA_PROPERTIES"], kafkaLayers.last?.text != text {
+            kafkaLayers.append(("POLYGLOT_KAFKA_PROPERTIES", text))
+        }
+        self.environment = environment
+        self.kafkaLayers = kafkaLayers
+    }
+
+    /// The flag's value, else the variable's when it is set and not empty.
+    func pick(_ flag: String?, _ variable: String) -> String? {
+        if let flag { return flag }
+        if let value = environment[variable], !value.isEmpty { return value }
+        return nil
+    }
+
+    /// The librdkafka properties of every layer, `-X` `properties` last, and the bootstrap servers.
+    func kafka(properties: [String], bootstrapServers: String?) throws(ConfigurationError) -> KafkaConfiguration {
+        var kafka = KafkaConfiguration()
+        for layer in kafkaLayers {
+            do { try kafka.apply(overrides: KafkaConfiguration.splitPropertyList(layer.text)) } catch {
+                throw ConfigurationError("\(layer.source): \(error.message)")
+            }
+        }
+        try kafka.apply(overrides: properties)
+        if let servers = pick(bootstrapServers, "KAFKA_BOOTSTRAP_SERVERS") { kafka.set("bootstrap.servers", servers) }
+        return kafka
+    }
+
+    /// `--partitioner`, else `POLYGLOT_PARTITIONER`, else murmur2.
+    func partitioner(_ flag: String?) throws(ConfigurationError) -> KafkaPartitioner {
+        let text = pick(flag, "POLYGLOT_PARTITIONER") ?? KafkaPartitioner.murmur2.rawValue
+        guard let value = KafkaPartitioner(rawValue: text) else {
+            throw ConfigurationError("partitioner '\(text)' is not one of murmur2 (Java's, the default), crc32 (librdkafka's)")
+        }
+        return value
+    }
+
+    /// `--connect-timeout`, else `POLYGLOT_CONNECT_TIMEOUT`, else 15 s.
+    func connectTimeout(_ flag: String?) throws(ConfigurationError) -> Duration {
+        .milliseconds(try Durations.milliseconds(pick(flag, "POLYGLOT_CONNECT_TIMEOUT") ?? "15s", setting: "connect timeout"))
+    }
+
+    /// `--input-topic`, else `POLYGLOT_INPUT_TOPIC`, else financial-transactions.
+    func inputTopic(_ flag: String?) -> String {
+        pick(flag, "POLYGLOT_INPUT_TOPIC") ?? DevBrokerOptions.inputTopic
     }
 }
