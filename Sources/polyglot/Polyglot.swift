@@ -13,6 +13,7 @@ struct Polyglot: AsyncParsableCommand {
             ReplayCommand.self,
             AuditCommand.self,
             ProcessCommand.self,
+            ProduceCommand.self,
             GenerateCommand.self,
             ImageCommand.self,
             DevCommand.self,
