@@ -155,6 +155,16 @@ func transactionID(of value: [UInt8]?) -> String? {
     return value.flatMap { try? decoder.decode($0).transactionId }
 }
 
+/// Checks `condition` every few milliseconds until it holds (true) or `timeout` passes (false).
+func waitUntil(within timeout: Duration, _ condition: () -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        guard ContinuousClock.now < deadline else { return false }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return true
+}
+
 func run(_ processor: StreamProcessor, timeout: Duration = .seconds(120)) async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await processor.runOnDedicatedThread() }
@@ -411,14 +421,33 @@ struct ProcessorTests {
             // A leader moves, and a broker goes down for a moment.
             try mock.setPartitionLeader(topic: topics.output, partition: 0, brokerID: 2)
             try mock.setPartitionLeader(topic: "\(topics.applicationID)-windows-changelog", partition: 1, brokerID: 3)
-            try mock.setBrokerDown(3)
-            try await Task.sleep(for: .milliseconds(500))
-            try mock.setBrokerUp(3)
-            try await topics.produce(Array(workload.kafkaRecords[600...]))
-            let deadline = ContinuousClock.now + .seconds(90)
-            while processor.statistics.outputs < workload.records.count, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(100))
+            // The outage lasts until the processor has seen it: its group consumer's view of
+            // the brokers (librdkafka's statistics, once a second, and its error callback) shows
+            // broker 3 gone. Not a probe client's call: librdkafka 2.0.2's
+            // query_watermark_offsets, for one, waits past its timeout while a partition's
+            // leader is down, so a wait on it never ends.
+            let connected = try await waitUntil(within: .seconds(30)) {
+                let view = processor.statistics.broker
+                return view.statisticsReports > 0 && view.brokersUp > 1
             }
+            #expect(connected, "the processor's consumer reported no connected brokers: \(processor.statistics.broker)")
+            let before = processor.statistics.broker
+            // librdkafka names a broker host:port/id, its coordinator connection host:port; the
+            // mock lists its brokers in id order.
+            let broker3 = try #require(mock.bootstrapServers.split(separator: ",").last.map(String.init))
+            try mock.setBrokerDown(3)
+            let outageSeen = try await waitUntil(within: .seconds(30)) {
+                let now = processor.statistics.broker
+                let named = now.lastError != before.lastError
+                    && (now.lastError?.contains("/3:") == true || now.lastError?.contains("\(broker3):") == true)
+                let fewerUp = now.statisticsReports > before.statisticsReports && now.brokersUp < before.brokersUp
+                return named || fewerUp
+            }
+            try mock.setBrokerUp(3)
+            #expect(outageSeen, "the processor did not see broker 3 go down within 30 s: \(processor.statistics.broker)")
+            try await topics.produce(Array(workload.kafkaRecords[600...]))
+            let finished = try await waitUntil(within: .seconds(90)) { processor.statistics.outputs >= workload.records.count }
+            #expect(finished, "\(processor.statistics.outputs) of \(workload.records.count) outputs after 90 s")
             processor.requestStop()
             try await group.waitForAll()
         }
