@@ -75,27 +75,31 @@ final class ProcessTopics: Sendable {
 
     /// Every committed (read_committed) value of the output topic.
     func committedOutputs() async throws -> [String] {
-        let bootstrap = self.bootstrap, topic = output, partitions = self.partitions
+        try await readAll(output).map { String(decoding: $0.value ?? [], as: UTF8.self) }
+    }
+
+    /// Every record of `topic` to its end offsets: committed ones only, or all that were written.
+    func readAll(_ topic: String, committedOnly: Bool = true) async throws -> [KafkaMessage] {
+        let bootstrap = self.bootstrap, partitions = self.partitions
         return try await onOwnThread {
             let consumer = try KafkaConsumer(configuration: KafkaConfiguration([
-                "bootstrap.servers": bootstrap, "isolation.level": "read_committed", "enable.partition.eof": "true",
+                "bootstrap.servers": bootstrap, "isolation.level": committedOnly ? "read_committed" : "read_uncommitted",
+                "enable.partition.eof": "true",
             ]), logger: Self.logger)
             defer { consumer.close() }
             let tps = (0..<Int32(partitions)).map { KafkaTopicPartition(topic, $0) }
             let ends = try consumer.endOffsets(tps, timeout: .seconds(10))
             try consumer.assign(tps.map { KafkaTopicPartitionOffset($0, offset: KafkaOffset.beginning) })
-            var values: [String] = []
+            var messages: [KafkaMessage] = []
             let deadline = ContinuousClock.now + .seconds(60)
             while !tps.allSatisfy({ (consumer.endOfPartition($0) ?? -1) >= (ends[$0] ?? 0) }) {
                 guard ContinuousClock.now < deadline else {
-                    Issue.record("the output topic was not read to its end within 60 s")
+                    Issue.record("\(topic) was not read to its end within 60 s")
                     break
                 }
-                for m in try consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) {
-                    values.append(String(decoding: m.value ?? [], as: UTF8.self))
-                }
+                messages += try consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100))
             }
-            return values
+            return messages
         }
     }
 
@@ -170,6 +174,9 @@ final class BackgroundPolyglot: @unchecked Sendable {
         }
         try process.run()
     }
+
+    /// A test that stops early leaves no process behind.
+    deinit { if isRunning { send(SIGKILL) } }
 
     var isRunning: Bool { !exit.value.withLock { $0.exited } }
     var stderr: String { (try? String(contentsOf: errorLog, encoding: .utf8)) ?? "" }
