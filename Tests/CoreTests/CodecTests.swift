@@ -288,4 +288,25 @@ struct CodecTests {
         let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
         #expect(object?["line"] as? Int == 7)
     }
+
+    @Test(arguments: [
+        (#"{"transactionId":"t","cardId":"c-1","amount":1,"timestamp":1}"#, CardKeyReading.valid, "c-1"),
+        (#"{"transactionId":"t","cardId":"c\u002d1","amount":1,"timestamp":1}"#, .valid, "c-1"),
+        (#"{"transactionId":"t","cardId":"c-2","timestamp":1}"#, .rejected(.missingField), "c-2"),
+        (#"{"transactionId":7,"cardId":"c-3","amount":1,"timestamp":1}"#, .rejected(.wrongType), "c-3"),
+        (#"{"transactionId":"t","cardId":"c-4","amount":1,"timestamp":-1}"#, .rejected(.invalidValue), "c-4"),
+        (#"{"transactionId":"t","cardId":"","amount":1,"timestamp":1}"#, .unreadable(.invalidValue), ""),
+        (#"{"transactionId":"t","cardId":5,"amount":1,"timestamp":1}"#, .unreadable(.wrongType), ""),
+        (#"{"cardId":"a","cardId":"b"}"#, .unreadable(.duplicateField), ""),
+        (#"["c-5"]"#, .unreadable(.notObject), ""),
+        ("not json", .unreadable(.invalidJSON), ""),
+        ("", .unreadable(.invalidJSON), ""),
+    ])
+    func cardKeyReadsTheCardIdTheProcessorPartitionsBy(_ record: String, _ reading: CardKeyReading, _ key: String) {
+        var decoder = TransactionDecoder()
+        var bytes: [UInt8] = [0x78]  // not emptied by the caller: the reader empties it
+        let result = Array(record.utf8).withUnsafeBytes { decoder.cardKey(of: $0, into: &bytes) }
+        #expect(result == reading)
+        #expect(bytes == Array(key.utf8))
+    }
 }
