@@ -1,8 +1,9 @@
 import ArgumentParser
 import Core
+import Foundation
 import Logging
 
-struct ProduceCommand: AsyncParsableCommand {
+struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "produce",
         abstract: "Load a JSONL file into the input topic, each record on its card's partition.",
@@ -45,8 +46,16 @@ struct ProduceCommand: AsyncParsableCommand {
     @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
     var config: String?
 
-    @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error, critical (default: only the summary or the failure).")
-    var logLevel: String = "critical"
+    @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error, critical (env POLYGLOT_LOG_LEVEL; default: none, only the summary or the failure).")
+    var logLevel: String?
+
+    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
+        // librdkafka's lines repeat what the one-line failure says: shown only when asked for.
+        guard logLevel != nil || !(environment["POLYGLOT_LOG_LEVEL"] ?? "").isEmpty else { return .critical }
+        var settings = ObservabilitySettings()
+        settings.logLevel = logLevel
+        return try settings.resolveLogLevel(environment: environment)
+    }
 
     func run() async throws {
         var settings = InputLoaderSettings(input: input)
@@ -56,12 +65,11 @@ struct ProduceCommand: AsyncParsableCommand {
         settings.connectTimeout = connectTimeout
         settings.kafkaProperties = properties
         settings.configFile = config
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
-        var logger = Logger(label: "polyglot.produce") { StreamLogHandler.standardError(label: $0) }
-        logger.logLevel = level
         let configuration: InputLoaderConfiguration
+        var logger = Logger(label: "polyglot.produce")
         do {
             configuration = try settings.resolve()
+            logger.logLevel = try logLevel(environment: ProcessInfo.processInfo.environment)
         } catch {
             throw ValidationError(error.message)
         }
