@@ -55,10 +55,12 @@ final class ProcessTopics: Sendable {
 
     deinit { mock?.destroy() }
 
-    /// `process` flags naming the cluster and these topics, with a group that forms quickly.
+    /// `process` flags naming the cluster and these topics, with a group that forms quickly and
+    /// no HTTP endpoints (tests run processes side by side).
     func processArguments(stateDirectory: String) -> [String] {
         ["process", "--bootstrap-servers", bootstrap, "--application-id", applicationID, "--input-topic", input,
          "--output-topic", output, "--dlq-topic", deadLetters, "--state-dir", stateDirectory, "--log-level", "notice",
+         "--metrics-port", "0",
          "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
     }
 
@@ -253,9 +255,12 @@ func transactionID(_ line: Substring) -> String {
     return String(line[start..<end])
 }
 
-/// A number in the processor's `stopped` log line (`aborts=0`), nil when it is not there.
+/// A number in the processor's `stopped` log line (a JSON field, `"aborts":"0"`, or text,
+/// `aborts=0`), nil when it is not there.
 func stoppedLineValue(_ name: String, in log: String) -> Int? {
-    guard let line = log.split(separator: "\n").last(where: { $0.contains("stopped") }),
-          let range = line.range(of: " \(name)=") else { return nil }
-    return Int(line[range.upperBound...].prefix { $0.isNumber })
+    guard let line = log.split(separator: "\n").last(where: { $0.contains("stopped") }) else { return nil }
+    for marker in ["\"\(name)\":\"", "\"\(name)\":", " \(name)="] {
+        if let range = line.range(of: marker), let value = Int(line[range.upperBound...].prefix { $0.isNumber }) { return value }
+    }
+    return nil
 }

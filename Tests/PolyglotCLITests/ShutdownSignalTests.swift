@@ -48,7 +48,9 @@ struct ShutdownSignalTests {
         #expect(wrong.isEmpty, "\(wrong.count) verdicts differ from replay's, e.g. \(wrong.first.map { "\($0): \(outputs[$0]?.last ?? "none")" } ?? "")")
         // Exactly once. The mock shows aborted transactions' records to read_committed readers,
         // so there an abort (a rebalance, say) explains a duplicate; a real cluster never does.
-        let aborts = (stoppedLineValue("aborts", in: first.stderr) ?? 0) + (stoppedLineValue("aborts", in: second.stderr) ?? 0)
+        let firstAborts = stoppedLineValue("aborts", in: first.stderr), secondAborts = stoppedLineValue("aborts", in: second.stderr)
+        #expect(firstAborts != nil && secondAborts != nil, "no abort count in the stopped lines: \(first.stderr)")
+        let aborts = (firstAborts ?? 0) + (secondAborts ?? 0)
         let duplicated = outputs.filter { $0.value.count > 1 }.keys.sorted()
         if aborts > 0 && ProcessTopics.usesMock {
             Issue.record("exactly-once not checked: \(aborts) transactions aborted on the mock cluster, which keeps their records visible",
