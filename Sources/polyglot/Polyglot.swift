@@ -17,6 +17,7 @@ struct Polyglot: AsyncParsableCommand {
             GenerateCommand.self,
             ImageCommand.self,
             DevCommand.self,
+            DemoCommand.self,
         ]
     )
 

@@ -1,0 +1,128 @@
+import ArgumentParser
+import Core
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "The whole pipeline in one process, with no Kafka installed: generate, produce, process, audit.",
+        discussion: """
+            Starts the dev broker (librdkafka's mock cluster) in-process, generates transactions \
+            (bursts that trip the detector, late and malformed lines), loads them into the input \
+            topic as `polyglot produce` does, and runs the processor and the continuous auditor on \
+            them. Shows progress on a terminal, then a summary: records, flagged, rejected by code \
+            and the audit's findings by kind. Exits 0 when the audit is clean, 1 when it is not. \
+            With --keep-running both roles stay up until Ctrl-C.
+            """)
+
+    @Option(help: "Transactions to generate.")
+    var records: Int = 20_000
+
+    @Option(help: "Distinct cards.")
+    var cards: Int = 2_000
+
+    @Option(help: "Partitions of every topic.")
+    var partitions: Int = 6
+
+    @Option(help: "Fraction of malformed lines (0 to 1).")
+    var bad: Double = 0.01
+
+    @Option(help: "Seed of the generator.")
+    var seed: UInt64 = 1
+
+    @Option(parsing: .unconditional, help: "How long the auditor waits for an output before its input is missing.")
+    var settle: String = "10s"
+
+    @Flag(help: "Leave the processor, the auditor and their HTTP endpoints running once everything is audited, until Ctrl-C.")
+    var keepRunning = false
+
+    @Option(help: "Port of the processor's /metrics and /healthz (0: off).")
+    var processMetricsPort: Int = ObservabilitySettings.processMetricsPort
+
+    @Option(help: "Port of the auditor's /metrics and /healthz (0: off).")
+    var auditMetricsPort: Int = ObservabilitySettings.auditMetricsPort
+
+    func run() async throws {
+        let settleMs: Int64
+        do { settleMs = try Durations.milliseconds(settle, setting: "--settle") } catch { throw ValidationError(error.message) }
+        for (name, port) in [("--process-metrics-port", processMetricsPort), ("--audit-metrics-port", auditMetricsPort)] where !(0...65535).contains(port) {
+            throw ValidationError("\(name): \(port) is not a port (0 to 65535; 0 turns it off)")
+        }
+        let digest: String
+        do { digest = try EnvironmentFingerprint.current().digest } catch { throw CommandFailure("cannot compute the environment fingerprint: \(error)") }
+        var options = DemoOptions(records: records, cards: cards, partitions: partitions, badFraction: bad, seed: seed,
+                                  keepRunning: keepRunning, settle: .milliseconds(settleMs))
+        options.fingerprintDigest = digest
+        let logger = Logger(label: "polyglot.demo")
+        let processMetrics = RoleMetrics(role: "process", fingerprintDigest: digest, families: FraudDetectionRole.metricFamilies)
+        let auditMetrics = RoleMetrics(role: "audit", fingerprintDigest: digest, families: AuditRole.metricFamilies)
+        let demo: PipelineDemo
+        do {
+            demo = try PipelineDemo(options: options, logger: logger, processorObserver: processMetrics, auditorObserver: auditMetrics)
+        } catch {
+            throw ValidationError(error.message)
+        }
+        // Both roles' endpoints, as `process` and `audit` serve them, once the roles exist.
+        let endpoints = Mutex<(group: ServiceGroup, task: Task<Void, any Error>)?>(nil)
+        let ports = (process: processMetricsPort, audit: auditMetricsPort)
+        let onStarted: @Sendable (PipelineDemo.Roles) async throws -> Void = { roles in
+            var servers: [ServiceGroupConfiguration.ServiceConfiguration] = []
+            var httpLogger = Logger(label: "polyglot.http")
+            httpLogger.logLevel = .error
+            if ports.process > 0 {
+                servers.append(.init(service: ObservabilityServer(port: ports.process, metrics: processMetrics, logger: httpLogger) {
+                    roles.processor.snapshot
+                }))
+            }
+            if ports.audit > 0 {
+                servers.append(.init(service: ObservabilityServer(port: ports.audit, metrics: auditMetrics, logger: httpLogger) {
+                    roles.auditor.snapshot
+                }))
+            }
+            guard !servers.isEmpty else { return }
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: servers, logger: httpLogger))
+            endpoints.withLock { $0 = (group, Task { try await group.run() }) }
+            if ports.process > 0 || ports.audit > 0 {
+                StandardError.write("metrics and health: \([ports.process, ports.audit].filter { $0 > 0 }.map { "http://localhost:\($0)/metrics" }.joined(separator: " "))\n")
+            }
+        }
+        let terminal = isatty(2) != 0
+        let lastLine = Mutex<ContinuousClock.Instant?>(nil)
+        let service = DemoService(demo: demo, onStarted: onStarted, progress: { progress in
+            if terminal {
+                StandardError.write("\r\u{1B}[K" + progress.line)
+            } else {
+                // Not a terminal: a line every five seconds rather than a redrawn one.
+                let due = lastLine.withLock { last in
+                    guard last.map({ ContinuousClock.now - $0 >= .seconds(5) }) ?? true else { return false }
+                    last = ContinuousClock.now
+                    return true
+                }
+                if due { StandardError.write(progress.line + "\n") }
+            }
+        })
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+            if let running = endpoints.withLock({ $0 }) {
+                await running.group.triggerGracefulShutdown()
+                try await running.task.value
+            }
+        } catch let error as ObservabilityError {
+            throw CommandFailure(error.message)
+        } catch let error as ProcessorError {
+            throw CommandFailure(error.message)
+        } catch let error as KafkaError {
+            throw CommandFailure("Kafka: \(error)")
+        }
+        if terminal { StandardError.write("\n") }
+        guard let summary = service.summary else { throw CommandFailure("the demo stopped before its summary") }
+        print(summary.text)
+        if !summary.isClean { throw ExitCode(1) }
+    }
+}
