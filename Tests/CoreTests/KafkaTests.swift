@@ -492,7 +492,8 @@ struct KafkaTests {
             let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap), logger: TestCluster.quietLogger)
             let topics = DevBrokerOptions().topics
             #expect(topics == ["financial-transactions", "enriched-transactions", "financial-transactions.dlq",
-                               "fraud-detector-processor-windows-changelog", "fraud-detector-processor-repartition"])
+                               "fraud-detector-processor-windows-changelog", "fraud-detector-processor-repartition",
+                               "audit-findings", "fraud-auditor-ledger-changelog", "fraud-auditor-repartition"])
             let counts = try await admin.partitionCounts(topics)
             admin.close()
             #expect(counts == Dictionary(uniqueKeysWithValues: topics.map { ($0, 3) }))
