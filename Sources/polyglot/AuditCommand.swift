@@ -18,8 +18,8 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
             output or dead letter whose input has not come by then is an orphan. The output and \
             dead-letter topics must have as many partitions as the input topic. SIGTERM or SIGINT \
             commits and exits 0; --until-end stops at the end offsets seen at start. Settings as \
-            for process; the auditor's own variables: POLYGLOT_AUDIT_GROUP, \
-            POLYGLOT_AUDIT_FINDINGS_TOPIC, POLYGLOT_AUDIT_SETTLE, POLYGLOT_AUDIT_HIGH_VALUE.
+            for process (POLYGLOT_APPLICATION_ID is the processor's; the auditor's group is \
+            POLYGLOT_AUDIT_GROUP); environment and file names: \(AuditorSettings.environmentHelp).
 
             --files audits a replay run: IN.jsonl, replay's OUT.jsonl and, with --dlq, its \
             dead-letter file; positions are line numbers. Prints the counts on stdout and writes \
@@ -46,13 +46,13 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     @Flag(help: "Audit the processor's Kafka topics once, from their start to the end offsets seen at start.")
     var once = false
 
-    @Option(help: "The continuous auditor's consumer group and internal topic prefix (default fraud-auditor).")
+    @Option(help: "The continuous auditor's consumer group and internal topic prefix (default \(Setting.auditGroup.defaultText)).")
     var group: String?
 
-    @Option(help: "Topic of the continuous auditor's findings (default audit-findings).")
+    @Option(help: "Topic of the continuous auditor's findings (default \(Setting.auditFindingsTopic.defaultText)).")
     var findingsTopic: String?
 
-    @Option(parsing: .unconditional, help: "How long the continuous auditor waits for an input's output, or an output's input (default 30s).")
+    @Option(parsing: .unconditional, help: "How long the continuous auditor waits for an input's output, or an output's input (default \(Setting.auditSettle.defaultText)).")
     var settle: String?
 
     @OptionGroup var runtime: RuntimeOptions
@@ -66,7 +66,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Write the findings and counts as JSON to this file ('-' for stdout).")
     var report: String?
 
-    @Option(name: .customLong("high-value"), help: "Report inputs whose amount is above this, compared exactly as decimals (default 10000).")
+    @Option(name: .customLong("high-value"), help: "Report inputs whose amount is above this, compared exactly as decimals (default \(Setting.auditHighValue.defaultText)).")
     var highValue: String?
 
     @Flag(help: "Print each finding's log line on stderr (--files, --once).")

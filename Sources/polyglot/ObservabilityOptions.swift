@@ -12,7 +12,7 @@ struct ObservabilityOptions: ParsableArguments {
     @Option(help: "Port of GET /metrics and GET /healthz on every interface (default 9464 for process, 9465 for audit; 0 turns them off; env POLYGLOT_METRICS_PORT).")
     var metricsPort: String?
 
-    @Option(help: "How long the broker may be unreachable before /healthz answers 503 (default 30s; env POLYGLOT_HEALTH_BROKER_TIMEOUT).")
+    @Option(help: "How long the broker may be unreachable before /healthz answers 503 (default \(Setting.healthBrokerTimeout.defaultText); env POLYGLOT_HEALTH_BROKER_TIMEOUT).")
     var healthBrokerTimeout: String?
 
     var settings: ObservabilitySettings {

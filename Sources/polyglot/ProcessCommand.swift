@@ -27,7 +27,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
             SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
             """)
 
-    @Option(help: "Consumer group id and internal topic prefix (default fraud-detector-processor).")
+    @Option(help: "Consumer group id and internal topic prefix (default \(Setting.applicationID.defaultText)).")
     var applicationId: String?
 
     @OptionGroup var runtime: RuntimeOptions

@@ -29,13 +29,13 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
     var bootstrapServers: String?
 
-    @Option(help: "Input topic (default financial-transactions).")
+    @Option(help: "Input topic (default \(Setting.inputTopic.defaultText)).")
     var inputTopic: String?
 
     @Option(help: "Which partition a card belongs to: murmur2 (default) or crc32; the processor's setting.")
     var partitioner: String?
 
-    @Option(parsing: .unconditional, help: "How long start-up waits for the Kafka cluster to answer (default 15s).")
+    @Option(parsing: .unconditional, help: "How long start-up waits for the Kafka cluster to answer (default \(Setting.connectTimeout.defaultText)).")
     var connectTimeout: String?
 
     @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
@@ -46,12 +46,15 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
     var config: String?
 
-    @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error, critical (env POLYGLOT_LOG_LEVEL; default: none, only the summary or the failure).")
+    @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error, critical (env or settings file POLYGLOT_LOG_LEVEL; default: none, only the summary or the failure).")
     var logLevel: String?
 
     func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
+        var file = ProcessorSettings()
+        file.configFile = config
+        let environment = try file.mergedEnvironment(environment)
         // librdkafka's lines repeat what the one-line failure says: shown only when asked for.
-        guard logLevel != nil || !(environment["POLYGLOT_LOG_LEVEL"] ?? "").isEmpty else { return .critical }
+        guard logLevel != nil || !(environment[Setting.logLevel.variable] ?? "").isEmpty else { return .critical }
         var settings = ObservabilitySettings()
         settings.logLevel = logLevel
         return try settings.resolveLogLevel(environment: environment)

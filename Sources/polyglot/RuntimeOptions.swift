@@ -8,13 +8,13 @@ struct RuntimeOptions: ParsableArguments {
     @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
     var bootstrapServers: String?
 
-    @Option(help: "Input topic (default financial-transactions).")
+    @Option(help: "Input topic (default \(Setting.inputTopic.defaultText)).")
     var inputTopic: String?
 
-    @Option(help: "Output topic (default enriched-transactions).")
+    @Option(help: "Output topic (default \(Setting.outputTopic.defaultText)).")
     var outputTopic: String?
 
-    @Option(help: "Dead-letter topic (default financial-transactions.dlq).")
+    @Option(help: "Dead-letter topic (default \(Setting.deadLetterTopic.defaultText)).")
     var dlqTopic: String?
 
     @Option(help: "Directory of the task stores, made private (0700) (default $STATE_DIRECTORY under systemd, else ./state; its absolute path is logged at start).")
@@ -23,7 +23,7 @@ struct RuntimeOptions: ParsableArguments {
     @Option(help: "exactly-once (default) or at-least-once.")
     var guarantee: String?
 
-    @Option(parsing: .unconditional, help: "How often the open transaction commits (default 100ms).")
+    @Option(parsing: .unconditional, help: "How often the open transaction commits (default \(Setting.commitInterval.defaultText)).")
     var commitInterval: String?
 
     @Option(help: "Stable id of this instance for its transactional producer (default: the one kept in the state directory's instance-id file, created at first start).")
@@ -32,7 +32,7 @@ struct RuntimeOptions: ParsableArguments {
     @Option(help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams', default) or crc32 (librdkafka's); records elsewhere go through the repartition topic.")
     var partitioner: String?
 
-    @Option(help: "How long start-up waits for the Kafka cluster to answer (default 15s).")
+    @Option(help: "How long start-up waits for the Kafka cluster to answer (default \(Setting.connectTimeout.defaultText)).")
     var connectTimeout: String?
 
     @Flag(help: "Run up to the end offsets seen at start, commit, and exit 0.")
@@ -43,19 +43,19 @@ struct RuntimeOptions: ParsableArguments {
                                valueName: "key=value"))
     var properties: [String] = []
 
-    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default 60s).")
+    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default \(Setting.window.defaultText)).")
     var window: String?
 
-    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default 3).")
+    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default \(Setting.threshold.defaultText)).")
     var threshold: String?
 
-    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default 0s).")
+    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default \(Setting.grace.defaultText)).")
     var grace: String?
 
-    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default 1h).")
+    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default \(Setting.retention.defaultText)).")
     var retention: String?
 
-    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default 1h).")
+    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default \(Setting.maxFutureSkew.defaultText)).")
     var maxFutureSkew: String?
 
     @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")

@@ -153,9 +153,13 @@ struct ImageTests {
     @Test func environmentFileDocumentsEverySetting() throws {
         let env = try #require(ImageRenderer.render(ImageOptions()).first { $0.name == "polyglot.env" }).contents
         let names = [
-            "KAFKA_BOOTSTRAP_SERVERS", "POLYGLOT_APPLICATION_ID", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE",
-            "POLYGLOT_WINDOW", "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_INPUT_TOPIC",
-            "POLYGLOT_OUTPUT_TOPIC", "POLYGLOT_DLQ_TOPIC", "POLYGLOT_COMMIT_INTERVAL", "POLYGLOT_LOG_LEVEL",
+            "KAFKA_BOOTSTRAP_SERVERS", "POLYGLOT_KAFKA_PROPERTIES", "POLYGLOT_CONNECT_TIMEOUT", "POLYGLOT_PARTITIONER",
+            "POLYGLOT_INPUT_TOPIC", "POLYGLOT_OUTPUT_TOPIC", "POLYGLOT_DLQ_TOPIC",
+            "POLYGLOT_APPLICATION_ID", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE", "POLYGLOT_COMMIT_INTERVAL",
+            "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END",
+            "POLYGLOT_WINDOW", "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW",
+            "POLYGLOT_AUDIT_GROUP", "POLYGLOT_AUDIT_FINDINGS_TOPIC", "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_HIGH_VALUE",
+            "POLYGLOT_LOG_LEVEL", "POLYGLOT_METRICS_PORT", "POLYGLOT_HEALTH_BROKER_TIMEOUT",
         ]
         let lines = env.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         for name in names {
@@ -164,10 +168,63 @@ struct ImageTests {
         }
         let settings = lines.filter { $0.contains("=") && !$0.hasPrefix("# ") }
         #expect(settings.count == names.count, "undocumented settings: \(settings)")
+        // Exactly the table's settings of the long-running roles, each once, and only the
+        // servers set.
+        let listed = settings.map { String($0.drop { $0 == "#" }.prefix { $0 != "=" }) }
+        let longRunning = Setting.all.filter { $0.roles.contains(.process) || $0.roles.contains(.audit) }.map(\.variable)
+        #expect(listed == longRunning)
+        #expect(Set(listed) == Set(names))
+        #expect(settings.filter { !$0.hasPrefix("#") } == ["KAFKA_BOOTSTRAP_SERVERS=localhost:9092"])
         #expect(env.contains("#POLYGLOT_WINDOW=60s\n"))
         #expect(env.contains("#POLYGLOT_THRESHOLD=3\n"))
         #expect(env.contains("#POLYGLOT_GRACE=0s\n"))
         #expect(env.contains("#POLYGLOT_RETENTION=1h\n"))
+        #expect(env.contains("#POLYGLOT_MAX_FUTURE_SKEW=1h\n"))
+        #expect(env.contains("#POLYGLOT_STATE_DIR=/var/lib/polyglot/process\n"))
+        #expect(env.contains("#POLYGLOT_AUDIT_SETTLE=30s\n"))
+        #expect(env.contains("#POLYGLOT_AUDIT_HIGH_VALUE=10000\n"))
+        #expect(env.contains("#POLYGLOT_HEALTH_BROKER_TIMEOUT=30s\n"))
+        #expect(env.contains("#POLYGLOT_LOG_LEVEL=info\n"))
+        #expect(env.contains("#POLYGLOT_KAFKA_PROPERTIES=\n"))
+        #expect(env.contains("#POLYGLOT_METRICS_PORT=\n"))
+        #expect(env.contains("9464 for process, 9465 for audit"))
+        let prose = lines.filter { $0.hasPrefix("# ") }.map { $0.dropFirst(2) }.joined(separator: " ")
+        #expect(prose.contains("key=value pairs separated by newlines, or by ';' before a property name"))
+        for setting in EnvironmentFile.settings { #expect(prose.contains(setting.help), "\(setting.variable): help not shown") }
+        #expect(env.contains("\n# ---- Auditor (read by `audit` only) ----\n"))
+        #expect(!lines.dropFirst().contains { $0.count > 80 }, "a line is over 80 characters")
+    }
+
+    /// The file with every setting uncommented is a settings file, and each long-running role
+    /// resolves from it what it resolves with nothing set.
+    @Test func theUncommentedEnvironmentFileResolvesToTheDefaults() throws {
+        let env = try #require(ImageRenderer.render(ImageOptions()).first { $0.name == "polyglot.env" }).contents
+        let uncommented = env.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            line.hasPrefix("#") && !line.hasPrefix("# ") && line.contains("=") ? String(line.dropFirst()) : String(line)
+        }.joined(separator: "\n")
+        let directory = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("polyglot.env").path
+        try Data(uncommented.utf8).write(to: URL(fileURLWithPath: path))
+        #expect(try ProcessorSettings.readFile(path).count == EnvironmentFile.settings.count)
+
+        var processor = ProcessorSettings()
+        processor.stateDirectory = directory.path
+        processor.instanceID = "i-1"
+        processor.fingerprintDigest = String(repeating: "0", count: 64)
+        var withFile = processor
+        withFile.configFile = path
+        let bare = ["KAFKA_BOOTSTRAP_SERVERS": ImageOptions().bootstrapServers]
+        #expect("\(try withFile.resolve(environment: [:]))" == "\(try processor.resolve(environment: bare))")
+        var auditor = AuditorSettings()
+        auditor.processor = processor
+        var auditorWithFile = AuditorSettings()
+        auditorWithFile.processor = withFile
+        #expect("\(try auditorWithFile.resolve(environment: [:]))" == "\(try auditor.resolve(environment: bare))")
+        for port in [ObservabilitySettings.processMetricsPort, ObservabilitySettings.auditMetricsPort] {
+            #expect(try ObservabilitySettings().resolve(environment: withFile.mergedEnvironment([:]), defaultMetricsPort: port)
+                    == ObservabilitySettings().resolve(environment: [:], defaultMetricsPort: port))
+        }
     }
 
     @Test func durationText() {

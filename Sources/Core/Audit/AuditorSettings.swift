@@ -16,34 +16,31 @@ public struct AuditorSettings: Sendable {
 
     public init() {}
 
-    /// The auditor's own variables, for `--help`.
-    public static let environmentHelp = """
-        POLYGLOT_AUDIT_GROUP, POLYGLOT_AUDIT_FINDINGS_TOPIC, POLYGLOT_AUDIT_SETTLE, POLYGLOT_AUDIT_HIGH_VALUE; \
-        and the processor's: \(ProcessorSettings.environmentHelp)
-        """
+    /// Environment variables read, the auditor's own and the processor's, for `--help`.
+    public static let environmentHelp = Setting.environmentHelp(for: .audit)
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> AuditorConfiguration {
         let merged = try processor.mergedEnvironment(environment)
-        func pick(_ flag: String?, _ variable: String) -> String? {
+        func pick(_ flag: String?, _ setting: Setting) -> String? {
             if let flag { return flag }
-            if let value = merged[variable], !value.isEmpty { return value }
+            if let value = merged[setting.variable], !value.isEmpty { return value }
             return nil
         }
         var settings = processor
-        settings.applicationID = pick(group, "POLYGLOT_AUDIT_GROUP") ?? AuditorConfiguration.defaultGroupID
+        settings.applicationID = pick(group, .auditGroup) ?? Setting.auditGroup.defaultText
         let runtime = try settings.resolve(environment: environment)
-        let highValueText = pick(highValue, "POLYGLOT_AUDIT_HIGH_VALUE") ?? AuditConfiguration.defaultHighValueThreshold.text
+        let highValueText = pick(highValue, .auditHighValue) ?? Setting.auditHighValue.defaultText
         guard let threshold = DecimalText(highValueText.trimmingCharacters(in: .whitespaces)) else {
-            throw ConfigurationError("\(highValue != nil ? "--high-value" : "POLYGLOT_AUDIT_HIGH_VALUE") must be a JSON number, got '\(highValueText)'")
+            throw ConfigurationError("\(highValue != nil ? Setting.auditHighValue.flag : Setting.auditHighValue.variable) must be a JSON number, got '\(highValueText)'")
         }
-        let settleText = pick(settle, "POLYGLOT_AUDIT_SETTLE") ?? "30s"
-        let settleMs = try Durations.milliseconds(settleText, setting: settle != nil ? "--settle" : "POLYGLOT_AUDIT_SETTLE")
+        let settleText = pick(settle, .auditSettle) ?? Setting.auditSettle.defaultText
+        let settleMs = try Durations.milliseconds(settleText, setting: settle != nil ? Setting.auditSettle.flag : Setting.auditSettle.variable)
         let configuration = AuditorConfiguration(
             runtime: runtime,
             audit: AuditConfiguration(parameters: runtime.parameters, highValueThreshold: threshold,
                                       fingerprintDigest: runtime.fingerprintDigest),
-            findingsTopic: pick(findingsTopic, "POLYGLOT_AUDIT_FINDINGS_TOPIC") ?? AuditorConfiguration.defaultFindingsTopic,
+            findingsTopic: pick(findingsTopic, .auditFindingsTopic) ?? Setting.auditFindingsTopic.defaultText,
             settle: .milliseconds(settleMs))
         try configuration.validate()
         return configuration

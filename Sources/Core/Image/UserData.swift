@@ -23,11 +23,14 @@ enum UserData {
     }
 }
 
-/// `polyglot.env`: the environment file of the unit, every setting documented.
+/// `polyglot.env`: the environment file of the unit, every setting the long-running roles read
+/// documented from ``Setting/all``.
 enum EnvironmentFile {
+    /// The settings documented: every one `process` or `audit` reads.
+    static var settings: [Setting] { Setting.all.filter { !$0.roles.isDisjoint(with: Setting.runtimeRoles) } }
+
     static func render(_ options: ImageOptions) -> String {
-        let detector = DetectorParameters.default
-        return """
+        var text = """
         # \(ImageRenderer.banner(options))
         #
         # Settings of both polyglot roles, read by polyglot@.service. Installed as
@@ -37,64 +40,41 @@ enum EnvironmentFile {
         #
         # Syntax: KEY=VALUE, one per line, no shell expansion. Durations take an ms,
         # s, m or h suffix, or several from largest to smallest (1m30s); a bare integer
-        # means milliseconds. A setting left commented out takes the default shown.
-
-        # Kafka bootstrap servers: comma-separated host:port.
-        KAFKA_BOOTSTRAP_SERVERS=\(options.bootstrapServers)
-
-        # Application id of `process`: its consumer group and the prefix of its
-        # internal topics (<id>-windows-changelog, <id>-repartition).
-        #POLYGLOT_APPLICATION_ID=fraud-detector-processor
-
-        # The auditor's consumer group and internal topic prefix
-        # (<group>-ledger-changelog, <group>-repartition), read by `audit` only.
-        #POLYGLOT_AUDIT_GROUP=\(AuditorConfiguration.defaultGroupID)
-
-        # Topic of the auditor's findings, one JSON record each, keyed by transactionId.
-        #POLYGLOT_AUDIT_FINDINGS_TOPIC=\(AuditorConfiguration.defaultFindingsTopic)
-
-        # How long the auditor waits for an input's output (or dead letter), and for an
-        # output's input, before it reports it missing (or orphan).
-        #POLYGLOT_AUDIT_SETTLE=30s
-
-        # The auditor reports inputs whose amount is above this, compared exactly.
-        #POLYGLOT_AUDIT_HIGH_VALUE=10000
-
-        # Directory of the SQLite window stores. The unit sets it to
-        # /var/lib/polyglot/<role>, its StateDirectory; the sandbox lets the service
-        # write nowhere else, so leave it unset here.
-        #POLYGLOT_STATE_DIR=/var/lib/polyglot/process
-
-        # Processing guarantee: exactly-once or at-least-once.
-        #POLYGLOT_GUARANTEE=exactly-once
-
-        # Tumbling window size W; windows are aligned to the epoch.
-        #POLYGLOT_WINDOW=\(DurationText.format(milliseconds: detector.window))
-
-        # A record is flagged when its card's count in the window exceeds this (N).
-        #POLYGLOT_THRESHOLD=\(detector.threshold)
-
-        # Grace G: how long after its end a window still accepts late records.
-        #POLYGLOT_GRACE=\(DurationText.format(milliseconds: detector.grace))
-
-        # Retention R: how far behind the partition's stream time a window is kept.
-        #POLYGLOT_RETENTION=\(DurationText.format(milliseconds: detector.retention))
-
-        # Input topic of transactions.
-        #POLYGLOT_INPUT_TOPIC=financial-transactions
-
-        # Output topic of verdicts.
-        #POLYGLOT_OUTPUT_TOPIC=enriched-transactions
-
-        # Dead-letter topic of rejected records.
-        #POLYGLOT_DLQ_TOPIC=financial-transactions.dlq
-
-        # How often `process` commits its Kafka transaction (and SQLite with it).
-        #POLYGLOT_COMMIT_INTERVAL=100ms
-
-        # Log level: trace, debug, info, notice, warning, error or critical.
-        #POLYGLOT_LOG_LEVEL=info
+        # means milliseconds. A setting left commented out takes the default shown; an
+        # empty value is the same as leaving it out.
 
         """
+        for section in Setting.Section.allCases {
+            let settings = settings.filter { $0.section == section }
+            guard !settings.isEmpty else { continue }
+            text += "\n# ---- \(section.rawValue) ----\n"
+            for setting in settings {
+                text += "\n"
+                for line in wrap([setting.help, setting.notes].compactMap { $0 }.joined(separator: " ")) {
+                    text += "# \(line)\n"
+                }
+                if setting == .bootstrapServers {
+                    text += "\(setting.variable)=\(options.bootstrapServers)\n"
+                } else {
+                    text += "#\(setting.variable)=\(setting.defaultText)\n"
+                }
+            }
+        }
+        return text
+    }
+
+    /// Words into lines of at most `width` characters (a longer word gets a line of its own).
+    static func wrap(_ text: String, width: Int = 76) -> [String] {
+        var lines: [String] = []
+        var line = ""
+        for word in text.split(separator: " ") {
+            if !line.isEmpty, line.count + 1 + word.count > width {
+                lines.append(line)
+                line = ""
+            }
+            line += line.isEmpty ? String(word) : " " + word
+        }
+        if !line.isEmpty { lines.append(line) }
+        return lines
     }
 }

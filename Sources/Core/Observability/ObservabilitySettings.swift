@@ -14,12 +14,6 @@ public struct ObservabilitySettings: Sendable {
 
     public init() {}
 
-    /// Environment variables read, for `--help`.
-    public static let environmentHelp = "POLYGLOT_METRICS_PORT (0: off), POLYGLOT_LOG_LEVEL, POLYGLOT_HEALTH_BROKER_TIMEOUT"
-
-    /// Names a settings file may hold for these settings.
-    public static let knownNames: Set<String> = ["POLYGLOT_METRICS_PORT", "POLYGLOT_LOG_LEVEL", "POLYGLOT_HEALTH_BROKER_TIMEOUT"]
-
     /// The default ports: one per long-running role, so both can run on one host.
     public static let processMetricsPort = 9464
     public static let auditMetricsPort = 9465
@@ -27,20 +21,20 @@ public struct ObservabilitySettings: Sendable {
     /// Resolves over `environment`: the process environment layered over the settings file
     /// (``ProcessorSettings/mergedEnvironment(_:)``).
     public func resolve(environment: [String: String], defaultMetricsPort: Int) throws(ConfigurationError) -> ObservabilityConfiguration {
-        func pick(_ flag: String?, _ variable: String) -> (text: String, setting: String)? {
-            if let flag { return (flag, Self.flagNames[variable]!) }
-            if let value = environment[variable], !value.isEmpty { return (value, variable) }
+        func pick(_ flag: String?, _ setting: Setting) -> (text: String, setting: String)? {
+            if let flag { return (flag, setting.flag) }
+            if let value = environment[setting.variable], !value.isEmpty { return (value, setting.variable) }
             return nil
         }
         var port: Int? = defaultMetricsPort
-        if let (text, setting) = pick(metricsPort, "POLYGLOT_METRICS_PORT") {
+        if let (text, setting) = pick(metricsPort, .metricsPort) {
             guard let n = Int(text.trimmingCharacters(in: .whitespaces)), (0...65_535).contains(n) else {
                 throw ConfigurationError("\(setting): '\(text)' is not a port (0 to 65535; 0 turns /metrics and /healthz off)")
             }
             port = n == 0 ? nil : n
         }
         var health = HealthPolicy()
-        if let (text, setting) = pick(brokerTimeout, "POLYGLOT_HEALTH_BROKER_TIMEOUT") {
+        if let (text, setting) = pick(brokerTimeout, .healthBrokerTimeout) {
             let ms = try Durations.milliseconds(text, setting: setting)
             guard ms > 0 else { throw ConfigurationError("\(setting): must be more than 0") }
             health.brokerUnreachableLimit = .milliseconds(ms)
@@ -52,9 +46,9 @@ public struct ObservabilitySettings: Sendable {
     public func resolveLogLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
         let text: String, setting: String
         if let logLevel {
-            (text, setting) = (logLevel, "--log-level")
-        } else if let value = environment["POLYGLOT_LOG_LEVEL"], !value.isEmpty {
-            (text, setting) = (value, "POLYGLOT_LOG_LEVEL")
+            (text, setting) = (logLevel, Setting.logLevel.flag)
+        } else if let value = environment[Setting.logLevel.variable], !value.isEmpty {
+            (text, setting) = (value, Setting.logLevel.variable)
         } else {
             return .info
         }
@@ -63,11 +57,6 @@ public struct ObservabilitySettings: Sendable {
         }
         return level
     }
-
-    static let flagNames = [
-        "POLYGLOT_METRICS_PORT": "--metrics-port", "POLYGLOT_LOG_LEVEL": "--log-level",
-        "POLYGLOT_HEALTH_BROKER_TIMEOUT": "--health-broker-timeout",
-    ]
 }
 
 /// Resolved observability settings.

@@ -22,10 +22,7 @@ public struct InputLoaderSettings: Sendable {
     }
 
     /// Environment variables read, for `--help`.
-    public static let environmentHelp = """
-        KAFKA_BOOTSTRAP_SERVERS, POLYGLOT_INPUT_TOPIC, POLYGLOT_PARTITIONER, POLYGLOT_CONNECT_TIMEOUT, \
-        POLYGLOT_KAFKA_PROPERTIES, POLYGLOT_CONFIG (the settings file)
-        """
+    public static let environmentHelp = Setting.environmentHelp(for: .produce)
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> InputLoaderConfiguration {

@@ -36,14 +36,7 @@ public struct ProcessorSettings: Sendable {
     public init() {}
 
     /// Environment variables read, for `--help`.
-    public static let environmentHelp = """
-        KAFKA_BOOTSTRAP_SERVERS, POLYGLOT_APPLICATION_ID, POLYGLOT_INPUT_TOPIC, POLYGLOT_OUTPUT_TOPIC, \
-        POLYGLOT_DLQ_TOPIC, POLYGLOT_STATE_DIR, POLYGLOT_GUARANTEE, POLYGLOT_COMMIT_INTERVAL, \
-        POLYGLOT_INSTANCE_ID, POLYGLOT_UNTIL_END (1/true), POLYGLOT_KAFKA_PROPERTIES (key=value pairs \
-        separated by newlines, or by ';' before a property name), POLYGLOT_WINDOW, POLYGLOT_THRESHOLD, POLYGLOT_GRACE, POLYGLOT_RETENTION, \
-        POLYGLOT_MAX_FUTURE_SKEW, POLYGLOT_PARTITIONER, POLYGLOT_CONNECT_TIMEOUT, \(ObservabilitySettings.environmentHelp), \
-        POLYGLOT_CONFIG (the settings file)
-        """
+    public static let environmentHelp = Setting.environmentHelp(for: .process)
 
     /// Reads a settings file: `NAME=value` per line (LF, CRLF or CR; a leading UTF-8 byte order
     /// mark is skipped), blank lines and `#` comments ignored. Unknown names are an error (a typo
@@ -70,10 +63,10 @@ public struct ProcessorSettings: Sendable {
             let name = line[..<eq].trimmingCharacters(in: .whitespaces)
             var value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
             if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
-            guard knownNames.contains(name) else {
+            guard Setting.fileNames.contains(name) else {
                 throw ConfigurationError("\(path):\(index + 1): unknown setting \(name)")
             }
-            if name == "POLYGLOT_KAFKA_PROPERTIES", let previous = values[name] {
+            if name == Setting.kafkaProperties.variable, let previous = values[name] {
                 values[name] = previous + "\n" + value
             } else {
                 values[name] = value
@@ -82,51 +75,41 @@ public struct ProcessorSettings: Sendable {
         return values
     }
 
-    static let knownNames: Set<String> = Set([
-        "KAFKA_BOOTSTRAP_SERVERS", "POLYGLOT_APPLICATION_ID", "POLYGLOT_INPUT_TOPIC", "POLYGLOT_OUTPUT_TOPIC",
-        "POLYGLOT_DLQ_TOPIC", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE", "POLYGLOT_COMMIT_INTERVAL",
-        "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END", "POLYGLOT_KAFKA_PROPERTIES", "POLYGLOT_WINDOW",
-        "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW",
-        "POLYGLOT_PARTITIONER", "POLYGLOT_CONNECT_TIMEOUT",
-        // The auditor's own (AuditorSettings).
-        "POLYGLOT_AUDIT_GROUP", "POLYGLOT_AUDIT_FINDINGS_TOPIC", "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_HIGH_VALUE",
-    ]).union(ObservabilitySettings.knownNames)
-
     /// The detector's parameters from the flags over `environment` (already merged with the
     /// settings file, as ``mergedEnvironment(_:)`` gives it) over the defaults.
     public func detectorParameters(environment: [String: String]) throws(ConfigurationError) -> DetectorParameters {
-        func pick(_ flag: String?, _ variable: String) -> String? {
+        func pick(_ flag: String?, _ setting: Setting) -> String? {
             if let flag { return flag }
-            if let value = environment[variable], !value.isEmpty { return value }
+            if let value = environment[setting.variable], !value.isEmpty { return value }
             return nil
         }
-        func milliseconds(_ flag: String?, _ variable: String, _ option: String, _ fallback: Int64) throws(ConfigurationError) -> Int64 {
-            guard let text = pick(flag, variable) else { return fallback }
-            return try Durations.milliseconds(text, setting: flag != nil ? option : variable)
+        func milliseconds(_ flag: String?, _ setting: Setting, _ fallback: Int64) throws(ConfigurationError) -> Int64 {
+            guard let text = pick(flag, setting) else { return fallback }
+            return try Durations.milliseconds(text, setting: flag != nil ? setting.flag : setting.variable)
         }
         let d = DetectorParameters.default
-        let thresholdText = pick(threshold, "POLYGLOT_THRESHOLD")
+        let thresholdText = pick(threshold, .threshold)
         let thresholdValue: Int64
         if let thresholdText {
             guard let n = Int64(thresholdText.trimmingCharacters(in: .whitespaces)) else {
-                throw ConfigurationError("\(threshold != nil ? "--threshold" : "POLYGLOT_THRESHOLD"): '\(thresholdText)' is not an integer")
+                throw ConfigurationError("\(threshold != nil ? Setting.threshold.flag : Setting.threshold.variable): '\(thresholdText)' is not an integer")
             }
             thresholdValue = n
         } else {
             thresholdValue = d.threshold
         }
         let parameters = try DetectorParameters(
-            window: milliseconds(window, "POLYGLOT_WINDOW", "--window", d.window),
+            window: milliseconds(window, .window, d.window),
             threshold: thresholdValue,
-            grace: milliseconds(grace, "POLYGLOT_GRACE", "--grace", d.grace),
-            retention: milliseconds(retention, "POLYGLOT_RETENTION", "--retention", d.retention),
-            maxFutureSkew: milliseconds(maxFutureSkew, "POLYGLOT_MAX_FUTURE_SKEW", "--max-future-skew", d.maxFutureSkew))
+            grace: milliseconds(grace, .grace, d.grace),
+            retention: milliseconds(retention, .retention, d.retention),
+            maxFutureSkew: milliseconds(maxFutureSkew, .maxFutureSkew, d.maxFutureSkew))
         return parameters
     }
 
     /// `environment` over the settings file (``configFile`` or `POLYGLOT_CONFIG`), when there is one.
     public func mergedEnvironment(_ environment: [String: String]) throws(ConfigurationError) -> [String: String] {
-        guard let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) else { return environment }
+        guard let path = configFile ?? environment[Setting.configFileVariable].flatMap({ $0.isEmpty ? nil : $0 }) else { return environment }
         return try Self.readFile(path).merging(environment) { _, env in env }
     }
 
@@ -134,21 +117,19 @@ public struct ProcessorSettings: Sendable {
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ProcessorConfiguration {
         let layers = try SettingsLayers(configFile: configFile, environment: environment)
         let environment = layers.environment
-        func pick(_ flag: String?, _ variable: String) -> String? { layers.pick(flag, variable) }
+        func pick(_ flag: String?, _ setting: Setting) -> String? { layers.pick(flag, setting) }
         let parameters = try detectorParameters(environment: environment)
-        let kafka = try layers.kafka(properties: kafkaProperties, bootstrapServers: bootstrapServers)
+        let kafka = try layers.kafka(properties: kafkaProperties, bootstrapServers: bootstrapServers,
+                                     refusing: RuntimeConfiguration.ownedProperties)
 
-        let guaranteeText = pick(guarantee, "POLYGLOT_GUARANTEE") ?? ProcessingGuarantee.exactlyOnce.rawValue
+        let guaranteeText = pick(guarantee, .guarantee) ?? Setting.guarantee.defaultText
         guard let guaranteeValue = ProcessingGuarantee(rawValue: guaranteeText) else {
             throw ConfigurationError("guarantee '\(guaranteeText)' is not one of exactly-once, at-least-once")
         }
-        let intervalMs = try Durations.milliseconds(pick(commitInterval, "POLYGLOT_COMMIT_INTERVAL") ?? "100ms", setting: "commit interval")
+        let intervalMs = try Durations.milliseconds(pick(commitInterval, .commitInterval) ?? Setting.commitInterval.defaultText, setting: "commit interval")
         let partitionerValue = try layers.partitioner(partitioner)
         let connectTimeoutValue = try layers.connectTimeout(connectTimeout)
-        for property in RuntimeConfiguration.ownedProperties.keys.sorted() where kafka[property] != nil {
-            throw ConfigurationError("-X \(property) is set by polyglot itself; use \(RuntimeConfiguration.ownedProperties[property]!) instead")
-        }
-        let untilEndValue = untilEnd || ["1", "true", "yes"].contains(environment["POLYGLOT_UNTIL_END"]?.lowercased() ?? "")
+        let untilEndValue = untilEnd || ["1", "true", "yes"].contains(environment[Setting.untilEnd.variable]?.lowercased() ?? "")
         // The header carries the real environment's digest, computed once at start-up (hashing
         // the binary takes a fraction of a second), so the auditor's drift check means something.
         let digest: String
@@ -161,14 +142,14 @@ public struct ProcessorSettings: Sendable {
         // Absolute from here on: the path logged at start is the one used, whatever later
         // changes the working directory.
         let workingDirectory = FileManager.default.currentDirectoryPath
-        let stateDirectoryValue = pick(stateDirectory, "POLYGLOT_STATE_DIR").map {
+        let stateDirectoryValue = pick(stateDirectory, .stateDirectory).map {
             StateDirectory.absolute($0, workingDirectory: workingDirectory)
         } ?? StateDirectory.defaultPath(environment: environment, workingDirectory: workingDirectory)
         // Flag, environment, then the id kept in the state directory, then a new one, which the
         // service keeps there at start: an instance's restarts share one transactional id, and
         // two instances never do, wherever they run.
         let instanceIDValue: String
-        if let given = pick(instanceID, "POLYGLOT_INSTANCE_ID") {
+        if let given = pick(instanceID, .instanceID) {
             guard StateDirectory.isValidInstanceID(given) else {
                 throw ConfigurationError("instance id '\(given)' must be 1 to 200 of [a-zA-Z0-9._-]")
             }
@@ -179,10 +160,10 @@ public struct ProcessorSettings: Sendable {
 
         let configuration = ProcessorConfiguration(
             kafka: kafka,
-            applicationID: pick(applicationID, "POLYGLOT_APPLICATION_ID") ?? DevBrokerOptions.defaultApplicationID,
+            applicationID: pick(applicationID, .applicationID) ?? Setting.applicationID.defaultText,
             inputTopic: layers.inputTopic(inputTopic),
-            outputTopic: pick(outputTopic, "POLYGLOT_OUTPUT_TOPIC") ?? DevBrokerOptions.outputTopic,
-            deadLetterTopic: pick(deadLetterTopic, "POLYGLOT_DLQ_TOPIC") ?? DevBrokerOptions.deadLetterTopic,
+            outputTopic: pick(outputTopic, .outputTopic) ?? Setting.outputTopic.defaultText,
+            deadLetterTopic: pick(deadLetterTopic, .deadLetterTopic) ?? Setting.deadLetterTopic.defaultText,
             stateDirectory: stateDirectoryValue,
             guarantee: guaranteeValue,
             commitInterval: .milliseconds(intervalMs),
@@ -209,27 +190,30 @@ struct SettingsLayers {
     init(configFile: String?, environment: [String: String]) throws(ConfigurationError) {
         var environment = environment
         var kafkaLayers: [(source: String, text: String)] = []
-        if let path = configFile ?? environment["POLYGLOT_CONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
+        if let path = configFile ?? environment[Setting.configFileVariable].flatMap({ $0.isEmpty ? nil : $0 }) {
             let file = try ProcessorSettings.readFile(path)
-            if let text = file["POLYGLOT_KAFKA_PROPERTIES"] { kafkaLayers.append((path, text)) }
+            if let text = file[Setting.kafkaProperties.variable] { kafkaLayers.append((path, text)) }
             environment = file.merging(environment) { _, env in env }
         }
-        if let text = environment["POLYGLOT_KAFKA_PROPERTIES"], kafkaLayers.last?.text != text {
-            kafkaLayers.append(("POLYGLOT_KAFKA_PROPERTIES", text))
+        if let text = environment[Setting.kafkaProperties.variable], kafkaLayers.last?.text != text {
+            kafkaLayers.append((Setting.kafkaProperties.variable, text))
         }
         self.environment = environment
         self.kafkaLayers = kafkaLayers
     }
 
-    /// The flag's value, else the variable's when it is set and not empty.
-    func pick(_ flag: String?, _ variable: String) -> String? {
+    /// The flag's value, else the setting's variable's when it is set and not empty.
+    func pick(_ flag: String?, _ setting: Setting) -> String? {
         if let flag { return flag }
-        if let value = environment[variable], !value.isEmpty { return value }
+        if let value = environment[setting.variable], !value.isEmpty { return value }
         return nil
     }
 
     /// The librdkafka properties of every layer, `-X` `properties` last, and the bootstrap servers.
-    func kafka(properties: [String], bootstrapServers: String?) throws(ConfigurationError) -> KafkaConfiguration {
+    /// A property of `refusing` (or `bootstrap.servers`) in any layer is refused, naming the
+    /// setting to use instead.
+    func kafka(properties: [String], bootstrapServers: String?,
+               refusing owned: [String: String] = [:]) throws(ConfigurationError) -> KafkaConfiguration {
         var kafka = KafkaConfiguration()
         for layer in kafkaLayers {
             do { try kafka.apply(overrides: KafkaConfiguration.splitPropertyList(layer.text)) } catch {
@@ -237,13 +221,19 @@ struct SettingsLayers {
             }
         }
         try kafka.apply(overrides: properties)
-        if let servers = pick(bootstrapServers, "KAFKA_BOOTSTRAP_SERVERS") { kafka.set("bootstrap.servers", servers) }
+        // Checked before the bootstrap servers are set below: only a property given as one is refused.
+        var refused = owned
+        refused["bootstrap.servers"] = RuntimeConfiguration.ownedProperties["bootstrap.servers"]
+        for property in refused.keys.sorted() where kafka[property] != nil {
+            throw ConfigurationError("-X \(property) is set by polyglot itself; use \(refused[property]!) instead")
+        }
+        if let servers = pick(bootstrapServers, .bootstrapServers) { kafka.set("bootstrap.servers", servers) }
         return kafka
     }
 
     /// `--partitioner`, else `POLYGLOT_PARTITIONER`, else murmur2.
     func partitioner(_ flag: String?) throws(ConfigurationError) -> KafkaPartitioner {
-        let text = pick(flag, "POLYGLOT_PARTITIONER") ?? KafkaPartitioner.murmur2.rawValue
+        let text = pick(flag, .partitioner) ?? Setting.partitioner.defaultText
         guard let value = KafkaPartitioner(rawValue: text) else {
             throw ConfigurationError("partitioner '\(text)' is not one of murmur2 (Java's, the default), crc32 (librdkafka's)")
         }
@@ -252,11 +242,11 @@ struct SettingsLayers {
 
     /// `--connect-timeout`, else `POLYGLOT_CONNECT_TIMEOUT`, else 15 s.
     func connectTimeout(_ flag: String?) throws(ConfigurationError) -> Duration {
-        .milliseconds(try Durations.milliseconds(pick(flag, "POLYGLOT_CONNECT_TIMEOUT") ?? "15s", setting: "connect timeout"))
+        .milliseconds(try Durations.milliseconds(pick(flag, .connectTimeout) ?? Setting.connectTimeout.defaultText, setting: "connect timeout"))
     }
 
     /// `--input-topic`, else `POLYGLOT_INPUT_TOPIC`, else financial-transactions.
     func inputTopic(_ flag: String?) -> String {
-        pick(flag, "POLYGLOT_INPUT_TOPIC") ?? DevBrokerOptions.inputTopic
+        pick(flag, .inputTopic) ?? Setting.inputTopic.defaultText
     }
 }

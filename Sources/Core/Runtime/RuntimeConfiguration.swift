@@ -45,12 +45,15 @@ public struct RuntimeConfiguration: Sendable {
     /// librdkafka properties the runtime sets itself: a `-X` for one of them is refused, with
     /// the setting to use instead.
     public static let ownedProperties: [String: String] = [
-        "group.id": "--application-id",
-        "transactional.id": "--instance-id",
-        "isolation.level": "--guarantee",
+        "bootstrap.servers": instead(.bootstrapServers),
+        "group.id": "\(instead(.applicationID)) (audit: \(instead(.auditGroup)))",
+        "transactional.id": instead(.instanceID),
+        "isolation.level": instead(.guarantee),
         "enable.auto.commit": "(offsets commit with the state)",
         "enable.auto.offset.store": "(offsets commit with the state)",
     ]
+
+    private static func instead(_ setting: Setting) -> String { "\(setting.flag) or \(setting.variable)" }
 
     /// The group's members must assign partition p of every source to one member; `range` does
     /// for co-partitioned topics, the others do not.
