@@ -6,16 +6,28 @@
 public struct Setting: Sendable, Hashable {
     /// The commands that read a setting.
     public enum Role: String, Sendable, Hashable, CaseIterable {
-        case process, audit, produce
+        /// `polyglot process`.
+        case process
+        /// `polyglot audit`, continuous or `--once`.
+        case audit
+        /// `polyglot produce`.
+        case produce
     }
 
-    /// Where a setting is listed in the rendered environment file.
+    /// Where a setting is listed in the rendered environment file, in this order; the raw
+    /// value is the section's heading.
     public enum Section: String, Sendable, Hashable, CaseIterable {
+        /// The cluster and the clients.
         case kafka = "Kafka cluster"
+        /// The processor's topics, which the auditor reads too.
         case topics = "Topics"
+        /// The runtime: group, state, guarantee, commits.
         case processing = "Processing and state"
+        /// The detector's parameters, shared by both roles.
         case detector = "Detector"
+        /// The auditor's own.
         case auditor = "Auditor (read by `audit` only)"
+        /// Logging and the HTTP endpoints.
         case observability = "Logs, metrics and health"
     }
 
@@ -31,7 +43,9 @@ public struct Setting: Sendable, Hashable {
     public let hint: String?
     /// More of the environment file's comment, after ``help`` (wrapped when rendered).
     public let notes: String?
+    /// The commands that read it.
     public let roles: Set<Role>
+    /// Its group in the environment file.
     public let section: Section
 
     init(_ variable: String, flag: String, default defaultText: String, help: String, hint: String? = nil,
@@ -55,18 +69,22 @@ public struct Setting: Sendable, Hashable {
 
     // Kafka
 
+    /// `KAFKA_BOOTSTRAP_SERVERS`.
     public static let bootstrapServers = Setting(
         "KAFKA_BOOTSTRAP_SERVERS", flag: "--bootstrap-servers", default: "",
         help: "Kafka bootstrap servers: comma-separated host:port.", roles: everyRole, section: .kafka)
+    /// `POLYGLOT_KAFKA_PROPERTIES`.
     public static let kafkaProperties = Setting(
         "POLYGLOT_KAFKA_PROPERTIES", flag: "-X", default: "",
         help: "librdkafka properties (SASL, SSL, client tuning): key=value pairs separated by newlines, or by ';' before a property name.",
         hint: "key=value pairs separated by newlines, or by ';' before a property name",
-        notes: "A ';' followed by anything but a property name stays in the value (a password may hold one). In a settings file the name may repeat, one pair a line; here (read by systemd) give them on one line, e.g. security.protocol=SASL_SSL;sasl.mechanism=PLAIN. -X flags come after these. group.id, bootstrap.servers, transactional.id, isolation.level and enable.auto.commit are refused: the settings above and below set them.",
+        notes: "A ';' followed by anything but a property name stays in the value (a password may hold one). In a settings file the name may repeat, one pair a line; here (read by systemd) give them on one line, e.g. security.protocol=SASL_SSL;sasl.mechanisms=PLAIN. -X flags come after these. group.id, bootstrap.servers, transactional.id, isolation.level and enable.auto.commit are refused: the settings above and below set them.",
         roles: everyRole, section: .kafka)
+    /// `POLYGLOT_CONNECT_TIMEOUT`.
     public static let connectTimeout = Setting(
         "POLYGLOT_CONNECT_TIMEOUT", flag: "--connect-timeout", default: "15s",
         help: "How long start-up waits for the Kafka cluster to answer.", roles: everyRole, section: .kafka)
+    /// `POLYGLOT_PARTITIONER`.
     public static let partitioner = Setting(
         "POLYGLOT_PARTITIONER", flag: "--partitioner", default: KafkaPartitioner.murmur2.rawValue,
         help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams') or crc32 (librdkafka's).",
@@ -75,39 +93,48 @@ public struct Setting: Sendable, Hashable {
 
     // Topics
 
+    /// `POLYGLOT_INPUT_TOPIC`.
     public static let inputTopic = Setting(
         "POLYGLOT_INPUT_TOPIC", flag: "--input-topic", default: DevBrokerOptions.inputTopic,
         help: "Input topic of transactions.", roles: everyRole, section: .topics)
+    /// `POLYGLOT_OUTPUT_TOPIC`.
     public static let outputTopic = Setting(
         "POLYGLOT_OUTPUT_TOPIC", flag: "--output-topic", default: DevBrokerOptions.outputTopic,
         help: "Output topic of verdicts.", roles: runtimeRoles, section: .topics)
+    /// `POLYGLOT_DLQ_TOPIC`.
     public static let deadLetterTopic = Setting(
         "POLYGLOT_DLQ_TOPIC", flag: "--dlq-topic", default: DevBrokerOptions.deadLetterTopic,
         help: "Dead-letter topic of rejected records.", roles: runtimeRoles, section: .topics)
 
     // Processing and state
 
+    /// `POLYGLOT_APPLICATION_ID`.
     public static let applicationID = Setting(
         "POLYGLOT_APPLICATION_ID", flag: "--application-id", default: DevBrokerOptions.defaultApplicationID,
         help: "Application id of `process`: its consumer group and the prefix of its internal topics.",
         notes: "They are <id>-windows-changelog and <id>-repartition.",
         roles: [.process], section: .processing)
+    /// `POLYGLOT_STATE_DIR`.
     public static let stateDirectory = Setting(
         "POLYGLOT_STATE_DIR", flag: "--state-dir", default: "/var/lib/polyglot/process",
         help: "Directory of the SQLite window stores (default $STATE_DIRECTORY under systemd, else ./state).",
         notes: "The unit sets it to /var/lib/polyglot/<role>, its StateDirectory; the sandbox lets the service write nowhere else, so leave it unset here.",
         roles: runtimeRoles, section: .processing)
+    /// `POLYGLOT_GUARANTEE`.
     public static let guarantee = Setting(
         "POLYGLOT_GUARANTEE", flag: "--guarantee", default: ProcessingGuarantee.exactlyOnce.rawValue,
         help: "Processing guarantee: exactly-once or at-least-once.", roles: runtimeRoles, section: .processing)
+    /// `POLYGLOT_COMMIT_INTERVAL`.
     public static let commitInterval = Setting(
         "POLYGLOT_COMMIT_INTERVAL", flag: "--commit-interval", default: "100ms",
         help: "How often a role commits its Kafka transaction (and SQLite with it).", roles: runtimeRoles, section: .processing)
+    /// `POLYGLOT_INSTANCE_ID`.
     public static let instanceID = Setting(
         "POLYGLOT_INSTANCE_ID", flag: "--instance-id", default: "",
         help: "Stable id of this instance for its transactional producer.",
         notes: "Unset: the one kept in the state directory's instance-id file, created at first start.",
         roles: runtimeRoles, section: .processing)
+    /// `POLYGLOT_UNTIL_END`.
     public static let untilEnd = Setting(
         "POLYGLOT_UNTIL_END", flag: "--until-end", default: "false",
         help: "1, true or yes: run up to the end offsets seen at start, commit and exit.",
@@ -117,18 +144,23 @@ public struct Setting: Sendable, Hashable {
 
     // Detector
 
+    /// `POLYGLOT_WINDOW`.
     public static let window = Setting(
         "POLYGLOT_WINDOW", flag: "--window", default: DurationText.format(milliseconds: DetectorParameters.default.window),
         help: "Tumbling window size W; windows are aligned to the epoch.", roles: runtimeRoles, section: .detector)
+    /// `POLYGLOT_THRESHOLD`.
     public static let threshold = Setting(
         "POLYGLOT_THRESHOLD", flag: "--threshold", default: String(DetectorParameters.default.threshold),
         help: "A record is flagged when its card's count in the window exceeds this (N).", roles: runtimeRoles, section: .detector)
+    /// `POLYGLOT_GRACE`.
     public static let grace = Setting(
         "POLYGLOT_GRACE", flag: "--grace", default: DurationText.format(milliseconds: DetectorParameters.default.grace),
         help: "Grace G: how long after its end a window still accepts late records.", roles: runtimeRoles, section: .detector)
+    /// `POLYGLOT_RETENTION`.
     public static let retention = Setting(
         "POLYGLOT_RETENTION", flag: "--retention", default: DurationText.format(milliseconds: DetectorParameters.default.retention),
         help: "Retention R: how far behind the partition's stream time a window is kept.", roles: runtimeRoles, section: .detector)
+    /// `POLYGLOT_MAX_FUTURE_SKEW`.
     public static let maxFutureSkew = Setting(
         "POLYGLOT_MAX_FUTURE_SKEW", flag: "--max-future-skew",
         default: DurationText.format(milliseconds: DetectorParameters.default.maxFutureSkew),
@@ -137,33 +169,40 @@ public struct Setting: Sendable, Hashable {
 
     // Auditor
 
+    /// `POLYGLOT_AUDIT_GROUP`.
     public static let auditGroup = Setting(
         "POLYGLOT_AUDIT_GROUP", flag: "--group", default: AuditorConfiguration.defaultGroupID,
         help: "The auditor's consumer group and internal topic prefix.",
         notes: "Its topics are <group>-ledger-changelog and <group>-repartition.",
         roles: [.audit], section: .auditor)
+    /// `POLYGLOT_AUDIT_FINDINGS_TOPIC`.
     public static let auditFindingsTopic = Setting(
         "POLYGLOT_AUDIT_FINDINGS_TOPIC", flag: "--findings-topic", default: AuditorConfiguration.defaultFindingsTopic,
         help: "Topic of the auditor's findings, one JSON record each, keyed by transactionId.", roles: [.audit], section: .auditor)
+    /// `POLYGLOT_AUDIT_SETTLE`.
     public static let auditSettle = Setting(
         "POLYGLOT_AUDIT_SETTLE", flag: "--settle", default: "30s",
         help: "How long the auditor waits for an input's output (or dead letter), and for an output's input, before it reports it missing (or orphan).",
         roles: [.audit], section: .auditor)
+    /// `POLYGLOT_AUDIT_HIGH_VALUE`.
     public static let auditHighValue = Setting(
         "POLYGLOT_AUDIT_HIGH_VALUE", flag: "--high-value", default: AuditConfiguration.defaultHighValueThreshold.text,
         help: "The auditor reports inputs whose amount is above this, compared exactly.", roles: [.audit], section: .auditor)
 
     // Logs, metrics and health
 
+    /// `POLYGLOT_LOG_LEVEL`.
     public static let logLevel = Setting(
         "POLYGLOT_LOG_LEVEL", flag: "--log-level", default: "info",
         help: "Log level: trace, debug, info, notice, warning, error or critical.", roles: everyRole, section: .observability)
+    /// `POLYGLOT_METRICS_PORT`.
     public static let metricsPort = Setting(
         "POLYGLOT_METRICS_PORT", flag: "--metrics-port", default: "",
         help: "Port of GET /metrics and GET /healthz on every interface; 0 turns them off.",
         hint: "0: off",
         notes: "Unset: \(ObservabilitySettings.processMetricsPort) for process, \(ObservabilitySettings.auditMetricsPort) for audit, so both can run on one host.",
         roles: runtimeRoles, section: .observability)
+    /// `POLYGLOT_HEALTH_BROKER_TIMEOUT`.
     public static let healthBrokerTimeout = Setting(
         "POLYGLOT_HEALTH_BROKER_TIMEOUT", flag: "--health-broker-timeout",
         default: DurationText.format(milliseconds: HealthPolicy.defaultBrokerUnreachableLimit.wholeMilliseconds),
