@@ -149,9 +149,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             entry.deadLettered = true
         }
         let id = transaction.transactionId
-        var known = ledger.transaction(id)
-        known.inputs.append(entry)
-        ledger.setTransaction(known, for: id)
+        ledger.appendInput(entry, for: id)
         if let waitingLanes = blocked.removeValue(forKey: id) {
             for lane in waitingLanes { drain(lane, orphansBefore: nil) }
         }
@@ -202,8 +200,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             return .done
         }
         let id = reader.string(view.transactionId, in: bytes)
-        var known = ledger.transaction(id)
-        guard !known.inputs.isEmpty || known.settledAt >= 0 || orphan else { return .waiting(id) }
+        guard orphan || ledger.isKnown(id) else { return .waiting(id) }
         counts.outputs += 1
         if view.isFlagged {
             report(AuditFinding(kind: .flagged, transactionId: id, cardId: reader.string(view.cardId, in: bytes),
@@ -213,8 +210,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             report(AuditFinding(kind: .drift, transactionId: id, input: source, output: position,
                                 outputFingerprint: fingerprint, auditorFingerprint: own))
         }
-        if !known.inputs.isEmpty {
-            let entry = known.inputs.removeFirst()
+        if let entry = ledger.settleFirstInput(of: id) {
             let transaction = entry.transaction
             let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &lane.store)
             recomputed.removeAll()
@@ -224,9 +220,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
                                     output: position, expected: String(decoding: recomputed.bytes, as: UTF8.self),
                                     actual: String(decoding: bytes, as: UTF8.self)))
             }
-            known.settledAt = max(known.settledAt, entry.readAt)
-            ledger.setTransaction(known, for: id)
-        } else if known.settledAt >= 0 {
+        } else if ledger.isKnown(id) {
             report(AuditFinding(kind: .duplicate, transactionId: id, output: position))
         } else {
             report(AuditFinding(kind: .orphan, transactionId: id, output: position, message: "no input has this transaction id"))
