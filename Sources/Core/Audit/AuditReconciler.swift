@@ -127,19 +127,26 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     /// One input record. `kafkaTimestamp` (nil for a file) enables the future-skew rule;
     /// `readAt` is the caller's clock when it was read, for ``expire(olderThan:)``.
     public func input(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, kafkaTimestamp: Int64? = nil, readAt: Int64 = 0) {
-        counts.inputs += 1
-        let transaction: Transaction
+        let view: TransactionView
         do throws(Rejection) {
-            let view = try decoder.decodeView(bytes, kafkaTimestamp: kafkaTimestamp, maxFutureSkew: configuration.parameters.maxFutureSkew)
-            transaction = decoder.transaction(from: view, in: bytes)
-            let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            if threshold.isExceeded(by: base + view.amount.start, view.amount.length) {
-                report(AuditFinding(kind: .highValue, transactionId: transaction.transactionId, cardId: transaction.cardId,
-                                    input: position, amount: transaction.amount.text))
-            }
+            view = try decoder.decodeView(bytes, kafkaTimestamp: kafkaTimestamp, maxFutureSkew: configuration.parameters.maxFutureSkew)
         } catch {
+            counts.inputs += 1
             rejectedInput(error.code, bytes: bytes, position: position, readAt: readAt)
             return
+        }
+        input(bytes, view: view, position: position, readAt: readAt)
+    }
+
+    /// One valid input its caller has already read (with the processor's reader, as
+    /// ``input(_:position:kafkaTimestamp:readAt:)`` would): `view` locates its members in `bytes`.
+    func input(_ bytes: UnsafeRawBufferPointer, view: TransactionView, position: AuditPosition, readAt: Int64) {
+        counts.inputs += 1
+        let transaction = decoder.transaction(from: view, in: bytes)
+        let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        if threshold.isExceeded(by: base + view.amount.start, view.amount.length) {
+            report(AuditFinding(kind: .highValue, transactionId: transaction.transactionId, cardId: transaction.cardId,
+                                input: position, amount: transaction.amount.text))
         }
         var entry = LedgerInput(transaction: transaction, position: position, readAt: readAt, deadLettered: false)
         if let deadLetter = takeUnmatchedDeadLetter(position: position, bytes: bytes) {

@@ -206,8 +206,15 @@ public final class AuditTask: StreamTask {
         switch from {
         case AuditRole.input:
             let position = AuditPosition.record(topic: role.configuration.runtime.inputTopic, partition: m.partition, offset: m.offset)
-            if m.value != nil, forwardIfAway(m, value: value) { return }
-            reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
+            // Read once, here: the reader's view says where the card belongs and is what the
+            // reconciler checks. A rejected record is reconciled here, with its dead letter.
+            let parameters = role.configuration.runtime.parameters
+            if m.value != nil, let view = try? decoder.decodeView(value, kafkaTimestamp: m.timestamp, maxFutureSkew: parameters.maxFutureSkew) {
+                if forwardIfAway(m, value: value, view: view) { return }
+                reconciler.input(value, view: view, position: position, readAt: now)
+            } else {
+                reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
+            }
         case AuditRole.repartition:
             let position = m.header("polyglot-source").flatMap {
                 TopicAudit.position($0, inputTopic: role.configuration.runtime.inputTopic, inputTopicBytes: role.inputTopicBytes)
@@ -235,11 +242,7 @@ public final class AuditTask: StreamTask {
 
     /// A valid input whose card belongs to another partition goes there, through the auditor's
     /// repartition topic, by the processor's rule; true when it went.
-    private func forwardIfAway(_ m: borrowing KafkaRecordView, value: UnsafeRawBufferPointer) -> Bool {
-        let parameters = role.configuration.runtime.parameters
-        guard let view = try? decoder.decodeView(value, kafkaTimestamp: m.timestamp, maxFutureSkew: parameters.maxFutureSkew) else {
-            return false
-        }
+    private func forwardIfAway(_ m: borrowing KafkaRecordView, value: UnsafeRawBufferPointer, view: TransactionView) -> Bool {
         let record = value.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let escaped: Transaction? = view.idsAreRaw ? nil : decoder.transaction(from: view, in: value)
         var home: Int32 = partition
