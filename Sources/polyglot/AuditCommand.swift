@@ -132,25 +132,8 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw CommandFailure(error.message)
         }
-        // The group stops its services in reverse order: the auditor first, while /healthz
-        // still answers (503, stopping).
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let auditor = service.auditor
-        if let server = observability.server(endpoints, metrics: metrics, snapshot: { auditor.snapshot }) {
-            services.append(.init(service: server))
-        }
-        services.append(.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup))
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        do {
-            try await group.run()
-        } catch let error as ProcessorError {
-            throw CommandFailure(error.message)
-        } catch let error as KafkaError {
-            throw CommandFailure("Kafka: \(error)")
-        } catch let error as ObservabilityError {
-            throw CommandFailure(error.message)
-        }
+        try await observability.run(service, endpoints: endpoints, metrics: metrics, logger: logger) { auditor.snapshot }
         let counts = auditor.counts
         StandardError.write(counts.entries.map { "\($0.name) \($0.value)" }.joined(separator: ", ") + "\n")
     }

@@ -107,18 +107,12 @@ struct DemoCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        do {
+        try await failingInOneLine {
             try await group.run()
             if let running = endpoints.withLock({ $0 }) {
                 await running.group.triggerGracefulShutdown()
                 try await running.task.value
             }
-        } catch let error as ObservabilityError {
-            throw CommandFailure(error.message)
-        } catch let error as ProcessorError {
-            throw CommandFailure(error.message)
-        } catch let error as KafkaError {
-            throw CommandFailure("Kafka: \(error)")
         }
         if terminal { StandardError.write("\n") }
         guard let summary = service.summary else { throw CommandFailure("the demo stopped before its summary") }

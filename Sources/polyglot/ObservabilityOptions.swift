@@ -1,6 +1,7 @@
 import ArgumentParser
 import Core
 import Logging
+import ServiceLifecycle
 
 /// The observability flags of a long-running role on the stream runtime (`process`, `audit`):
 /// the log level and the HTTP endpoints. Nil is "not given": the environment, then the settings
@@ -37,5 +38,20 @@ struct ObservabilityOptions: ParsableArguments {
         var logger = Logger(label: "polyglot.http")
         logger.logLevel = configuration.logLevel
         return ObservabilityServer(port: port, metrics: metrics, policy: configuration.health, logger: logger, snapshot: snapshot)
+    }
+
+    /// Runs a long-running role's service with its endpoints in one service group, until the
+    /// role ends or SIGTERM or SIGINT stops it. The group stops its services in reverse order:
+    /// the role first, while `/healthz` still answers (503, stopping).
+    func run(_ service: some Service, endpoints: ObservabilityConfiguration, metrics: RoleMetrics, logger: Logger,
+             snapshot: @escaping @Sendable () -> RoleSnapshot) async throws {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let server = server(endpoints, metrics: metrics, snapshot: snapshot) {
+            services.append(.init(service: server))
+        }
+        services.append(.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup))
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await failingInOneLine { try await group.run() }
     }
 }
