@@ -1,13 +1,17 @@
 import Foundation
 import Logging
+import Synchronization
 import Testing
 @testable import Core
 
-/// A broker error injected into the processor's transactions.
+/// A transaction failure injected into the processor: a request error the mock cluster
+/// returns (`api`, `code`), or a call failed from the Swift side before it reaches Kafka
+/// (`operation`), which works on any cluster.
 struct InjectedFault: CustomStringConvertible, Sendable {
     let name: String
-    let api: Int16
-    let code: Int32
+    var api: Int16 = 0
+    var code: Int32 = 0
+    var operation: TransactionOperation? = nil
     var description: String { name }
 }
 
@@ -21,8 +25,9 @@ extension ProcessorTopics {
     }
 
     /// The input positions the state covers, by partition: from the last changelog record of
-    /// each partition (the last transaction's), which carries them.
-    func changelogInputPositions() async throws -> [Int32: Int64] {
+    /// each partition (the last committed transaction's), which carries them; `skipping` are
+    /// records of aborted transactions.
+    func changelogInputPositions(skipping: [Int32: Set<Int64>] = [:]) async throws -> [Int32: Int64] {
         let consumer = try cluster.consumer(["isolation.level": "read_committed"])
         let topic = "\(applicationID)-windows-changelog", partitions = self.partitions
         let positions = try await offPool { () -> [Int32: Int64] in
@@ -33,7 +38,7 @@ extension ProcessorTopics {
                 try consumer.assign([KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning)])
                 let deadline = ContinuousClock.now + .seconds(20)
                 while ContinuousClock.now < deadline {
-                    for m in try consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) {
+                    for m in try consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) where !(skipping[p]?.contains(m.offset) ?? false) {
                         if let h = m.headers.first(where: { $0.name == ChangelogPositions.header })?.value,
                            let decoded = h.withUnsafeBytes({ ChangelogPositions.decode($0) }) {
                             last[p] = decoded[0]
@@ -56,60 +61,60 @@ extension ProcessorTopics {
         for p in 0..<Int32(partitions) { ends[p] = try consumer.queryWatermarks(KafkaTopicPartition(input, p), timeout: .seconds(10)).high }
         return ends
     }
-
-    /// Every expected transaction has an output whose last committed version is the expected
-    /// one; exactly one unless the mock (which keeps aborted records visible) aborted some.
-    func expectOutputs(_ expected: [String: [UInt8]], aborted: Bool) async throws {
-        let outputs = try await read(output, count: expected.count)
-        var seen: [String: [[UInt8]]] = [:]
-        for m in outputs { seen[try #require(transactionID(of: m.value)), default: []].append(m.value!) }
-        #expect(Set(seen.keys) == Set(expected.keys))
-        var last: [String: [UInt8]] = [:]
-        for (id, values) in seen { last[id] = values.last }
-        #expect(differences(last, expected) == [])
-        if !aborted || !cluster.isMock {
-            #expect(seen.values.allSatisfy { $0.count == 1 }, "duplicate outputs")
-        }
-    }
 }
 
 extension ProcessorTests {
-    static let abortableFaults = [
+    /// Request errors the mock returns (it alone can inject them), and calls failed from the
+    /// Swift side (any cluster).
+    static let abortableFaults: [InjectedFault] = (TestCluster.usesMock ? [
         InjectedFault(name: "EndTxn UNKNOWN_PRODUCER_ID", api: MockCluster.APIKey.endTxn, code: KafkaError.Code.unknownProducerID),
         InjectedFault(name: "TxnOffsetCommit UNKNOWN_MEMBER_ID", api: MockCluster.APIKey.txnOffsetCommit, code: 25),
         InjectedFault(name: "AddPartitionsToTxn TOPIC_AUTHORIZATION_FAILED", api: MockCluster.APIKey.addPartitionsToTxn,
                       code: KafkaError.Code.topicAuthorizationFailed),
         InjectedFault(name: "Produce INVALID_RECORD", api: MockCluster.APIKey.produce, code: KafkaError.Code.invalidRecord),
+    ] : []) + [
+        InjectedFault(name: "begin fails", operation: .begin),
+        InjectedFault(name: "sendOffsets fails", operation: .sendOffsets),
+        InjectedFault(name: "commit fails", operation: .commit),
     ]
 
     /// An abortable error in a transaction aborts it, rolls the stores back, rewinds and handles
-    /// the same records again; `--until-end` exits only once every input record is committed.
+    /// the same records again, repartitioned ones included; `--until-end` exits only once every
+    /// input record is committed, exactly once.
     @Test(arguments: abortableFaults)
     func abortableFaultAbortsRewindsAndProcessesAgain(_ fault: InjectedFault) async throws {
         let cluster = try TestCluster()
-        guard let mock = cluster.mock else { try Test.cancel("fault injection needs the mock cluster (POLYGLOT_TEST_BOOTSTRAP is set)") }
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
-        // The mock keeps aborted records visible to read_committed readers, so repartitioned
-        // records of an aborted transaction would come back there; a real cluster hides them,
-        // and runs this with records that go through the repartition topic.
-        let workload = Workload.valid(count: 900, cards: 15, misKeyedCards: cluster.isMock ? 0 : 2)
+        let workload = Workload.valid(count: 900, cards: 15, misKeyedCards: 3)
         try await topics.produce(workload.kafkaRecords)
+        let misplaced = try await topics.misplacedInputRecords(count: workload.records.count)
+        try #require(misplaced > 0, "no record goes through the repartition topic: the test proves less than it says")
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
-        // Injected after the input is written, so the processor's own requests meet it.
-        mock.pushRequestErrors(apiKey: fault.api, errors: [fault.code])
-        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        // Injected after the input is written, so the processor's own requests meet it; the
+        // Swift-side fault fails the second transaction's call once.
+        if let mock = cluster.mock, fault.operation == nil { mock.pushRequestErrors(apiKey: fault.api, errors: [fault.code]) }
+        let failed = Mutex(false)
+        let faults = fault.operation.map { operation in
+            TransactionFaultInjector { op, transaction in
+                guard op == operation, transaction == 2, !failed.withLock({ f in defer { f = true }; return f }) else { return nil }
+                return TransactionFaultInjector.abortable(op)
+            }
+        }
+        let recorder = TransactionRecorder()
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger,
+                                            observer: recorder, transactionFaults: faults)
         try await run(processor, timeout: .seconds(60))
         let s = processor.statistics
-        #expect(s.transactionsAborted >= 1, "the processor never saw \(fault)")
-        #expect(s.rewinds >= 1)
+        #expect(s.rewinds >= 1, "the processor never saw \(fault)")
         #expect(s.records > workload.records.count, "the rewound records were not handled again")
-        // Everything up to the end is committed: in the state's changelog positions, and (where
-        // the cluster stores transactional offsets, which the mock does not) in the group.
-        let ends = try topics.inputEndOffsets()
-        #expect(try await topics.changelogInputPositions() == ends)
-        if !cluster.isMock { #expect(try topics.committedInputOffsets() == ends) }
-        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: true)
+        // A failed begin leaves nothing to abort; every other fault aborts a transaction.
+        if fault.operation != .begin {
+            #expect(s.transactionsAborted >= 1)
+            #expect(recorder.aborted.count == s.transactionsAborted)
+        }
+        #expect(s.repartitioned >= misplaced)
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder, "\(fault)")
     }
 
     /// A fenced producer (another instance took the transactional id) or an unusable one stops
@@ -156,14 +161,15 @@ extension ProcessorTests {
         _ = await crc32.close()
         let misplaced = try await topics.misplacedInputRecords(count: half)
         #expect(misplaced > 0, "the CRC32 producer put every card where murmur2 would: the test proves nothing")
-        let first = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        let recorder = TransactionRecorder()
+        let first = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger, observer: recorder)
         try await run(first)
         #expect(first.statistics.repartitioned == misplaced)
         try await topics.produce(Array(workload.kafkaRecords[half...]))
-        let second = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        let second = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger, observer: recorder)
         try await run(second)
         #expect(second.statistics.repartitioned == 0)
-        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: false)
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
     }
 
     /// A changelog record no version of the store writes stops that task's restore with a
@@ -244,7 +250,13 @@ extension ProcessorTests {
         #expect(processor.statistics.outputs == workload.records.count)
         let outputs = try await topics.read(output, count: workload.records.count)
         var seen: [String: [UInt8]] = [:]
-        for m in outputs { seen[try #require(transactionID(of: m.value))] = m.value }
+        var perID: [String: Int] = [:]
+        for m in outputs {
+            let id = try #require(transactionID(of: m.value))
+            seen[id] = m.value
+            perID[id, default: 0] += 1
+        }
+        #expect(perID.values.allSatisfy { $0 == 1 }, "duplicate outputs")
         #expect(differences(seen, try Workload.expected(workload.records)) == [])
     }
 }

@@ -104,6 +104,42 @@ public final class KafkaAdmin: @unchecked Sendable {
         try result.get()
     }
 
+    /// Deletes topics; one that does not exist is not an error.
+    ///
+    /// - Throws: ``KafkaAdminUnavailable`` when the broker has no admin API; ``KafkaError`` for
+    ///   any other failure (the first failing topic).
+    public func deleteTopics(_ names: [String], timeout: Duration = .seconds(30)) throws {
+        guard !names.isEmpty else { return }
+        try requireController(operation: "DeleteTopics", timeout: timeout)
+        var errstr = [CChar](repeating: 0, count: 512)
+        var deletions: [OpaquePointer?] = names.map { rd_kafka_DeleteTopic_new($0) }
+        defer { for d in deletions { rd_kafka_DeleteTopic_destroy(d) } }
+        let queue = rd_kafka_queue_new(handle)
+        defer { rd_kafka_queue_destroy(queue) }
+        let options = rd_kafka_AdminOptions_new(handle, RD_KAFKA_ADMIN_OP_DELETETOPICS)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_operation_timeout(options, milliseconds(timeout), &errstr, errstr.count)
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds(timeout), &errstr, errstr.count)
+        deletions.withUnsafeMutableBufferPointer { buffer in
+            rd_kafka_DeleteTopics(handle, buffer.baseAddress, buffer.count, options, queue)
+        }
+        let event = try Self.result(of: "DeleteTopics", on: queue, timeout: timeout)
+        defer { rd_kafka_event_destroy(event) }
+        guard let result = rd_kafka_event_DeleteTopics_result(event) else {
+            throw KafkaError(RD_KAFKA_RESP_ERR__BAD_MSG, detail: "DeleteTopics: unexpected result event")
+        }
+        var count = 0
+        guard let results = rd_kafka_DeleteTopics_result_topics(result, &count) else { return }
+        for i in 0..<count {
+            let e = rd_kafka_topic_result_error(results[i])
+            if e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART { continue }
+            let name = String(cString: rd_kafka_topic_result_name(results[i]))
+            let error = KafkaError(e, detail: "topic \(name): \(rd_kafka_topic_result_error_string(results[i]).map { String(cString: $0) } ?? "")")
+            if Self.meansNoAdminAPI(e) { throw KafkaAdminUnavailable(operation: "DeleteTopics", underlying: error) }
+            throw error
+        }
+    }
+
     /// Admin requests go to the controller. A cluster whose metadata names no controller among
     /// its brokers (librdkafka's mock cluster says 0, its brokers count from 1) cannot serve them:
     /// fail at once instead of waiting out the request timeout.

@@ -20,17 +20,23 @@ final class ProducerContext: KafkaCallbackContext, @unchecked Sendable {
         var waiters: [CheckedContinuation<Void, Never>] = []
         /// Highest delivered offset of records produced with `trackOffset`.
         var trackedOffsets: [KafkaTopicPartition: Int64] = [:]
+        /// Every delivered record's offset since the journal was last taken, while it is kept.
+        var journal: [KafkaTopicPartition: [Int64]] = [:]
     }
     let state = Mutex(State())
+    /// Whether deliveries go into `State.journal` (read lock-free on every report).
+    let journaling = Atomic<Bool>(false)
 
     func deliveryReport(_ message: UnsafePointer<rd_kafka_message_t>) {
         let err = message.pointee.err
-        // Only tracked records pay for a topic name.
-        let tracked: KafkaTopicPartition? = (message.pointee._private != nil && err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        let isTracked = message.pointee._private != nil, journaling = journaling.load(ordering: .relaxed)
+        // Only tracked (or journaled) records pay for a topic name.
+        let tracked: KafkaTopicPartition? = ((isTracked || journaling) && err == RD_KAFKA_RESP_ERR_NO_ERROR)
             ? KafkaTopicPartition(String(cString: rd_kafka_topic_name(message.pointee.rkt)), message.pointee.partition) : nil
         let offset = message.pointee.offset
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            if let tracked { s.trackedOffsets[tracked] = max(s.trackedOffsets[tracked] ?? -1, offset) }
+            if let tracked, isTracked { s.trackedOffsets[tracked] = max(s.trackedOffsets[tracked] ?? -1, offset) }
+            if let tracked, journaling { s.journal[tracked, default: []].append(offset) }
             if err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 s.counts.delivered += 1
             } else {
@@ -234,6 +240,16 @@ public final class KafkaProducer: @unchecked Sendable {
     /// The highest offset delivered so far to `partition` by records produced with `trackOffset`.
     public func deliveredOffset(_ partition: KafkaTopicPartition) -> Int64? {
         context.state.withLock { $0.trackedOffsets[partition] }
+    }
+
+    /// Starts keeping every delivered record's partition and offset (a topic name per record:
+    /// for tests that must tell which records an aborted transaction wrote).
+    public func keepDeliveryJournal() { context.journaling.store(true, ordering: .relaxed) }
+
+    /// The records delivered since the journal was last taken, per partition in delivery order;
+    /// empties it. Empty unless ``keepDeliveryJournal()`` was called.
+    public func takeDeliveryJournal() -> [KafkaTopicPartition: [Int64]] {
+        context.state.withLock { s in defer { s.journal = [:] }; return s.journal }
     }
 
     /// Partition counts of the topics that exist among `topics`, from cluster metadata (asking

@@ -20,13 +20,16 @@ public final class StreamProcessor: Sendable {
     public let role: FraudDetectionRole
     public let runtime: StreamRuntime<FraudDetectionRole>
 
-    /// `observer` hears of each commit (``RoleMetrics`` is one).
+    /// `observer` hears of each commit (``RoleMetrics`` is one); `transactionFaults` fails
+    /// transaction calls on purpose (tests).
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process"),
-                observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
+                observer: (any RuntimeObserver)? = nil, transactionFaults: TransactionFaultInjector? = nil) throws(ConfigurationError) {
         try configuration.validate()
         self.configuration = configuration
         role = FraudDetectionRole(configuration: configuration)
-        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration), logger: logger, observer: observer)
+        var runtimeConfiguration = RuntimeConfiguration(role: configuration)
+        runtimeConfiguration.transactionFaults = transactionFaults
+        runtime = StreamRuntime(role: role, configuration: runtimeConfiguration, logger: logger, observer: observer)
     }
 
     /// Asks ``run()`` to finish: it commits (or aborts) the open transaction, leaves the group and

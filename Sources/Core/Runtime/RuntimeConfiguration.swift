@@ -27,6 +27,8 @@ public struct RuntimeConfiguration: Sendable {
     public var connectTimeout: Duration
     /// Upper bound of records in one transaction, whatever the interval.
     public var maxRecordsPerTransaction: Int
+    /// Fails transaction calls on purpose (tests that abort transactions on any cluster).
+    public var transactionFaults: TransactionFaultInjector?
 
     public init(kafka: KafkaConfiguration, groupID: String, stateDirectory: String, guarantee: ProcessingGuarantee,
                 commitInterval: Duration, untilEnd: Bool, transactionalID: String, connectTimeout: Duration = .seconds(15),
@@ -129,6 +131,18 @@ public enum RuntimePhase: String, Sendable, Hashable {
 /// distributions). Called on the runtime's thread, at most once per commit: must not block.
 public protocol RuntimeObserver: Sendable {
     func commitEnded(_ commit: CommitTiming)
+    /// Whether ``transactionEnded(_:)`` is wanted. Its reports name every record a transaction
+    /// wrote, which costs a topic name per delivered record: for tests, not production.
+    var observesTransactions: Bool { get }
+    /// An exactly-once transaction committed or aborted, with what it wrote and the positions it
+    /// carried. Called once per transaction, on the runtime's thread or its commit thread (one
+    /// at a time): must not block.
+    func transactionEnded(_ transaction: EndedTransaction)
+}
+
+extension RuntimeObserver {
+    public var observesTransactions: Bool { false }
+    public func transactionEnded(_ transaction: EndedTransaction) {}
 }
 
 /// How long one successful commit took.

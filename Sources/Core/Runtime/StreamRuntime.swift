@@ -213,7 +213,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         let client: any TransactionClient = c.guarantee == .exactlyOnce
             ? ExactlyOnceClient(producer: producer, consumer: consumer)
             : AtLeastOnceClient(producer: producer, consumer: consumer)
-        coordinator = TransactionCoordinator(client: client)
+        coordinator = TransactionCoordinator(client: ObservedTransactionClient.attach(to: client, configuration: c, observer: observer) { tasks.abortedRecords = $0 })
         try consumer.subscribe(sources.map(\.name))
         statsBox.withLock { $0.phase = .running }
         logger.info("running", metadata: [
@@ -354,7 +354,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     private func handle(_ m: borrowing KafkaRecordView) throws {
         // A rebalance hook failed during this poll: the run stops right after it.
         guard hookError == nil, let slot = tasks.slot(m.partition), let task = slot.task,
-              let source = tasks.sourceIndex(m.topic)
+              let source = tasks.sourceIndex(m.topic), !tasks.wasAborted(source: source, partition: m.partition, offset: m.offset)
         else { return }
         if firstRecordAt == nil { firstRecordAt = ContinuousClock.now }
         let offset = m.offset
@@ -700,11 +700,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         }
         collector.emitter.discard()
         try? collector.emitter.drain()
-        do {
-            try coordinator.abort()
-        } catch {
-            throw Self.stopping(error)
-        }
+        do { try coordinator.abort() } catch { throw Self.stopping(error) }
         pendingRecords = 0
         var seeks: [KafkaTopicPartitionOffset] = []
         let sources = role.sources
@@ -712,8 +708,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             slot.store!.rollback()
             slot.task!.rolledBack()
             slot.changed = false
+            // Every position, moved or not: a failure inside a poll leaves polled records unhandled.
             for i in sources.indices where !leaving.contains(slot.partition) {
-                guard let offset = slot.committed[i], slot.next[i] != offset else { continue }
+                guard let offset = slot.committed[i] else { continue }
                 seeks.append(KafkaTopicPartitionOffset(sources[i].name, slot.partition, offset: offset))
             }
             slot.next = slot.committed

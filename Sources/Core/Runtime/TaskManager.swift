@@ -95,6 +95,16 @@ final class TaskManager<Role: StreamRole> {
         sourceNames.firstIndex(of: topic)
     }
 
+    /// Records this runtime's aborted transactions wrote, skipped when read back (kept only
+    /// under an observer of transactions: see ``AbortedRecords``).
+    var abortedRecords: AbortedRecords?
+
+    @inline(__always)
+    func wasAborted(source: Int, partition: Int32, offset: Int64) -> Bool {
+        guard let abortedRecords else { return false }
+        return abortedRecords.contains(KafkaTopicPartition(sourceNames[source], partition), offset)
+    }
+
     /// Records the newly assigned partitions as task slots (opened later, in the run loop).
     /// Throws when the assignment gives this member some but not all topics of a partition.
     func assigned(_ partitions: [KafkaTopicPartition]) throws -> [TaskSlot<Role>] {
