@@ -17,6 +17,27 @@ enum PolyglotBinary {
         }
         return nil
     }()
+
+    /// Under `CI=true` a missing binary is a failure, not a skip: a green run must have run
+    /// the command-line suites.
+    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    /// Runs a suite when the binary is there, or under CI (where its tests then fail).
+    static var enabled: ConditionTrait {
+        .enabled(if: url != nil || isCI, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)")
+    }
+
+    /// The binary, or an error naming what is missing.
+    static func required() throws -> URL {
+        guard let url else {
+            throw MissingBinary()
+        }
+        return url
+    }
+
+    struct MissingBinary: Error, CustomStringConvertible {
+        var description: String { "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)" }
+    }
 }
 
 /// One run of the binary.
@@ -31,7 +52,7 @@ struct Run {
 func polyglot(_ arguments: [String], in directory: URL, stdin: Data? = nil) throws -> Run {
     let process = Process()
     // The suite runs only when the binary was found.
-    process.executableURL = PolyglotBinary.url!
+    process.executableURL = try PolyglotBinary.required()
     process.arguments = arguments
     process.currentDirectoryURL = directory
     process.environment = ["PATH": "/usr/bin:/bin", "HOME": directory.path]
@@ -66,7 +87,7 @@ let lines = """
 
     """
 
-@Suite("Command line", .enabled(if: PolyglotBinary.url != nil, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)"))
+@Suite("Command line", PolyglotBinary.enabled)
 final class CommandLineTests {
     let directory: URL
     init() throws { directory = try temporaryDirectory() }

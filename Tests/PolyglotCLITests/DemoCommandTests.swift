@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// `polyglot demo`: the whole pipeline in one process, broker included.
-@Suite("Demo", .enabled(if: PolyglotBinary.url != nil, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)"))
+@Suite("Demo", PolyglotBinary.enabled)
 struct DemoCommandTests {
     /// A clean run: every record generated, processed and audited, and the summary says so.
     @Test func aCleanDemoExitsZeroWithItsSummary() throws {

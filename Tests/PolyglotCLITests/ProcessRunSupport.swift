@@ -53,7 +53,14 @@ final class ProcessTopics: Sendable {
         }
     }
 
-    deinit { mock?.destroy() }
+    deinit {
+        mock?.destroy()
+        // On a real cluster the topics go when the test is done (the mock goes whole).
+        if mock == nil, let admin = try? KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap), logger: Self.logger) {
+            try? admin.deleteTopics([input, output, deadLetters, "\(applicationID)-windows-changelog", "\(applicationID)-repartition"])
+            admin.close()
+        }
+    }
 
     /// `process` flags naming the cluster and these topics, with a group that forms quickly and
     /// no HTTP endpoints (tests run processes side by side).
@@ -158,7 +165,7 @@ final class BackgroundPolyglot: @unchecked Sendable {
         errorLog = directory.appendingPathComponent("polyglot-\(UUID().uuidString.prefix(8)).stderr")
         _ = FileManager.default.createFile(atPath: errorLog.path, contents: nil)
         process = Process()
-        process.executableURL = PolyglotBinary.url!
+        process.executableURL = try PolyglotBinary.required()
         process.arguments = arguments
         process.currentDirectoryURL = directory
         process.environment = ["PATH": "/usr/bin:/bin", "HOME": directory.path]

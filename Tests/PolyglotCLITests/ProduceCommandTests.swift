@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 @Suite("Produce command", .serialized,
-       .enabled(if: PolyglotBinary.url != nil, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)"))
+       PolyglotBinary.enabled)
 struct ProduceCommandTests {
     @Test func loadsAFileOrStdinAndPrintsOneSummaryLine() async throws {
         let directory = try temporaryDirectory()
