@@ -56,8 +56,8 @@ final class ReadmeClaimTests {
         #expect(findings.count >= 2)
         // --log: a line per finding on stderr, naming the transaction.
         let logged = run.stderr.split(separator: "\n")
-        #expect(logged.contains { $0.contains("t-1") && $0.contains("duplicate") }, "\(run.stderr)")
-        #expect(logged.contains { $0.contains("t-3") && $0.contains("missing") }, "\(run.stderr)")
+        #expect(logged.contains { $0.contains("t-1") && $0.lowercased().contains("duplicate") }, "\(run.stderr)")
+        #expect(logged.contains { $0.contains("t-3") && $0.lowercased().contains("missing") }, "\(run.stderr)")
         // Without --log the findings are not logged.
         let quiet = try polyglot(["audit", "--files", "in.jsonl", "bad.jsonl"], in: directory)
         #expect(quiet.status == 1)
