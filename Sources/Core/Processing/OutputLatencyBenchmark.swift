@@ -225,11 +225,7 @@ public struct OutputLatencyBenchmark: Sendable {
         return nil
     }
 
-    static func wallClockMillis() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    static func wallClockMillis() -> Int64 { RecordLatencyHistogram.wallClockMillis() }
 
     static func seconds(_ d: Duration) -> Double {
         Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
