@@ -8,7 +8,7 @@ struct DevCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dev",
         abstract: "Development helpers (not for production).",
-        subcommands: [DevBrokerCommand.self, DevKafkaBenchCommand.self, DevStoreBenchCommand.self]
+        subcommands: [DevBrokerCommand.self, DevKafkaBenchCommand.self, DevStoreBenchCommand.self, DevLatencyBenchCommand.self]
     )
 }
 
@@ -114,6 +114,63 @@ struct DevKafkaBenchCommand: AsyncParsableCommand {
         logger.logLevel = .warning
         let result = try await KafkaBenchmark(options: options, logger: logger).run()
         print(result)
+    }
+}
+
+struct DevLatencyBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "latency-bench",
+        abstract: "Measure output latency: produce at fixed rates, read the outputs read_committed.",
+        discussion: """
+        Produces generated transactions to the input topic at each --rates value in turn, for \
+        --seconds each, with event time set to the wall clock at produce, and reads the output \
+        topic read_committed: each output's latency is the wall clock when read minus its \
+        timestamp. Prints one line per rate with p50, p95, p99 and max in milliseconds. With \
+        --floor it reads the input topic itself: the same clients with no processor between them.
+        """,
+        shouldDisplay: false
+    )
+
+    @Option(help: "Bootstrap servers of a cluster where the topics exist (a running process reads the input).")
+    var bootstrapServers: String
+
+    @Option(help: "Records per second of each phase, comma-separated.")
+    var rates: String = "5000,20000,50000,100000"
+
+    @Option(help: "Seconds per rate.")
+    var seconds: Int = 20
+
+    @Option(help: "Distinct cards.")
+    var cards: Int = 10_000
+
+    @Flag(help: "Read the input topic itself instead of the output topic: the latency floor.")
+    var floor = false
+
+    @Option(name: .customShort("X"), parsing: .unconditionalSingleValue, help: ArgumentHelp("librdkafka property (repeatable).", valueName: "key=value"))
+    var properties: [String] = []
+
+    func run() throws {
+        var options = OutputLatencyBenchmark.Options(bootstrapServers: bootstrapServers)
+        let parsed = rates.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parsed.isEmpty, parsed.allSatisfy({ ($0 ?? 0) > 0 }) else {
+            throw ValidationError("--rates takes positive whole numbers separated by commas, not '\(rates)'")
+        }
+        guard seconds > 0 else { throw ValidationError("--seconds must be positive, not \(seconds)") }
+        guard cards > 0 else { throw ValidationError("--cards must be positive, not \(cards)") }
+        options.rates = parsed.compactMap { $0 }
+        options.secondsPerRate = seconds
+        options.cards = cards
+        if floor { options.outputTopic = nil }
+        do { try options.overrides.apply(overrides: properties) } catch { throw ValidationError(error.message) }
+        var logger = Logger(label: "polyglot.dev.latency-bench")
+        logger.logLevel = .warning
+        do {
+            for phase in try OutputLatencyBenchmark(options: options, logger: logger).run() {
+                print("\(floor ? "floor" : "process"): \(phase)")
+            }
+        } catch {
+            throw CommandFailure("\(error)")
+        }
     }
 }
 

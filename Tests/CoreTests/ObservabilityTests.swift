@@ -96,6 +96,8 @@ struct ObservabilityTests {
         #expect(text["polyglot_transaction_duration_seconds_bucket", ["le": "0.025"]] == 1)
         #expect(text.types["polyglot_records_in_total"] == "counter")
         #expect(text.types["polyglot_commit_duration_seconds"] == "histogram")
+        #expect(text.types["polyglot_record_latency_seconds"] == "histogram")
+        #expect(text["polyglot_record_latency_seconds_count"] == 0)
         #expect(text.help["polyglot_audit_findings_total"] == "Findings by kind.")
 
         // The next scrape: counters move by what the snapshots moved; a revoked partition's
@@ -274,6 +276,8 @@ struct ObservabilityBrokerTests {
                     && text["polyglot_consumer_lag", ["topic": topics.input, "partition": "0"]] == 0
                     && text["polyglot_consumer_lag", ["topic": topics.input, "partition": "1"]] == 0
                     && (text["polyglot_store_size_bytes", ["partition": "0"]] ?? 0) > 0
+                    // Every record handled was committed, so each has its latency.
+                    && text["polyglot_record_latency_seconds_count"] == text["polyglot_records_in_total"]
             }
             let stats = processor.statistics
             #expect(stats.outputs == 300)

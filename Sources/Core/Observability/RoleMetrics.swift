@@ -103,8 +103,16 @@ public final class RoleMetrics: RuntimeObserver {
     /// Brings every series up to `snapshot` and returns the registry in Prometheus' text format.
     public func exposition(of snapshot: RoleSnapshot) -> [UInt8] {
         update(snapshot)
-        return registry.emitToBuffer()
+        var text = registry.emitToBuffer()
+        // Bucketed by the run loop per commit (no lock per record), so written here rather
+        // than through a swift-metrics timer.
+        text.append(contentsOf: snapshot.runtime.recordLatency.prometheusText(
+            name: Self.recordLatencyFamily, help: Self.recordLatencyHelp).utf8)
+        return text
     }
+
+    static let recordLatencyFamily = "polyglot_record_latency_seconds"
+    static let recordLatencyHelp = "Time from a record's Kafka timestamp to the commit that made its outputs visible."
 
     /// The runtime's families (every role has them).
     static let runtimeFamilies: [MetricFamily] = [

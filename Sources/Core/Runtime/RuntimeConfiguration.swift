@@ -114,6 +114,8 @@ public struct RuntimeStatistics: Sendable, Hashable {
     public var storeBytes: [Int32: Int64] = [:]
     /// The group consumer's view of its brokers.
     public var broker = KafkaBrokerReachability()
+    /// From each record's Kafka timestamp to the commit that made its outputs visible.
+    public var recordLatency = RecordLatencyHistogram()
 }
 
 /// The stages of a runtime's run.
