@@ -102,7 +102,10 @@ extension ProcessorTests {
             }
         }
         let recorder = TransactionRecorder()
-        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger,
+        // Several transactions whatever the machine's speed: the Swift-side fault needs a second.
+        var configuration = topics.configuration(stateDirectory: state)
+        configuration.maxRecordsPerTransaction = 150
+        let processor = try StreamProcessor(configuration: configuration, logger: logger,
                                             observer: recorder, transactionFaults: faults)
         try await run(processor, timeout: .seconds(60))
         let s = processor.statistics

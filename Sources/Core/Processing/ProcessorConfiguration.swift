@@ -9,7 +9,8 @@ extension RuntimeConfiguration {
         self.init(kafka: c.kafka, groupID: c.applicationID,
                   stateDirectory: URL(fileURLWithPath: c.stateDirectory).appendingPathComponent(c.applicationID).path,
                   guarantee: c.guarantee, commitInterval: c.commitInterval, untilEnd: c.untilEnd,
-                  transactionalID: Self.transactionalID(c), connectTimeout: c.connectTimeout)
+                  transactionalID: Self.transactionalID(c), connectTimeout: c.connectTimeout,
+                  maxRecordsPerTransaction: c.maxRecordsPerTransaction)
     }
 
     static func transactionalID(_ c: ProcessorConfiguration) -> String {
@@ -50,6 +51,8 @@ public struct ProcessorConfiguration: Sendable {
     public var partitioner: KafkaPartitioner
     /// How long start-up waits for the cluster to answer.
     public var connectTimeout: Duration
+    /// A transaction commits once it holds this many records, before its interval is up.
+    public var maxRecordsPerTransaction = 50_000
 
     public init(kafka: KafkaConfiguration,
                 applicationID: String = DevBrokerOptions.defaultApplicationID,
