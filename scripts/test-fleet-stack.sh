@@ -35,8 +35,8 @@ user_data=$dir/user-data-$first_role.yaml
 value_of() { sed -n "s/^ *$1=//p" "$user_data" | head -n 1; }
 region=$(value_of AWS_REGION)
 bootstrap=$(value_of KAFKA_BOOTSTRAP_SERVERS)
-secrets_path=$(value_of POLYGLOT_SECRETS_PATH)
-[[ -n "$region" && -n "$bootstrap" && -n "$secrets_path" ]] || die "$user_data lacks AWS_REGION, KAFKA_BOOTSTRAP_SERVERS or POLYGLOT_SECRETS_PATH"
+secrets_path=$(value_of PARAMETER_PATH)
+[[ -n "$region" && -n "$bootstrap" && -n "$secrets_path" ]] || die "$user_data lacks AWS_REGION, KAFKA_BOOTSTRAP_SERVERS or PARAMETER_PATH"
 
 work=$(mktemp -d)
 moto_pid=""
@@ -98,8 +98,8 @@ metrics_cidr=10.20.0.0/16
 # The image's secrets fetch, with the aws command as on an instance, from a source file as
 # the user data writes it.
 if [[ -f "$dir/fetch-secrets.sh" ]]; then
-  printf 'AWS_REGION=%s\nPOLYGLOT_SECRETS_PATH=%s\n' "$region" "$secrets_path" >"$work/kafka-secrets.conf"
-  fetch_log=$(POLYGLOT_SECRETS_SOURCE="$work/kafka-secrets.conf" POLYGLOT_SECRETS_DIR="$work/run" \
+  printf 'AWS_REGION=%s\nPARAMETER_PATH=%s\n' "$region" "$secrets_path" >"$work/kafka-secrets.conf"
+  fetch_log=$(SECRETS_SOURCE_FILE="$work/kafka-secrets.conf" SECRETS_OUTPUT_DIR="$work/run" \
     AWS_ENDPOINT_URL="$endpoint" bash "$dir/fetch-secrets.sh" process 2>&1) ||
     die "fetch-secrets.sh failed: $fetch_log"
   # shellcheck disable=SC2016 # the same literal $

@@ -46,7 +46,7 @@ struct ImageFleetTests {
         #expect(fleet.contains("Encrypted: true\n"))
         #expect(fleet.contains("MaxBatchSize: 1\n"))
         #expect(fleet.contains("Type: AWS::EC2::Image::Id\n"))
-        #expect(!fleet.contains("password"), "a secret in the template")
+        #expect(!fleet.contains(Setting.kafkaProperties.variable), "Kafka properties (and so secrets) in the user data")
     }
 
     @Test(.enabled(if: ExternalTool.cfnLint.isUsable, ExternalTool.cfnLint.skipMessage))
@@ -123,13 +123,13 @@ struct ImageFleetTests {
         try Data("POLYGLOT_KAFKA_PROPERTIES=old\n".utf8).write(to: stale)
         let script = directory.appendingPathComponent("fetch-secrets.sh").path
         let source = directory.appendingPathComponent("kafka-secrets.conf")
-        let environment = ["POLYGLOT_SECRETS_SOURCE=\(source.path)", "POLYGLOT_SECRETS_DIR=\(run.path)"]
+        let environment = ["SECRETS_SOURCE_FILE=\(source.path)", "SECRETS_OUTPUT_DIR=\(run.path)"]
 
         let none = try ExternalTool.run("env", environment + ["bash", script, "process"])
         #expect(none.status == 0 && none.stdout.contains("none fetched"), "\(none.stdout)\(none.stderr)")
         #expect(!FileManager.default.fileExists(atPath: stale.path), "a stale secrets file was kept")
 
-        try Data("AWS_REGION=eu-central-1\nPOLYGLOT_SECRETS_PATH=relative\n".utf8).write(to: source)
+        try Data("AWS_REGION=eu-central-1\nPARAMETER_PATH=relative\n".utf8).write(to: source)
         let bad = try ExternalTool.run("env", environment + ["bash", script, "process"])
         #expect(bad.status == 1 && bad.stderr.contains("is not an SSM parameter path"), "\(bad.stderr)")
         let noRole = try ExternalTool.run("env", environment + ["bash", script, "../x"])

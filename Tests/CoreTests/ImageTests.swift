@@ -141,7 +141,7 @@ struct ImageTests {
             #expect(userData.contains("      KAFKA_BOOTSTRAP_SERVERS=k1:9092,k2:9092\n"))
             #expect(userData.contains("  - [systemctl, enable, --now, polyglot@\(role).service]\n"))
             #expect(userData.contains("  - path: /etc/polyglot/\(role).env\n"))
-            #expect(userData.contains("      AWS_REGION=us-west-2\n      POLYGLOT_SECRETS_PATH=/prod/kafka\n"))
+            #expect(userData.contains("      AWS_REGION=us-west-2\n      PARAMETER_PATH=/prod/kafka\n"))
         }
         #expect(try #require(files["instance-policy.json"]).contains(#""arn:aws:ssm:us-west-2:*:parameter/prod/kafka/*""#))
         let fleet = try #require(files["fleet.cfn.yaml"])

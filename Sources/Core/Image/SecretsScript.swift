@@ -26,7 +26,7 @@ enum SecretsScript {
         # runs it as root (ExecStartPre=+), then reads what it wrote.
         #
         # Usage: polyglot-fetch-secrets ROLE
-        # Reads AWS_REGION and POLYGLOT_SECRETS_PATH from \#(sourceFile)
+        # Reads AWS_REGION and PARAMETER_PATH from \#(sourceFile)
         # (written by the Auto Scaling group's user data). Every parameter directly
         # under the path is one librdkafka property, named by its last path component
         # (e.g. <path>/sasl.password, a SecureString, and <path>/sasl.username,
@@ -35,12 +35,12 @@ enum SecretsScript {
         # which overrides the one in /etc/polyglot/polyglot.env. With no source file
         # or an empty path it removes that file and fetches nothing. On any failure
         # it exits 1 and the unit retries the whole start; values are never printed.
-        # POLYGLOT_SECRETS_SOURCE and POLYGLOT_SECRETS_DIR move the source file and
+        # SECRETS_SOURCE_FILE and SECRETS_OUTPUT_DIR move the source file and
         # the output folder (for tests); the aws command honours AWS_ENDPOINT_URL.
         set -euo pipefail
 
-        readonly source_file=${POLYGLOT_SECRETS_SOURCE:-\#(sourceFile)}
-        readonly out_dir=${POLYGLOT_SECRETS_DIR:-/run/polyglot}
+        readonly source_file=${SECRETS_SOURCE_FILE:-\#(sourceFile)}
+        readonly out_dir=${SECRETS_OUTPUT_DIR:-/run/polyglot}
 
         die() {
           echo "polyglot-fetch-secrets: $*" >&2
@@ -57,7 +57,7 @@ enum SecretsScript {
           while IFS= read -r line || [[ -n "$line" ]]; do
             case "$line" in
               AWS_REGION=*) region=${line#AWS_REGION=} ;;
-              POLYGLOT_SECRETS_PATH=*) path=${line#POLYGLOT_SECRETS_PATH=} ;;
+              PARAMETER_PATH=*) path=${line#PARAMETER_PATH=} ;;
             esac
           done <"$source_file"
         fi
@@ -66,7 +66,7 @@ enum SecretsScript {
           echo "polyglot-fetch-secrets: no secrets path in $source_file: none fetched"
           exit 0
         fi
-        [[ "$path" =~ \#(ImageOptions.Pattern.secretsParameterPath) ]] || die "POLYGLOT_SECRETS_PATH $path is not an SSM parameter path"
+        [[ "$path" =~ \#(ImageOptions.Pattern.secretsParameterPath) ]] || die "PARAMETER_PATH $path is not an SSM parameter path"
         [[ "$region" =~ \#(ImageOptions.Pattern.region) ]] || die "AWS_REGION ${region:-(unset)} in $source_file is not a region"
         command -v aws >/dev/null || die "the aws command is missing (Debian package awscli)"
 

@@ -47,7 +47,7 @@ enum UserData {
             content: |
               # SSM Parameter Store path of the Kafka secrets (empty: none).
               AWS_REGION=\(values.region)
-              POLYGLOT_SECRETS_PATH=\(values.secretsParameterPath)
+              PARAMETER_PATH=\(values.secretsParameterPath)
         runcmd:
           - [systemctl, enable, --now, polyglot@\(role).service]
 
