@@ -176,7 +176,7 @@ staging=${rootfs}/tmp/polyglot-image
 install -d -m 0700 -- "${staging}"
 install -m 0755 -- "${binary}" "${staging}/polyglot"
 install -m 0644 -- "${image_dir}/polyglot@.service" "${image_dir}/polyglot.env" "${staging}/"
-install -m 0755 -- "${image_dir}/provision.sh" "${staging}/"
+install -m 0755 -- "${image_dir}/provision.sh" "${image_dir}/fetch-secrets.sh" "${staging}/"
 log "running provision.sh in the chroot (binary sha256 ${binary_sha256})"
 in_chroot POLYGLOT_BINARY_SHA256="${binary_sha256}" bash /tmp/polyglot-image/provision.sh /tmp/polyglot-image
 rm -rf -- "${staging}"
@@ -192,6 +192,11 @@ installed_sha256=$(sha256sum -- "${rootfs}/usr/local/bin/polyglot" | cut -d' ' -
 cmp -s -- "${image_dir}/polyglot@.service" "${rootfs}/etc/systemd/system/polyglot@.service" ||
   fail "installed unit differs from image/polyglot@.service"
 [[ $(stat -c %a -- "${rootfs}/etc/polyglot/polyglot.env") == 600 ]] || fail "polyglot.env is not mode 0600"
+cmp -s -- "${image_dir}/fetch-secrets.sh" "${rootfs}/usr/local/bin/polyglot-fetch-secrets" ||
+  fail "installed secrets fetch differs from image/fetch-secrets.sh"
+# With no source file (no user data here) it fetches nothing and succeeds: the booted unit
+# below runs it as its first ExecStartPre.
+in_chroot /usr/local/bin/polyglot-fetch-secrets process >/dev/null || fail "polyglot-fetch-secrets fails without a secrets path"
 [[ -s ${rootfs}/etc/polyglot/fingerprint.json ]] || fail "no fingerprint at /etc/polyglot/fingerprint.json"
 held=$(in_chroot apt-mark showhold | tr '\n' ' ')
 [[ ${held} == *librdkafka1* && ${held} == *libsqlite3-0* && ${held} == *libc6* ]] ||
@@ -307,6 +312,8 @@ UNIT
     fail "polyglot@process.service did not succeed in the booted image: ${report:-no report}"
   grep -q 'polyglot image verify: the environment matches' -- "${rootfs}/root/bake-journal" 2>/dev/null ||
     fail "the unit's ExecStartPre did not verify the fingerprint"
+  grep -q 'polyglot-fetch-secrets: no secrets path' -- "${rootfs}/root/bake-journal" 2>/dev/null ||
+    fail "the unit's ExecStartPre did not run the secrets fetch"
   if ! cmp -- "${vectors}/basic.out.jsonl" "${rootfs}/var/lib/private/polyglot/process/out.jsonl"; then
     fail "basic: output of the booted unit differs from basic.out.jsonl"
   fi

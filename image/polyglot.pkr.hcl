@@ -129,6 +129,39 @@ variable "deprecate_after" {
   }
 }
 
+variable "vpc_id" {
+  type        = string
+  default     = ""
+  description = "VPC of the build instance; empty for the default VPC."
+
+  validation {
+    condition     = var.vpc_id == "" || can(regex("^vpc-([0-9a-f]{8}|[0-9a-f]{17})$", var.vpc_id))
+    error_message = "The VPC must be empty or an id such as vpc-0123456789abcdef0."
+  }
+}
+
+variable "subnet_id" {
+  type        = string
+  default     = ""
+  description = "Subnet of the build instance (with a route to the internet for apt); empty for a default subnet."
+
+  validation {
+    condition     = var.subnet_id == "" || can(regex("^subnet-([0-9a-f]{8}|[0-9a-f]{17})$", var.subnet_id))
+    error_message = "The subnet must be empty or an id such as subnet-0123456789abcdef0."
+  }
+}
+
+variable "security_group_id" {
+  type        = string
+  default     = ""
+  description = "Security group of the build instance; empty for a temporary one that admits SSH from this machine's public address only."
+
+  validation {
+    condition     = var.security_group_id == "" || can(regex("^sg-([0-9a-f]{8}|[0-9a-f]{17})$", var.security_group_id))
+    error_message = "The security group must be empty or an id such as sg-0123456789abcdef0."
+  }
+}
+
 locals {
   build_time = timestamp()
   ami_name   = "polyglot-${var.version}-${formatdate("YYYYMMDD-hhmmss", local.build_time)}"
@@ -169,6 +202,14 @@ source "amazon-ebs" "debian12" {
     }
   }
 
+  # Where the build instance runs (a subnet of your own must give it a public
+  # address, or a route Packer can reach it by). Without a security group, Packer
+  # creates a temporary one admitting SSH from the builder's public address only.
+  vpc_id                                    = var.vpc_id
+  subnet_id                                 = var.subnet_id
+  security_group_id                         = var.security_group_id
+  temporary_security_group_source_public_ip = true
+
   ssh_username            = "admin"
   temporary_key_pair_type = "ed25519"
   ena_support             = true
@@ -205,6 +246,11 @@ build {
   provisioner "file" {
     source      = var.binary_path
     destination = "/tmp/polyglot-image/polyglot"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/fetch-secrets.sh"
+    destination = "/tmp/polyglot-image/fetch-secrets.sh"
   }
 
   provisioner "file" {

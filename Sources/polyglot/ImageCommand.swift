@@ -11,11 +11,12 @@ struct ImageCommand: ParsableCommand {
 
     struct Render: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write the Packer template, provision.sh, the systemd unit, user data and polyglot.env.",
+            abstract: "Write the Packer template, provision.sh, the unit, user data, polyglot.env, the instance policy and the fleet's CloudFormation template.",
             discussion: """
             With no options it writes the files committed under image/. Values land in the \
             Packer variables' defaults; those without a default (binary_sha256, git_sha) are \
-            then required by `packer build`.
+            then required by `packer build`. fleet.cfn.yaml takes the image id, subnets, sizes \
+            and the rest per environment as stack parameters.
             """
         )
 
@@ -47,6 +48,8 @@ struct ImageCommand: ParsableCommand {
         var bootstrapServers = ImageOptions().bootstrapServers
         @Option(help: "TimeoutStopSec of the unit, in seconds.")
         var stopTimeout = ImageOptions().stopTimeoutSeconds
+        @Option(help: "SSM Parameter Store path of the Kafka secrets, read at every start through the instance profile (empty: none).")
+        var secretsParameterPath = ImageOptions().secretsParameterPath
 
         func run() throws {
             var options = ImageOptions()
@@ -63,6 +66,7 @@ struct ImageCommand: ParsableCommand {
             options.installPath = installPath
             options.bootstrapServers = bootstrapServers
             options.stopTimeoutSeconds = stopTimeout
+            options.secretsParameterPath = secretsParameterPath
             let files: [RenderedFile]
             do {
                 files = try ImageRenderer.render(options)

@@ -33,6 +33,10 @@ public struct ImageOptions: Sendable, Equatable {
     /// `TimeoutStopSec` of the unit: long enough for a role to finish or abort its open Kafka
     /// transaction, commit and leave the group (the processor promises 10 s).
     public var stopTimeoutSeconds: Int = 30
+    /// SSM Parameter Store path holding the Kafka secrets (one librdkafka property per
+    /// parameter, SecureString for passwords), read at every start through the instance profile;
+    /// empty fetches nothing.
+    public var secretsParameterPath: String = "/polyglot/kafka"
 
     public init() {}
 
@@ -46,8 +50,14 @@ public struct ImageOptions: Sendable, Equatable {
         static let gitSha = "^[0-9a-f]{40}$"
         static let kmsKey = "^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+|alias/[A-Za-z0-9/_-]+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
         static let sourceAMI = "^ami-([0-9a-f]{8}|[0-9a-f]{17})$"
+        static let vpcID = "^vpc-([0-9a-f]{8}|[0-9a-f]{17})$"
+        static let subnetID = "^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"
+        static let securityGroupID = "^sg-([0-9a-f]{8}|[0-9a-f]{17})$"
         static let binaryPath = "^[A-Za-z0-9._/@+-]+$"
         static let installPath = "^/[A-Za-z0-9._/@+-]*[A-Za-z0-9._@+-]$"
+        /// An SSM parameter path: `/`-separated names of the characters SSM accepts, no
+        /// trailing `/`, not under the reserved `/aws` and `/ssm` prefixes.
+        static let secretsParameterPath = "^(/[A-Za-z0-9_.-]+)+$"
         /// `host:port` pairs, comma-separated; IPv6 hosts in brackets. Checked in Swift only.
         static let bootstrapServers = #"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}(,([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5})*$"#
     }
@@ -74,6 +84,13 @@ public struct ImageOptions: Sendable, Equatable {
         }
         if !sourceAMI.isEmpty {
             try Self.check(sourceAMI, Pattern.sourceAMI, flag: "--source-ami", example: "ami-0123456789abcdef0")
+        }
+        if !secretsParameterPath.isEmpty {
+            try Self.check(secretsParameterPath, Pattern.secretsParameterPath, flag: "--secrets-parameter-path", example: "/polyglot/kafka")
+            let first = secretsParameterPath.split(separator: "/").first.map { $0.lowercased() }
+            if first == "aws" || first == "ssm" {
+                throw ConfigurationError("--secrets-parameter-path \(CanonicalJSON.string(secretsParameterPath)) is invalid: /aws and /ssm are reserved by AWS")
+            }
         }
         try Self.check(bootstrapServers, Pattern.bootstrapServers, flag: "--bootstrap-servers", example: "kafka-1:9092,kafka-2:9092")
         try Self.check(rootVolumeSize, Self.rootVolumeRange, flag: "--root-volume-size", unit: "GiB")

@@ -9,8 +9,10 @@ public struct RenderedFile: Sendable, Equatable {
     public let isExecutable: Bool
 }
 
-/// Renders the machine image as code: the Packer template, the provisioning script, the systemd
-/// unit, the user data of both roles and the environment file, all from one `ImageOptions`.
+/// Renders the machine image and its fleet as code: the Packer template, the provisioning script,
+/// the systemd unit, the user data of both roles, the environment file, the secrets fetch, the
+/// instance profile's policy and the CloudFormation template of the two Auto Scaling groups, all
+/// from one `ImageOptions`.
 ///
 /// Output depends on the options only (no clock, no host facts), so rendering the defaults gives
 /// the committed `image/` folder byte for byte.
@@ -22,6 +24,7 @@ public enum ImageRenderer {
     public static let fileNames = [
         "polyglot.pkr.hcl", "provision.sh", "polyglot@.service",
         "user-data-process.yaml", "user-data-audit.yaml", "polyglot.env",
+        "fetch-secrets.sh", "instance-policy.json", "fleet.cfn.yaml",
     ]
 
     /// Validates `options` and renders every file.
@@ -35,6 +38,9 @@ public enum ImageRenderer {
             RenderedFile(name: "user-data-\($0).yaml", contents: UserData.render(options, role: $0), isExecutable: false)
         } + [
             RenderedFile(name: "polyglot.env", contents: EnvironmentFile.render(options), isExecutable: false),
+            RenderedFile(name: "fetch-secrets.sh", contents: SecretsScript.render(options), isExecutable: true),
+            RenderedFile(name: "instance-policy.json", contents: InstancePolicy.render(options), isExecutable: false),
+            RenderedFile(name: "fleet.cfn.yaml", contents: FleetTemplate.render(options), isExecutable: false),
         ]
     }
 

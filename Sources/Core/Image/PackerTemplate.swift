@@ -94,6 +94,24 @@ enum PackerTemplate {
             condition: "can(regex(\"^[1-9][0-9]*h$\", var.deprecate_after))",
             error: "The deprecation delay must be a whole number of hours such as 8760h."
         )
+        out += variable(
+            "vpc_id", type: "string", default: hcl(""),
+            description: "VPC of the build instance; empty for the default VPC.",
+            condition: "var.vpc_id == \"\" || can(regex(\(hcl(pattern.vpcID)), var.vpc_id))",
+            error: "The VPC must be empty or an id such as vpc-0123456789abcdef0."
+        )
+        out += variable(
+            "subnet_id", type: "string", default: hcl(""),
+            description: "Subnet of the build instance (with a route to the internet for apt); empty for a default subnet.",
+            condition: "var.subnet_id == \"\" || can(regex(\(hcl(pattern.subnetID)), var.subnet_id))",
+            error: "The subnet must be empty or an id such as subnet-0123456789abcdef0."
+        )
+        out += variable(
+            "security_group_id", type: "string", default: hcl(""),
+            description: "Security group of the build instance; empty for a temporary one that admits SSH from this machine's public address only.",
+            condition: "var.security_group_id == \"\" || can(regex(\(hcl(pattern.securityGroupID)), var.security_group_id))",
+            error: "The security group must be empty or an id such as sg-0123456789abcdef0."
+        )
         out += #"""
         locals {
           build_time = timestamp()
@@ -135,6 +153,14 @@ enum PackerTemplate {
             }
           }
 
+          # Where the build instance runs (a subnet of your own must give it a public
+          # address, or a route Packer can reach it by). Without a security group, Packer
+          # creates a temporary one admitting SSH from the builder's public address only.
+          vpc_id                                    = var.vpc_id
+          subnet_id                                 = var.subnet_id
+          security_group_id                         = var.security_group_id
+          temporary_security_group_source_public_ip = true
+
           ssh_username            = "admin"
           temporary_key_pair_type = "ed25519"
           ena_support             = true
@@ -171,6 +197,11 @@ enum PackerTemplate {
           provisioner "file" {
             source      = var.binary_path
             destination = "/tmp/polyglot-image/polyglot"
+          }
+
+          provisioner "file" {
+            source      = "${path.root}/fetch-secrets.sh"
+            destination = "/tmp/polyglot-image/fetch-secrets.sh"
           }
 
           provisioner "file" {

@@ -3,29 +3,32 @@
 enum ProvisionScript {
     /// Debian packages the binary needs at run time (a `--static-swift-stdlib` build still links
     /// glibc, libstdc++, librdkafka and SQLite dynamically).
-    static let runtimePackages = ["librdkafka1", "libsqlite3-0", "libjemalloc2", "libstdc++6", "ca-certificates"]
+    /// `awscli` reads the Kafka secrets from SSM Parameter Store at every start.
+    static let runtimePackages = ["librdkafka1", "libsqlite3-0", "libjemalloc2", "libstdc++6", "ca-certificates", "awscli"]
 
     static func render(_ options: ImageOptions) -> String {
         let install = options.installPath
         let fingerprint = EnvironmentFingerprint.defaultPath
+        let fetchSecrets = SecretsScript.installPath(options)
         return #"""
         #!/bin/bash
         # \#(ImageRenderer.banner(options))
         #
         # Installs polyglot on this machine: runtime packages, the binary (after
-        # checking its sha256), the systemd unit, the environment file and the
-        # fingerprint that `polyglot image verify` checks at every start.
+        # checking its sha256), the secrets fetch, the systemd unit, the environment
+        # file and the fingerprint that `polyglot image verify` checks at every start.
         #
         # Usage, as root:
         #   POLYGLOT_BINARY_SHA256=<hex> provision.sh [SOURCE_DIR]
         # SOURCE_DIR (default: this script's folder) holds `polyglot`,
-        # `polyglot@.service` and `polyglot.env`. The same script runs on the Packer
+        # `fetch-secrets.sh`, `polyglot@.service` and `polyglot.env`. The same script runs on the Packer
         # build instance, by hand, and in a chroot (the local bake); /proc must be
         # mounted. Running it again is safe. No role is enabled here: each Auto
         # Scaling Group's user data enables its own.
         set -euo pipefail
 
         readonly install_path=\#(install)
+        readonly fetch_secrets_path=\#(fetchSecrets)
         readonly config_dir=/etc/polyglot
         readonly fingerprint_path=\#(fingerprint)
         readonly unit_path=/etc/systemd/system/polyglot@.service
@@ -63,7 +66,7 @@ enum ProvisionScript {
         [[ "$expected_sha256" =~ ^[0-9a-f]{64}$ ]] ||
           die "set POLYGLOT_BINARY_SHA256 to the binary's sha256 (64 lowercase hex digits)"
         source_dir=${1:-$(dirname -- "$(readlink -f -- "$0")")}
-        for file in polyglot polyglot@.service polyglot.env; do
+        for file in polyglot fetch-secrets.sh polyglot@.service polyglot.env; do
           [[ -f "$source_dir/$file" ]] || die "missing $source_dir/$file"
         done
         actual_sha256=$(sha256_of "$source_dir/polyglot")
@@ -95,6 +98,9 @@ enum ProvisionScript {
           ldd "$install_path" >&2
           die "$install_path misses shared libraries"
         fi
+
+        log "installing the secrets fetch to $fetch_secrets_path"
+        install -m 0755 -o root -g root -- "$source_dir/fetch-secrets.sh" "$fetch_secrets_path"
 
         log "installing the unit and the environment file"
         install -d -m 0755 "$(dirname -- "$unit_path")" "$config_dir"

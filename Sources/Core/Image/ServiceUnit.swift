@@ -13,8 +13,9 @@ enum ServiceUnit {
         Description=polyglot %i (card-fraud stream pipeline)
         After=network-online.target
         Wants=network-online.target
-        StartLimitIntervalSec=10min
-        StartLimitBurst=5
+        # Never give up: while Kafka (or SSM) is unreachable the role keeps
+        # restarting every RestartSec, and /healthz tells the load balancer.
+        StartLimitIntervalSec=0
 
         [Service]
         Type=exec
@@ -22,7 +23,12 @@ enum ServiceUnit {
         # Auto Scaling Group's user data.
         EnvironmentFile=/etc/polyglot/polyglot.env
         EnvironmentFile=-/etc/polyglot/%i.env
+        # Kafka secrets, fetched from SSM Parameter Store through the instance
+        # profile by the first ExecStartPre (as root, outside the sandbox) before
+        # every start; never in user data.
+        EnvironmentFile=-\(SecretsScript.environmentFileTemplate)
         Environment=POLYGLOT_STATE_DIR=%S/polyglot/%i
+        ExecStartPre=+\(SecretsScript.installPath(options)) %i
         # Refuse to start on an environment that is no longer the baked one.
         ExecStartPre=\(binary) image verify
         ExecStart=\(binary) %i

@@ -1,13 +1,38 @@
 /// `user-data-<role>.yaml`: cloud-init user data for one role's Auto Scaling Group.
 enum UserData {
+    /// The values user data carries, as text: real values for the files `image render`
+    /// writes, or CloudFormation `${Parameter}` references for the fleet template.
+    struct Values {
+        var bootstrapServers: String
+        var region: String
+        var secretsParameterPath: String
+
+        init(_ options: ImageOptions) {
+            bootstrapServers = options.bootstrapServers
+            region = options.region
+            secretsParameterPath = options.secretsParameterPath
+        }
+
+        init(bootstrapServers: String, region: String, secretsParameterPath: String) {
+            self.bootstrapServers = bootstrapServers
+            self.region = region
+            self.secretsParameterPath = secretsParameterPath
+        }
+    }
+
     static func render(_ options: ImageOptions, role: String) -> String {
+        render(options, role: role, values: Values(options))
+    }
+
+    static func render(_ options: ImageOptions, role: String, values: Values) -> String {
         """
         #cloud-config
         # \(ImageRenderer.banner(options))
         #
         # User data of the Auto Scaling Group running the `\(role)` role on the polyglot
         # image: writes this group's settings, which override /etc/polyglot/polyglot.env,
-        # then enables and starts polyglot@\(role).service.
+        # and where its Kafka secrets are (read at every start through the instance
+        # profile, never written here), then enables and starts polyglot@\(role).service.
         write_files:
           - path: /etc/polyglot/\(role).env
             owner: root:root
@@ -15,7 +40,14 @@ enum UserData {
             content: |
               # Settings of the `\(role)` role; same syntax and names as
               # /etc/polyglot/polyglot.env, which documents each of them.
-              KAFKA_BOOTSTRAP_SERVERS=\(options.bootstrapServers)
+              KAFKA_BOOTSTRAP_SERVERS=\(values.bootstrapServers)
+          - path: \(SecretsScript.sourceFile)
+            owner: root:root
+            permissions: "0600"
+            content: |
+              # SSM Parameter Store path of the Kafka secrets (empty: none).
+              AWS_REGION=\(values.region)
+              PARAMETER_PATH=\(values.secretsParameterPath)
         runcmd:
           - [systemctl, enable, --now, polyglot@\(role).service]
 
