@@ -13,9 +13,14 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
             (default fraud-auditor) on the input, output and dead-letter topics, exactly once, with \
             its own state under --state-dir restored from <group>-ledger-changelog, and writes one \
             JSON record per finding to --findings-topic (default audit-findings), keyed by \
-            transactionId, and one log line per finding once committed. A valid input with no \
-            output or dead letter --settle (default 30s) after the auditor read it is missing; an \
-            output or dead letter whose input has not come by then is an orphan. The output and \
+            transactionId, and one log line per finding once committed. A valid input is missing \
+            once the processor's group (--application-id) has committed past it and the outputs \
+            and dead letters committed up to there hold none for it; an output is an orphan once \
+            the auditor has read its input partition past the position its polyglot-source names \
+            without finding that transaction. A partition whose oldest input waits for the \
+            processor longer than --stall-after (default 5m) is reported stalled, then resumed. \
+            --settle (default 30s) is how long a matched id is remembered to tell a duplicate \
+            from an orphan. The output and \
             dead-letter topics must have as many partitions as the input topic. SIGTERM or SIGINT \
             commits and exits 0; --until-end stops at the end offsets seen at start. Settings as \
             for process (POLYGLOT_APPLICATION_ID is the processor's; the auditor's group is \
@@ -49,11 +54,17 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "The continuous auditor's consumer group and internal topic prefix (default \(Setting.auditGroup.defaultText)).")
     var group: String?
 
+    @Option(help: "The processor's application id, whose committed offsets say which inputs are due (default \(Setting.applicationID.defaultText)).")
+    var applicationId: String?
+
     @Option(help: "Topic of the continuous auditor's findings (default \(Setting.auditFindingsTopic.defaultText)).")
     var findingsTopic: String?
 
-    @Option(parsing: .unconditional, help: "How long the continuous auditor waits for an input's output, or an output's input (default \(Setting.auditSettle.defaultText)).")
+    @Option(parsing: .unconditional, help: "How long the continuous auditor remembers a matched transaction id, to tell a duplicate from an orphan (default \(Setting.auditSettle.defaultText)).")
     var settle: String?
+
+    @Option(parsing: .unconditional, help: "How long the oldest input the processor has not committed past may wait before its partition is reported stalled (default \(Setting.auditStallAfter.defaultText)).")
+    var stallAfter: String?
 
     @OptionGroup var runtime: RuntimeOptions
 
@@ -86,9 +97,11 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     private func auditorSettings() -> AuditorSettings {
         var settings = AuditorSettings()
         settings.processor = runtime.settings
+        if let applicationId { settings.processor.applicationID = applicationId }
         settings.group = group
         settings.findingsTopic = findingsTopic
         settings.settle = settle
+        settings.stallAfter = stallAfter
         settings.highValue = highValue
         return settings
     }
@@ -136,6 +149,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         try await observability.run(service, endpoints: endpoints, metrics: metrics, logger: logger) { auditor.snapshot }
         let counts = auditor.counts
         StandardError.write(counts.entries.map { "\($0.name) \($0.value)" }.joined(separator: ", ") + "\n")
+        print(counts.verdictLine)
     }
 
     /// Runs an audit whose findings go to `sink`: each finding's log line (with --log) and the
@@ -156,6 +170,8 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         }
         if report != "-" { print(AuditReport.summary(summary.counts), terminator: "") }
         StandardError.write(summary.line + "\n")
+        // The verdict closes stdout, unless stdout carries the JSON report.
+        if report == "-" { StandardError.write(summary.counts.verdictLine + "\n") } else { print(summary.counts.verdictLine) }
         if summary.counts.hasDiscrepancies { throw ExitCode(1) }
     }
 

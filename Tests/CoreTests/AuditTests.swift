@@ -242,4 +242,18 @@ struct AuditTests {
         #expect(written["inputs"] == 2 && written["missing"] == 1)
         #expect((object["findings"] as! [[String: Any]]).first?["transactionId"] as? String == "a")
     }
+
+    /// Every audit mode closes with this line: clean, or the discrepancies by kind.
+    @Test func verdictLineSaysCleanOrCountsDiscrepanciesByKind() {
+        var c = AuditCounts()
+        c.inputs = 3
+        c.outputs = 3
+        c.flagged = 2
+        c.stalled = 1
+        #expect(c.verdictLine == "audit: clean, 3 inputs, 3 outputs, 0 dead letters")
+        c.missing = 1
+        #expect(c.verdictLine == "audit: 1 discrepancy (missing 1), 3 inputs, 3 outputs, 0 dead letters")
+        c.mismatch = 2
+        #expect(c.verdictLine == "audit: 3 discrepancies (missing 1, mismatch 2), 3 inputs, 3 outputs, 0 dead letters")
+    }
 }

@@ -30,7 +30,7 @@ struct AuditorTests {
         runtime.instanceID = instance
         let configuration = AuditorConfiguration(
             runtime: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
-            findingsTopic: findings, settle: settle)
+            findingsTopic: findings, processorGroup: topics.applicationID, settle: settle, probeInterval: .milliseconds(200))
         return try ContinuousAuditor(configuration: configuration, logger: logger)
     }
 
@@ -146,13 +146,17 @@ struct AuditorTests {
         #expect(fromPair == fromOne)
     }
 
-    /// The crafted topics of the batch audit's test, audited continuously with a short settle
-    /// time: the same counts, the missing input and the orphan once their settle time passed, and
-    /// one JSON record per finding on the findings topic, the mismatch with both versions.
+    /// The crafted topics of the batch audit's test, audited continuously once the processor's
+    /// group has committed past every input: the same counts, the missing input and the orphan
+    /// (its source names an input that did not exist), and one JSON record per finding on the
+    /// findings topic, the mismatch with both versions.
     @Test func continuousAuditCountsCraftedDiscrepanciesExactly() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
         try await produceCraftedDiscrepancies(topics)
+        let committer = try cluster.consumer(group: topics.applicationID)
+        try await committer.commit([KafkaTopicPartitionOffset(KafkaTopicPartition(topics.input, 0), offset: 10)])
+        await committer.close()
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
         let group = "craft-\(UUID().uuidString.prefix(8).lowercased())"

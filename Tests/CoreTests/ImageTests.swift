@@ -171,8 +171,8 @@ struct ImageTests {
             "POLYGLOT_APPLICATION_ID", "POLYGLOT_STATE_DIR", "POLYGLOT_GUARANTEE", "POLYGLOT_COMMIT_INTERVAL",
             "POLYGLOT_INSTANCE_ID", "POLYGLOT_UNTIL_END",
             "POLYGLOT_WINDOW", "POLYGLOT_THRESHOLD", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW",
-            "POLYGLOT_AUDIT_GROUP", "POLYGLOT_AUDIT_FINDINGS_TOPIC", "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_HIGH_VALUE",
-            "POLYGLOT_LOG_LEVEL", "POLYGLOT_METRICS_PORT", "POLYGLOT_HEALTH_BROKER_TIMEOUT",
+            "POLYGLOT_AUDIT_GROUP", "POLYGLOT_AUDIT_FINDINGS_TOPIC", "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_STALL_AFTER",
+            "POLYGLOT_AUDIT_HIGH_VALUE", "POLYGLOT_LOG_LEVEL", "POLYGLOT_METRICS_PORT", "POLYGLOT_HEALTH_BROKER_TIMEOUT",
         ]
         let lines = env.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         for name in names {
@@ -195,6 +195,7 @@ struct ImageTests {
         #expect(env.contains("#POLYGLOT_MAX_FUTURE_SKEW=1h\n"))
         #expect(env.contains("#POLYGLOT_STATE_DIR=/var/lib/polyglot/process\n"))
         #expect(env.contains("#POLYGLOT_AUDIT_SETTLE=30s\n"))
+        #expect(env.contains("#POLYGLOT_AUDIT_STALL_AFTER=5m\n"))
         #expect(env.contains("#POLYGLOT_AUDIT_HIGH_VALUE=10000\n"))
         #expect(env.contains("#POLYGLOT_HEALTH_BROKER_TIMEOUT=30s\n"))
         #expect(env.contains("#POLYGLOT_LOG_LEVEL=info\n"))

@@ -21,6 +21,11 @@ public struct AuditFinding: Sendable, Hashable {
         /// The processor's dead letters disagree with the auditor's reading of an input: another
         /// code, no dead letter for a rejected input, or a dead letter for a valid one.
         case deadLetterMismatch
+        /// The processor's group has not committed past the oldest input of a partition for longer
+        /// than the stall time: its outputs are not due yet, so nothing is missing (one per partition).
+        case stalled
+        /// A stalled partition's committed offset moved again.
+        case resumed
     }
 
     public var kind: Kind
@@ -48,13 +53,23 @@ public struct AuditFinding: Sendable, Hashable {
     public var reason: String?
     /// A human explanation, for `unreadableOutput` and dead-letter findings.
     public var message: String?
+    /// The processor's consumer group, for `stalled` and `resumed`.
+    public var group: String?
+    /// Inputs the processor had not committed past, for `stalled` and `resumed`.
+    public var waitingInputs: Int64?
+    /// Since when (epoch milliseconds) the oldest of them waited, for `stalled` and `resumed`.
+    public var waitingSince: Int64?
 
     public init(
         kind: Kind, transactionId: String? = nil, cardId: String? = nil, input: AuditPosition? = nil,
         output: AuditPosition? = nil, expected: String? = nil, actual: String? = nil,
         outputFingerprint: String? = nil, auditorFingerprint: String? = nil, expectedCode: String? = nil,
-        actualCode: String? = nil, amount: String? = nil, reason: String? = nil, message: String? = nil
+        actualCode: String? = nil, amount: String? = nil, reason: String? = nil, message: String? = nil,
+        group: String? = nil, waitingInputs: Int64? = nil, waitingSince: Int64? = nil
     ) {
+        self.group = group
+        self.waitingInputs = waitingInputs
+        self.waitingSince = waitingSince
         self.kind = kind
         self.transactionId = transactionId
         self.cardId = cardId
@@ -103,6 +118,15 @@ public struct AuditFinding: Sendable, Hashable {
         string("amount", amount)
         string("reason", reason)
         string("message", message)
+        string("group", group)
+        if let waitingInputs {
+            out.append(",\"waitingInputs\":")
+            out.appendInteger(waitingInputs)
+        }
+        if let waitingSince {
+            out.append(",\"waitingSince\":")
+            out.appendInteger(waitingSince)
+        }
         out.append(UInt8(ascii: "}"))
     }
 
@@ -123,12 +147,16 @@ public struct AuditFinding: Sendable, Hashable {
         case .flagged:
             return "[AUDIT-OUTPUT] FRAUD FLAGGED: Transaction \(id) for card \(cardId ?? "?"). Reason: \(reason ?? "")"
         default:
-            var line = "[AUDIT-\(kind.rawValue.uppercased())] transaction \(id)"
+            var line = "[AUDIT-\(kind.rawValue.uppercased())]"
+            if kind != .stalled && kind != .resumed { line += " transaction \(id)" }
             if let cardId { line += " card \(cardId)" }
             if let input { line += " input \(input)" }
             if let output { line += " output \(output)" }
             if let expectedCode { line += " expected code \(expectedCode)" }
             if kind == .deadLetterMismatch || actualCode != nil { line += " dead letter \(actualCode ?? "none")" }
+            if let group { line += " group \(group)" }
+            if let waitingInputs { line += " waiting \(waitingInputs)" }
+            if let waitingSince { line += " since \(waitingSince)" }
             if let outputFingerprint { line += " fingerprint \(outputFingerprint), auditor's \(auditorFingerprint ?? "none")" }
             if let message { line += ": \(message)" }
             if let expected, let actual { line += "; expected \(expected), got \(actual)" }
@@ -157,6 +185,9 @@ public struct AuditCounts: Sendable, Hashable {
     public var drift = 0
     /// Outputs that are not output records.
     public var unreadable = 0
+    /// Partitions reported stalled, and resumed (not discrepancies: the processor is late, not wrong).
+    public var stalled = 0
+    public var resumed = 0
 
     public init() {}
 
@@ -166,11 +197,22 @@ public struct AuditCounts: Sendable, Hashable {
         missing + duplicate + orphan + mismatch + drift + unreadable > 0
     }
 
+    /// The closing line of every audit mode: `audit: clean, 3 inputs, 3 outputs, 0 dead letters`
+    /// or `audit: 2 discrepancies (missing 1, mismatch 1), 3 inputs, 2 outputs, 0 dead letters`.
+    public var verdictLine: String {
+        let read = "\(inputs) inputs, \(outputs) outputs, \(deadLetters) dead letters"
+        let kinds = [("missing", missing), ("duplicate", duplicate), ("orphan", orphan), ("mismatch", mismatch),
+                     ("drift", drift), ("unreadable", unreadable)].filter { $0.1 > 0 }
+        let total = kinds.reduce(0) { $0 + $1.1 }
+        guard total > 0 else { return "audit: clean, \(read)" }
+        return "audit: \(total) discrepanc\(total == 1 ? "y" : "ies") (\(kinds.map { "\($0.0) \($0.1)" }.joined(separator: ", "))), \(read)"
+    }
+
     /// Name and value of every count, in report order.
     public var entries: [(name: String, value: Int)] {
         [("inputs", inputs), ("outputs", outputs), ("deadLetters", deadLetters), ("missing", missing),
          ("duplicate", duplicate), ("orphan", orphan), ("mismatch", mismatch), ("highValue", highValue),
-         ("flagged", flagged), ("drift", drift), ("unreadable", unreadable)]
+         ("flagged", flagged), ("drift", drift), ("unreadable", unreadable), ("stalled", stalled), ("resumed", resumed)]
     }
 
     mutating func count(_ kind: AuditFinding.Kind) {
@@ -183,6 +225,8 @@ public struct AuditCounts: Sendable, Hashable {
         case .flagged: flagged += 1
         case .drift: drift += 1
         case .unreadableOutput: unreadable += 1
+        case .stalled: stalled += 1
+        case .resumed: resumed += 1
         }
     }
 }

@@ -88,6 +88,11 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     /// Lanes whose first waiting output waits for this id's input.
     private var blocked: [String: [Int32]] = [:]
     private var inputsComplete = false
+    /// Continuous mode: whether the auditor has read the input partition past a position (an
+    /// output's source, and when the output was received): an output whose input is unknown is
+    /// an orphan once this says so. Set, missing inputs come only from
+    /// ``decideMissing(below:inputTopic:)``, and ``expire(olderThan:)`` only forgets.
+    var sourceIsRead: ((AuditPosition?, Int64) -> Bool)?
 
     /// A reconciler over `ledger`, whose lane `n` recomputes verdicts in `windows(n)`.
     init(configuration: AuditConfiguration, ledger: any AuditLedger, windows: @escaping (Int32) -> Windows) {
@@ -172,7 +177,8 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
                        source: AuditPosition? = nil, fingerprint: String? = nil, receivedAt: Int64 = 0) {
         let lane = self.lane(laneID)
         if !lane.isWaiting {
-            switch handle(bytes, position: position, source: source, fingerprint: fingerprint, lane: lane, orphan: inputsComplete) {
+            let orphan = inputsComplete || (sourceIsRead?(source, receivedAt) ?? false)
+            switch handle(bytes, position: position, source: source, fingerprint: fingerprint, lane: lane, orphan: orphan) {
             case .done: return
             case .waiting(let id):
                 blocked[id, default: []].append(laneID)
@@ -238,8 +244,10 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     /// One dead letter: the rejected record's original bytes, its `polyglot-error` code and its
     /// input's position (`polyglot-source`, or the DLQ line's `line`). Without a source it is
     /// matched to a rejected input by content.
+    /// `inputRead` (continuous mode): the auditor has read past `source` already, so a dead letter
+    /// that matches nothing there is an orphan at once.
     public func deadLetter(_ originalBytes: UnsafeRawBufferPointer, code: String?, source: AuditPosition?,
-                           position: AuditPosition? = nil, receivedAt: Int64 = 0) {
+                           position: AuditPosition? = nil, receivedAt: Int64 = 0, inputRead: Bool = false) {
         counts.deadLetters += 1
         let hash = Self.contentHash(originalBytes)
         var found: (code: RejectionCode, position: AuditPosition)?
@@ -278,6 +286,11 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
                 return
             }
         }
+        if inputRead {
+            report(AuditFinding(kind: .orphan, input: source, output: position, actualCode: code,
+                                message: "a dead letter whose input was not read"))
+            return
+        }
         let letter = LedgerDeadLetter(code: code, position: position, receivedAt: receivedAt)
         if let source {
             var letters: [LedgerDeadLetter] = []
@@ -315,8 +328,9 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     /// whether anything changed.
     @discardableResult
     public func expire(olderThan cutoff: Int64) -> Bool {
+        let positional = sourceIsRead != nil
         var changed = false
-        for id in lanes.keys.sorted() where drain(id, orphansBefore: cutoff) { changed = true }
+        for id in lanes.keys.sorted() where drain(id, orphansBefore: positional ? nil : cutoff) { changed = true }
 
         var missing: [LedgerInput] = []
         var unanswered: [(position: AuditPosition, code: RejectionCode)] = []
@@ -326,8 +340,10 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             case .transaction(let id):
                 var known = ledger.transaction(id)
                 let before = known
-                missing += known.inputs.filter { $0.readAt < cutoff }
-                known.inputs.removeAll { $0.readAt < cutoff }
+                if !positional {
+                    missing += known.inputs.filter { $0.readAt < cutoff }
+                    known.inputs.removeAll { $0.readAt < cutoff }
+                }
                 if known.settledAt >= 0, known.settledAt < cutoff { known.settledAt = -1 }
                 if known != before {
                     ledger.setTransaction(known, for: id)
@@ -335,11 +351,11 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
                 }
             case .pairing(let position):
                 switch ledger.pairing(at: position) {
-                case .rejected(let code, let readAt)? where readAt < cutoff:
+                case .rejected(let code, let readAt)? where readAt < cutoff && !positional:
                     ledger.setPairing(nil, at: position)
                     unanswered.append((position, code))
                     changed = true
-                case .deadLetters(let letters)?:
+                case .deadLetters(let letters)? where !positional:
                     let old = letters.filter { $0.receivedAt < cutoff }
                     guard !old.isEmpty else { continue }
                     orphans += old.map { (position, $0) }
@@ -351,14 +367,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
                 }
             }
         }
-        for input in missing.sorted(by: { $0.position < $1.position }) where !input.deadLettered {
-            report(AuditFinding(kind: .missing, transactionId: input.transaction.transactionId,
-                                cardId: input.transaction.cardId, input: input.position))
-        }
-        for input in unanswered.sorted(by: { $0.position < $1.position }) {
-            report(AuditFinding(kind: .deadLetterMismatch, input: input.position, expectedCode: input.code.rawValue,
-                                message: "the rejected input has no dead letter"))
-        }
+        reportMissing(missing, unanswered)
         for (hash, letters) in sourcelessDeadLetters {
             let old = letters.filter { $0.receivedAt < cutoff }
             guard !old.isEmpty else { continue }
@@ -372,6 +381,53 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
                                 message: "a dead letter whose input was not read"))
         }
         return changed || !missing.isEmpty || !orphans.isEmpty
+    }
+
+    private func reportMissing(_ missing: [LedgerInput], _ unanswered: [(position: AuditPosition, code: RejectionCode)]) {
+        for input in missing.sorted(by: { $0.position < $1.position }) where !input.deadLettered {
+            report(AuditFinding(kind: .missing, transactionId: input.transaction.transactionId,
+                                cardId: input.transaction.cardId, input: input.position))
+        }
+        for input in unanswered.sorted(by: { $0.position < $1.position }) {
+            report(AuditFinding(kind: .deadLetterMismatch, input: input.position, expectedCode: input.code.rawValue,
+                                message: "the rejected input has no dead letter"))
+        }
+    }
+
+    /// Continuous mode: the processor has committed past `due[p]` on input partition p (and its
+    /// outputs and dead letters up to there are reconciled), so a valid input of `inputTopic`
+    /// partition p below it still without output or dead letter is missing, and a rejected one
+    /// without dead letter is reported. Returns whether anything changed.
+    @discardableResult
+    func decideMissing(below due: [Int64], inputTopic: String) -> Bool {
+        guard let ledger = ledger as? StoredAuditLedger else { return false }
+        var missing: [LedgerInput] = []
+        var unanswered: [(position: AuditPosition, code: RejectionCode)] = []
+        for (p, bound) in due.enumerated() where bound > 0 {
+            for (offset, id) in ledger.takeDue(partition: Int32(p), below: bound) {
+                let position = AuditPosition.record(topic: inputTopic, partition: Int32(p), offset: offset)
+                if let id {
+                    var known = ledger.transaction(id)
+                    guard let i = known.inputs.firstIndex(where: { $0.position == position }) else { continue }
+                    missing.append(known.inputs.remove(at: i))
+                    ledger.setTransaction(known, for: id)
+                } else if case .rejected(let code, _)? = ledger.pairing(at: position) {
+                    ledger.setPairing(nil, at: position)
+                    unanswered.append((position, code))
+                }
+            }
+        }
+        reportMissing(missing, unanswered)
+        return !missing.isEmpty || !unanswered.isEmpty
+    }
+
+    /// Continuous mode: drains every lane whose first waiting output's input is now known to be
+    /// absent (``sourceIsRead``). Returns whether anything changed.
+    @discardableResult
+    func drainOrphans() -> Bool {
+        var changed = false
+        for id in lanes.keys.sorted() where drain(id, orphansBefore: nil) { changed = true }
+        return changed
     }
 
     // MARK: Matching
@@ -395,6 +451,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
         while lane.isWaiting {
             let output = lane.waiting[lane.head]
             let orphan = inputsComplete || (cutoff.map { output.receivedAt < $0 } ?? false)
+                || (sourceIsRead?(output.source, output.receivedAt) ?? false)
             let outcome = output.bytes.withUnsafeBytes {
                 handle($0, position: output.position, source: output.source, fingerprint: output.fingerprint, lane: lane, orphan: orphan)
             }

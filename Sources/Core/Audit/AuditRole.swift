@@ -12,19 +12,32 @@ public struct AuditorConfiguration: Sendable {
     public var audit: AuditConfiguration
     /// Where findings go, one JSON record each, keyed by transaction id.
     public var findingsTopic: String
-    /// How long after the auditor read it a valid input may wait for its output (or dead letter)
-    /// before it is missing; also how long an output or dead letter waits for its input.
+    /// The processor's application id: the consumer group whose committed offsets say which
+    /// inputs are due (`missing` comes from positions, never from waiting).
+    public var processorGroup: String
+    /// How long a matched transaction id is remembered, so that a second output for it is a
+    /// `duplicate` (later, an `orphan`); also how long a dead letter without a source waits for
+    /// a rejected input with its bytes.
     public var settle: Duration
+    /// How long the oldest input the processor has not committed past may wait before its
+    /// partition is reported `stalled`.
+    public var stallAfter: Duration
+    /// How often the processor group's committed offsets and the topics' end offsets are read.
+    public var probeInterval: Duration
 
     public static let defaultGroupID = DevBrokerOptions.auditorGroupID
     public static let defaultFindingsTopic = DevBrokerOptions.findingsTopic
 
     public init(runtime: ProcessorConfiguration, audit: AuditConfiguration, findingsTopic: String = Self.defaultFindingsTopic,
-                settle: Duration = .seconds(30)) {
+                processorGroup: String = DevBrokerOptions.defaultApplicationID, settle: Duration = .seconds(30),
+                stallAfter: Duration = .seconds(300), probeInterval: Duration = .seconds(1)) {
         self.runtime = runtime
         self.audit = audit
         self.findingsTopic = findingsTopic
+        self.processorGroup = processorGroup
         self.settle = settle
+        self.stallAfter = stallAfter
+        self.probeInterval = probeInterval
     }
 
     /// `<group>-ledger-changelog`: the auditor's store.
@@ -43,6 +56,11 @@ public struct AuditorConfiguration: Sendable {
             throw ConfigurationError("the findings topic and the auditor's internal topics must differ from the processor's topics")
         }
         guard settle >= .zero else { throw ConfigurationError("the settle time must not be negative") }
+        guard stallAfter > .zero else { throw ConfigurationError("the stall time must be positive") }
+        guard probeInterval > .zero else { throw ConfigurationError("the probe interval must be positive") }
+        guard !processorGroup.isEmpty, processorGroup != runtime.applicationID else {
+            throw ConfigurationError("the auditor's group must differ from the processor's application id '\(processorGroup)'")
+        }
     }
 }
 
@@ -69,8 +87,9 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     public let sources: [SourceTopic]
     public var changelogTopic: String { configuration.changelogTopic }
     public var sinkTopics: [String] { [configuration.findingsTopic] }
-    /// Expiry runs once a second: a settle time is seconds long.
-    public var punctuationInterval: Duration? { .seconds(1) }
+    /// Decisions from the processor's progress, stall checks and read progress sent to the
+    /// other tasks: a few times a second.
+    public var punctuationInterval: Duration? { .milliseconds(250) }
 
     static let input = 0
     static let repartition = 1
@@ -87,6 +106,12 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     }
     var topics: Topics?
     private let shared = Mutex(AuditCounts())
+    /// The processor group's progress, read on a thread of its own while tasks run.
+    private(set) var progress: ProcessorProgress?
+    /// Whether the runtime this role runs on is stopping or stopped (set by ``ContinuousAuditor``):
+    /// the progress thread ends with it.
+    var runtimeIsStopping: @Sendable () -> Bool = { false }
+    private let progressBox = Mutex<ProcessorProgress?>(nil)
 
     public init(configuration: AuditorConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -115,7 +140,19 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
                             repartition: try collector.topic(configuration.repartitionTopic))
         }
         store.ledger.loadQueue()
-        return AuditTask(role: self, partition: partition, partitionCount: Int32(partitionCount), store: store, collector: collector)
+        if progress == nil || progress!.isStopped {
+            let c = configuration, r = c.runtime
+            let progress = ProcessorProgress(
+                kafka: r.kafka, group: c.processorGroup,
+                topics: .init(input: r.inputTopic, output: r.outputTopic, deadLetter: r.deadLetterTopic,
+                              repartition: "\(c.processorGroup)-repartition"),
+                partitions: partitionCount, interval: c.probeInterval, logger: logger)
+            progress.start(isStopping: runtimeIsStopping)
+            self.progress = progress
+            progressBox.withLock { $0 = progress }
+        }
+        return AuditTask(role: self, partition: partition, partitionCount: Int32(partitionCount), store: store, collector: collector,
+                         progress: progress!)
     }
 
     public func didHandleBatch() {}
@@ -123,16 +160,26 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     public static let metricFamilies: [MetricFamily] = [
         .counter("polyglot_audit_findings_total", help: "Audit findings committed, by kind."),
         .counter("polyglot_audit_records_total", help: "Records the auditor reconciled, by what they are (input, output, dead_letter)."),
+        .gauge("polyglot_audit_waiting_inputs", help: "Inputs the processor's group has not committed past, per input partition."),
+        .gauge("polyglot_audit_oldest_waiting_seconds", help: "How long the oldest of them has waited, per input partition (0: none waits)."),
     ]
 
     /// The committed counts as samples of ``metricFamilies``: every kind, seen or not.
     public var metricSamples: [MetricSample] {
         let c = counts
         let kinds: [(String, Int)] = [("missing", c.missing), ("duplicate", c.duplicate), ("orphan", c.orphan), ("mismatch", c.mismatch),
-                                      ("high_value", c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable)]
+                                      ("high_value", c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable),
+                                      ("stalled", c.stalled), ("resumed", c.resumed)]
+        let now = AuditTask.wallClock()
+        let waiting = progressBox.withLock { $0?.allWaiting } ?? []
         return kinds.map { MetricSample("polyglot_audit_findings_total", labels: ["kind": $0.0], value: $0.1) }
             + [("input", c.inputs), ("output", c.outputs), ("dead_letter", c.deadLetters)].map {
                 MetricSample("polyglot_audit_records_total", labels: ["record": $0.0], value: $0.1)
+            }
+            + waiting.enumerated().flatMap { p, w in
+                [MetricSample("polyglot_audit_waiting_inputs", labels: ["partition": "\(p)"], value: w.count),
+                 MetricSample("polyglot_audit_oldest_waiting_seconds", labels: ["partition": "\(p)"],
+                              value: w.since.map { max(0, now - $0) / 1000 } ?? 0)]
             }
     }
 
@@ -143,7 +190,13 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     /// A committed cycle's findings and counts.
     func publish(_ findings: [AuditFinding], _ counts: AuditCounts) {
         for finding in findings {
-            logger.warning("\(finding.logLine)", metadata: ["kind": "\(finding.kind.rawValue)"])
+            // Verdicts and stalls are information; what says the processor is wrong is a warning.
+            switch finding.kind {
+            case .flagged, .highValue, .stalled, .resumed:
+                logger.info("\(finding.logLine)", metadata: ["kind": "\(finding.kind.rawValue)"])
+            default:
+                logger.warning("\(finding.logLine)", metadata: ["kind": "\(finding.kind.rawValue)"])
+            }
         }
         shared.withLock { $0.add(counts) }
     }
@@ -164,38 +217,68 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
 }
 
 /// One partition's audit: its reconciler over its store.
+///
+/// Missing and orphan come from positions (SEMANTICS.md §5). An output whose input is unknown
+/// is an orphan once the auditor has read its source's input partition past the source: its
+/// own input partition as this task reads it, another partition as that partition's task says
+/// in the read-progress records it sends through the repartition topic (after the inputs it
+/// forwarded, so the two arrive in order). A waiting input is missing once ``ProcessorProgress``
+/// says the processor committed past it and this task has reconciled the outputs and dead
+/// letters committed with it.
 public final class AuditTask: StreamTask {
     unowned let role: AuditRole
     let partition: Int32
     let partitionCount: Int32
     public let store: AuditStore
     let collector: RecordCollector
+    let progress: ProcessorProgress
     private var reconciler: AuditReconciler<SQLiteWindowStore>
     private var decoder = TransactionDecoder()
+    private let inputTopic: String
     private let outputTopic: String
     private let deadLetterTopic: String
     private let settleMilliseconds: Int64
+    private let stallMilliseconds: Int64
     /// Findings and counts of the open cycle, and of the sealed one whose commit is in flight.
     private var cycleFindings: [AuditFinding] = []
     private var sealedFindings: [AuditFinding] = []
     private var sealedCounts = AuditCounts()
     private let source = ByteBuffer(capacity: 256)
+    /// Next offset of each source this task has handled (from the store's checkpoint at start).
+    private var next: [Int64]
+    /// Per input partition: the offset up to which the auditor has read it (this task's own
+    /// partition: `next[input]`; another: the last read-progress record from its task).
+    private var readUpTo: [Int64]
+    /// What this task last told each other task of its input position, and when.
+    private var sentReadUpTo: [Int64]
+    private var sentAt: Int64 = 0
+    /// The stall reported for this input partition and not yet resumed: its committed offset.
+    private var stalledAt: Int64?
 
-    init(role: AuditRole, partition: Int32, partitionCount: Int32, store: AuditStore, collector: RecordCollector) {
+    /// The header of a read-progress record on the auditor's repartition topic:
+    /// `<input topic>/<partition>/<next offset read>`.
+    static let readProgressHeader = "polyglot-audit-read"
+    static let progressHeartbeat: Int64 = 5_000
+
+    init(role: AuditRole, partition: Int32, partitionCount: Int32, store: AuditStore, collector: RecordCollector,
+         progress: ProcessorProgress) {
         self.role = role
         self.partition = partition
         self.partitionCount = partitionCount
         self.store = store
         self.collector = collector
+        self.progress = progress
+        inputTopic = role.configuration.runtime.inputTopic
         outputTopic = role.configuration.runtime.outputTopic
         deadLetterTopic = role.configuration.runtime.deadLetterTopic
-        let settle = role.configuration.settle.components
-        settleMilliseconds = settle.seconds * 1000 + settle.attoseconds / 1_000_000_000_000_000
-        reconciler = Self.reconciler(role: role, store: store)
-    }
-
-    private static func reconciler(role: AuditRole, store: AuditStore) -> AuditReconciler<SQLiteWindowStore> {
-        AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { _ in store.windows })
+        settleMilliseconds = role.configuration.settle.wholeMilliseconds
+        stallMilliseconds = role.configuration.stallAfter.wholeMilliseconds
+        next = []
+        readUpTo = []
+        sentReadUpTo = []
+        reconciler = AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { _ in store.windows })
+        resetPositions()
+        reconciler.sourceIsRead = { [unowned self] in self.sourceIsRead($0, receivedAt: $1) }
     }
 
     static func wallClock() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
@@ -203,9 +286,11 @@ public final class AuditTask: StreamTask {
     public func handle(_ m: borrowing KafkaRecordView, source from: Int) throws {
         let value = m.value ?? UnsafeRawBufferPointer(start: nil, count: 0)
         let now = Self.wallClock()
+        next[from] = m.offset + 1
         switch from {
         case AuditRole.input:
-            let position = AuditPosition.record(topic: role.configuration.runtime.inputTopic, partition: m.partition, offset: m.offset)
+            readUpTo[Int(partition)] = m.offset + 1
+            let position = AuditPosition.record(topic: inputTopic, partition: m.partition, offset: m.offset)
             // Read once, here: the reader's view says where the card belongs and is what the
             // reconciler checks. A rejected record is reconciled here, with its dead letter.
             let parameters = role.configuration.runtime.parameters
@@ -216,8 +301,17 @@ public final class AuditTask: StreamTask {
                 reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
             }
         case AuditRole.repartition:
+            if let read = m.header(Self.readProgressHeader) {
+                if case .record(_, let p, let offset)? = TopicAudit.position(read, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes),
+                   p >= 0, p < partitionCount, p != partition, offset > readUpTo[Int(p)] {
+                    readUpTo[Int(p)] = offset
+                    reconciler.drainOrphans()
+                }
+                sendFindings()
+                return
+            }
             let position = m.header("polyglot-source").flatMap {
-                TopicAudit.position($0, inputTopic: role.configuration.runtime.inputTopic, inputTopicBytes: role.inputTopicBytes)
+                TopicAudit.position($0, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes)
             } ?? .record(topic: role.configuration.repartitionTopic, partition: m.partition, offset: m.offset)
             reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
         case AuditRole.output:
@@ -226,17 +320,28 @@ public final class AuditTask: StreamTask {
                                   String(decoding: $0, as: UTF8.self)
                               }, receivedAt: now)
         default:
+            let source = sourcePosition(m)
             reconciler.deadLetter(value, code: m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) },
-                                  source: sourcePosition(m),
+                                  source: source,
                                   position: .record(topic: deadLetterTopic, partition: m.partition, offset: m.offset),
-                                  receivedAt: now)
+                                  receivedAt: now, inputRead: source != nil && sourceIsRead(source, receivedAt: now))
         }
         sendFindings()
     }
 
+    /// Whether the auditor has read the input partition `source` names past it (or it names
+    /// none, or another topic, or a partition the input does not have), or a probe begun after
+    /// the output arrived found the input partition's end at or before it: its input cannot come.
+    private func sourceIsRead(_ source: AuditPosition?, receivedAt: Int64) -> Bool {
+        guard case .record(let topic, let p, let offset)? = source, topic == inputTopic, p >= 0, p < partitionCount else { return true }
+        if offset < readUpTo[Int(p)] { return true }
+        if let end = progress.inputEnd(p, after: receivedAt), offset >= end { return true }
+        return false
+    }
+
     private func sourcePosition(_ m: borrowing KafkaRecordView) -> AuditPosition? {
         m.header("polyglot-source").flatMap {
-            TopicAudit.position($0, inputTopic: role.configuration.runtime.inputTopic, inputTopicBytes: role.inputTopicBytes)
+            TopicAudit.position($0, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes)
         }
     }
 
@@ -249,12 +354,7 @@ public final class AuditTask: StreamTask {
         FraudDetectionRole.withCardBytes(view: view, record: record, escaped: escaped) { card in
             home = role.configuration.runtime.partitioner.partition(of: card, count: partitionCount)
             guard home != partition else { return }
-            source.removeAll()
-            source.append(role.inputTopicBytes)
-            source.append(UInt8(ascii: "/"))
-            source.appendInteger(Int64(m.partition))
-            source.append(UInt8(ascii: "/"))
-            source.appendInteger(m.offset)
+            writeSource(partition: m.partition, offset: m.offset)
             let source = source
             collector.send(to: role.topics!.repartition, partition: home, key: UnsafeRawBufferPointer(card), value: value,
                            timestamp: m.timestamp) { headers in
@@ -262,6 +362,33 @@ public final class AuditTask: StreamTask {
             }
         }
         return home != partition
+    }
+
+    private func writeSource(partition p: Int32, offset: Int64) {
+        source.removeAll()
+        source.append(role.inputTopicBytes)
+        source.append(UInt8(ascii: "/"))
+        source.appendInteger(Int64(p))
+        source.append(UInt8(ascii: "/"))
+        source.appendInteger(offset)
+    }
+
+    /// Tells every other task how far this one has read its input partition, behind the inputs
+    /// it forwarded them: when it moved, and every few seconds (a task that moved here after a
+    /// rebalance learns it again).
+    private func sendReadProgress(now: Int64) {
+        let read = next[AuditRole.input]
+        let heartbeat = now - sentAt >= Self.progressHeartbeat
+        guard heartbeat || sentReadUpTo.contains(where: { $0 != read }) else { return }
+        sentAt = now
+        writeSource(partition: partition, offset: read)
+        let source = source
+        for q in 0..<partitionCount where q != partition && (heartbeat || sentReadUpTo[Int(q)] != read) {
+            collector.send(to: role.topics!.repartition, partition: q, key: nil, value: nil) { headers in
+                headers.add(Self.readProgressHeader, source.bytes)
+            }
+            sentReadUpTo[Int(q)] = read
+        }
     }
 
     private func sendFindings() {
@@ -279,15 +406,59 @@ public final class AuditTask: StreamTask {
     }
 
     public func punctuate(wallClock: Int64) throws -> Bool {
-        let changed = reconciler.expire(olderThan: wallClock - settleMilliseconds)
+        var changed = false
+        sendReadProgress(now: wallClock)
+        if reconciler.drainOrphans() { changed = true }
+        // Outputs are reconciled up to the first one still waiting for its input.
+        var reconciledOutputs = next[AuditRole.output]
+        if case .record(_, _, let offset)? = reconciler.firstWaitingOutput(lane: partition) { reconciledOutputs = offset }
+        if let due = progress.due(for: partition, output: reconciledOutputs, deadLetters: next[AuditRole.deadLetter]),
+           reconciler.decideMissing(below: due, inputTopic: inputTopic) {
+            changed = true
+        }
+        if reconciler.expire(olderThan: wallClock - settleMilliseconds) { changed = true }
+        if checkStall(now: wallClock) { changed = true }
         sendFindings()
         return changed
     }
+
+    /// One `stalled` finding when this input partition's oldest input waits for the processor
+    /// longer than the stall time, and one `resumed` when its committed offset moves again.
+    private func checkStall(now: Int64) -> Bool {
+        let w = progress.waiting(partition)
+        let group = role.configuration.processorGroup
+        func finding(_ kind: AuditFinding.Kind, message: String) -> AuditFinding {
+            AuditFinding(kind: kind, input: .record(topic: inputTopic, partition: partition, offset: max(w.committed, 0)),
+                         message: message, group: group, waitingInputs: w.count, waitingSince: w.since)
+        }
+        if let at = stalledAt {
+            guard w.committed > at || w.count == 0 else { return false }
+            stalledAt = nil
+            emit(finding(.resumed, message: "the processor's group committed past the stalled input"))
+            return true
+        }
+        // A group with no committed offset here has not started on this partition (or commits
+        // where this cluster does not keep it): the progress thread says so once, in the log.
+        guard w.committed >= 0, let since = w.since, now - since >= stallMilliseconds else { return false }
+        stalledAt = w.committed
+        emit(finding(.stalled, message: "the processor's group has not committed past this input for \((now - since) / 1000) s"))
+        return true
+    }
+
+    /// Sends a finding of the task's own (not the reconciler's) in the open cycle.
+    private func emit(_ finding: AuditFinding) {
+        role.send(finding, collector: collector)
+        cycleFindings.append(finding)
+        ownCounts.count(finding.kind)
+    }
+    private var ownCounts = AuditCounts()
 
     public func sealed() {
         sealedFindings += cycleFindings
         cycleFindings.removeAll()
         sealedCounts.add(reconciler.takeCounts())
+        sealedCounts.add(ownCounts)
+        ownCounts = AuditCounts()
     }
 
     public func committed() {
@@ -300,10 +471,24 @@ public final class AuditTask: StreamTask {
         // The store (ledger and windows) is back at the last commit; what the reconciler holds in
         // memory (waiting outputs, the lane's detector) is derived from records read since then,
         // which the runtime reads again.
-        reconciler = Self.reconciler(role: role, store: store)
+        reconciler = AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { [store] _ in store.windows })
+        reconciler.sourceIsRead = { [unowned self] in self.sourceIsRead($0, receivedAt: $1) }
         cycleFindings.removeAll()
         sealedFindings.removeAll()
         sealedCounts = AuditCounts()
+        ownCounts = AuditCounts()
+        stalledAt = nil
+        // Positions go back to the last commit, which the runtime rewinds to; what other tasks
+        // said of their reading comes again with their next read-progress records.
+        resetPositions()
+    }
+
+    private func resetPositions() {
+        let positions = store.checkpoint?.positions ?? []
+        next = (0..<4).map { $0 < positions.count ? max(0, positions[$0]) : 0 }
+        readUpTo = Array(repeating: 0, count: Int(partitionCount))
+        readUpTo[Int(partition)] = next[AuditRole.input]
+        sentReadUpTo = Array(repeating: -1, count: Int(partitionCount))
     }
 }
 
@@ -320,6 +505,8 @@ extension AuditCounts {
         flagged += other.flagged
         drift += other.drift
         unreadable += other.unreadable
+        stalled += other.stalled
+        resumed += other.resumed
     }
 }
 
@@ -336,8 +523,10 @@ public final class ContinuousAuditor: Sendable {
         try configuration.validate()
         self.configuration = configuration
         role = AuditRole(configuration: configuration, logger: logger)
-        runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration.runtime), logger: logger,
-                                observer: observer)
+        let runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration.runtime), logger: logger,
+                                    observer: observer)
+        self.runtime = runtime
+        role.runtimeIsStopping = { runtime.isStopping || runtime.statistics.phase == .stopped }
     }
 
     /// What `/metrics` and `/healthz` show.

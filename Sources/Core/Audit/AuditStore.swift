@@ -258,17 +258,34 @@ final class StoredAuditLedger: AuditLedger {
     private var sealedHead = 0
     private var committedHead = 0
     private var scratch: [UInt8] = []
+    /// Waiting inputs and rejected inputs by input partition and offset, for
+    /// ``AuditReconciler/decideMissing(below:inputTopic:)``.
+    private let positions = LedgerPositionIndex()
 
     init(store: CheckpointedStore<LedgerEntry>) {
         self.store = store
     }
 
-    /// Rebuilds the expiry queue from the committed entries (the task's start).
+    /// Rebuilds the expiry queue and the position index from the committed entries (the task's start).
     func loadQueue() {
         queue.removeAll()
+        positions.removeAll()
         store.forEachEntry(rankAtMost: .max) { e in
             queue.append((Array(store.key(e).buffer), store[e].rank))
+            switch store[e] {
+            case .transaction(let t):
+                for input in t.inputs {
+                    if case .record(_, let p, let o) = input.position { positions.append(partition: p, offset: o, id: input.transaction.transactionId) }
+                }
+            case .pairing(.rejected):
+                if case .pairing(.record(_, let p, let o))? = Array(store.key(e).buffer).withUnsafeBufferPointer({ LedgerEntry.ledgerKey($0) }) {
+                    positions.append(partition: p, offset: o, id: nil)
+                }
+            default:
+                break
+            }
         }
+        positions.sortAll()
         queue.sort { $0.rank < $1.rank }
         head = 0
         sealedHead = 0
@@ -310,7 +327,21 @@ final class StoredAuditLedger: AuditLedger {
     }
 
     func setPairing(_ value: LedgerPairing?, at position: AuditPosition) {
+        if case .rejected? = value, case .record(_, let p, let o) = position { positions.append(partition: p, offset: o, id: nil) }
         set(value.map { .pairing($0) } ?? .absent, key: LedgerEntry.key(position))
+    }
+
+    func appendInput(_ input: LedgerInput, for id: String) {
+        if case .record(_, let p, let o) = input.position { positions.append(partition: p, offset: o, id: id) }
+        var known = transaction(id)
+        known.inputs.append(input)
+        setTransaction(known, for: id)
+    }
+
+    /// The inputs of input partition `partition` below `offset` not taken before (the caller
+    /// checks each is still waiting): an offset and its transaction id, or nil for a rejected input.
+    func takeDue(partition: Int32, below offset: Int64) -> [(offset: Int64, id: String?)] {
+        positions.take(partition: partition, below: offset)
     }
 
     var mayHoldDeadLetters: Bool { true }
@@ -331,9 +362,13 @@ final class StoredAuditLedger: AuditLedger {
         return keys
     }
 
-    func sealed() { sealedHead = head }
+    func sealed() {
+        sealedHead = head
+        positions.sealed()
+    }
 
     func committed() {
+        positions.committed()
         committedHead = sealedHead
         // Keep the queue's storage bounded: drop what every live cycle has passed.
         if committedHead > 65_536, committedHead * 2 > queue.count {
@@ -347,6 +382,70 @@ final class StoredAuditLedger: AuditLedger {
     func rolledBack() {
         head = committedHead
         sealedHead = committedHead
+        positions.rolledBack()
+    }
+}
+
+/// Offsets per input partition in the order they were read (which is offset order: a task reads
+/// each input partition in order, directly or through the repartition topic), taken from the
+/// front as the processor commits past them. Follows the store's cycles: a rollback forgets what
+/// the rolled-back cycles appended and puts back what they took.
+final class LedgerPositionIndex {
+    private struct Partition {
+        var entries: [(offset: Int64, id: String?)] = []
+        var head = 0
+        var sealed = (head: 0, count: 0)
+        var committed = (head: 0, count: 0)
+    }
+    private var partitions: [Int32: Partition] = [:]
+
+    func append(partition p: Int32, offset: Int64, id: String?) {
+        partitions[p, default: Partition()].entries.append((offset, id))
+    }
+
+    func take(partition p: Int32, below offset: Int64) -> [(offset: Int64, id: String?)] {
+        guard var part = partitions[p] else { return [] }
+        let start = part.head
+        while part.head < part.entries.count, part.entries[part.head].offset < offset { part.head += 1 }
+        let taken = Array(part.entries[start..<part.head])
+        partitions[p] = part
+        return taken
+    }
+
+    func sortAll() {
+        for p in partitions.keys { partitions[p]!.entries.sort { $0.offset < $1.offset } }
+    }
+
+    func removeAll() { partitions.removeAll() }
+
+    func sealed() {
+        for p in partitions.keys { partitions[p]!.sealed = (partitions[p]!.head, partitions[p]!.entries.count) }
+    }
+
+    func committed() {
+        for p in partitions.keys {
+            var part = partitions[p]!
+            part.committed = part.sealed
+            // Keep storage bounded: drop what every live cycle has passed.
+            let passed = part.committed.head
+            if passed > 4_096, passed * 2 > part.entries.count {
+                part.entries.removeFirst(passed)
+                part.head -= passed
+                part.sealed = (part.sealed.head - passed, part.sealed.count - passed)
+                part.committed = (0, part.committed.count - passed)
+            }
+            partitions[p] = part
+        }
+    }
+
+    func rolledBack() {
+        for p in partitions.keys {
+            var part = partitions[p]!
+            part.entries.removeLast(part.entries.count - part.committed.count)
+            part.head = part.committed.head
+            part.sealed = part.committed
+            partitions[p] = part
+        }
     }
 }
 

@@ -11,6 +11,8 @@ public struct AuditorSettings: Sendable {
     public var findingsTopic: String?
     /// A duration.
     public var settle: String?
+    /// A duration.
+    public var stallAfter: String?
     /// A JSON number.
     public var highValue: String?
 
@@ -28,6 +30,7 @@ public struct AuditorSettings: Sendable {
             return nil
         }
         var settings = processor
+        let processorGroup = pick(processor.applicationID, .applicationID) ?? Setting.applicationID.defaultText
         settings.applicationID = pick(group, .auditGroup) ?? Setting.auditGroup.defaultText
         let runtime = try settings.resolve(environment: environment)
         let highValueText = pick(highValue, .auditHighValue) ?? Setting.auditHighValue.defaultText
@@ -36,12 +39,14 @@ public struct AuditorSettings: Sendable {
         }
         let settleText = pick(settle, .auditSettle) ?? Setting.auditSettle.defaultText
         let settleMs = try Durations.milliseconds(settleText, setting: settle != nil ? Setting.auditSettle.flag : Setting.auditSettle.variable)
+        let stallText = pick(stallAfter, .auditStallAfter) ?? Setting.auditStallAfter.defaultText
+        let stallMs = try Durations.milliseconds(stallText, setting: stallAfter != nil ? Setting.auditStallAfter.flag : Setting.auditStallAfter.variable)
         let configuration = AuditorConfiguration(
             runtime: runtime,
             audit: AuditConfiguration(parameters: runtime.parameters, highValueThreshold: threshold,
                                       fingerprintDigest: runtime.fingerprintDigest),
             findingsTopic: pick(findingsTopic, .auditFindingsTopic) ?? Setting.auditFindingsTopic.defaultText,
-            settle: .milliseconds(settleMs))
+            processorGroup: processorGroup, settle: .milliseconds(settleMs), stallAfter: .milliseconds(stallMs))
         try configuration.validate()
         return configuration
     }

@@ -112,8 +112,8 @@ public struct Setting: Sendable, Hashable {
     public static let applicationID = Setting(
         "POLYGLOT_APPLICATION_ID", flag: "--application-id", default: DevBrokerOptions.defaultApplicationID,
         help: "Application id of `process`: its consumer group and the prefix of its internal topics.",
-        notes: "They are <id>-windows-changelog and <id>-repartition.",
-        roles: [.process], section: .processing)
+        notes: "They are <id>-windows-changelog and <id>-repartition. The continuous auditor reads this group's committed offsets to know which inputs are due.",
+        roles: [.process, .audit], section: .processing)
     /// `POLYGLOT_STATE_DIR`.
     public static let stateDirectory = Setting(
         "POLYGLOT_STATE_DIR", flag: "--state-dir", default: "/var/lib/polyglot/process",
@@ -182,7 +182,13 @@ public struct Setting: Sendable, Hashable {
     /// `POLYGLOT_AUDIT_SETTLE`.
     public static let auditSettle = Setting(
         "POLYGLOT_AUDIT_SETTLE", flag: "--settle", default: "30s",
-        help: "How long the auditor waits for an input's output (or dead letter), and for an output's input, before it reports it missing (or orphan).",
+        help: "How long the continuous auditor remembers a matched transaction id, so a second output for it is a duplicate rather than an orphan.",
+        notes: "Missing and orphan never depend on it: they come from the processor group's committed offsets and what the auditor has read.",
+        roles: [.audit], section: .auditor)
+    /// `POLYGLOT_AUDIT_STALL_AFTER`.
+    public static let auditStallAfter = Setting(
+        "POLYGLOT_AUDIT_STALL_AFTER", flag: "--stall-after", default: "5m",
+        help: "How long the oldest input the processor's group has not committed past may wait before its partition is reported stalled.",
         roles: [.audit], section: .auditor)
     /// `POLYGLOT_AUDIT_HIGH_VALUE`.
     public static let auditHighValue = Setting(
@@ -214,7 +220,7 @@ public struct Setting: Sendable, Hashable {
         inputTopic, outputTopic, deadLetterTopic,
         applicationID, stateDirectory, guarantee, commitInterval, instanceID, untilEnd,
         window, threshold, grace, retention, maxFutureSkew,
-        auditGroup, auditFindingsTopic, auditSettle, auditHighValue,
+        auditGroup, auditFindingsTopic, auditSettle, auditStallAfter, auditHighValue,
         logLevel, metricsPort, healthBrokerTimeout,
     ]
 

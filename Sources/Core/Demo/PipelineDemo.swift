@@ -164,7 +164,7 @@ public final class PipelineDemo: Sendable {
         let auditorConfiguration = AuditorConfiguration(
             runtime: auditorRuntime,
             audit: AuditConfiguration(parameters: auditorRuntime.parameters, fingerprintDigest: digest),
-            settle: o.settle)
+            processorGroup: processorConfiguration.applicationID, settle: o.settle)
         var quiet = logger
         quiet.logLevel = max(logger.logLevel, .error)
         let processor = try StreamProcessor(configuration: processorConfiguration, logger: quiet, observer: processorObserver)
