@@ -21,6 +21,7 @@ struct AuditPositionTests {
     /// from at-least-once commits; a real cluster runs them exactly once.
     static let guarantee: ProcessingGuarantee = TestCluster.usesMock ? .atLeastOnce : .exactlyOnce
 
+    /// An auditor whose settle time is far shorter than any wait in these tests: waiting decides nothing.
     func auditor(_ topics: ProcessorTopics, state: URL, stallAfter: Duration = .seconds(300),
                  kafka extra: [String: String] = [:]) throws -> ContinuousAuditor {
         let group = "audit-\(UUID().uuidString.prefix(8).lowercased())"
@@ -33,7 +34,7 @@ struct AuditPositionTests {
         for (k, v) in extra { runtime.kafka.set(k, v) }
         let configuration = AuditorConfiguration(
             runtime: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
-            findingsTopic: "\(group)-findings", processorGroup: topics.applicationID, settle: .seconds(30),
+            findingsTopic: "\(group)-findings", processorGroup: topics.applicationID, settle: .milliseconds(500),
             stallAfter: stallAfter, probeInterval: .milliseconds(200))
         return try ContinuousAuditor(configuration: configuration, logger: logger)
     }
@@ -74,6 +75,11 @@ struct AuditPositionTests {
             try await topics.produce(Array(records[300...]))
             #expect(try await waitUntil(within: .seconds(60)) { auditor.counts.stalled >= 1 && auditor.counts.inputs == n })
             #expect(auditor.counts.missing == 0)
+            // /metrics: the inputs waiting for the processor and the oldest one's age, per partition.
+            let samples = auditor.role.metricSamples
+            let waiting = samples.filter { $0.name == "polyglot_audit_waiting_inputs" }
+            #expect(waiting.count == 3 && waiting.map(\.value).reduce(0, +) == Int64(n - 300), "\(waiting)")
+            #expect(samples.contains { $0.name == "polyglot_audit_oldest_waiting_seconds" && $0.value >= 2 })
             try await run(StreamProcessor(configuration: topics.configuration(stateDirectory: processorState, guarantee: Self.guarantee), logger: logger))
         }) { $0.outputs == n && $0.resumed >= $0.stalled && $0.stalled >= 1 }
         let c = auditor.counts
