@@ -53,6 +53,30 @@ struct ObservabilityTests {
         #expect(RoleHealth.evaluate(s, now: now).state == .stopping)
     }
 
+    /// A restore that stopped advancing: `/healthz` names its changelog partition, position,
+    /// end and why; the metrics carry each restoring partition's remaining records and stall.
+    @Test func aStalledRestoreIsNamedInHealthAndMetrics() throws {
+        var s = RuntimeStatistics()
+        s.phase = .running
+        s.lastPollAt = .now
+        s.assignedPartitions = 2
+        s.tasks = 1
+        s.restoreRemaining = 9
+        s.restores = [PartitionRestore(changelog: KafkaTopicPartition("app-windows-changelog", 1), position: 41, end: 50,
+                                       stall: RestoreStall(seconds: 31, reason: .recordsNotDelivered(highWatermark: 53)))]
+        s.consumerLag = [KafkaTopicPartition("in", 1): 7, KafkaTopicPartition("app-repartition", 1): 0]
+        let health = RoleHealth.evaluate(s)
+        #expect(health.state == .restoring)
+        #expect(health.reason == "restoring 1 of 2 partitions, 9 changelog records left; app-windows-changelog/1 at 41 of 50, no progress for 31s: no record arrives at the position though the changelog's readable end is past it (high watermark 53): records missing or not deliverable")
+        let metrics = RoleMetrics(role: "test", fingerprintDigest: "abcd", families: [])
+        let text = try PrometheusText(metrics.exposition(of: RoleSnapshot(runtime: s, samples: [])))
+        let labels = ["topic": "app-windows-changelog", "partition": "1"]
+        #expect(text["polyglot_restore_partition_remaining_records", labels] == 9)
+        #expect(text["polyglot_restore_stalled_seconds", labels] == 31)
+        #expect(text["polyglot_consumer_lag", ["topic": "in", "partition": "1"]] == 7)
+        #expect(text["polyglot_consumer_lag", ["topic": "app-repartition", "partition": "1"]] == 0)
+    }
+
     @Test func healthBodyIsOneLineOfJSON() throws {
         for health in [RoleHealth(state: .running, reason: nil),
                        RoleHealth(state: .brokerUnreachable, reason: "broker \"1\" unreachable\nfor 3s")] {

@@ -70,7 +70,14 @@ public struct RoleHealth: Sendable, Hashable {
             return RoleHealth(state: .waitingForAssignment, reason: "no partitions assigned yet")
         }
         if s.tasks < s.assignedPartitions {
-            return RoleHealth(state: .restoring, reason: "restoring \(s.assignedPartitions - s.tasks) of \(s.assignedPartitions) partitions, \(s.restoreRemaining) changelog records left")
+            var reason = "restoring \(s.assignedPartitions - s.tasks) of \(s.assignedPartitions) partitions, \(s.restoreRemaining) changelog records left"
+            // A restore that stopped advancing says where it stands and why it waits.
+            let stalled = s.restores.filter { $0.stall != nil }
+            if !stalled.isEmpty {
+                reason += "; " + stalled.prefix(3).map(\.summary).joined(separator: "; ")
+                if stalled.count > 3 { reason += "; \(stalled.count - 3) more stalled" }
+            }
+            return RoleHealth(state: .restoring, reason: reason)
         }
         return RoleHealth(state: .running, reason: nil)
     }

@@ -124,6 +124,8 @@ public final class RoleMetrics: RuntimeObserver {
         .counter("polyglot_restored_records_total", help: "Changelog records applied while restoring stores."),
         .gauge("polyglot_restore_remaining_records", help: "Changelog records still to restore."),
         .gauge("polyglot_restoring_partitions", help: "Partitions whose store is being restored."),
+        .gauge("polyglot_restore_partition_remaining_records", help: "Changelog records a restoring partition has still to apply, per changelog partition."),
+        .gauge("polyglot_restore_stalled_seconds", help: "How long a restoring partition has not advanced, once past the stall limit (0 while it advances)."),
         .gauge("polyglot_assigned_partitions", help: "Partitions the consumer group assigned to this instance."),
         .gauge("polyglot_running_partitions", help: "Assigned partitions restored and processing."),
         .gauge("polyglot_consumer_lag", help: "Records (and transaction markers) after the consumer's position, per source partition."),
@@ -158,6 +160,11 @@ public final class RoleMetrics: RuntimeObserver {
             MetricSample("polyglot_broker_reachable", value: s.broker.unreachableSince == nil ? 1 : 0),
             MetricSample("polyglot_healthy", value: health.isHealthy ? 1 : 0),
         ]
+        for restore in s.restores {
+            let labels = ["topic": restore.changelog.topic, "partition": "\(restore.changelog.partition)"]
+            gauges.append(MetricSample("polyglot_restore_partition_remaining_records", labels: labels, value: restore.remaining))
+            gauges.append(MetricSample("polyglot_restore_stalled_seconds", labels: labels, value: restore.stall?.seconds ?? 0))
+        }
         for (tp, lag) in s.consumerLag {
             gauges.append(MetricSample("polyglot_consumer_lag", labels: ["topic": tp.topic, "partition": "\(tp.partition)"], value: lag))
         }

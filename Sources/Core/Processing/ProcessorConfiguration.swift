@@ -11,6 +11,7 @@ extension RuntimeConfiguration {
                   guarantee: c.guarantee, commitInterval: c.commitInterval, untilEnd: c.untilEnd,
                   transactionalID: Self.transactionalID(c), connectTimeout: c.connectTimeout,
                   maxRecordsPerTransaction: c.maxRecordsPerTransaction)
+        restoreStallLimit = c.restoreStallLimit
     }
 
     static func transactionalID(_ c: ProcessorConfiguration) -> String {
@@ -53,6 +54,9 @@ public struct ProcessorConfiguration: Sendable {
     public var connectTimeout: Duration
     /// A transaction commits once it holds this many records, before its interval is up.
     public var maxRecordsPerTransaction = 50_000
+    /// How long a restore may go without advancing before it reports why it waits
+    /// (``RuntimeConfiguration/restoreStallLimit``).
+    public var restoreStallLimit: Duration = .seconds(30)
 
     public init(kafka: KafkaConfiguration,
                 applicationID: String = DevBrokerOptions.defaultApplicationID,

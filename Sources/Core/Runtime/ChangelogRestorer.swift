@@ -6,9 +6,14 @@ import Logging
 /// restore takes (a long one breaks `max.poll.interval.ms` and the member is thrown out); here
 /// the run loop calls ``step(budget:)`` between polls of the group consumer, whose restoring
 /// partitions stay paused. Every restoring partition is assigned to the restore consumer at
-/// once, so they fetch in parallel. A partition is done when its position reaches the high
-/// watermark seen when its restore began (transaction markers move the position past the last
-/// record).
+/// once, so they fetch in parallel. A partition is done when its position reaches the end a
+/// read_committed reader could see when its restore began: the last stable offset, which stops
+/// before another producer's open transaction (transaction markers move the position past the
+/// last record).
+///
+/// A restore that does not advance for longer than ``stallLimit`` looks for the end again: at
+/// or before its position, it is done; otherwise it reports why it waits (``RestoreStall``),
+/// in the log, the runtime's statistics and `/healthz`, until it advances.
 final class ChangelogRestorer<Role: StreamRole> {
     /// Restore progress, for logs, metrics and health.
     struct Progress: Sendable, Hashable {
@@ -21,20 +26,33 @@ final class ChangelogRestorer<Role: StreamRole> {
     private final class Job {
         let slot: TaskSlot<Role>
         let store: Role.Task.Store
-        let high: Int64
+        /// Where the restore ends (see ``PartitionRestore/end``).
+        var end: Int64
         var next: Int64
+        /// The checkpoint's offset when the restore began: a restore stopped before it applied
+        /// anything leaves the checkpoint as it was.
+        let checkpointed: Int64?
         var positions: [Int64]
         var applied = 0
         var sinceCommit = 0
         let began: ContinuousClock.Instant
+        /// When `next` last moved, and when the end was last looked for again.
+        var advancedAt: ContinuousClock.Instant
+        var advancedFrom: Int64
+        var checkedAt: ContinuousClock.Instant?
+        var stall: RestoreStall?
 
-        init(slot: TaskSlot<Role>, store: Role.Task.Store, high: Int64, next: Int64, positions: [Int64], began: ContinuousClock.Instant) {
+        init(slot: TaskSlot<Role>, store: Role.Task.Store, end: Int64, next: Int64, checkpointed: Int64?, positions: [Int64],
+             began: ContinuousClock.Instant) {
             self.slot = slot
             self.store = store
-            self.high = high
+            self.end = end
             self.next = next
+            self.checkpointed = checkpointed
             self.positions = positions
             self.began = began
+            advancedAt = began
+            advancedFrom = next
         }
     }
 
@@ -57,10 +75,17 @@ final class ChangelogRestorer<Role: StreamRole> {
     /// holds in memory and what a crash during it repeats.
     static var commitEvery: Int { 200_000 }
 
-    init(consumer: KafkaConsumer, topic: String, sourceCount: Int, logger: Logger) {
+    /// How long a restore may go without advancing before it looks for its end again and,
+    /// still short of it, reports why it waits.
+    let stallLimit: Duration
+
+    /// `consumer` must read with `isolation.level=read_committed`: its view of the end is what
+    /// a restore targets.
+    init(consumer: KafkaConsumer, topic: String, sourceCount: Int, stallLimit: Duration = .seconds(30), logger: Logger) {
         self.consumer = consumer
         self.topic = topic
         self.sourceCount = sourceCount
+        self.stallLimit = stallLimit
         self.logger = logger
     }
 
@@ -68,7 +93,14 @@ final class ChangelogRestorer<Role: StreamRole> {
 
     var progress: Progress {
         Progress(restoring: jobs.count, restored: restoredRecords,
-                 remaining: jobs.values.reduce(0) { $0 + max($1.high - $1.next, 0) })
+                 remaining: jobs.values.reduce(0) { $0 + max($1.end - $1.next, 0) })
+    }
+
+    /// Each restoring partition, by partition.
+    var partitions: [PartitionRestore] {
+        jobs.values.sorted { $0.slot.partition < $1.slot.partition }.map {
+            PartitionRestore(changelog: KafkaTopicPartition(topic, $0.slot.partition), position: $0.next, end: $0.end, stall: $0.stall)
+        }
     }
 
     /// Decides where `slot`'s restore starts. Returns false when the store is current (nothing
@@ -77,6 +109,7 @@ final class ChangelogRestorer<Role: StreamRole> {
     func begin(_ slot: TaskSlot<Role>, store: inout Role.Task.Store,
                rebuild: () throws -> Role.Task.Store) throws -> Bool {
         let tp = KafkaTopicPartition(topic, slot.partition)
+        // A read_committed client's ListOffsets answers the last stable offset as the end.
         let marks = try consumer.queryWatermarks(tp, timeout: .seconds(30))
         // From the last record already applied: its headers give the exact source positions
         // (applying it again changes nothing).
@@ -97,7 +130,7 @@ final class ChangelogRestorer<Role: StreamRole> {
         slot.restoredPositions = Self.positions(of: store.checkpoint, count: sourceCount)
         guard start < marks.high else { return false }
         logger.info("restoring", metadata: ["partition": "\(slot.partition)", "from": "\(start)", "to": "\(marks.high)"])
-        jobs[slot.partition] = Job(slot: slot, store: store, high: marks.high, next: start,
+        jobs[slot.partition] = Job(slot: slot, store: store, end: marks.high, next: start, checkpointed: store.checkpoint?.changelogOffset,
                                    positions: slot.restoredPositions, began: .now)
         // Assigned at the next step, together with the others that begin now: every assign
         // resets the fetch state of all partitions.
@@ -133,16 +166,30 @@ final class ChangelogRestorer<Role: StreamRole> {
                 job.applied += 1
                 job.sinceCommit += 1
             }
+            let now = ContinuousClock.now
             for (p, job) in jobs {
                 // Transaction markers advance the position without a record.
                 if let position = try consumer.position([KafkaTopicPartition(topic, p)]).first?.offset, position > job.next {
                     job.next = position
                 }
-                if job.next >= job.high || job.sinceCommit >= Self.commitEvery {
+                if job.next > job.advancedFrom {
+                    if let stall = job.stall {
+                        logger.notice("restore advances again", metadata: [
+                            "partition": "\(p)", "position": "\(job.next)", "end": "\(job.end)", "stalledSeconds": "\(stall.seconds)"])
+                    }
+                    job.advancedFrom = job.next
+                    job.advancedAt = now
+                    job.stall = nil
+                } else if job.next < job.end, now - job.advancedAt >= stallLimit,
+                          job.checkedAt.map({ now - $0 >= stallLimit }) ?? true {
+                    checkStalled(job, now: now)
+                }
+                if job.stall != nil { job.stall?.seconds = (now - job.advancedAt).components.seconds }
+                if job.next >= job.end || job.sinceCommit >= Self.commitEvery {
                     try job.store.commitRestore(checkpoint: StoreCheckpoint(positions: job.positions, changelogOffset: job.next))
                     job.sinceCommit = 0
                 }
-                if job.next >= job.high {
+                if job.next >= job.end {
                     let elapsed = Self.seconds(ContinuousClock.now - job.began)
                     restoredRecords += job.applied
                     // Paused rather than unassigned: reassigning would restart every other
@@ -171,17 +218,61 @@ final class ChangelogRestorer<Role: StreamRole> {
     /// restore of it continues from there.
     func cancel(_ partition: Int32) {
         guard let job = jobs.removeValue(forKey: partition) else { return }
-        do {
-            try job.store.commitRestore(checkpoint: StoreCheckpoint(positions: job.positions, changelogOffset: job.next))
-        } catch {
+        // Only what was applied moves the checkpoint: the restore starts at the record before
+        // the checkpoint's offset, so a checkpoint of the start would move it back one record
+        // per cancelled restore.
+        if job.applied > 0 || job.next > job.checkpointed ?? -1 {
+            do {
+                try job.store.commitRestore(checkpoint: StoreCheckpoint(positions: job.positions, changelogOffset: job.next))
+            } catch {
+                job.store.rollback()
+            }
+        } else {
             job.store.rollback()
         }
         if jobs.isEmpty { try? idle() } else { try? consumer.pause([KafkaTopicPartition(topic, partition)]) }
     }
 
     private func reassign() throws {
-        try consumer.assign(jobs.values.map { KafkaTopicPartitionOffset(topic, $0.slot.partition, offset: $0.next) })
+        let partitions = jobs.values.map { KafkaTopicPartitionOffset(topic, $0.slot.partition, offset: $0.next) }
+        try consumer.assign(partitions)
+        // librdkafka keeps a partition the application paused paused through unassign and
+        // assign, and this consumer pauses each partition whose restore ends: one restored
+        // before would never fetch again.
+        try consumer.resume(partitions.map(\.topicPartition))
         assignmentIsStale = false
+    }
+
+    /// A restore that has not advanced for ``stallLimit``: done if the end a read_committed
+    /// reader sees now is at or before its position; otherwise it says why it waits.
+    private func checkStalled(_ job: Job, now: ContinuousClock.Instant) {
+        job.checkedAt = now
+        let tp = KafkaTopicPartition(topic, job.slot.partition)
+        let seconds = (now - job.advancedAt).components.seconds
+        let reason: RestoreStall.Reason
+        do {
+            let marks = try consumer.queryWatermarks(tp, timeout: .seconds(5))
+            if marks.high <= job.next {
+                logger.notice("restore ends at the changelog's end as a read_committed reader sees it now", metadata: [
+                    "partition": "\(tp.partition)", "position": "\(job.next)", "end": "\(marks.high)", "endAtStart": "\(job.end)"])
+                job.end = job.next
+                job.stall = nil
+                return
+            }
+            job.end = min(job.end, marks.high)
+            if let cached = consumer.cachedWatermarks(tp) {
+                reason = .recordsNotDelivered(highWatermark: cached.high)
+            } else {
+                reason = .noFetchResponse
+            }
+        } catch {
+            reason = .endUnknown("\(error)")
+        }
+        let stall = RestoreStall(seconds: seconds, reason: reason)
+        job.stall = stall
+        logger.warning("restore not advancing", metadata: [
+            "topic": "\(topic)", "partition": "\(tp.partition)", "position": "\(job.next)", "end": "\(job.end)",
+            "seconds": "\(seconds)", "reason": "\(stall.explanation)"])
     }
 
     /// No restore left: nothing assigned, and the time spent counted.

@@ -29,6 +29,9 @@ public struct RuntimeConfiguration: Sendable {
     public var maxRecordsPerTransaction: Int
     /// Fails transaction calls on purpose (tests that abort transactions on any cluster).
     public var transactionFaults: TransactionFaultInjector?
+    /// How long a partition's restore may go without advancing before it looks for the
+    /// changelog's end again and, still short of it, reports why it waits (log, `/healthz`).
+    public var restoreStallLimit: Duration = .seconds(30)
 
     public init(kafka: KafkaConfiguration, groupID: String, stateDirectory: String, guarantee: ProcessingGuarantee,
                 commitInterval: Duration, untilEnd: Bool, transactionalID: String, connectTimeout: Duration = .seconds(15),
@@ -83,6 +86,8 @@ public struct RuntimeStatistics: Sendable, Hashable {
     /// Changelog records still to restore, and tasks restoring.
     public var restoreRemaining: Int64 = 0
     public var restoringTasks = 0
+    /// Each restoring partition: position, end and, once it stops advancing, why.
+    public var restores: [PartitionRestore] = []
     public var tasks = 0
     /// Time spent restoring stores from the changelog.
     public var restoreSeconds = 0.0
@@ -106,9 +111,10 @@ public struct RuntimeStatistics: Sendable, Hashable {
     /// When a transaction last committed, and how many aborted in a row since then.
     public var lastCommitAt: ContinuousClock.Instant?
     public var consecutiveAborts = 0
-    /// Records left to read per source partition (high watermark minus position, of running
-    /// tasks), sampled about once a second. Transaction markers count: a transactional topic
-    /// read to its end shows 1.
+    /// Records left to read per source partition, of every assigned partition, sampled about
+    /// once a second: high watermark minus position for running tasks (transaction markers
+    /// count: a transactional topic read to its end shows 1), end minus the group's committed
+    /// offset for partitions still restoring.
     public var consumerLag: [KafkaTopicPartition: Int64] = [:]
     /// Bytes of each task's store files, sampled every few seconds.
     public var storeBytes: [Int32: Int64] = [:]

@@ -64,6 +64,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     private var lagSampledAt: ContinuousClock.Instant?
     private var storesSampledAt: ContinuousClock.Instant?
     private var sampledStores = 0
+    private let lagSampler = ConsumerLagSampler()
 
     /// The cycle whose Kafka commit is in flight.
     private struct CommitInFlight {
@@ -174,7 +175,8 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         restoreConfig.setConsumerPrefetchDefaults()
         let restoreConsumer = try KafkaConsumer(configuration: restoreConfig, logger: logger)
         defer { restoreConsumer.close() }
-        restorer = ChangelogRestorer(consumer: restoreConsumer, topic: role.changelogTopic, sourceCount: sources.count, logger: logger)
+        restorer = ChangelogRestorer(consumer: restoreConsumer, topic: role.changelogTopic, sourceCount: sources.count,
+                                     stallLimit: c.restoreStallLimit, logger: logger)
 
         if c.untilEnd {
             endOffsets = try sources.map { source in
@@ -413,28 +415,21 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         }
     }
 
-    /// Consumer lag about once a second and store sizes every few seconds: both from local
-    /// state (positions, the watermarks of the last fetch responses, file sizes), no request.
+    /// Consumer lag about once a second and store sizes every few seconds, of every assigned
+    /// partition (``ConsumerLagSampler``).
     private func sampleLagAndStores(now: ContinuousClock.Instant) {
         if let last = lagSampledAt, now - last < .seconds(1) { return }
         lagSampledAt = now
-        var lag: [KafkaTopicPartition: Int64] = [:]
-        let running = tasks.running
-        for source in role.sources {
-            let tps = running.map { KafkaTopicPartition(source.name, $0.partition) }
-            guard !tps.isEmpty, let positions = try? consumer.position(tps) else { continue }
-            for position in positions where position.offset >= 0 {
-                guard let marks = consumer.cachedWatermarks(position.topicPartition) else { continue }
-                lag[position.topicPartition] = max(0, marks.high - position.offset)
-            }
-        }
+        let all = tasks.all
+        let lag = lagSampler.sample(consumer, sources: role.sources.map(\.name), running: all.filter { $0.task != nil }.map(\.partition),
+                                    waiting: all.filter { $0.task == nil }.map(\.partition), now: now)
         var stores: [Int32: Int64]?
-        let open = tasks.all.filter { $0.store != nil }
+        let open = all.filter { $0.store != nil }
         // A store opened or closed since: sampled now, not up to ten seconds later.
         if storesSampledAt.map({ now - $0 >= .seconds(10) }) ?? true || open.count != sampledStores {
             storesSampledAt = now
             sampledStores = open.count
-            stores = Dictionary(uniqueKeysWithValues: open.map { ($0.partition, Self.directoryBytes($0.directory)) })
+            stores = Dictionary(uniqueKeysWithValues: open.map { ($0.partition, ConsumerLagSampler.directoryBytes($0.directory)) })
         }
         statsBox.withLock {
             $0.consumerLag = lag
@@ -442,23 +437,13 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         }
     }
 
-    /// Bytes of the regular files in a directory (a store's database and journal files).
-    static func directoryBytes(_ path: String) -> Int64 {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return 0 }
-        var total: Int64 = 0
-        for name in names {
-            var info = stat()
-            if lstat(path + "/" + name, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG { total += Int64(info.st_size) }
-        }
-        return total
-    }
-
     private func publishRestoreProgress() {
         let p = restorer.progress
-        let restored = restorer.restoredRecords, seconds = restorer.restoreSeconds
+        let restored = restorer.restoredRecords, seconds = restorer.restoreSeconds, partitions = restorer.partitions
         statsBox.withLock {
             $0.restoringTasks = p.restoring
             $0.restoreRemaining = p.remaining
+            $0.restores = partitions
             $0.restoredRecords = restored
             $0.restoreSeconds = seconds
         }
@@ -822,6 +807,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             $0.tasks = running
             $0.assignedPartitions = assigned
             $0.consumerLag = $0.consumerLag.filter { !leaving.contains($0.key.partition) }
+            $0.restores = $0.restores.filter { !leaving.contains($0.changelog.partition) }
             $0.storeBytes = $0.storeBytes.filter { !leaving.contains($0.key) }
         }
     }

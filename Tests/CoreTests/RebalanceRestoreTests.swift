@@ -1,0 +1,220 @@
+import Foundation
+import Logging
+import Synchronization
+import Testing
+@testable import Core
+
+/// Scaling a group in and out on the dev broker: instances join and leave while long-running
+/// ones keep processing; every partition that comes back is restored from the changelog, and
+/// every long-running instance ends healthy with every input's output equal to replay's.
+@Suite("Rebalance restores", .serialized, .brokerHeavy)
+struct RebalanceRestoreTests {
+    let logger: Logger = {
+        var l = Logger(label: "polyglot.test.rebalance")
+        l.logLevel = ProcessInfo.processInfo.environment["POLYGLOT_TEST_LOG"] == nil ? .warning : .info
+        return l
+    }()
+
+    /// A short session: the dev broker waits the session timeout minus a second before it
+    /// completes a rebalance, and this suite rebalances a dozen times.
+    func configuration(_ topics: ProcessorTopics, state: URL, untilEnd: Bool) -> ProcessorConfiguration {
+        var c = topics.configuration(stateDirectory: state, untilEnd: untilEnd)
+        c.kafka.set("session.timeout.ms", "2500")
+        c.kafka.set("heartbeat.interval.ms", "250")
+        return c
+    }
+
+    /// One long-running instance, then three short-lived ones (`--until-end`, their own state
+    /// directories) joining and leaving one after the other, then new records.
+    @Test func oneLongRunningInstanceSurvivesThreeShortLivedOnes() async throws {
+        try await churn(longRunning: 1)
+    }
+
+    /// The same with two long-running instances sharing the partitions.
+    @Test func twoLongRunningInstancesSurviveThreeShortLivedOnes() async throws {
+        try await churn(longRunning: 2)
+    }
+
+    /// Restores that start while another producer's transaction on the changelog is still open:
+    /// each ends (at what a read_committed reader can reach) instead of waiting for the
+    /// transaction, and the instances they belong to process what follows.
+    @Test func restoreStartsWhileAChangelogTransactionIsOpen() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 6)
+        let workload = Workload.valid(count: 480, cards: 24)
+        let initial = 360
+        let states = try (0..<3).map { _ in try TestPaths.temporaryDirectory() }
+        defer { for s in states { try? FileManager.default.removeItem(at: s) } }
+        let long = try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: false), logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await long.runOnDedicatedThread() }
+            try await topics.produce(Array(workload.kafkaRecords[..<initial]))
+            try await waitForOutputs([long], count: initial)
+            // Another producer's transaction on every changelog partition, left open: a copy of
+            // each partition's last record (applying it again changes nothing).
+            let open = try await openChangelogTransaction(topics)
+            for state in states.dropFirst() {
+                let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger)
+                try await run(short, timeout: .seconds(60))
+            }
+            try await open.abortTransaction(timeout: .seconds(10))
+            _ = await open.close()
+            try await topics.produce(Array(workload.kafkaRecords[initial...]))
+            try await waitForOutputs([long], count: workload.records.count, healthy: true)
+            long.requestStop()
+            try await group.waitForAll()
+        }
+        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: long.statistics.transactionsAborted > 0)
+    }
+
+    /// A restore whose fetches fail stops advancing: past the stall limit, `/healthz` names the
+    /// changelog partition, its position, the end it waits for and why; once fetches answer
+    /// again it finishes and the run ends with replay's outputs.
+    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock))
+    func aRestoreThatCannotAdvanceSaysWhy() async throws {
+        let cluster = try TestCluster()
+        let mock = try #require(cluster.mock)
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        let workload = Workload.valid(count: 200, cards: 8)
+        try await topics.produce(Array(workload.kafkaRecords[..<150]))
+        let states = try (0..<2).map { _ in try TestPaths.temporaryDirectory() }
+        defer { for s in states { try? FileManager.default.removeItem(at: s) } }
+        try await run(try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: true), logger: logger))
+        try await topics.produce(Array(workload.kafkaRecords[150...]))
+        // A fresh instance restores everything; every fetch fails for a few seconds (each
+        // failure backs off 500 ms), so its restore stops advancing past a 1 s limit.
+        var c = configuration(topics, state: states[1], untilEnd: true)
+        c.restoreStallLimit = .seconds(1)
+        c.kafka.set("fetch.error.backoff.ms", "500")
+        mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 12))
+        let restoring = try StreamProcessor(configuration: c, logger: logger)
+        // The reason `/healthz` gave while a restore stalled, if it ever did.
+        let seen = try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask {
+                try await run(restoring, timeout: .seconds(60))
+                return nil
+            }
+            group.addTask {
+                var reason: String?
+                _ = try await waitUntil(within: .seconds(30)) {
+                    let s = restoring.statistics.runtime
+                    guard s.restores.contains(where: { $0.stall != nil }) else { return s.phase == .stopped }
+                    reason = RoleHealth.evaluate(s).reason
+                    return true
+                }
+                return reason
+            }
+            var found: String?
+            for try await reason in group { found = found ?? reason }
+            return found
+        }
+        let reason = try #require(seen, "no stall was reported")
+        let changelog = "\(topics.applicationID)-windows-changelog"
+        #expect(reason.contains("\(changelog)/"), "\(reason)")
+        #expect(reason.contains("no progress for"), "\(reason)")
+        #expect(reason.contains(" of "), "\(reason)")
+        #expect(restoring.statistics.restores.isEmpty)
+        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: false)
+    }
+
+    func churn(longRunning: Int) async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 6)
+        let workload = Workload.valid(count: 480, cards: 24)
+        let initial = 360
+        let states = try (0..<(longRunning + 3)).map { _ in try TestPaths.temporaryDirectory() }
+        defer { for s in states { try? FileManager.default.removeItem(at: s) } }
+        let long = try states.prefix(longRunning).map {
+            try StreamProcessor(configuration: configuration(topics, state: $0, untilEnd: false), logger: logger)
+        }
+        var shortLived: [StreamProcessor] = []
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for p in long { group.addTask { try await p.runOnDedicatedThread() } }
+            try await topics.produce(Array(workload.kafkaRecords[..<initial]))
+            try await waitForOutputs(long, count: initial, healthy: true)
+            for state in states.dropFirst(longRunning) {
+                let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger)
+                try await run(short, timeout: .seconds(60))
+                shortLived.append(short)
+            }
+            try await topics.produce(Array(workload.kafkaRecords[initial...]))
+            try await waitForOutputs(long + shortLived, count: workload.records.count, healthy: true, of: long)
+            for p in long { p.requestStop() }
+            try await group.waitForAll()
+        }
+        let aborted = (long + shortLived).contains { $0.statistics.transactionsAborted > 0 }
+        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: aborted)
+    }
+
+    /// Waits until `processors` have produced `count` outputs together and (when `healthy`)
+    /// each of `instances` (default: all) reports healthy, recording what it saw otherwise.
+    func waitForOutputs(_ processors: [StreamProcessor], count: Int, healthy: Bool = false,
+                        of instances: [StreamProcessor]? = nil, within timeout: Duration = .seconds(60)) async throws {
+        let watched = instances ?? processors
+        let done = try await waitUntil(within: timeout) {
+            processors.reduce(0) { $0 + $1.statistics.outputs } >= count
+                && (!healthy || watched.allSatisfy { RoleHealth.evaluate($0.statistics.runtime).isHealthy })
+        }
+        if !done {
+            let states = watched.map { p -> String in
+                let h = RoleHealth.evaluate(p.statistics.runtime)
+                return "\(h.state.rawValue)\(h.reason.map { " (\($0))" } ?? "")"
+            }
+            Issue.record("\(processors.reduce(0) { $0 + $1.statistics.outputs }) of \(count) outputs after \(timeout); \(states.joined(separator: "; "))")
+        }
+    }
+
+    /// A transactional producer with an open transaction holding a copy of every changelog
+    /// partition's last record.
+    func openChangelogTransaction(_ topics: ProcessorTopics) async throws -> KafkaProducer {
+        let changelog = "\(topics.applicationID)-windows-changelog"
+        let records = try await topics.read(changelog, count: 1, timeout: .seconds(5))
+        var last: [Int32: KafkaMessage] = [:]
+        for m in records where m.offset >= last[m.partition]?.offset ?? -1 { last[m.partition] = m }
+        #expect(!last.isEmpty, "the changelog is empty")
+        let producer = try topics.cluster.producer(["transactional.id": "open-\(UUID().uuidString.prefix(8))"])
+        try await producer.initTransactions(timeout: .seconds(30))
+        try producer.beginTransaction()
+        for m in last.values {
+            try producer.produce(topic: changelog, partition: m.partition, key: m.key, value: m.value, headers: m.headers, blockIfQueueFull: true)
+        }
+        try await producer.flush(timeout: .seconds(10))
+        return producer
+    }
+}
+
+/// librdkafka keeps a partition paused by the application through unassign and assign: only
+/// resume ends the pause. A client that pauses a partition it later assigns again must resume
+/// it, or it never fetches (a librdkafka behaviour, not the mock's: pausing is client-side).
+@Suite("librdkafka pause", .serialized, .brokerHeavy)
+struct KafkaPauseTests {
+    @Test func aPausedPartitionStaysPausedThroughUnassignAndAssign() async throws {
+        let cluster = try TestCluster()
+        let topic = try cluster.topic("pause", partitions: 1)
+        let producer = try cluster.producer()
+        for i in 0..<3 { try producer.produce(topic: topic, partition: 0, key: nil, value: Array("r\(i)".utf8), blockIfQueueFull: true) }
+        try await producer.flush(timeout: .seconds(10))
+        _ = await producer.close()
+        let consumer = try cluster.consumer()
+        let tp = KafkaTopicPartition(topic, 0)
+        let counts = try await offPool { () -> [Int] in
+            func drain(_ within: Duration) throws -> Int {
+                var n = 0
+                let deadline = ContinuousClock.now + within
+                while n < 3, ContinuousClock.now < deadline { n += try consumer.poll(maxMessages: 100, timeout: .milliseconds(100)).count }
+                return n
+            }
+            try consumer.assign([KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning)])
+            let first = try drain(.seconds(10))
+            try consumer.pause([tp])
+            try consumer.unassign()
+            try consumer.assign([KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning)])
+            let whilePaused = try drain(.seconds(2))
+            try consumer.resume([tp])
+            let resumed = try drain(.seconds(10))
+            return [first, whilePaused, resumed]
+        }
+        await consumer.close()
+        #expect(counts == [3, 0, 3])
+    }
+}
