@@ -88,27 +88,35 @@ struct RebalanceRestoreTests {
         c.kafka.set("fetch.error.backoff.ms", "500")
         mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 12))
         let restoring = try StreamProcessor(configuration: c, logger: logger)
-        // The reason `/healthz` gave while a restore stalled, if it ever did.
-        let seen = try await withThrowingTaskGroup(of: String?.self) { group in
+        // The statistics while a restore stalled, if it ever did.
+        let seen = try await withThrowingTaskGroup(of: RuntimeStatistics?.self) { group in
             group.addTask {
                 try await run(restoring, timeout: .seconds(60))
                 return nil
             }
             group.addTask {
-                var reason: String?
+                var seen: RuntimeStatistics?
                 _ = try await waitUntil(within: .seconds(30)) {
                     let s = restoring.statistics.runtime
-                    guard s.restores.contains(where: { $0.stall != nil }) else { return s.phase == .stopped }
-                    reason = RoleHealth.evaluate(s).reason
+                    // Stalled, and the lag of every assigned partition sampled.
+                    guard s.restores.contains(where: { $0.stall != nil }), s.consumerLag.count == 4 else { return s.phase == .stopped }
+                    seen = s
                     return true
                 }
-                return reason
+                return seen
             }
-            var found: String?
-            for try await reason in group { found = found ?? reason }
+            var found: RuntimeStatistics?
+            for try await s in group { found = found ?? s }
             return found
         }
-        let reason = try #require(seen, "no stall was reported")
+        let stalled = try #require(seen, "no stall was reported (or no lag sampled while it lasted)")
+        let reason = RoleHealth.evaluate(stalled).reason ?? ""
+        // Lag while restoring: every assigned partition of the input and the repartition topic,
+        // the input's from the group's committed offsets to the end. The mock keeps no offsets
+        // committed through a transaction, so there it counts from the earliest record.
+        let lagTopics = Set(stalled.consumerLag.keys.map(\.topic))
+        #expect(lagTopics == [topics.input, "\(topics.applicationID)-repartition"], "\(stalled.consumerLag)")
+        #expect(stalled.consumerLag.filter { $0.key.topic == topics.input }.values.reduce(0, +) == 200, "\(stalled.consumerLag)")
         let changelog = "\(topics.applicationID)-windows-changelog"
         #expect(reason.contains("\(changelog)/"), "\(reason)")
         #expect(reason.contains("no progress for"), "\(reason)")

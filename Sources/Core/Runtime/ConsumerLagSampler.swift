@@ -54,10 +54,10 @@ final class ConsumerLagSampler {
             }
         }
         for tp in unmeasured {
-            guard let marks = ends[tp] else { continue }
+            // Both known, or no series yet: a guess would show a lag that is not there.
+            guard let marks = ends[tp], let offset = committed[tp] else { continue }
             // No committed offset: the group starts it at the earliest record.
-            let from = committed[tp].flatMap { $0 >= 0 ? $0 : nil } ?? marks.low
-            lag[tp] = max(0, marks.high - from)
+            lag[tp] = max(0, marks.high - (offset >= 0 ? offset : marks.low))
         }
         return lag
     }
