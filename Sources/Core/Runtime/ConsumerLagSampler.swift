@@ -1,5 +1,3 @@
-import Foundation
-
 /// Consumer lag of every partition assigned to the group consumer, for every source topic
 /// (the repartition topic included), whether its task runs or still restores.
 ///
@@ -66,16 +64,5 @@ final class ConsumerLagSampler {
     private func forget(keeping: Set<KafkaTopicPartition>) {
         committed = committed.filter { keeping.contains($0.key) }
         ends = ends.filter { keeping.contains($0.key) }
-    }
-
-    /// Bytes of the regular files in a directory (a store's database and journal files).
-    static func directoryBytes(_ path: String) -> Int64 {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return 0 }
-        var total: Int64 = 0
-        for name in names {
-            var info = stat()
-            if lstat(path + "/" + name, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG { total += Int64(info.st_size) }
-        }
-        return total
     }
 }

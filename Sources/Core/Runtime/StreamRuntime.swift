@@ -429,7 +429,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         if storesSampledAt.map({ now - $0 >= .seconds(10) }) ?? true || open.count != sampledStores {
             storesSampledAt = now
             sampledStores = open.count
-            stores = Dictionary(uniqueKeysWithValues: open.map { ($0.partition, ConsumerLagSampler.directoryBytes($0.directory)) })
+            stores = Dictionary(uniqueKeysWithValues: open.map { ($0.partition, StateDirectory.bytes(of: $0.directory)) })
         }
         statsBox.withLock {
             $0.consumerLag = lag
