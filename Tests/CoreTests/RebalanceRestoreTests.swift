@@ -46,6 +46,7 @@ struct RebalanceRestoreTests {
         let states = try (0..<3).map { _ in try TestPaths.temporaryDirectory() }
         defer { for s in states { try? FileManager.default.removeItem(at: s) } }
         let long = try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: false), logger: logger)
+        var shortLived: [StreamProcessor] = []
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await long.runOnDedicatedThread() }
             try await topics.produce(Array(workload.kafkaRecords[..<initial]))
@@ -56,6 +57,7 @@ struct RebalanceRestoreTests {
             for state in states.dropFirst() {
                 let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger)
                 try await run(short, timeout: .seconds(60))
+                shortLived.append(short)
             }
             try await open.abortTransaction(timeout: .seconds(10))
             _ = await open.close()
@@ -64,7 +66,8 @@ struct RebalanceRestoreTests {
             long.requestStop()
             try await group.waitForAll()
         }
-        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: long.statistics.transactionsAborted > 0)
+        let aborted = ([long] + shortLived).contains { $0.statistics.transactionsAborted > 0 }
+        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: aborted)
     }
 
     /// A restore whose fetches fail stops advancing: past the stall limit, `/healthz` names the
@@ -173,18 +176,37 @@ struct RebalanceRestoreTests {
     }
 
     /// A transactional producer with an open transaction holding a copy of every changelog
-    /// partition's last record.
+    /// partition's last record, without its positions header: it restores to the same state
+    /// whether a reader sees it (the mock shows open and aborted records) or not.
     func openChangelogTransaction(_ topics: ProcessorTopics) async throws -> KafkaProducer {
-        let changelog = "\(topics.applicationID)-windows-changelog"
-        let records = try await topics.read(changelog, count: 1, timeout: .seconds(5))
-        var last: [Int32: KafkaMessage] = [:]
-        for m in records where m.offset >= last[m.partition]?.offset ?? -1 { last[m.partition] = m }
+        let changelog = "\(topics.applicationID)-windows-changelog", partitions = topics.partitions
+        let consumer = try topics.cluster.consumer(["isolation.level": "read_committed"])
+        // Each partition read to its end: an older record copied after the last would restore
+        // an older state.
+        let last = try await offPool { () -> [KafkaMessage] in
+            var last: [KafkaMessage] = []
+            for p in 0..<Int32(partitions) {
+                let tp = KafkaTopicPartition(changelog, p)
+                let high = try consumer.queryWatermarks(tp, timeout: .seconds(10)).high
+                guard high > 0 else { continue }
+                try consumer.assign([KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning)])
+                var latest: KafkaMessage?
+                let deadline = ContinuousClock.now + .seconds(20)
+                while ContinuousClock.now < deadline {
+                    for m in try consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) { latest = m }
+                    if let position = try consumer.position([tp]).first?.offset, position >= high { break }
+                }
+                if let latest { last.append(latest) }
+            }
+            return last
+        }
+        await consumer.close()
         #expect(!last.isEmpty, "the changelog is empty")
         let producer = try topics.cluster.producer(["transactional.id": "open-\(UUID().uuidString.prefix(8))"])
         try await producer.initTransactions(timeout: .seconds(30))
         try producer.beginTransaction()
-        for m in last.values {
-            try producer.produce(topic: changelog, partition: m.partition, key: m.key, value: m.value, headers: m.headers, blockIfQueueFull: true)
+        for m in last {
+            try producer.produce(topic: changelog, partition: m.partition, key: m.key, value: m.value, blockIfQueueFull: true)
         }
         try await producer.flush(timeout: .seconds(10))
         return producer
