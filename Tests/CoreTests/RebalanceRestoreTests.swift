@@ -41,23 +41,28 @@ struct RebalanceRestoreTests {
     @Test func restoreStartsWhileAChangelogTransactionIsOpen() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 6)
+        // Every instance's transactions: what aborted ones wrote (the mock shows it) is dropped.
+        let recorder = TransactionRecorder()
         let workload = Workload.valid(count: 480, cards: 24)
         let initial = 360
         let states = try (0..<3).map { _ in try TestPaths.temporaryDirectory() }
         defer { for s in states { try? FileManager.default.removeItem(at: s) } }
-        let long = try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: false), logger: logger)
-        var shortLived: [StreamProcessor] = []
+        let long = try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: false), logger: logger, observer: recorder)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await long.runOnDedicatedThread() }
             try await topics.produce(Array(workload.kafkaRecords[..<initial]))
             try await waitForOutputs([long], count: initial)
+            // Quiet: every output committed, so no changelog record follows the copies below.
+            let committed = try await waitUntil(within: .seconds(30)) {
+                recorder.committed.reduce(0) { $0 + $1.written.filter { $0.key.topic == topics.output }.values.reduce(0) { $0 + $1.count } } >= initial
+            }
+            #expect(committed, "the first \(initial) outputs were not committed within 30 s")
             // Another producer's transaction on every changelog partition, left open: a copy of
             // each partition's last record (applying it again changes nothing).
             let open = try await openChangelogTransaction(topics)
             for state in states.dropFirst() {
-                let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger)
+                let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger, observer: recorder)
                 try await run(short, timeout: .seconds(60))
-                shortLived.append(short)
             }
             try await open.abortTransaction(timeout: .seconds(10))
             _ = await open.close()
@@ -66,8 +71,7 @@ struct RebalanceRestoreTests {
             long.requestStop()
             try await group.waitForAll()
         }
-        let aborted = ([long] + shortLived).contains { $0.statistics.transactionsAborted > 0 }
-        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: aborted)
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
     }
 
     /// A restore whose fetches fail stops advancing: past the stall limit, `/healthz` names the
@@ -78,11 +82,12 @@ struct RebalanceRestoreTests {
         let cluster = try TestCluster()
         let mock = try #require(cluster.mock)
         let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        let recorder = TransactionRecorder()
         let workload = Workload.valid(count: 200, cards: 8)
         try await topics.produce(Array(workload.kafkaRecords[..<150]))
         let states = try (0..<2).map { _ in try TestPaths.temporaryDirectory() }
         defer { for s in states { try? FileManager.default.removeItem(at: s) } }
-        try await run(try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: true), logger: logger))
+        try await run(try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: true), logger: logger, observer: recorder))
         try await topics.produce(Array(workload.kafkaRecords[150...]))
         // A fresh instance restores everything; every fetch fails for a few seconds (each
         // failure backs off 500 ms), so its restore stops advancing past a 1 s limit.
@@ -90,7 +95,7 @@ struct RebalanceRestoreTests {
         c.restoreStallLimit = .seconds(1)
         c.kafka.set("fetch.error.backoff.ms", "500")
         mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 12))
-        let restoring = try StreamProcessor(configuration: c, logger: logger)
+        let restoring = try StreamProcessor(configuration: c, logger: logger, observer: recorder)
         // The statistics while a restore stalled, if it ever did.
         let seen = try await withThrowingTaskGroup(of: RuntimeStatistics?.self) { group in
             group.addTask {
@@ -125,18 +130,20 @@ struct RebalanceRestoreTests {
         #expect(reason.contains("no progress for"), "\(reason)")
         #expect(reason.contains(" of "), "\(reason)")
         #expect(restoring.statistics.restores.isEmpty)
-        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: false)
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
     }
 
     func churn(longRunning: Int) async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 6)
+        // Every instance's transactions: what aborted ones wrote (the mock shows it) is dropped.
+        let recorder = TransactionRecorder()
         let workload = Workload.valid(count: 480, cards: 24)
         let initial = 360
         let states = try (0..<(longRunning + 3)).map { _ in try TestPaths.temporaryDirectory() }
         defer { for s in states { try? FileManager.default.removeItem(at: s) } }
         let long = try states.prefix(longRunning).map {
-            try StreamProcessor(configuration: configuration(topics, state: $0, untilEnd: false), logger: logger)
+            try StreamProcessor(configuration: configuration(topics, state: $0, untilEnd: false), logger: logger, observer: recorder)
         }
         var shortLived: [StreamProcessor] = []
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -144,7 +151,7 @@ struct RebalanceRestoreTests {
             try await topics.produce(Array(workload.kafkaRecords[..<initial]))
             try await waitForOutputs(long, count: initial, healthy: true)
             for state in states.dropFirst(longRunning) {
-                let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger)
+                let short = try StreamProcessor(configuration: configuration(topics, state: state, untilEnd: true), logger: logger, observer: recorder)
                 try await run(short, timeout: .seconds(60))
                 shortLived.append(short)
             }
@@ -153,8 +160,7 @@ struct RebalanceRestoreTests {
             for p in long { p.requestStop() }
             try await group.waitForAll()
         }
-        let aborted = (long + shortLived).contains { $0.statistics.transactionsAborted > 0 }
-        try await topics.expectOutputs(try Workload.expected(workload.records), aborted: aborted)
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
     }
 
     /// Waits until `processors` have produced `count` outputs together and (when `healthy`)
