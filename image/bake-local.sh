@@ -215,52 +215,59 @@ if [[ ${drift_status} -ne 1 || ${drift_report} != *'glibc: baked "0.0-drifted"'*
   fail "verify did not report a drifted glibc (exit ${drift_status}): ${drift_report}"
 fi
 
-# 4. Replay every shared vector inside the chroot, flags from the README table.
-declare -A case_flags=()
-while IFS= read -r line; do
-  if [[ ${line} =~ ^\|[[:space:]]*([A-Za-z0-9_-]+)[[:space:]]*\|[[:space:]]*(.*[^[:space:]])[[:space:]]*\|[[:space:]]*$ ]]; then
-    name=${BASH_REMATCH[1]}
-    flags=${BASH_REMATCH[2]//\`/}
-    [[ ${name} == case ]] && continue
-    [[ ${flags} == "(defaults)" ]] && flags=""
-    case_flags[${name}]=${flags}
-  fi
-done <"${vectors}/README.md"
-
-mkdir -p -- "${rootfs}/tmp/vectors" "${rootfs}/tmp/replay"
-cp -- "${vectors}"/*.jsonl "${rootfs}/tmp/vectors/"
+# 4. Replay every shared vector inside the chroot: every folder under the vectors that holds a
+#    README.md (subfolders included), each case with the flags of its folder's table.
+# Compare line and code only; the other members are free text.
+dlq_codes() {
+  sed -E 's/^\{ *"line": *([0-9]+), *"error": *"([a-z_0-9]+)".*$/\1 \2/' -- "$1"
+}
 cases=0
-for input in "${vectors}"/*.in.jsonl; do
-  [[ -e ${input} ]] || fail "no *.in.jsonl in ${vectors}"
-  [[ -e ${input} ]] || break
-  name=$(basename -- "${input}" .in.jsonl)
-  if [[ ! -v case_flags[${name}] ]]; then
-    fail "${name}: no row in ${vectors}/README.md gives its replay flags"
-    continue
-  fi
-  read -r -a flags <<<"${case_flags[${name}]}"
-  log "replay ${name} ${flags[*]}"
-  if ! in_chroot polyglot replay "/tmp/vectors/${name}.in.jsonl" -o "/tmp/replay/${name}.out.jsonl" \
-    --dlq "/tmp/replay/${name}.dlq.jsonl" --no-progress "${flags[@]}" 2>"${work}/${name}.replay.log"; then
-    cat "${work}/${name}.replay.log" >&2
-    fail "${name}: replay exited non-zero"
-    continue
-  fi
-  cases=$((cases + 1))
-  if ! cmp -- "${vectors}/${name}.out.jsonl" "${rootfs}/tmp/replay/${name}.out.jsonl"; then
-    diff -u -- "${vectors}/${name}.out.jsonl" "${rootfs}/tmp/replay/${name}.out.jsonl" | head -n 20 >&2 || true
-    fail "${name}: output differs from ${name}.out.jsonl"
-  fi
-  if [[ -f ${vectors}/${name}.dlq.jsonl ]]; then
-    # Compare line and code only; the other members are free text.
-    dlq_codes() {
-      sed -E 's/^\{ *"line": *([0-9]+), *"error": *"([a-z_0-9]+)".*$/\1 \2/' -- "$1"
-    }
-    if ! diff -u <(dlq_codes "${vectors}/${name}.dlq.jsonl") <(dlq_codes "${rootfs}/tmp/replay/${name}.dlq.jsonl") >&2; then
-      fail "${name}: dead letters differ from ${name}.dlq.jsonl"
+while IFS= read -r -d '' readme; do
+  dir=$(dirname -- "${readme}")
+  rel=${dir#"${vectors}"}
+  rel=${rel#/}
+  declare -A case_flags=()
+  while IFS= read -r line; do
+    if [[ ${line} =~ ^\|[[:space:]]*([A-Za-z0-9_-]+)[[:space:]]*\|[[:space:]]*(.*[^[:space:]])[[:space:]]*\|[[:space:]]*$ ]]; then
+      name=${BASH_REMATCH[1]}
+      flags=${BASH_REMATCH[2]//\`/}
+      [[ ${name} == case ]] && continue
+      [[ ${flags} == "(defaults)" ]] && flags=""
+      case_flags[${name}]=${flags}
     fi
-  fi
-done
+  done <"${readme}"
+
+  mkdir -p -- "${rootfs}/tmp/vectors/${rel}" "${rootfs}/tmp/replay/${rel}"
+  for input in "${dir}"/*.in.jsonl; do
+    [[ -e ${input} ]] || continue
+    name=$(basename -- "${input}" .in.jsonl)
+    label=${rel:+${rel}/}${name}
+    if [[ ! -v case_flags[${name}] ]]; then
+      fail "${label}: no row in ${readme} gives its replay flags"
+      continue
+    fi
+    cp -- "${input}" "${rootfs}/tmp/vectors/${label}.in.jsonl"
+    read -r -a flags <<<"${case_flags[${name}]}"
+    log "replay ${label} ${flags[*]}"
+    if ! in_chroot polyglot replay "/tmp/vectors/${label}.in.jsonl" -o "/tmp/replay/${label}.out.jsonl" \
+      --dlq "/tmp/replay/${label}.dlq.jsonl" --no-progress "${flags[@]}" 2>"${work}/${name}.replay.log"; then
+      cat "${work}/${name}.replay.log" >&2
+      fail "${label}: replay exited non-zero"
+      continue
+    fi
+    cases=$((cases + 1))
+    if ! cmp -- "${dir}/${name}.out.jsonl" "${rootfs}/tmp/replay/${label}.out.jsonl"; then
+      diff -u -- "${dir}/${name}.out.jsonl" "${rootfs}/tmp/replay/${label}.out.jsonl" | head -n 20 >&2 || true
+      fail "${label}: output differs from ${name}.out.jsonl"
+    fi
+    if [[ -f ${dir}/${name}.dlq.jsonl ]]; then
+      if ! diff -u <(dlq_codes "${dir}/${name}.dlq.jsonl") <(dlq_codes "${rootfs}/tmp/replay/${label}.dlq.jsonl") >&2; then
+        fail "${label}: dead letters differ from ${name}.dlq.jsonl"
+      fi
+    fi
+  done
+  unset case_flags
+done < <(find "${vectors}" -name README.md -print0 | sort -z)
 ((cases > 0)) || fail "no vector was replayed"
 
 # 5. Boot: the unit as written, under a real systemd, in a container.

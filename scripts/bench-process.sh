@@ -25,9 +25,17 @@
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
 # METRICS_PORT=port serves /metrics and /healthz during the runs (default 0: off, so that
 # another instance on the machine cannot make the run fail to listen).
-# Usage: scripts/bench-process.sh [RECORDS] [RUNS]
+# --window-kind tumbling|sliding picks the window kind of every command the script runs (process,
+# the audits and the replay that gives the expected counts), through POLYGLOT_WINDOW_KIND.
+# Usage: scripts/bench-process.sh [--window-kind KIND] [RECORDS] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == --window-kind ]]; then
+    [[ "${2:-}" == tumbling || "${2:-}" == sliding ]] || { echo "--window-kind takes tumbling or sliding" >&2; exit 64; }
+    export POLYGLOT_WINDOW_KIND=$2
+    shift 2
+fi
+echo "window kind: ${POLYGLOT_WINDOW_KIND:-tumbling}" >&2
 records="${1:-500000}"
 runs="${2:-5}"
 

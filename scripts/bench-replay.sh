@@ -2,9 +2,16 @@
 # Replay throughput: 1,000,000 generated clean records over 100,000 cards, written to a file.
 # Prints each run's summary line, wall time and peak memory (from time), then the medians.
 # BIN=path runs an already built binary instead.
-# Usage: scripts/bench-replay.sh [RUNS]
+# --window-kind tumbling|sliding picks the detector's window kind (default tumbling).
+# Usage: scripts/bench-replay.sh [--window-kind KIND] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == --window-kind ]]; then
+    [[ "${2:-}" == tumbling || "${2:-}" == sliding ]] || { echo "--window-kind takes tumbling or sliding" >&2; exit 64; }
+    export POLYGLOT_WINDOW_KIND=$2
+    shift 2
+fi
+echo "window kind: ${POLYGLOT_WINDOW_KIND:-tumbling}" >&2
 runs="${1:-5}"
 
 if [[ -z "${BIN:-}" ]]; then

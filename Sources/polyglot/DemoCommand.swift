@@ -36,6 +36,9 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "How long the auditor waits for an output before its input is missing.")
     var settle: String = "10s"
 
+    @Option(help: "tumbling (epoch-aligned windows) or sliding (the window ending at each record), for the processor and the auditor alike (env POLYGLOT_WINDOW_KIND).")
+    var windowKind: String?
+
     @Flag(help: "Leave the processor, the auditor and their HTTP endpoints running once everything is audited, until Ctrl-C.")
     var keepRunning = false
 
@@ -56,6 +59,13 @@ struct DemoCommand: AsyncParsableCommand {
         var options = DemoOptions(records: records, cards: cards, partitions: partitions, badFraction: bad, seed: seed,
                                   keepRunning: keepRunning, settle: .milliseconds(settleMs))
         options.fingerprintDigest = digest
+        do {
+            let kind = windowKind.map { ($0, Setting.windowKind.flag) }
+                ?? ProcessInfo.processInfo.environment[Setting.windowKind.variable].flatMap { $0.isEmpty ? nil : ($0, Setting.windowKind.variable) }
+            if let (text, setting) = kind { options.windowKind = try WindowKind(parsing: text, setting: setting) }
+        } catch {
+            throw ValidationError(error.message)
+        }
         let logger = Logger(label: "polyglot.demo")
         let processMetrics = RoleMetrics(role: "process", fingerprintDigest: digest, families: FraudDetectionRole.metricFamilies)
         let auditMetrics = RoleMetrics(role: "audit", fingerprintDigest: digest, families: AuditRole.metricFamilies)

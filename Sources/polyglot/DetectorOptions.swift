@@ -1,9 +1,13 @@
 import ArgumentParser
 import Core
+import Foundation
 
 /// The detector's parameters, shared by every command that runs the detector.
 struct DetectorOptions: ParsableArguments {
-    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h; a bare number is ms).")
+    @Option(help: "tumbling (epoch-aligned windows, the default) or sliding (the window ending at each record) (env POLYGLOT_WINDOW_KIND).")
+    var windowKind: String?
+
+    @Option(parsing: .unconditional, help: "Window size (ms, s, m, h; a bare number is ms).")
     var window: String = "60s"
 
     @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this.")
@@ -15,9 +19,20 @@ struct DetectorOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "How far behind stream time a window is kept.")
     var retention: String = "1h"
 
+    /// The flag, else `POLYGLOT_WINDOW_KIND`, else tumbling: the kind must be the one `process`
+    /// and `audit` run with, and those read it from the environment.
+    private func kind() throws(ConfigurationError) -> WindowKind {
+        if let windowKind { return try WindowKind(parsing: windowKind, setting: Setting.windowKind.flag) }
+        if let text = ProcessInfo.processInfo.environment[Setting.windowKind.variable], !text.isEmpty {
+            return try WindowKind(parsing: text, setting: Setting.windowKind.variable)
+        }
+        return DetectorParameters.default.kind
+    }
+
     func parameters() throws -> DetectorParameters {
         do {
             return try DetectorParameters(
+                kind: kind(),
                 window: Durations.milliseconds(window, setting: "--window"),
                 threshold: threshold,
                 grace: Durations.milliseconds(grace, setting: "--grace"),

@@ -43,7 +43,10 @@ struct RuntimeOptions: ParsableArguments {
                                valueName: "key=value"))
     var properties: [String] = []
 
-    @Option(parsing: .unconditional, help: "Tumbling window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default \(Setting.window.defaultText)).")
+    @Option(help: "tumbling (epoch-aligned windows) or sliding (the window ending at each record) (default \(Setting.windowKind.defaultText)).")
+    var windowKind: String?
+
+    @Option(parsing: .unconditional, help: "Window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default \(Setting.window.defaultText)).")
     var window: String?
 
     @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default \(Setting.threshold.defaultText)).")
@@ -76,6 +79,7 @@ struct RuntimeOptions: ParsableArguments {
         settings.partitioner = partitioner
         settings.connectTimeout = connectTimeout
         settings.kafkaProperties = properties
+        settings.windowKind = windowKind
         settings.window = window
         settings.threshold = threshold
         settings.grace = grace

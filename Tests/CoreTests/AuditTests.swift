@@ -33,11 +33,11 @@ struct AuditTests {
     func replayedVectorAuditsClean(_ vector: VectorTests.Case) throws {
         let dir = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let input = TestPaths.vectors.appendingPathComponent("\(vector.name).in.jsonl").path
+        let input = vector.file("in.jsonl").path
         let output = dir.appendingPathComponent("out.jsonl").path
         let dlq = dir.appendingPathComponent("dlq.jsonl").path
         let replay = try Replay(options: ReplayOptions(input: input, output: output, deadLetters: dlq, parameters: vector.parameters)).run()
-        for (out, deadLetters) in [(output, dlq), (TestPaths.vectors.appendingPathComponent("\(vector.name).out.jsonl").path, dlq)] {
+        for (out, deadLetters) in [(output, dlq), (vector.file("out.jsonl").path, dlq)] {
             var findings: [AuditFinding] = []
             let summary = try FileAudit(options: FileAuditOptions(
                 input: input, output: out, deadLetters: deadLetters, configuration: AuditConfiguration(parameters: vector.parameters)))

@@ -6,12 +6,13 @@ extension ProcessorTests {
     /// Every shared vector through `process` (one partition, so one stream in file order, as
     /// replay reads a file): outputs byte for byte and dead-letter codes as the vector's files
     /// say, and each record's headers exact: `polyglot-source` naming the input record,
-    /// the fingerprint, the version, and the dead letters' code and message.
+    /// the fingerprint, the version, the detector's parameters, and the dead letters' code and
+    /// message.
     @Test(arguments: VectorTests.cases)
     func sharedVectorThroughProcess(_ vector: VectorTests.Case) async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
-        let input = try Data(contentsOf: TestPaths.vectors.appendingPathComponent("\(vector.name).in.jsonl"))
+        let input = try Data(contentsOf: vector.file("in.jsonl"))
         // Blank lines are not records in Kafka; line numbers still count them, as replay's do.
         let lines = input.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated()
             .filter { !$0.element.allSatisfy { $0 == 0x20 || $0 == 0x09 || $0 == 0x0D } }
@@ -22,12 +23,12 @@ extension ProcessorTests {
         // Vector timestamps are what they are: the Kafka-timestamp skew rule (which replay
         // skips) must not reject any of them here.
         let p = vector.parameters
-        let parameters = try DetectorParameters(window: p.window, threshold: p.threshold, grace: p.grace, retention: p.retention,
+        let parameters = try DetectorParameters(kind: p.kind, window: p.window, threshold: p.threshold, grace: p.grace, retention: p.retention,
                                                 maxFutureSkew: Int64.max)
         let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, parameters: parameters), logger: logger)
         try await run(processor)
 
-        let expected = try Data(contentsOf: TestPaths.vectors.appendingPathComponent("\(vector.name).out.jsonl"))
+        let expected = try Data(contentsOf: vector.file("out.jsonl"))
         let expectedLines = expected.split(separator: 0x0A).map { Array($0) }
         let outputs = try await topics.read(topics.output, count: expectedLines.count).sorted { $0.offset < $1.offset }
         #expect(outputs.map { $0.value ?? [] } == expectedLines, "outputs differ from \(vector.name).out.jsonl")
@@ -43,9 +44,10 @@ extension ProcessorTests {
             #expect(try decoder.decode(inputRecord).transactionId == (try decoder.decode(m.value!).transactionId))
             #expect(headers["polyglot-fingerprint"] == digest)
             #expect(headers["polyglot-version"] == ProductVersion.version)
+            #expect(headers["polyglot-detector"] == parameters.header)
         }
 
-        let expectedDLQ = try VectorTests.lineAndCode(TestPaths.vectors.appendingPathComponent("\(vector.name).dlq.jsonl"))
+        let expectedDLQ = try VectorTests.lineAndCode(vector.file("dlq.jsonl"))
         let deadLetters = try await topics.read(topics.deadLetters, count: expectedDLQ.count).sorted { $0.offset < $1.offset }
         var actualDLQ: [String] = []
         for m in deadLetters {
@@ -58,6 +60,7 @@ extension ProcessorTests {
             actualDLQ.append("\(line.line):\(headers["polyglot-error"] ?? "")")
             #expect(m.value == line.bytes, "a dead letter carries its record's bytes")
             #expect(headers["polyglot-fingerprint"] == digest)
+            #expect(headers["polyglot-detector"] == parameters.header)
             #expect(!(headers["polyglot-error-message"] ?? "").isEmpty)
             var d = TransactionDecoder()
             #expect(headers["polyglot-error-message"] == d.rejection(of: line.bytes)?.message)

@@ -7,84 +7,118 @@ import Testing
 struct VectorTests {
     struct Case: CustomStringConvertible, Sendable {
         let name: String
+        /// The case's folder under the vectors (empty at the top, `sliding` for its subfolder).
+        let folder: String
         let parameters: DetectorParameters
-        var description: String { name }
+        var description: String { folder.isEmpty ? name : "\(folder)/\(name)" }
+
+        /// `NAME.<suffix>` in the case's folder.
+        func file(_ suffix: String) -> URL {
+            let dir = folder.isEmpty ? TestPaths.vectors : TestPaths.vectors.appendingPathComponent(folder)
+            return dir.appendingPathComponent("\(name).\(suffix)")
+        }
     }
 
-    /// Every case of the vectors' README table, with its replay flags, so a vector added to
-    /// shared/ runs here without a change to this file.
+    /// Every case of every README table under the vectors (subfolders included), with its
+    /// replay flags, so a vector added to shared/ runs here without a change to this file.
     static let cases: [Case] = (try? readCases()) ?? []
 
+    /// The folders (relative to the vectors) holding a README.md.
+    static func folders() throws -> [String] {
+        let root = TestPaths.vectors
+        var folders: [String] = []
+        guard let walk = FileManager.default.enumerator(atPath: root.path) else { return [] }
+        while let path = walk.nextObject() as? String {
+            if path == "README.md" { folders.append("") } else if path.hasSuffix("/README.md") { folders.append(String(path.dropLast("/README.md".count))) }
+        }
+        return folders.sorted()
+    }
+
     static func readCases() throws -> [Case] {
-        let readme = try String(contentsOf: TestPaths.vectors.appendingPathComponent("README.md"), encoding: .utf8)
         var cases: [Case] = []
-        for line in readme.split(separator: "\n") {
-            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
-            guard cells.count == 2, !cells[0].isEmpty, cells[0] != "case", !cells[0].hasPrefix("-") else { continue }
-            let flags = cells[1].replacingOccurrences(of: "`", with: "")
-            var values: [String: Int64] = [:]
-            if flags != "(defaults)" {
-                let words = flags.split(separator: " ")
-                for i in stride(from: 0, to: words.count - 1, by: 2) {
-                    values[String(words[i])] = Int64(words[i + 1])
-                }
+        for folder in try folders() {
+            let dir = folder.isEmpty ? TestPaths.vectors : TestPaths.vectors.appendingPathComponent(folder)
+            let readme = try String(contentsOf: dir.appendingPathComponent("README.md"), encoding: .utf8)
+            for line in readme.split(separator: "\n") {
+                let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+                guard cells.count == 2, !cells[0].isEmpty, cells[0] != "case", !cells[0].hasPrefix("-") else { continue }
+                cases.append(Case(name: cells[0], folder: folder, parameters: try parameters(flags: cells[1])))
             }
-            let parameters = try DetectorParameters(
-                window: values["--window"] ?? 60_000, threshold: values["--threshold"] ?? 3,
-                grace: values["--grace"] ?? 0, retention: values["--retention"] ?? 3_600_000)
-            cases.append(Case(name: cells[0], parameters: parameters))
         }
         return cases
     }
 
-    /// Every `NAME.in.jsonl` has its row in the table (and so runs above), and the table holds
-    /// the four cases this project was built against.
+    /// The parameters a README row's replay flags give.
+    static func parameters(flags cell: String) throws -> DetectorParameters {
+        let flags = cell.replacingOccurrences(of: "`", with: "")
+        var values: [String: String] = [:]
+        if flags != "(defaults)" {
+            let words = flags.split(separator: " ").map(String.init)
+            for i in stride(from: 0, to: words.count - 1, by: 2) { values[words[i]] = words[i + 1] }
+        }
+        return try DetectorParameters(
+            kind: values["--window-kind"].map { try WindowKind(parsing: $0, setting: "--window-kind") } ?? .tumbling,
+            window: values["--window"].flatMap { Int64($0) } ?? 60_000, threshold: values["--threshold"].flatMap { Int64($0) } ?? 3,
+            grace: values["--grace"].flatMap { Int64($0) } ?? 0, retention: values["--retention"].flatMap { Int64($0) } ?? 3_600_000)
+    }
+
+    /// Every `NAME.in.jsonl` of every folder has its row in its folder's table (and so runs
+    /// above), and the tables hold the cases this project was built against.
     @Test func everyVectorFileIsACase() throws {
-        let names = try FileManager.default.contentsOfDirectory(atPath: TestPaths.vectors.path)
-            .filter { $0.hasSuffix(".in.jsonl") }.map { String($0.dropLast(".in.jsonl".count)) }
-        #expect(Set(names) == Set(Self.cases.map(\.name)))
-        #expect(Set(["basic", "disorder", "hostile", "surrogates"]).isSubset(of: Set(Self.cases.map(\.name))))
+        for folder in try Self.folders() {
+            let dir = folder.isEmpty ? TestPaths.vectors : TestPaths.vectors.appendingPathComponent(folder)
+            let names = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+                .filter { $0.hasSuffix(".in.jsonl") }.map { String($0.dropLast(".in.jsonl".count)) }
+            #expect(Set(names) == Set(Self.cases.filter { $0.folder == folder }.map(\.name)), "folder '\(folder)'")
+        }
+        #expect(Set(["basic", "disorder", "hostile", "surrogates", "sliding", "sliding-disorder"]).isSubset(of: Set(Self.cases.map(\.name))))
+        #expect(Self.cases.filter { $0.parameters.kind == .sliding }.map(\.name).sorted() == ["sliding", "sliding-disorder"])
     }
 
     @Test(arguments: cases)
     func replayMatchesVector(_ vector: Case) throws {
         let dir = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let input = TestPaths.vectors.appendingPathComponent("\(vector.name).in.jsonl")
+        let input = vector.file("in.jsonl")
         let output = dir.appendingPathComponent("out.jsonl")
         let dlq = dir.appendingPathComponent("dlq.jsonl")
         let summary = try Replay(options: ReplayOptions(
             input: input.path, output: output.path, deadLetters: dlq.path, parameters: vector.parameters)).run()
 
-        let expected = try Data(contentsOf: TestPaths.vectors.appendingPathComponent("\(vector.name).out.jsonl"))
+        let expected = try Data(contentsOf: vector.file("out.jsonl"))
         let actual = try Data(contentsOf: output)
         #expect(actual == expected, "output differs from \(vector.name).out.jsonl")
 
-        let expectedDLQ = try Self.lineAndCode(TestPaths.vectors.appendingPathComponent("\(vector.name).dlq.jsonl"))
+        let expectedDLQ = try Self.lineAndCode(vector.file("dlq.jsonl"))
         let actualDLQ = try Self.lineAndCode(dlq)
         #expect(actualDLQ == expectedDLQ)
         #expect(summary.rejectedTotal == expectedDLQ.count)
         #expect(summary.records == String(decoding: expected, as: UTF8.self).split(separator: "\n").count)
     }
 
-    /// The same vectors through the decoder and detector directly (the path `process` takes),
-    /// one record at a time from owned byte arrays.
+    /// The same vectors through the decoder and each partition detector directly (the SQLite one
+    /// is the path `process` takes), one record at a time from owned byte arrays.
     @Test(arguments: cases)
     func recordByRecordMatchesVector(_ vector: Case) throws {
-        let input = try Data(contentsOf: TestPaths.vectors.appendingPathComponent("\(vector.name).in.jsonl"))
+        let input = try Data(contentsOf: vector.file("in.jsonl"))
+        let dir = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let inMemory = InMemoryDetector(parameters: vector.parameters)
+        let sqlite = try SQLiteDetectorStore(directory: dir.path, parameters: vector.parameters)
+        defer { try? sqlite.close() }
         var decoder = TransactionDecoder()
-        var detector = Detector(parameters: vector.parameters)
-        var store = InMemoryWindowStore(parameters: vector.parameters)
         let encoder = EnrichedRecordEncoder(parameters: vector.parameters)
-        var out: [UInt8] = []
-        for line in input.split(separator: 0x0A, omittingEmptySubsequences: false) where !line.isEmpty {
-            guard let transaction = try? decoder.decode(Array(line)) else { continue }
-            let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &store)
-            out += encoder.encode(transaction, verdict)
-            out.append(0x0A)
+        let expected = try Data(contentsOf: vector.file("out.jsonl"))
+        for detector in [inMemory, sqlite] as [any PartitionDetector] {
+            var out: [UInt8] = []
+            for line in input.split(separator: 0x0A, omittingEmptySubsequences: false) where !line.isEmpty {
+                guard let transaction = try? decoder.decode(Array(line)) else { continue }
+                let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp)
+                out += encoder.encode(transaction, verdict)
+                out.append(0x0A)
+            }
+            #expect(Data(out) == expected, "\(type(of: detector))")
         }
-        let expected = try Data(contentsOf: TestPaths.vectors.appendingPathComponent("\(vector.name).out.jsonl"))
-        #expect(Data(out) == expected)
     }
 
     static func lineAndCode(_ url: URL) throws -> [String] {

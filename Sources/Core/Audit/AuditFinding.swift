@@ -43,6 +43,10 @@ public struct AuditFinding: Sendable, Hashable {
     public var outputFingerprint: String?
     /// The auditor's fingerprint digest, for `drift`.
     public var auditorFingerprint: String?
+    /// The output's `polyglot-detector` header, for `drift` of detector parameters (SEMANTICS.md §2c).
+    public var outputDetector: String?
+    /// The auditor's own detector parameters in the same form, for `drift`.
+    public var auditorDetector: String?
     /// The auditor's rejection code (nil: the input is valid), for `deadLetterMismatch`.
     public var expectedCode: String?
     /// The dead letter's code (nil: no dead letter), for `deadLetterMismatch` and dead-letter `orphan`s.
@@ -113,6 +117,8 @@ public struct AuditFinding: Sendable, Hashable {
         string("actual", actual)
         string("outputFingerprint", outputFingerprint)
         string("auditorFingerprint", auditorFingerprint)
+        string("outputDetector", outputDetector)
+        string("auditorDetector", auditorDetector)
         string("expectedCode", expectedCode)
         string("actualCode", actualCode)
         string("amount", amount)
@@ -158,6 +164,7 @@ public struct AuditFinding: Sendable, Hashable {
             if let waitingInputs { line += " waiting \(waitingInputs)" }
             if let waitingSince { line += " since \(waitingSince)" }
             if let outputFingerprint { line += " fingerprint \(outputFingerprint), auditor's \(auditorFingerprint ?? "none")" }
+            if let outputDetector { line += " detector \(outputDetector), auditor's \(auditorDetector ?? "none")" }
             if let message { line += ": \(message)" }
             if let expected, let actual { line += "; expected \(expected), got \(actual)" }
             return line

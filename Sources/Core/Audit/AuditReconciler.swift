@@ -40,7 +40,7 @@ public struct AuditConfiguration: Sendable {
 ///
 /// Not thread-safe: one reconciler per group of lanes, used from one thread. Clock values
 /// (`readAt`, `receivedAt`) are the caller's, in any unit ``expire(olderThan:)`` is given.
-public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey == CardBytes {
+public final class AuditReconciler<Windows: PartitionDetector> {
     public let configuration: AuditConfiguration
     /// Counts so far.
     public private(set) var counts = AuditCounts()
@@ -50,6 +50,8 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     private var reader = EnrichedRecordReader()
     private let encoder: EnrichedRecordEncoder
     private let threshold: HighValueThreshold
+    /// The auditor's own `polyglot-detector` header (SEMANTICS.md §2c).
+    private let detectorHeader: String
     private let recomputed = ByteBuffer(capacity: 1_024)
     let ledger: any AuditLedger
     private let makeWindows: (Int32) -> Windows
@@ -65,20 +67,19 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
         var position: AuditPosition
         var source: AuditPosition?
         var fingerprint: String?
+        var detector: String?
         var receivedAt: Int64
     }
 
     private final class Lane {
-        var detector: Detector
-        var store: Windows
+        let detector: Windows
         var waiting: [WaitingOutput] = []
         var head = 0
         /// The transaction id the first waiting output waits for.
         var blockedOn: String?
 
-        init(parameters: DetectorParameters, store: Windows) {
-            detector = Detector(parameters: parameters)
-            self.store = store
+        init(detector: Windows) {
+            self.detector = detector
         }
 
         var isWaiting: Bool { head < waiting.count }
@@ -100,6 +101,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
         self.ledger = ledger
         makeWindows = windows
         encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
+        detectorHeader = configuration.parameters.header
         threshold = HighValueThreshold(configuration.highValueThreshold)
     }
 
@@ -168,17 +170,19 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     }
 
     /// One output record of lane `lane`, in the lane's order. `source` is its input's position
-    /// (the `polyglot-source` header) and `fingerprint` its producer's digest, when known;
+    /// (the `polyglot-source` header), `fingerprint` its producer's digest and `detector` its
+    /// `polyglot-detector` header, when known;
     /// `receivedAt` is the caller's clock, for ``expire(olderThan:)``. It is counted and checked
     /// when its input is known (or it is given up on as an orphan); until then it waits, and so
     /// does every output behind it in its lane, unreadable ones included, so that what the
     /// continuous auditor has not committed past has not been reported either.
     public func output(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, lane laneID: Int32 = 0,
-                       source: AuditPosition? = nil, fingerprint: String? = nil, receivedAt: Int64 = 0) {
+                       source: AuditPosition? = nil, fingerprint: String? = nil, detector: String? = nil, receivedAt: Int64 = 0) {
         let lane = self.lane(laneID)
         if !lane.isWaiting {
             let orphan = inputsComplete || (sourceIsRead?(source, receivedAt) ?? false)
-            switch handle(bytes, position: position, source: source, fingerprint: fingerprint, lane: lane, orphan: orphan) {
+            switch handle(bytes, position: position, source: source, fingerprint: fingerprint, detector: detector, lane: lane,
+                          orphan: orphan) {
             case .done: return
             case .waiting(let id):
                 blocked[id, default: []].append(laneID)
@@ -190,7 +194,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             lane.head = 0
         }
         lane.waiting.append(WaitingOutput(bytes: Array(bytes), position: position, source: source, fingerprint: fingerprint,
-                                          receivedAt: receivedAt))
+                                          detector: detector, receivedAt: receivedAt))
     }
 
     private enum OutputOutcome {
@@ -202,7 +206,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     /// Counts and checks one output whose turn in its lane has come, unless its input is unknown
     /// and it is not yet an `orphan`.
     private func handle(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, source: AuditPosition?, fingerprint: String?,
-                        lane: Lane, orphan: Bool) -> OutputOutcome {
+                        detector: String?, lane: Lane, orphan: Bool) -> OutputOutcome {
         let view: EnrichedRecordView
         do {
             view = try reader.read(bytes)
@@ -219,16 +223,23 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             report(AuditFinding(kind: .flagged, transactionId: id, cardId: reader.string(view.cardId, in: bytes),
                                 input: source, output: position, reason: reader.string(view.reason, in: bytes)))
         }
-        if let fingerprint, let own = configuration.fingerprintDigest, fingerprint != own {
-            report(AuditFinding(kind: .drift, transactionId: id, input: source, output: position,
-                                outputFingerprint: fingerprint, auditorFingerprint: own))
+        // One drift finding per output, whichever of its producer's environment and detector
+        // parameters differ (SEMANTICS.md §2c, §5). Verdicts of other parameters are expected to
+        // differ from the auditor's: drift, never a mismatch.
+        let fingerprintDrifts = fingerprint != nil && configuration.fingerprintDigest != nil && fingerprint != configuration.fingerprintDigest
+        let detectorDrifts = detector != nil && detector != detectorHeader
+        if fingerprintDrifts || detectorDrifts {
+            var finding = AuditFinding(kind: .drift, transactionId: id, input: source, output: position)
+            if fingerprintDrifts { (finding.outputFingerprint, finding.auditorFingerprint) = (fingerprint, configuration.fingerprintDigest) }
+            if detectorDrifts { (finding.outputDetector, finding.auditorDetector) = (detector, detectorHeader) }
+            report(finding)
         }
         if let entry = ledger.settleFirstInput(of: id) {
             let transaction = entry.transaction
-            let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &lane.store)
+            let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp)
             recomputed.removeAll()
             encoder.append(transaction, verdict, to: recomputed)
-            if !Self.equal(recomputed.bytes, bytes) {
+            if !detectorDrifts, !Self.equal(recomputed.bytes, bytes) {
                 report(AuditFinding(kind: .mismatch, transactionId: id, cardId: transaction.cardId, input: entry.position,
                                     output: position, expected: String(decoding: recomputed.bytes, as: UTF8.self),
                                     actual: String(decoding: bytes, as: UTF8.self)))
@@ -434,7 +445,7 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
 
     private func lane(_ id: Int32) -> Lane {
         if let lane = lanes[id] { return lane }
-        let lane = Lane(parameters: configuration.parameters, store: makeWindows(id))
+        let lane = Lane(detector: makeWindows(id))
         lanes[id] = lane
         return lane
     }
@@ -453,7 +464,8 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
             let orphan = inputsComplete || (cutoff.map { output.receivedAt < $0 } ?? false)
                 || (sourceIsRead?(output.source, output.receivedAt) ?? false)
             let outcome = output.bytes.withUnsafeBytes {
-                handle($0, position: output.position, source: output.source, fingerprint: output.fingerprint, lane: lane, orphan: orphan)
+                handle($0, position: output.position, source: output.source, fingerprint: output.fingerprint, detector: output.detector,
+                       lane: lane, orphan: orphan)
             }
             if case .waiting(let id) = outcome {
                 blocked[id, default: []].append(laneID)
@@ -526,12 +538,12 @@ public final class AuditReconciler<Windows: WindowStore> where Windows.CardKey =
     }
 }
 
-extension AuditReconciler where Windows == InMemoryWindowStore {
-    /// A reconciler for a batch audit: its ledger and its lanes' window stores in memory.
+extension AuditReconciler where Windows == InMemoryDetector {
+    /// A reconciler for a batch audit: its ledger and its lanes' window state in memory.
     public convenience init(configuration: AuditConfiguration) {
         let parameters = configuration.parameters
         self.init(configuration: configuration, ledger: MemoryAuditLedger(),
-                  windows: { _ in InMemoryWindowStore(parameters: parameters, initialCapacity: 1 << 12) })
+                  windows: { _ in InMemoryDetector(parameters: parameters, initialCapacity: 1 << 12) })
     }
 }
 
@@ -548,4 +560,4 @@ extension AuditPosition: Comparable {
 }
 
 /// The reconciler of a batch audit (`audit --files`, `audit --once`): everything in memory.
-public typealias BatchAuditReconciler = AuditReconciler<InMemoryWindowStore>
+public typealias BatchAuditReconciler = AuditReconciler<InMemoryDetector>

@@ -232,7 +232,7 @@ public final class AuditTask: StreamTask {
     public let store: AuditStore
     let collector: RecordCollector
     let progress: ProcessorProgress
-    private var reconciler: AuditReconciler<SQLiteWindowStore>
+    private var reconciler: AuditReconciler<SQLiteDetectorStore>
     private var decoder = TransactionDecoder()
     private let inputTopic: String
     private let outputTopic: String
@@ -318,7 +318,8 @@ public final class AuditTask: StreamTask {
             reconciler.output(value, position: .record(topic: outputTopic, partition: m.partition, offset: m.offset),
                               lane: partition, source: sourcePosition(m), fingerprint: m.header("polyglot-fingerprint").map {
                                   String(decoding: $0, as: UTF8.self)
-                              }, receivedAt: now)
+                              }, detector: m.header(DetectorParameters.headerName).map { String(decoding: $0, as: UTF8.self) },
+                              receivedAt: now)
         default:
             let source = sourcePosition(m)
             reconciler.deadLetter(value, code: m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) },

@@ -453,7 +453,7 @@ final class LedgerPositionIndex {
 /// its ledger, two SQLite files in the task's directory sharing one changelog partition (their
 /// changelog records have different tags) and one checkpoint.
 public final class AuditStore: TaskStore {
-    public let windows: SQLiteWindowStore
+    public let windows: SQLiteDetectorStore
     let ledgerStore: CheckpointedStore<LedgerEntry>
     let ledger: StoredAuditLedger
     private var ledgerBatch = ChangelogBatch()
@@ -461,7 +461,7 @@ public final class AuditStore: TaskStore {
     static let ledgerFileName = "ledger.sqlite"
 
     init(directory: String, parameters: DetectorParameters, options: SQLiteWindowStore.Options) throws(SQLiteError) {
-        windows = try SQLiteWindowStore(directory: directory, parameters: parameters, options: options)
+        windows = try SQLiteDetectorStore(directory: directory, parameters: parameters, options: options)
         do {
             ledgerStore = try CheckpointedStore(directory: directory, fileName: Self.ledgerFileName, options: options)
         } catch {
@@ -472,7 +472,7 @@ public final class AuditStore: TaskStore {
     }
 
     static func destroy(directory: String) throws(SQLiteError) {
-        try SQLiteWindowStore.destroy(directory: directory)
+        try SQLiteDetectorStore.destroy(directory: directory)
         try StoreDatabase.destroy(path: StoreDatabase.path(directory: directory, fileName: ledgerFileName))
     }
 

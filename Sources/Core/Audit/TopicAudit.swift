@@ -83,12 +83,18 @@ public struct TopicAudit {
         let topicNames = topics.map(\.0)
         let inputTopicBytes = Array(o.inputTopic.utf8)
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
-        // Outputs of one producer carry the same fingerprint: one String for all of them.
+        // Outputs of one producer carry the same fingerprint and detector header: one String for all of them.
         var lastFingerprint: (bytes: [UInt8], text: String) = ([], "")
         func fingerprint(_ bytes: UnsafeRawBufferPointer?) -> String? {
             guard let bytes else { return nil }
             if !Self.same(bytes, lastFingerprint.bytes) { lastFingerprint = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
             return lastFingerprint.text
+        }
+        var lastDetector: (bytes: [UInt8], text: String) = ([], "")
+        func detector(_ bytes: UnsafeRawBufferPointer?) -> String? {
+            guard let bytes else { return nil }
+            if !Self.same(bytes, lastDetector.bytes) { lastDetector = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
+            return lastDetector.text
         }
         func source(_ bytes: UnsafeRawBufferPointer?) -> AuditPosition? {
             guard let bytes else { return nil }
@@ -117,7 +123,8 @@ public struct TopicAudit {
                 case .output:
                     reconciler.output(m.value ?? empty, position: position, lane: m.partition,
                                       source: source(m.header("polyglot-source")),
-                                      fingerprint: fingerprint(m.header("polyglot-fingerprint")))
+                                      fingerprint: fingerprint(m.header("polyglot-fingerprint")),
+                                      detector: detector(m.header(DetectorParameters.headerName)))
                 case .deadLetter:
                     reconciler.deadLetter(m.value ?? empty, code: m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) },
                                           source: source(m.header("polyglot-source")), position: position)

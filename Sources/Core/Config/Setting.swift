@@ -144,10 +144,17 @@ public struct Setting: Sendable, Hashable {
 
     // Detector
 
+    /// `POLYGLOT_WINDOW_KIND`.
+    public static let windowKind = Setting(
+        "POLYGLOT_WINDOW_KIND", flag: "--window-kind", default: DetectorParameters.default.kind.rawValue,
+        help: "tumbling: windows of W aligned to the epoch; sliding: the W ending at each record's own event time.",
+        hint: "tumbling/sliding",
+        notes: "Changing it (or W, N, G, R) needs a new application id, or deleting the state and the changelog.",
+        roles: runtimeRoles, section: .detector)
     /// `POLYGLOT_WINDOW`.
     public static let window = Setting(
         "POLYGLOT_WINDOW", flag: "--window", default: DurationText.format(milliseconds: DetectorParameters.default.window),
-        help: "Tumbling window size W; windows are aligned to the epoch.", roles: runtimeRoles, section: .detector)
+        help: "Window size W (tumbling windows are aligned to the epoch).", roles: runtimeRoles, section: .detector)
     /// `POLYGLOT_THRESHOLD`.
     public static let threshold = Setting(
         "POLYGLOT_THRESHOLD", flag: "--threshold", default: String(DetectorParameters.default.threshold),
@@ -219,7 +226,7 @@ public struct Setting: Sendable, Hashable {
         bootstrapServers, kafkaProperties, connectTimeout, partitioner,
         inputTopic, outputTopic, deadLetterTopic,
         applicationID, stateDirectory, guarantee, commitInterval, instanceID, untilEnd,
-        window, threshold, grace, retention, maxFutureSkew,
+        windowKind, window, threshold, grace, retention, maxFutureSkew,
         auditGroup, auditFindingsTopic, auditSettle, auditStallAfter, auditHighValue,
         logLevel, metricsPort, healthBrokerTimeout,
     ]

@@ -22,6 +22,8 @@ public struct DemoOptions: Sendable {
     public var workDirectory: String?
     /// The environment fingerprint both roles stamp and check (the running one's when nil).
     public var fingerprintDigest: String?
+    /// The window kind of the processor and the auditor (the other parameters are the defaults).
+    public var windowKind: WindowKind = .tumbling
 
     public init(records: Int = 20_000, cards: Int = 2_000, partitions: Int = 6, badFraction: Double = 0.01,
                 jitter: Int64 = 20_000, seed: UInt64 = 1, keepRunning: Bool = false, settle: Duration = .seconds(10),
@@ -159,6 +161,7 @@ public final class PipelineDemo: Sendable {
         var processorConfiguration = ProcessorConfiguration(
             kafka: kafka, stateDirectory: work + "/state", fingerprintDigest: digest, instanceID: "demo")
         processorConfiguration.storeOptions = SQLiteWindowStore.Options(integrityCheck: .quick)
+        processorConfiguration.parameters = try DetectorParameters(kind: o.windowKind)
         var auditorRuntime = processorConfiguration
         auditorRuntime.applicationID = AuditorConfiguration.defaultGroupID
         let auditorConfiguration = AuditorConfiguration(

@@ -15,20 +15,15 @@ public struct Verdict: Sendable, Hashable {
     }
 }
 
-/// SEMANTICS.md §2 in one place: `replay`, `process` and the auditor all call this type, so a
-/// verdict cannot differ between roles. Pure apart from the store it is handed; deterministic.
+/// SEMANTICS.md §2 (tumbling windows) in one place: `replay`, `process` and the auditor all call
+/// this type, so a verdict cannot differ between roles; ``SlidingDetector`` is §2b's. Pure apart from the store it is handed; deterministic.
 public struct Detector: Sendable {
     public let parameters: DetectorParameters
-    /// Purge once stream time has moved a window or a quarter of the retention (whichever is
-    /// longer) since the last purge: state then outlives its deletion point by at most that
-    /// much, and a purge (a pass over every card) stays rare.
-    var nextPurgeAt: Int64?
-
-    let purgeInterval: Int64
+    var purges: PurgeSchedule
 
     public init(parameters: DetectorParameters) {
         self.parameters = parameters
-        purgeInterval = max(parameters.window, parameters.retention / 4)
+        purges = PurgeSchedule(parameters)
     }
 
     /// Decides one valid record and records its effect in `store`.
@@ -49,14 +44,7 @@ public struct Detector: Sendable {
         let k = overflow ? Int64.max : next
         let newStreamTime = max(streamTime ?? t, t)
         store.putAccepted(card, windowStart: s, count: k, cardMax: max(cardMax ?? t, t), streamTime: newStreamTime)
-        if let due = nextPurgeAt {
-            if newStreamTime >= due {
-                store.purgeExpired(p)
-                nextPurgeAt = Self.saturatingAdd(newStreamTime, purgeInterval)
-            }
-        } else {
-            nextPurgeAt = Self.saturatingAdd(newStreamTime, purgeInterval)
-        }
+        if purges.isDue(at: newStreamTime) { store.purgeExpired(p) }
         return Verdict(windowStart: s, count: k, isFlagged: k > p.threshold, isLate: false)
     }
 
@@ -73,10 +61,5 @@ public struct Detector: Sendable {
         if verdict.isLate { return "Late: window closed" }
         if verdict.isFlagged { return "Flagged: \(verdict.count) transactions in \(parameters.windowPhrase)" }
         return ""
-    }
-    
-    static func saturatingAdd(_ a: Int64, _ b: Int64) -> Int64 {
-        let (r, o) = a.addingReportingOverflow(b)
-        return o ? .max : r
     }
 }

@@ -1,8 +1,10 @@
-/// The parameters of SEMANTICS.md §2, all in milliseconds.
+/// The parameters of SEMANTICS.md §2 and §2b, times in milliseconds.
 ///
 /// Validated once, at construction, so the detector's hot path never re-checks them.
 public struct DetectorParameters: Sendable, Hashable, Codable {
-    /// Tumbling window size `W` (> 0).
+    /// Which windows count a card's records: tumbling (§2) or sliding (§2b).
+    public let kind: WindowKind
+    /// Window size `W` (> 0).
     public let window: Int64
     /// Flag when a window's count exceeds this (`N` ≥ 0).
     public let threshold: Int64
@@ -17,6 +19,7 @@ public struct DetectorParameters: Sendable, Hashable, Codable {
 
     /// Creates parameters, rejecting values SEMANTICS.md does not define.
     public init(
+        kind: WindowKind = .tumbling,
         window: Int64 = 60_000,
         threshold: Int64 = 3,
         grace: Int64 = 0,
@@ -28,6 +31,7 @@ public struct DetectorParameters: Sendable, Hashable, Codable {
         guard grace >= 0 else { throw ConfigurationError("grace must be 0 ms or more, got \(grace)") }
         guard retention >= 0 else { throw ConfigurationError("retention must be 0 ms or more, got \(retention)") }
         guard maxFutureSkew >= 0 else { throw ConfigurationError("max future skew must be 0 ms or more, got \(maxFutureSkew)") }
+        self.kind = kind
         self.window = window
         self.threshold = threshold
         self.grace = grace

@@ -39,6 +39,8 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
     let fingerprintBytes: [UInt8]
     let inputTopicBytes: [UInt8]
     let versionBytes: [UInt8]
+    /// The `polyglot-detector` header of every output and dead letter (SEMANTICS.md §2c).
+    let detectorBytes: [UInt8]
     struct Topics {
         var output: KafkaProducerTopic
         var deadLetter: KafkaProducerTopic
@@ -56,19 +58,20 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
         fingerprintBytes = Array(configuration.fingerprintDigest.utf8)
         inputTopicBytes = Array(configuration.inputTopic.utf8)
         versionBytes = Array(ProductVersion.version.utf8)
+        detectorBytes = Array(configuration.parameters.header.utf8)
     }
 
     public var counters: FraudDetectionCounters { shared.withLock { $0 } }
 
-    public func openStore(directory: String) throws(SQLiteError) -> SQLiteWindowStore {
-        try SQLiteWindowStore(directory: directory, parameters: configuration.parameters, options: configuration.storeOptions)
+    public func openStore(directory: String) throws(SQLiteError) -> SQLiteDetectorStore {
+        try SQLiteDetectorStore(directory: directory, parameters: configuration.parameters, options: configuration.storeOptions)
     }
 
     public func destroyStore(directory: String) throws(SQLiteError) {
-        try SQLiteWindowStore.destroy(directory: directory)
+        try SQLiteDetectorStore.destroy(directory: directory)
     }
 
-    public func makeTask(partition: Int32, partitionCount: Int, store: SQLiteWindowStore,
+    public func makeTask(partition: Int32, partitionCount: Int, store: SQLiteDetectorStore,
                          collector: RecordCollector) throws -> FraudDetectionTask {
         if topics == nil {
             let c = configuration
@@ -169,14 +172,14 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                     }
                     cycle.repartitioned += 1
                 } else {
-                    let verdict = task.detector.process(card: CardBytes(card), eventTime: view.timestamp, store: &task.storeRef)
+                    let verdict = task.store.process(card: CardBytes(card), eventTime: view.timestamp)
                     out.removeAll()
                     if let escaped {
                         encoder.append(escaped, verdict, to: out)
                     } else {
                         encoder.append(view: view, record: record, verdict, to: out)
                     }
-                    let source = source, fingerprint = fingerprintBytes, version = versionBytes
+                    let source = source, fingerprint = fingerprintBytes, version = versionBytes, detector = detectorBytes
                     // On the card's partition of the output topic, placed explicitly like the
                     // repartition records: with co-partitioned topics, the task's own partition,
                     // so an auditor finds an input and its output in one task.
@@ -187,6 +190,7 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                         headers.add("polyglot-source", source.bytes)
                         fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
                         version.withUnsafeBytes { headers.add("polyglot-version", $0) }
+                        detector.withUnsafeBytes { headers.add(DetectorParameters.headerName, $0) }
                     }
                     cycle.outputs += 1
                     if verdict.isFlagged { cycle.flagged += 1 }
@@ -194,7 +198,7 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                 }
             }
         } catch {
-            let source = source, fingerprint = fingerprintBytes
+            let source = source, fingerprint = fingerprintBytes, detector = detectorBytes
             // A null value is dead-lettered as an empty one. On the input record's partition when
             // the dead-letter topic has as many: an auditor reads both in one task.
             let partition: Int32? = task.deadLetterPartitionCount == task.partitionCount ? m.partition : nil
@@ -204,6 +208,7 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                 Array(error.message.utf8).withUnsafeBytes { headers.add("polyglot-error-message", $0) }
                 headers.add("polyglot-source", source.bytes)
                 fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+                detector.withUnsafeBytes { headers.add(DetectorParameters.headerName, $0) }
             }
             cycle.deadLetters += 1
             cycle.deadLettersByCode[error.code, default: 0] += 1
@@ -224,19 +229,18 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
     }
 }
 
-/// One input partition's fraud task: its window store and its detector.
+/// One input partition's fraud task: its detector and window state.
 public final class FraudDetectionTask: StreamTask {
     unowned let role: FraudDetectionRole
     let partition: Int32
     let partitionCount: Int32
     let outputPartitionCount: Int32
     let deadLetterPartitionCount: Int32
-    public let store: SQLiteWindowStore
+    public let store: SQLiteDetectorStore
     let collector: RecordCollector
-    var detector: Detector
 
     init(role: FraudDetectionRole, partition: Int32, partitionCount: Int32, outputPartitionCount: Int32,
-         deadLetterPartitionCount: Int32, store: SQLiteWindowStore, collector: RecordCollector) {
+         deadLetterPartitionCount: Int32, store: SQLiteDetectorStore, collector: RecordCollector) {
         self.role = role
         self.partition = partition
         self.partitionCount = partitionCount
@@ -244,7 +248,6 @@ public final class FraudDetectionTask: StreamTask {
         self.deadLetterPartitionCount = deadLetterPartitionCount
         self.store = store
         self.collector = collector
-        detector = Detector(parameters: role.configuration.parameters)
     }
 
     @inline(__always)
@@ -253,13 +256,7 @@ public final class FraudDetectionTask: StreamTask {
     }
 
     public func rolledBack() {
-        detector = Detector(parameters: role.configuration.parameters)
-    }
-
-    /// The store as the detector's `inout` argument (a class: the reference is what changes hands).
-    var storeRef: SQLiteWindowStore {
-        get { store }
-        set { precondition(newValue === store) }
+        store.rolledBack()
     }
 }
 

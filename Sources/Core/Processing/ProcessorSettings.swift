@@ -20,7 +20,9 @@ public struct ProcessorSettings: Sendable {
     public var connectTimeout: String?
     /// `-X key=value` librdkafka properties (after those from `POLYGLOT_KAFKA_PROPERTIES`).
     public var kafkaProperties: [String] = []
-    /// Detector parameters as durations (`60s`) and a count; nil: environment, file or default.
+    /// Detector parameters: the window kind, durations (`60s`) and a count; nil: environment,
+    /// file or default.
+    public var windowKind: String?
     public var window: String?
     public var threshold: String?
     public var grace: String?
@@ -98,7 +100,12 @@ public struct ProcessorSettings: Sendable {
         } else {
             thresholdValue = d.threshold
         }
+        let kindText = pick(windowKind, .windowKind)
+        let kind = try kindText.map { (text) throws(ConfigurationError) in
+            try WindowKind(parsing: text, setting: windowKind != nil ? Setting.windowKind.flag : Setting.windowKind.variable)
+        } ?? d.kind
         let parameters = try DetectorParameters(
+            kind: kind,
             window: milliseconds(window, .window, d.window),
             threshold: thresholdValue,
             grace: milliseconds(grace, .grace, d.grace),

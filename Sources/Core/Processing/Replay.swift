@@ -164,8 +164,7 @@ public struct Replay {
         }
 
         let parameters = options.parameters
-        var detector = Detector(parameters: parameters)
-        var store = InMemoryWindowStore(parameters: parameters, initialCapacity: 1 << 16)
+        let detector = InMemoryDetector(parameters: parameters, initialCapacity: 1 << 16)
         let encoder = EnrichedRecordEncoder(parameters: parameters)
         var summary = ReplaySummary()
         let out = ByteBuffer(capacity: Self.flushBytes + 64 * 1024)
@@ -177,23 +176,23 @@ public struct Replay {
             do throws(FileIOError) {
                 let records = batch.records.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 batch.entries.withUnsafeBufferPointer { entries in
-                    store.planLookups(entries.count) { i in
+                    detector.planLookups(entries.count) { i in
                         guard case .raw(let view, let offset) = entries[i] else { return nil }
                         return CardBytes(base: records + offset + view.cardId.start, count: view.cardId.length)
                     }
                 }
                 for (i, entry) in batch.entries.enumerated() {
-                    store.prefetch(ahead: i)
+                    detector.prefetch(ahead: i)
                     switch entry {
                     case .raw(let view, let offset):
                         let record = records + offset
                         let card = CardBytes(base: record + view.cardId.start, count: view.cardId.length)
-                        let verdict = detector.process(card: card, eventTime: view.timestamp, store: &store)
+                        let verdict = detector.process(card: card, eventTime: view.timestamp)
                         summary.count(verdict)
                         encoder.append(view: view, record: record, verdict, to: out)
                         out.append(0x0A)
                     case .decoded(let transaction):
-                        let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp, store: &store)
+                        let verdict = detector.process(card: transaction.cardId, eventTime: transaction.timestamp)
                         summary.count(verdict)
                         encoder.append(transaction, verdict, to: out)
                         out.append(0x0A)

@@ -33,6 +33,12 @@ public struct CardState: Sendable, Hashable {
 /// |---|---|---|
 /// | card | `02` `'c'` (0x63), card id as UTF-8 | largest accepted event time, then per open window (by start, ascending) its start and count; each 8 bytes big-endian |
 /// | stream time | `02` `'t'` (0x74) | partition stream time, 8 bytes big-endian |
+/// | sliding card | `02` `'s'` (0x73), card id as UTF-8 | largest accepted event time (8 bytes big-endian), then the accepted times as runs: gap from the previous run's time and run length, unsigned LEB128 each |
+/// | parameters | `02` `'p'` (0x70) | the detector parameters that wrote the changelog, as the `polyglot-detector` header text |
+///
+/// Tumbling windows write `'c'` cards, sliding windows `'s'` cards, and each writes its
+/// parameters record at the first commit of every task it runs: a restore under other
+/// parameters (another kind included) stops instead of reading state that means something else.
 ///
 /// Integers are two's complement. A nil value (a Kafka tombstone) deletes the key; on the topic
 /// that is how expired cards leave the state (and how compaction forgets them).
@@ -59,6 +65,10 @@ public struct ChangelogRecord: Sendable, Hashable {
     /// The current encoding version (first key byte).
     public static let version: UInt8 = 0x02
     static let cardTag = UInt8(ascii: "c")
+    /// A sliding-window store's card (``CardTimes``).
+    static let slidingCardTag = UInt8(ascii: "s")
+    /// The detector parameters that wrote the changelog (SEMANTICS.md §2c).
+    static let parametersTag = UInt8(ascii: "p")
     static let streamTimeTag = UInt8(ascii: "t")
 
     /// Encodes `entry`.

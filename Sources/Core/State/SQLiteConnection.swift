@@ -50,6 +50,9 @@ public struct SQLiteError: Error, Sendable, Hashable, CustomStringConvertible {
         case unsupportedSchema
         /// The caller broke an API precondition (for example restoring with uncommitted changes).
         case apiMisuse
+        /// The state was written under other detector parameters (SEMANTICS.md §2c): it cannot
+        /// be used, and must not be silently rebuilt either.
+        case otherParameters
     }
 
     public let code: Code
@@ -95,6 +98,7 @@ public struct SQLiteError: Error, Sendable, Hashable, CustomStringConvertible {
         let name: String
         switch code {
         case .other(let c): name = "SQLite error \(c)"
+        case .otherParameters: return message
         default: name = "\(code)"
         }
         return resultCode == 0 ? "\(name): \(message)" : "\(name) (\(resultCode)): \(message)"
