@@ -239,9 +239,9 @@ struct RuntimeTests {
             let sources = [SourceTopic("in"), SourceTopic("in-repartition", isInternal: true)]
             let changelogTopic = "changelog"
             let sinkTopics: [String] = []
-            func openStore(directory: String) throws(SQLiteError) -> SQLiteWindowStore { fatalError() }
+            func openStore(directory: String) throws(SQLiteError) -> SQLiteDetectorStore { fatalError() }
             func destroyStore(directory: String) throws(SQLiteError) {}
-            func makeTask(partition: Int32, partitionCount: Int, store: SQLiteWindowStore, collector: RecordCollector) throws -> FraudDetectionTask { fatalError() }
+            func makeTask(partition: Int32, partitionCount: Int, store: SQLiteDetectorStore, collector: RecordCollector) throws -> FraudDetectionTask { fatalError() }
             func didHandleBatch() {}
             var summary: [String: String] { [:] }
         }

@@ -11,7 +11,7 @@ struct SettingTableTests {
         "POLYGLOT_INPUT_TOPIC": "probe-in", "POLYGLOT_OUTPUT_TOPIC": "probe-out", "POLYGLOT_DLQ_TOPIC": "probe-dlq",
         "POLYGLOT_APPLICATION_ID": "probe-app", "POLYGLOT_STATE_DIR": "(the fixture's other state directory)", "POLYGLOT_GUARANTEE": "at-least-once",
         "POLYGLOT_COMMIT_INTERVAL": "7s", "POLYGLOT_INSTANCE_ID": "probe-instance", "POLYGLOT_UNTIL_END": "true",
-        "POLYGLOT_WINDOW": "7s", "POLYGLOT_THRESHOLD": "7", "POLYGLOT_GRACE": "7s", "POLYGLOT_RETENTION": "7h",
+        "POLYGLOT_WINDOW_KIND": "sliding", "POLYGLOT_WINDOW": "7s", "POLYGLOT_THRESHOLD": "7", "POLYGLOT_GRACE": "7s", "POLYGLOT_RETENTION": "7h",
         "POLYGLOT_MAX_FUTURE_SKEW": "7m",
         "POLYGLOT_AUDIT_GROUP": "probe-group", "POLYGLOT_AUDIT_FINDINGS_TOPIC": "probe-findings",
         "POLYGLOT_AUDIT_SETTLE": "7s", "POLYGLOT_AUDIT_STALL_AFTER": "7s", "POLYGLOT_AUDIT_HIGH_VALUE": "7",
@@ -126,7 +126,7 @@ struct SettingTableTests {
 
     @Test func aBadValueNamesItsVariable() throws {
         let bad = [
-            "POLYGLOT_WINDOW", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW", "POLYGLOT_THRESHOLD",
+            "POLYGLOT_WINDOW_KIND", "POLYGLOT_WINDOW", "POLYGLOT_GRACE", "POLYGLOT_RETENTION", "POLYGLOT_MAX_FUTURE_SKEW", "POLYGLOT_THRESHOLD",
             "POLYGLOT_AUDIT_SETTLE", "POLYGLOT_AUDIT_STALL_AFTER", "POLYGLOT_AUDIT_HIGH_VALUE",
         ]
         for variable in bad {
