@@ -81,8 +81,10 @@ extension ProcessorTests {
     /// An abortable error in a transaction aborts it, rolls the stores back, rewinds and handles
     /// the same records again, repartitioned ones included; `--until-end` exits only once every
     /// input record is committed, exactly once.
-    @Test(arguments: abortableFaults)
-    func abortableFaultAbortsRewindsAndProcessesAgain(_ fault: InjectedFault) async throws {
+    /// Each fault runs with one window kind, the kinds taking turns: both meet aborts.
+    @Test(arguments: zip(abortableFaults, abortableFaults.indices.map { WindowKind.allCases[$0 % WindowKind.allCases.count] }))
+    func abortableFaultAbortsRewindsAndProcessesAgain(_ fault: InjectedFault, kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         let workload = Workload.valid(count: 900, cards: 15, misKeyedCards: 3)
@@ -103,7 +105,7 @@ extension ProcessorTests {
         }
         let recorder = TransactionRecorder()
         // Several transactions whatever the machine's speed: the Swift-side fault needs a second.
-        var configuration = topics.configuration(stateDirectory: state)
+        var configuration = topics.configuration(stateDirectory: state, parameters: parameters)
         configuration.maxRecordsPerTransaction = 150
         let processor = try StreamProcessor(configuration: configuration, logger: logger,
                                             observer: recorder, transactionFaults: faults)
@@ -117,7 +119,7 @@ extension ProcessorTests {
             #expect(recorder.aborted.count == s.transactionsAborted)
         }
         #expect(s.repartitioned >= misplaced)
-        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder, "\(fault)")
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records, parameters: parameters), recorder: recorder, "\(fault)")
     }
 
     /// A fenced producer (another instance took the transactional id) or an unusable one stops

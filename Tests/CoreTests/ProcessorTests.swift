@@ -127,13 +127,12 @@ struct Workload {
     /// partition (verdicts depend only on each card's own order while retention is not reached).
     static func expected(_ records: [Record], parameters: DetectorParameters = .default) throws -> [String: [UInt8]] {
         var decoder = TransactionDecoder()
-        var detector = Detector(parameters: parameters)
-        var store = InMemoryWindowStore(parameters: parameters)
+        let detector = InMemoryDetector(parameters: parameters)
         let encoder = EnrichedRecordEncoder(parameters: parameters)
         var out: [String: [UInt8]] = [:]
         for r in records {
             guard let t = try? decoder.decode(r.value) else { continue }
-            let verdict = detector.process(card: t.cardId, eventTime: t.timestamp, store: &store)
+            let verdict = detector.process(card: t.cardId, eventTime: t.timestamp)
             out[t.transactionId] = encoder.encode(t, verdict)
         }
         return out
@@ -187,7 +186,9 @@ struct ProcessorTests {
         return l
     }()
 
-    @Test func multiPartitionRunEqualsReplayAndDeadLettersEveryCode() async throws {
+    @Test(arguments: WindowKind.allCases)
+    func multiPartitionRunEqualsReplayAndDeadLettersEveryCode(kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 4)
         let workload = Workload.valid(count: 600, cards: 20)
@@ -211,7 +212,7 @@ struct ProcessorTests {
 
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
-        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, parameters: parameters), logger: logger)
         try await run(processor)
         let stats = processor.statistics
         #expect(stats.outputs == 600)
@@ -221,7 +222,7 @@ struct ProcessorTests {
 
         let outputs = try await topics.read(topics.output, count: 600)
         #expect(outputs.count == 600)
-        let expected = try Workload.expected(workload.records)
+        let expected = try Workload.expected(workload.records, parameters: parameters)
         var seen: [String: [UInt8]] = [:]
         for m in outputs {
             let id = try #require(transactionID(of: m.value))
@@ -304,7 +305,9 @@ struct ProcessorTests {
         try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
     }
 
-    @Test func restoresAfterStateDirectoryIsDeleted() async throws {
+    @Test(arguments: WindowKind.allCases)
+    func restoresAfterStateDirectoryIsDeleted(kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         let first = Workload.valid(count: 300, cards: 12)
@@ -313,18 +316,18 @@ struct ProcessorTests {
         defer { try? FileManager.default.removeItem(at: state) }
 
         try await topics.produce(first.kafkaRecords)
-        try await run(try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger))
+        try await run(try StreamProcessor(configuration: topics.configuration(stateDirectory: state, parameters: parameters), logger: logger))
         try FileManager.default.removeItem(at: state)
 
         try await topics.produce(second.kafkaRecords)
-        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, parameters: parameters), logger: logger)
         try await run(processor)
         #expect(processor.statistics.restoredRecords > 0)
         // Only the new records were processed: positions came from the changelog.
         #expect(processor.statistics.outputs == 300)
 
         let outputs = try await topics.read(topics.output, count: 600)
-        let expected = try Workload.expected(first.records + second.records)
+        let expected = try Workload.expected(first.records + second.records, parameters: parameters)
         var seen: [String: [UInt8]] = [:]
         for m in outputs {
             let id = try #require(transactionID(of: m.value))
@@ -335,7 +338,9 @@ struct ProcessorTests {
         #expect(differences(seen, expected) == [])
     }
 
-    @Test func atLeastOnceRunAndRestart() async throws {
+    @Test(arguments: WindowKind.allCases)
+    func atLeastOnceRunAndRestart(kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
         let first = Workload.valid(count: 200, cards: 9)
@@ -343,12 +348,12 @@ struct ProcessorTests {
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
         try await topics.produce(first.kafkaRecords)
-        let a = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, guarantee: .atLeastOnce), logger: logger)
+        let a = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, guarantee: .atLeastOnce, parameters: parameters), logger: logger)
         try await run(a)
         #expect(a.statistics.outputs == 200)
         // A restart on the same state resumes after the committed records.
         try await topics.produce(second.kafkaRecords)
-        let b = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, guarantee: .atLeastOnce), logger: logger)
+        let b = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, guarantee: .atLeastOnce, parameters: parameters), logger: logger)
         try await run(b)
         #expect(b.statistics.outputs == 200)
         #expect(b.statistics.restoredRecords <= 2 * topics.partitions)
@@ -359,10 +364,12 @@ struct ProcessorTests {
             #expect(seen[id] == nil, "duplicate output for \(id)")
             seen[id] = m.value
         }
-        #expect(differences(seen, try Workload.expected(first.records + second.records)) == [])
+        #expect(differences(seen, try Workload.expected(first.records + second.records, parameters: parameters)) == [])
     }
 
-    @Test func twoInstancesOneStoppedMidway() async throws {
+    @Test(arguments: WindowKind.allCases)
+    func twoInstancesOneStoppedMidway(kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 4)
         let workload = Workload.valid(count: 800, cards: 16)
@@ -372,8 +379,8 @@ struct ProcessorTests {
             try? FileManager.default.removeItem(at: stateA)
             try? FileManager.default.removeItem(at: stateB)
         }
-        let a = try StreamProcessor(configuration: topics.configuration(stateDirectory: stateA, untilEnd: false), logger: logger)
-        let b = try StreamProcessor(configuration: topics.configuration(stateDirectory: stateB, untilEnd: false), logger: logger)
+        let a = try StreamProcessor(configuration: topics.configuration(stateDirectory: stateA, untilEnd: false, parameters: parameters), logger: logger)
+        let b = try StreamProcessor(configuration: topics.configuration(stateDirectory: stateB, untilEnd: false, parameters: parameters), logger: logger)
         let half = workload.kafkaRecords.count / 2
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await a.runOnDedicatedThread() }
@@ -399,11 +406,12 @@ struct ProcessorTests {
             #expect(seen[id] == nil, "duplicate output for \(id)")
             seen[id] = m.value
         }
-        #expect(differences(seen, try Workload.expected(workload.records)) == [])
+        #expect(differences(seen, try Workload.expected(workload.records, parameters: parameters)) == [])
     }
 
-    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock))
-    func recoversFromInjectedFaults() async throws {
+    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
+    func recoversFromInjectedFaults(kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster(brokers: 3)
         let mock = try #require(cluster.mock)
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
@@ -411,7 +419,7 @@ struct ProcessorTests {
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
         let recorder = TransactionRecorder()
-        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, untilEnd: false), logger: logger,
+        let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state, untilEnd: false, parameters: parameters), logger: logger,
                                             observer: recorder)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await processor.runOnDedicatedThread() }
@@ -455,7 +463,7 @@ struct ProcessorTests {
         }
         // Nothing lost, nothing twice once the aborted transactions' records are dropped,
         // every verdict right.
-        try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
+        try await topics.expectExactlyOnce(try Workload.expected(workload.records, parameters: parameters), recorder: recorder)
     }
 
     @Test func startUpChecksInternalTopics() async throws {
