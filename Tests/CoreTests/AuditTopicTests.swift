@@ -6,18 +6,22 @@ import Testing
 extension AuditTests {
     static let auditorDigest = String(repeating: "ab", count: 32)
 
-    func topicAudit(_ topics: ProcessorTopics) throws -> FileAuditSummary {
+    func topicAudit(_ topics: ProcessorTopics, parameters: DetectorParameters = .default,
+                    findings: (([AuditFinding]) -> Void)? = nil) throws -> FileAuditSummary {
         var logger = Logger(label: "polyglot.test.audit")
         logger.logLevel = .warning
         let options = TopicAuditOptions(
             kafka: topics.cluster.configuration, inputTopic: topics.input, outputTopic: topics.output, deadLetterTopic: topics.deadLetters,
-            configuration: AuditConfiguration(fingerprintDigest: AuditTests.auditorDigest))
-        return try TopicAudit(options: options, logger: logger).run { _ in }
+            configuration: AuditConfiguration(parameters: parameters, fingerprintDigest: AuditTests.auditorDigest))
+        return try TopicAudit(options: options, logger: logger).run { findings?($0) }
     }
 
     /// `audit --once` over a clean pipeline run (repartitioned and rejected records included)
-    /// finds nothing to report.
-    @Test func onceOverACleanPipelineRunFindsNothing() async throws {
+    /// finds nothing to report, with either window kind; an auditor with the other kind reports
+    /// every output once as drift with both headers, and nothing as a mismatch.
+    @Test(arguments: WindowKind.allCases)
+    func onceOverACleanPipelineRunFindsNothing(kind: WindowKind) async throws {
+        let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         var workload = Workload.valid(count: 600, cards: 12)
@@ -28,16 +32,25 @@ extension AuditTests {
         defer { try? FileManager.default.removeItem(at: state) }
         var logger = Logger(label: "polyglot.test.process")
         logger.logLevel = .warning
-        var configuration = topics.configuration(stateDirectory: state)
+        var configuration = topics.configuration(stateDirectory: state, parameters: parameters)
         configuration.fingerprintDigest = AuditTests.auditorDigest
         let processor = try StreamProcessor(configuration: configuration, logger: logger)
         try await run(processor)
-        let summary = try await offPool { try topicAudit(topics) }
+        let summary = try await offPool { try topicAudit(topics, parameters: parameters) }
         let c = summary.counts
         #expect(c.inputs == 602)
         #expect(c.outputs == 600)
         #expect(c.deadLetters == 2)
         #expect(!c.hasDiscrepancies, "\(c)")
+
+        let other = try DetectorParameters(kind: kind == .tumbling ? .sliding : .tumbling)
+        let (drifted, drift) = try await offPool {
+            var all: [AuditFinding] = []
+            let counts = try topicAudit(topics, parameters: other) { all += $0 }.counts
+            return (counts, all.filter { $0.kind == .drift })
+        }
+        #expect(drifted.drift == 600 && drifted.mismatch == 0 && drifted.missing == 0 && drifted.orphan == 0, "\(drifted)")
+        #expect(drift.allSatisfy { $0.outputDetector == parameters.header && $0.auditorDetector == other.header })
     }
 
     /// A crafted output topic with one missing, one duplicate, one orphan, one wrong verdict,
