@@ -254,6 +254,9 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Partition counts of the topics that exist among `topics`, from cluster metadata (asking
     /// never auto-creates a topic). Blocking.
+    /// librdkafka's reason when a connection failed in authentication (SASL), nil otherwise.
+    public var authenticationFailure: String? { context.authenticationFailure.withLock { $0 } }
+
     public func partitionCounts(_ topics: [String], timeout: Duration) throws(KafkaError) -> [String: Int] {
         try ClusterMetadata.partitionCounts(handle, topics, timeout: timeout)
     }

@@ -256,6 +256,8 @@ public struct InputLoader: Sendable {
             do throws(KafkaError) {
                 counts = try producer.partitionCounts([topic], timeout: .milliseconds(500))
             } catch {
+                // A broker refusing the credentials is no reason to wait out the timeout.
+                if let reason = producer.authenticationFailure { throw InputLoaderError(.kafka, "authentication failed: \(reason)") }
                 let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(error.code)
                 guard unreachable else { throw InputLoaderError(.kafka, "Kafka: \(error.message)") }
                 if ContinuousClock.now >= deadline {
