@@ -135,6 +135,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw ValidationError(error.message)
         }
+        try observability.checkAvailable(endpoints)
         var logger = Logger(label: "polyglot.audit")
         logger.logLevel = endpoints.logLevel
         let metrics = RoleMetrics(role: "audit", fingerprintDigest: configuration.runtime.fingerprintDigest,

@@ -19,7 +19,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
             which wins over defaults. Environment and file names: \
             \(ProcessorSettings.environmentHelp).
 
-            HTTP on --metrics-port (default 9464, 0: off): GET /metrics (Prometheus text), GET /healthz \
+            HTTP on --metrics-port (9464 unless given; 0: off) and --metrics-address: GET /metrics (Prometheus text), GET /healthz \
             (200 while every assigned partition is restored and polling; else 503 with a one-line JSON reason).
 
             Logs: one JSON object per line on stderr when it is not a terminal, readable text when it is.
@@ -52,6 +52,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw ValidationError(error.message)
         }
+        try observability.checkAvailable(endpoints)
         var logger = Logger(label: "polyglot.process")
         logger.logLevel = endpoints.logLevel
         let metrics = RoleMetrics(role: "process", fingerprintDigest: configuration.fingerprintDigest,

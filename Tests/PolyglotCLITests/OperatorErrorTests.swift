@@ -45,4 +45,45 @@ final class OperatorErrorTests {
         }
     }
 
+    /// A port another process listens on: one line naming it and the flag, before any role
+    /// starts; the demo says so before it prints any address.
+    @Test func aPortInUseIsOneLineNamingItsFlag() throws {
+        let held = try ListeningSocket()
+        let port = held.port
+        let process = try polyglot(["process", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", "state",
+                                    "--metrics-port", "\(port)"], in: directory)
+        #expect(process.status == 1)
+        #expect(process.stderrLines.count == 1, "\(process.stderr)")
+        #expect(process.stderr == "polyglot: cannot serve /metrics and /healthz on 0.0.0.0:\(port): port \(port) is in use on 0.0.0.0 (another polyglot on this host?); choose another port with --metrics-port, or 0 to turn them off\n")
+        let demo = try polyglot(["demo", "--records", "100", "--audit-metrics-port", "\(port)", "--process-metrics-port", "0"], in: directory)
+        #expect(demo.status == 1)
+        #expect(demo.stderrLines.count == 1, "\(demo.stderr)")
+        #expect(demo.stderr.contains("port \(port) is in use") && demo.stderr.contains("--audit-metrics-port"), "\(demo.stderr)")
+        #expect(!demo.stderr.contains("http://"))
+    }
+}
+
+/// A TCP socket listening on a free loopback-and-every-interface port, closed on deinit.
+final class ListeningSocket {
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr = in_addr(s_addr: INADDR_ANY)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, pointer, &length) == 0
+            }
+        }
+        try #require(fd >= 0 && bound, "cannot listen: errno \(errno)")
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(fd) }
 }
