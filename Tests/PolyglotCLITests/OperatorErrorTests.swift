@@ -17,6 +17,33 @@ final class OperatorErrorTests {
     init() throws { directory = try temporaryDirectory() }
     deinit { try? FileManager.default.removeItem(at: directory) }
 
+    @Test func produceWithoutBootstrapServersIsAUsageErrorAtOnce() throws {
+        try Data(lines.utf8).write(to: directory.appendingPathComponent("in.jsonl"))
+        let started = ContinuousClock.now
+        for command in [["produce", "in.jsonl"], ["process", "--state-dir", "state"]] {
+            let run = try polyglot(command, in: directory)
+            #expect(run.status == 64, "\(command): \(run.stderr)")
+            #expect(run.stderr == "polyglot: no Kafka bootstrap servers: set --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS\n", "\(command)")
+        }
+        // Not after the connect timeout (15 s) spent on a cluster it was never told about.
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    @Test(arguments: [
+        (["generate", "-5"], "polyglot: <count> must be 0 or more, got -5\n"),
+        (["generate", "10", "--cards", "-1"], "polyglot: --cards must be at least 1\n"),
+        (["demo", "--records", "-1"], "polyglot: --records must be at least 1, got -1\n"),
+        (["demo", "--cards", "-2"], "polyglot: --cards must be at least 1, got -2\n"),
+        (["process", "--bootstrap-servers", "h:1", "--metrics-address", "localhost:1"],
+         "polyglot: --metrics-address: 'localhost:1' is not an IP address (0.0.0.0 for every interface, 127.0.0.1 for this host only)\n"),
+    ])
+    func negativeAndInvalidNumbersAreNamed(arguments: [String], expected: String) throws {
+        let run = try polyglot(arguments, in: directory)
+        #expect(run.status == 64)
+        #expect(run.stderr == expected)
+        #expect(run.stdout.isEmpty)
+    }
+
     /// SASL against a broker without it (the dev broker has no SASL handshake): the reason is
     /// librdkafka's, after "authentication failed", within a second or two rather than the
     /// connect timeout; the password is never shown, and nothing but it is redacted.

@@ -38,8 +38,10 @@ public struct DemoOptions: Sendable {
     }
 
     public func validate() throws(ConfigurationError) {
-        guard records >= 1 else { throw ConfigurationError("--records must be at least 1") }
-        guard (1...1_000).contains(partitions) else { throw ConfigurationError("--partitions must be between 1 and 1000") }
+        guard records >= 1 else { throw ConfigurationError("--records must be at least 1, got \(records)") }
+        guard cards >= 1 else { throw ConfigurationError("--cards must be at least 1, got \(cards)") }
+        guard (0...1).contains(badFraction) else { throw ConfigurationError("--bad must be between 0 and 1, got \(badFraction)") }
+        guard (1...1_000).contains(partitions) else { throw ConfigurationError("--partitions must be between 1 and 1000, got \(partitions)") }
         guard settle >= .zero else { throw ConfigurationError("--settle must not be negative") }
     }
 }

@@ -28,6 +28,9 @@ public struct InputLoaderSettings: Sendable {
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> InputLoaderConfiguration {
         let layers = try SettingsLayers(configFile: configFile, environment: environment)
         let kafka = try layers.kafka(properties: kafkaProperties, bootstrapServers: bootstrapServers)
+        guard let servers = kafka.bootstrapServers, !servers.isEmpty else {
+            throw ConfigurationError("no Kafka bootstrap servers: set --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS")
+        }
         if kafka["transactional.id"] != nil {
             throw ConfigurationError("-X transactional.id: produce writes with an idempotent producer, outside transactions")
         }
