@@ -357,7 +357,7 @@ public final class KafkaProducer: @unchecked Sendable {
             _ = rd_kafka_flush(handle, milliseconds(flushTimeout))
         }
         let left = outstanding
-        if left > 0 { logger.warning("producer closing with records undelivered", metadata: ["client": "\(name)", "undelivered": "\(left)"]) }
+        if left > 0 { logger.warning("producer closing with records undelivered", metadata: ["client": "\(name)", "undelivered_records": .number(Int(left))]) }
         pollLoop.stop()
         for (_, rkt) in state.withLock({ $0.topics }) { rd_kafka_topic_destroy(rkt) }
         rd_kafka_destroy(handle)

@@ -77,7 +77,7 @@ public struct ObservabilityServer: Service {
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: nil),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
-                logger.info("serving /metrics and /healthz", metadata: ["address": "\(host)", "port": "\(port)"])
+                logger.info("serving /metrics and /healthz", metadata: ["address": "\(host)", "port": .number(port)])
                 listening.set(port)
             },
             logger: serverLogger)
