@@ -103,7 +103,7 @@ struct DemoCommand: AsyncParsableCommand {
         let lastLine = Mutex<ContinuousClock.Instant?>(nil)
         let service = DemoService(demo: demo, onStarted: onStarted, progress: { progress in
             if terminal {
-                StandardError.write("\r\u{1B}[K" + progress.line)
+                StandardError.showStatus(progress.line)
             } else {
                 // Not a terminal: a line every five seconds rather than a redrawn one.
                 let due = lastLine.withLock { last in
@@ -124,7 +124,7 @@ struct DemoCommand: AsyncParsableCommand {
                 try await running.task.value
             }
         }
-        if terminal { StandardError.write("\n") }
+        StandardError.endStatus()
         guard let summary = service.summary else { throw CommandFailure("the demo stopped before its summary") }
         print(summary.text)
         if !summary.isClean { throw ExitCode(1) }

@@ -58,4 +58,13 @@ struct LogFormatTests {
         #expect(LogNumber(7.4, decimals: 0).description == "7")
         #expect("deadLetters".snakeCased == "dead_letters" && "records".snakeCased == "records")
     }
+
+    /// A line written while a progress line is drawn goes above it, whole, and the progress
+    /// line is drawn again below it.
+    @Test func aLogLineNeverLandsInsideTheStatusLine() {
+        let framed = StandardError.framed(Array("warning\n".utf8), status: "records 10/20")
+        #expect(String(decoding: framed, as: UTF8.self) == "\r\u{1B}[Kwarning\nrecords 10/20")
+        let unterminated = StandardError.framed(Array("note".utf8), status: "s")
+        #expect(String(decoding: unterminated, as: UTF8.self) == "\r\u{1B}[Knote\ns")
+    }
 }
