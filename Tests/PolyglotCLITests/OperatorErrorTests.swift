@@ -34,6 +34,7 @@ final class OperatorErrorTests {
         (["generate", "10", "--cards", "-1"], "polyglot: --cards must be at least 1\n"),
         (["demo", "--records", "-1"], "polyglot: --records must be at least 1, got -1\n"),
         (["demo", "--cards", "-2"], "polyglot: --cards must be at least 1, got -2\n"),
+        (["generate", "10", "--start", "yesterday"], "polyglot: --start must be now or epoch milliseconds (0 or more), got 'yesterday'\n"),
         (["process", "--bootstrap-servers", "h:1", "--metrics-address", "localhost:1"],
          "polyglot: --metrics-address: 'localhost:1' is not an IP address (0.0.0.0 for every interface, 127.0.0.1 for this host only)\n"),
     ])
@@ -42,6 +43,21 @@ final class OperatorErrorTests {
         #expect(run.status == 64)
         #expect(run.stderr == expected)
         #expect(run.stdout.isEmpty)
+    }
+
+    @Test func generateStartsAtTheGivenTimeOrNow() throws {
+        func firstTimestamp(_ arguments: [String]) throws -> Int64 {
+            let run = try polyglot(["generate", "3"] + arguments, in: directory)
+            #expect(run.status == 0, "\(run.stderr)")
+            let first = try #require(run.stdout.split(separator: "\n").first)
+            let marker = try #require(first.range(of: #""timestamp":"#))
+            return try #require(Int64(first[marker.upperBound...].prefix { $0.isNumber }))
+        }
+        #expect(try firstTimestamp([]) >= 1_767_225_600_000 && firstTimestamp([]) < 1_767_225_600_000 + 60_000)
+        #expect(try firstTimestamp(["--start", "1700000000000"]) < 1_700_000_000_000 + 60_000)
+        let before = Int64(Date().timeIntervalSince1970 * 1000)
+        let now = try firstTimestamp(["--start", "now"])
+        #expect(now >= before && now < before + 120_000)
     }
 
     /// SASL against a broker without it (the dev broker has no SASL handshake): the reason is
