@@ -38,7 +38,7 @@ struct DevBrokerCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Write the bootstrap list to this file once ready (replaced atomically, removed on exit).")
     var bootstrapFile: String?
 
-    @Option(help: "Log level: trace, debug, info (default), notice, warning, error, critical (env POLYGLOT_LOG_LEVEL).")
+    @Option(help: "Log level: trace, debug, info, notice, warning, error or critical; env POLYGLOT_LOG_LEVEL (default: info).")
     var logLevel: String?
 
     func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
@@ -193,7 +193,7 @@ struct DevStoreBenchCommand: ParsableCommand {
     @Option(help: "Changed cards in the large commit.")
     var commitKeys: Int = 20_000
 
-    @Option(help: "Folder for the store (a temporary one by default; deleted afterwards).")
+    @Option(help: "Folder for the store (default: a temporary one, deleted afterwards).")
     var directory: String?
 
     func run() throws {

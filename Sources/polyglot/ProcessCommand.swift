@@ -8,6 +8,10 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "process",
         abstract: "Run the fraud detector on Kafka, exactly once, with SQLite window state.",
+        usage: """
+            polyglot process --bootstrap-servers HOST:PORT [--application-id ID] [--state-dir DIR] [--until-end]
+                             [--metrics-port PORT] [--metrics-address IP] [-X key=value ...] [<options>]
+            """,
         discussion: """
             Joins the consumer group <application-id> on the input topic. Each assigned partition is a \
             task with its own SQLite window store under --state-dir, restored from the changelog topic \
@@ -27,7 +31,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
             SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
             """)
 
-    @Option(help: "Consumer group id and internal topic prefix (default \(Setting.applicationID.defaultText)).")
+    @Option(help: "Consumer group id and internal topic prefix (default: \(Setting.applicationID.defaultText)).")
     var applicationId: String?
 
     @OptionGroup var runtime: RuntimeOptions
