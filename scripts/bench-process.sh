@@ -109,7 +109,7 @@ one_run() {
         [[ "$counts" == "inputs $records, outputs $valid, deadLetters $rejected, missing 0, duplicate 0, orphan 0, mismatch 0,"* &&
             "$counts" == *"drift 0, unreadable 0"* ]] || fail "the auditor did not match every record: $counts"
         audit_rate=$(field average_rate_per_second "$auditor")
-        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '(records|processing_seconds|average_rate_per_second|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
+        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '\b(records|processing_seconds|average_rate_per_second|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
     elif [[ -n "${AUDIT:-}" ]]; then
         audited=$("$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
             fail "audit --once reported discrepancies or failed: ${audited:-no summary}"
