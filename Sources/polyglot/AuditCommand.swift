@@ -58,7 +58,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
 
     @OptionGroup(title: "Continuous auditor (neither --files nor --once)") var continuous: ContinuousAuditOptions
 
-    @OptionGroup(title: "Kafka, topics, state and detector (continuous and --once)") var runtime: RuntimeOptions
+    @OptionGroup(title: "Kafka, topics and state (continuous, --once); detector (every mode)") var runtime: RuntimeOptions
 
     @OptionGroup(title: "Logs, metrics and health (continuous)") var observability: ObservabilityOptions
 

@@ -47,7 +47,7 @@ final class HelpTextTests {
     @Test func auditHelpGroupsTheOptionsOfEachMode() throws {
         let text = try help(["audit"])
         for title in ["AUDIT A REPLAY RUN (--FILES)", "AUDIT ONCE (--FILES AND --ONCE)", "CONTINUOUS AUDITOR (NEITHER --FILES NOR --ONCE)",
-                      "KAFKA, TOPICS, STATE AND DETECTOR (CONTINUOUS AND --ONCE)"] {
+                      "KAFKA, TOPICS AND STATE (CONTINUOUS, --ONCE); DETECTOR (EVERY MODE)"] {
             #expect(text.contains(title), "no section \(title)")
         }
         let files = try #require(text.range(of: "AUDIT A REPLAY RUN"))
