@@ -74,8 +74,7 @@ struct DevBrokerCommand: AsyncParsableCommand, LoggingCommand {
 struct DevKafkaBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kafka-bench",
-        abstract: "Measure produce and consume throughput of the Kafka layer.",
-        shouldDisplay: false
+        abstract: "Measure produce and consume throughput of the Kafka layer."
     )
 
     @Option(help: "Bootstrap servers; without it an in-process mock cluster is used.")
@@ -177,8 +176,7 @@ struct DevLatencyBenchCommand: ParsableCommand {
 struct DevStoreBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store-bench",
-        abstract: "Measure the SQLite window store: detect and commit cycles, a large commit, restore.",
-        shouldDisplay: false
+        abstract: "Measure the SQLite window store: detect and commit cycles, a large commit, restore."
     )
 
     @Option(help: "Records run through the detector and the store.")

@@ -11,7 +11,7 @@ final class HelpTextTests {
 
     static let commands: [[String]] = [
         ["replay"], ["audit"], ["process"], ["produce"], ["generate"], ["demo"],
-        ["dev", "broker"], ["image", "render"], ["image", "fingerprint"], ["image", "verify"],
+        ["dev", "broker"], ["dev", "kafka-bench"], ["dev", "store-bench"], ["image", "render"], ["image", "fingerprint"], ["image", "verify"],
     ]
 
     /// The help with its line wrapping undone.
@@ -62,7 +62,8 @@ final class HelpTextTests {
         let readme = try String(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("README.md"), encoding: .utf8)
         var named: Set<[String]> = []
-        for match in readme.matches(of: /`polyglot ([a-z]+)(?: ([a-z]+))?/) {
+        // In running text (`polyglot demo`) and in code blocks (a line that starts with it).
+        for match in readme.matches(of: /(?:^|`)polyglot ([a-z-]+)(?: ([a-z][a-z-]*))?/.anchorsMatchLineEndings()) {
             named.insert([String(match.output.1)] + (match.output.2.map { [String($0)] } ?? []))
         }
         #expect(named.count >= 8)
