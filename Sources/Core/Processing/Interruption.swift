@@ -13,7 +13,8 @@ import Glibc
 public enum Interruption {
     /// The temporary files being written, and whether a signal has come.
     private static let state = Mutex<(temporaries: Set<String>, interrupted: Bool)>(([], false))
-    /// The signal sources; kept so they stay installed.
+    /// The signal sources, kept so they stay installed. `nonisolated(unsafe)`: written only by
+    /// the one ``install(command:)`` call that `installed` lets through, and never read.
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
     private static let installed = Atomic<Bool>(false)
 
