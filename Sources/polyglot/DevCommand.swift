@@ -126,8 +126,7 @@ struct DevLatencyBenchCommand: ParsableCommand {
         topic read_committed: each output's latency is the wall clock when read minus its \
         timestamp. Prints one line per rate with p50, p95, p99 and max in milliseconds. With \
         --floor it reads the input topic itself: the same clients with no processor between them.
-        """,
-        shouldDisplay: false
+        """
     )
 
     @Option(help: "Bootstrap servers of a cluster where the topics exist (a running process reads the input).")

@@ -3,7 +3,7 @@ import Testing
 
 /// `--help` as a new user reads it: defaults written one way, usage lines that show the
 /// options, the audit's modes apart, every command the README names listed.
-@Suite("Help text", .enabled(if: PolyglotBinary.url != nil, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)"))
+@Suite("Help text", PolyglotBinary.enabled)
 final class HelpTextTests {
     let directory: URL
     init() throws { directory = try temporaryDirectory() }

@@ -9,7 +9,7 @@ import Glibc
 /// output files, leaves the files they were to replace untouched, says it was interrupted in
 /// one line and exits 128 plus the signal's number.
 @Suite("Interrupted replay", .serialized,
-       .enabled(if: PolyglotBinary.url != nil, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)"))
+       PolyglotBinary.enabled)
 struct InterruptedReplayTests {
     @Test(arguments: [SIGINT, SIGTERM])
     func aSignalRemovesTheTemporariesAndSaysSo(_ signal: Int32) async throws {
@@ -19,7 +19,7 @@ struct InterruptedReplayTests {
         try old.write(to: directory.appendingPathComponent("out.jsonl"))
 
         let process = Process()
-        process.executableURL = PolyglotBinary.url!
+        process.executableURL = try PolyglotBinary.required()
         process.arguments = ["replay", "-", "-o", "out.jsonl", "--dlq", "dlq.jsonl", "--no-progress"]
         process.currentDirectoryURL = directory
         process.environment = ["PATH": "/usr/bin:/bin", "HOME": directory.path]

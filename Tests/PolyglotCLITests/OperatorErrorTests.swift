@@ -11,7 +11,7 @@ import Glibc
 /// broker that refuses the credentials, a port another process holds. Each is a usage error
 /// (64) or a failure (1) at once, in one line that names what to change.
 @Suite("Operator errors", .serialized,
-       .enabled(if: PolyglotBinary.url != nil, "the polyglot binary was not found next to the test bundle (set POLYGLOT_BINARY)"))
+       PolyglotBinary.enabled)
 final class OperatorErrorTests {
     let directory: URL
     init() throws { directory = try temporaryDirectory() }
