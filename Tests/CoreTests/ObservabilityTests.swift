@@ -73,8 +73,8 @@ struct ObservabilityTests {
         let labels = ["topic": "app-windows-changelog", "partition": "1"]
         #expect(text["polyglot_restore_partition_remaining_records", labels] == 9)
         #expect(text["polyglot_restore_stalled_seconds", labels] == 31)
-        #expect(text["polyglot_consumer_lag", ["topic": "in", "partition": "1"]] == 7)
-        #expect(text["polyglot_consumer_lag", ["topic": "app-repartition", "partition": "1"]] == 0)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "in", "partition": "1"]] == 7)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "app-repartition", "partition": "1"]] == 0)
     }
 
     @Test func healthBodyIsOneLineOfJSON() throws {
