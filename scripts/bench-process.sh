@@ -6,7 +6,7 @@
 # The dev broker (librdkafka's mock) waits session.timeout.ms before a group's first assignment, so
 # the runs set it to 6 s. Prints the processor's final log line of each run, RUNS times over fresh
 # brokers (default 5), then the median of each rate: on a shared 2-core machine single runs vary
-# by up to 2x. records/s is records / processingSeconds, the span from the first record handled to
+# by up to 2x. records/s is records / processing_seconds, the span from the first record handled to
 # the last commit (start-up, joining the group and restoring are outside it); the restore rate is
 # changelog records over the time spent restoring.
 # Each run is checked, and the script fails if a check does: the output topic received one record
@@ -19,7 +19,7 @@
 # still holds every output the audit must find. AUDIT=continuous runs the continuous auditor
 # instead (`polyglot audit --until-end`, its own group, state and findings topic, exactly once),
 # fails unless it matched every input to its output or dead letter with no discrepancy, and
-# prints its records/s over its processingSeconds (inputs, outputs and dead letters it read,
+# prints its records/s over its processing_seconds (inputs, outputs and dead letters it read,
 # and its own repartition records).
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
@@ -64,8 +64,9 @@ median() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : 
 # A value of the processor's final log line: `field NAME LINE`.
 field() { grep -oE "(^| )$1=[0-9.]+" <<<"$2" | head -1 | cut -d= -f2; }
 fail() { echo "run $run: $*" >&2; exit 1; }
-# A JSON log line as `message=... name=value ...` (its values hold no quotes, commas or spaces).
-json_fields() { sed -E 's/^\{//; s/\}$//; s/"([^"]+)":"([^"]*)"/\1=\2/g; s/,([A-Za-z_]+=)/ \1/g; s/^time=[^ ]* level=[^ ]* logger=[^ ]* //'; }
+# A JSON log line as `message=... name=value ...` (its values, strings or numbers, hold no
+# quotes, commas or spaces).
+json_fields() { sed -E 's/^\{//; s/\}$//; s/"([^"]+)":("([^"]*)"|([^,"]*))/\1=\3\4/g; s/,([A-Za-z_]+=)/ \1/g; s/^time=[^ ]* level=[^ ]* logger=[^ ]* //'; }
 
 one_run() {
     run=$1
@@ -115,8 +116,8 @@ one_run() {
         counts=$(grep '^inputs ' <<<"$auditor") || fail "the auditor failed: $auditor"
         [[ "$counts" == "inputs $records, outputs $valid, deadLetters $rejected, missing 0, duplicate 0, orphan 0, mismatch 0,"* &&
             "$counts" == *"drift 0, unreadable 0"* ]] || fail "the auditor did not match every record: $counts"
-        audit_rate=$(field rate "$auditor")
-        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '(records|processingSeconds|rate|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
+        audit_rate=$(field average_rate_per_second "$auditor")
+        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '\b(records|processing_seconds|average_rate_per_second|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
     elif [[ -n "${AUDIT:-}" ]]; then
         audited=$("$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
             fail "audit --once reported discrepancies or failed: ${audited:-no summary}"
@@ -137,23 +138,23 @@ one_run() {
     [[ "$(field aborts "$processed")" == 0 ]] || fail "a transaction aborted: the dev broker keeps aborted records, so the counts cannot be checked"
     [[ "$(field outputs "$processed")" == "$valid" && "$outputs" == "$valid" ]] ||
         fail "expected $valid outputs, the processor counted $(field outputs "$processed") and the output topic received $outputs"
-    [[ "$(field deadLetters "$processed")" == "$rejected" && "$dead" == "$rejected" ]] ||
-        fail "expected $rejected dead letters, the processor counted $(field deadLetters "$processed") and the topic received $dead"
+    [[ "$(field dead_letters "$processed")" == "$rejected" && "$dead" == "$rejected" ]] ||
+        fail "expected $rejected dead letters, the processor counted $(field dead_letters "$processed") and the topic received $dead"
     [[ "$held_changelog" == "$changelog" ]] ||
         fail "the dev broker dropped $((changelog - held_changelog)) of $changelog changelog records (5 MiB per partition): the restore cannot be checked"
-    [[ "$(field restored "$restored")" == "$changelog" ]] ||
-        fail "the first run wrote $changelog changelog records, the restore read $(field restored "$restored")"
+    [[ "$(field restored_records "$restored")" == "$changelog" ]] ||
+        fail "the first run wrote $changelog changelog records, the restore read $(field restored_records "$restored")"
     echo "run $run: checked: $outputs outputs (the dev broker still holds the newest $held_outputs), $dead dead letters," \
         "$changelog changelog records written and all of them restored" >&2
-    echo "$(field rate "$processed") $(field restoreRate "$restored") $(field processingSeconds "$processed") $(field userCPUSeconds "$processed") $audit_rate"
+    echo "$(field average_rate_per_second "$processed") $(field restore_rate_per_second "$restored") $(field processing_seconds "$processed") $(field userCPUSeconds "$processed") $audit_rate"
 }
 
 results=()
 for ((i = 1; i <= runs; i++)); do results+=("$(one_run "$i")"); done
 printf '%s\n' "${results[@]}" > "$work/rates"
 stat() { echo "median $(cut -d' ' -f"$1" "$work/rates" | median), min $(cut -d' ' -f"$1" "$work/rates" | sort -n | head -1), max $(cut -d' ' -f"$1" "$work/rates" | sort -n | tail -1)"; }
-echo "records/s (over processingSeconds) over $runs runs: $(stat 1)"
+echo "records/s (over processing_seconds) over $runs runs: $(stat 1)"
 echo "restore changelog records/s: $(stat 2)"
-echo "processingSeconds: $(stat 3); process user CPU seconds: $(stat 4)"
-if [[ "${AUDIT:-}" == continuous ]]; then echo "continuous audit records/s (over its processingSeconds): $(stat 5)"
+echo "processing_seconds: $(stat 3); process user CPU seconds: $(stat 4)"
+if [[ "${AUDIT:-}" == continuous ]]; then echo "continuous audit records/s (over its processing_seconds): $(stat 5)"
 elif [[ -n "${AUDIT:-}" ]]; then echo "audit --once audited records/s: $(stat 5)"; fi

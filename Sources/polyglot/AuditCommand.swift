@@ -8,19 +8,23 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Recompute every verdict and report drift (SEMANTICS.md §5).",
+        usage: """
+            polyglot audit --files IN.jsonl OUT.jsonl [--dlq DLQ.jsonl] [--report FILE] [--log] [--high-value N]
+            polyglot audit --once --bootstrap-servers HOST:PORT [--report FILE] [--log] [<kafka-options>]
+            polyglot audit --bootstrap-servers HOST:PORT [--group ID] [--application-id ID] [--stall-after DURATION] [--until-end] [<kafka-options>]
+            """,
         discussion: """
             Without --files or --once: the continuous auditor. Joins the consumer group --group \
-            (default fraud-auditor) on the input, output and dead-letter topics, exactly once, with \
-            its own state under --state-dir restored from <group>-ledger-changelog, and writes one \
-            JSON record per finding to --findings-topic (default audit-findings), keyed by \
-            transactionId, and one log line per finding once committed. A valid input is missing \
-            once the processor's group (--application-id) has committed past it and the outputs \
-            and dead letters committed up to there hold none for it; an output is an orphan once \
-            the auditor has read its input partition past the position its polyglot-source names \
-            without finding that transaction. A partition whose oldest input waits for the \
-            processor longer than --stall-after (default 5m) is reported stalled, then resumed. \
-            --settle (default 30s) is how long a matched id is remembered to tell a duplicate \
-            from an orphan. The output and \
+            on the input, output and dead-letter topics, exactly once, with its own state under \
+            --state-dir restored from <group>-ledger-changelog, and writes one JSON record per \
+            finding to --findings-topic, keyed by transactionId, and one log line per finding \
+            once committed. A valid input is missing once the processor's group \
+            (--application-id) has committed past it and the outputs and dead letters committed \
+            up to there hold none for it; an output is an orphan once the auditor has read its \
+            input partition past the position its polyglot-source names without finding that \
+            transaction. A partition whose oldest input waits for the processor longer than \
+            --stall-after is reported stalled, then resumed. --settle is how long a matched id is \
+            remembered to tell a duplicate from an orphan. The output and \
             dead-letter topics must have as many partitions as the input topic. SIGTERM or SIGINT \
             commits and exits 0; --until-end stops at the end offsets seen at start. Settings as \
             for process (POLYGLOT_APPLICATION_ID is the processor's; the auditor's group is \
@@ -42,46 +46,35 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     /// Exit status for an operational failure: 1 means the audit found discrepancies.
     static let failureStatus: Int32 = 2
 
-    @Option(parsing: .upToNextOption, help: ArgumentHelp("Audit a replay run's input and output files.", valueName: "IN.jsonl OUT.jsonl"))
-    var files: [String] = []
-
-    @Option(help: "replay's dead-letter file, to check rejected lines by code.")
-    var dlq: String?
-
     @Flag(help: "Audit the processor's Kafka topics once, from their start to the end offsets seen at start.")
     var once = false
 
-    @Option(help: "The continuous auditor's consumer group and internal topic prefix (default \(Setting.auditGroup.defaultText)).")
-    var group: String?
+    @Option(name: .customLong("high-value"), help: "Report inputs whose amount is above this, compared exactly as decimals (default: \(Setting.auditHighValue.defaultText)).")
+    var highValue: String?
 
-    @Option(help: "The processor's application id, whose committed offsets say which inputs are due (default \(Setting.applicationID.defaultText)).")
-    var applicationId: String?
+    @OptionGroup(title: "Audit a replay run (--files)") var replayRun: AuditFilesOptions
 
-    @Option(help: "Topic of the continuous auditor's findings (default \(Setting.auditFindingsTopic.defaultText)).")
-    var findingsTopic: String?
+    @OptionGroup(title: "Audit once (--files and --once)") var batch: AuditBatchOptions
 
-    @Option(parsing: .unconditional, help: "How long the continuous auditor remembers a matched transaction id, to tell a duplicate from an orphan (default \(Setting.auditSettle.defaultText)).")
-    var settle: String?
+    @OptionGroup(title: "Continuous auditor (neither --files nor --once)") var continuous: ContinuousAuditOptions
 
-    @Option(parsing: .unconditional, help: "How long the oldest input the processor has not committed past may wait before its partition is reported stalled (default \(Setting.auditStallAfter.defaultText)).")
-    var stallAfter: String?
+    @OptionGroup(title: "Kafka, topics and state (continuous, --once); detector (every mode)") var runtime: RuntimeOptions
 
-    @OptionGroup var runtime: RuntimeOptions
+    @OptionGroup(title: "Logs, metrics and health (continuous)") var observability: ObservabilityOptions
 
-    @OptionGroup var observability: ObservabilityOptions
+    var files: [String] { replayRun.files }
+    var dlq: String? { replayRun.dlq }
+    var report: String? { batch.report }
+    var log: Bool { batch.log }
+    var group: String? { continuous.group }
+    var findingsTopic: String? { continuous.findingsTopic }
+    var settle: String? { continuous.settle }
+    var applicationId: String? { continuous.applicationId }
+    var stallAfter: String? { continuous.stallAfter }
 
     func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
         try observability.logLevel(environment: environment, configFile: runtime.config)
     }
-
-    @Option(help: "Write the findings and counts as JSON to this file ('-' for stdout).")
-    var report: String?
-
-    @Option(name: .customLong("high-value"), help: "Report inputs whose amount is above this, compared exactly as decimals (default \(Setting.auditHighValue.defaultText)).")
-    var highValue: String?
-
-    @Flag(help: "Print each finding's log line on stderr (--files, --once).")
-    var log = false
 
     func validate() throws {
         if once, !files.isEmpty { throw ValidationError("--once audits Kafka topics: it takes no --files") }
@@ -135,6 +128,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw ValidationError(error.message)
         }
+        try observability.checkAvailable(endpoints)
         var logger = Logger(label: "polyglot.audit")
         logger.logLevel = endpoints.logLevel
         let metrics = RoleMetrics(role: "audit", fingerprintDigest: configuration.runtime.fingerprintDigest,
@@ -192,4 +186,40 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         logger.logLevel = .warning
         try reporting { sink in try TopicAudit(options: options, logger: logger).run { findings in try sink(findings) } }
     }
+}
+
+/// `audit --files`: a replay run's files.
+struct AuditFilesOptions: ParsableArguments {
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Audit a replay run's input and output files.", valueName: "IN.jsonl OUT.jsonl"))
+    var files: [String] = []
+
+    @Option(help: ArgumentHelp("replay's dead-letter file, to check rejected lines by code.", valueName: "DLQ.jsonl"))
+    var dlq: String?
+}
+
+/// What `audit --files` and `audit --once` write.
+struct AuditBatchOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Write the findings and counts as JSON to this file ('-' for stdout).", valueName: "FILE"))
+    var report: String?
+
+    @Flag(help: "Print each finding's log line on stderr.")
+    var log = false
+}
+
+/// The continuous auditor's own settings.
+struct ContinuousAuditOptions: ParsableArguments {
+    @Option(help: "The continuous auditor's consumer group and internal topic prefix (default: \(Setting.auditGroup.defaultText)).")
+    var group: String?
+
+    @Option(help: "The processor's application id, whose committed offsets say which inputs are due (default: \(Setting.applicationID.defaultText)).")
+    var applicationId: String?
+
+    @Option(help: "Topic of the continuous auditor's findings (default: \(Setting.auditFindingsTopic.defaultText)).")
+    var findingsTopic: String?
+
+    @Option(parsing: .unconditional, help: "How long the continuous auditor remembers a matched transaction id, to tell a duplicate from an orphan (default: \(Setting.auditSettle.defaultText)).")
+    var settle: String?
+
+    @Option(parsing: .unconditional, help: "How long the oldest input the processor has not committed past may wait before its partition is reported stalled (default: \(Setting.auditStallAfter.defaultText)).")
+    var stallAfter: String?
 }

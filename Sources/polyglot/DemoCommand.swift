@@ -18,19 +18,19 @@ struct DemoCommand: AsyncParsableCommand {
             With --keep-running both roles stay up until Ctrl-C.
             """)
 
-    @Option(help: "Transactions to generate.")
+    @Option(parsing: .unconditional, help: "Transactions to generate.")
     var records: Int = 20_000
 
-    @Option(help: "Distinct cards.")
+    @Option(parsing: .unconditional, help: "Distinct cards.")
     var cards: Int = 2_000
 
-    @Option(help: "Partitions of every topic.")
+    @Option(parsing: .unconditional, help: "Partitions of every topic.")
     var partitions: Int = 6
 
-    @Option(help: "Fraction of malformed lines (0 to 1).")
+    @Option(parsing: .unconditional, help: "Fraction of malformed lines, 0 to 1.")
     var bad: Double = 0.01
 
-    @Option(help: "Seed of the generator.")
+    @Option(parsing: .unconditional, help: "Seed of the generator: the same seed gives the same summary.")
     var seed: UInt64 = 1
 
     @Option(parsing: .unconditional, help: "How long the auditor waits for an output before its input is missing.")
@@ -42,10 +42,10 @@ struct DemoCommand: AsyncParsableCommand {
     @Flag(help: "Leave the processor, the auditor and their HTTP endpoints running once everything is audited, until Ctrl-C.")
     var keepRunning = false
 
-    @Option(help: "Port of the processor's /metrics and /healthz (0: off).")
+    @Option(parsing: .unconditional, help: "Port of the processor's /metrics and /healthz; 0 turns them off.")
     var processMetricsPort: Int = ObservabilitySettings.processMetricsPort
 
-    @Option(help: "Port of the auditor's /metrics and /healthz (0: off).")
+    @Option(parsing: .unconditional, help: "Port of the auditor's /metrics and /healthz; 0 turns them off.")
     var auditMetricsPort: Int = ObservabilitySettings.auditMetricsPort
 
     func run() async throws {
@@ -53,6 +53,12 @@ struct DemoCommand: AsyncParsableCommand {
         do { settleMs = try Durations.milliseconds(settle, setting: "--settle") } catch { throw ValidationError(error.message) }
         for (name, port) in [("--process-metrics-port", processMetricsPort), ("--audit-metrics-port", auditMetricsPort)] where !(0...65535).contains(port) {
             throw ValidationError("\(name): \(port) is not a port (0 to 65535; 0 turns it off)")
+        }
+        // A port already taken fails the demo now, before anything starts, naming its flag.
+        for (flag, port) in [("--process-metrics-port", processMetricsPort), ("--audit-metrics-port", auditMetricsPort)] {
+            do { try PortProbe.checkAvailable(address: ObservabilitySettings.everyInterface, port: port, flag: flag) } catch {
+                throw CommandFailure(error.message)
+            }
         }
         let digest: String
         do { digest = try EnvironmentFingerprint.current().digest } catch { throw CommandFailure("cannot compute the environment fingerprint: \(error)") }
@@ -82,28 +88,32 @@ struct DemoCommand: AsyncParsableCommand {
             var servers: [ServiceGroupConfiguration.ServiceConfiguration] = []
             var httpLogger = Logger(label: "polyglot.http")
             httpLogger.logLevel = .error
+            var listening: [ObservabilityServer] = []
             if ports.process > 0 {
-                servers.append(.init(service: ObservabilityServer(port: ports.process, metrics: processMetrics, logger: httpLogger) {
-                    roles.processor.snapshot
-                }))
+                listening.append(ObservabilityServer(port: ports.process, portFlag: "--process-metrics-port", metrics: processMetrics,
+                                                     logger: httpLogger) { roles.processor.snapshot })
             }
             if ports.audit > 0 {
-                servers.append(.init(service: ObservabilityServer(port: ports.audit, metrics: auditMetrics, logger: httpLogger) {
-                    roles.auditor.snapshot
-                }))
+                listening.append(ObservabilityServer(port: ports.audit, portFlag: "--audit-metrics-port", metrics: auditMetrics,
+                                                     logger: httpLogger) { roles.auditor.snapshot })
             }
-            guard !servers.isEmpty else { return }
+            guard !listening.isEmpty else { return }
+            servers = listening.map { .init(service: $0) }
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: servers, logger: httpLogger))
-            endpoints.withLock { $0 = (group, Task { try await group.run() }) }
-            if ports.process > 0 || ports.audit > 0 {
-                StandardError.write("metrics and health: \([ports.process, ports.audit].filter { $0 > 0 }.map { "http://localhost:\($0)/metrics" }.joined(separator: " "))\n")
+            let task = Task { try await group.run() }
+            endpoints.withLock { $0 = (group, task) }
+            // The addresses are printed once they answer; a server that failed ends the demo.
+            for server in listening where await server.listeningPort() == 0 {
+                try await task.value
+                return
             }
+            StandardError.write("metrics and health: \(listening.map { "http://localhost:\($0.port)/metrics" }.joined(separator: " "))\n")
         }
         let terminal = isatty(2) != 0
         let lastLine = Mutex<ContinuousClock.Instant?>(nil)
         let service = DemoService(demo: demo, onStarted: onStarted, progress: { progress in
             if terminal {
-                StandardError.write("\r\u{1B}[K" + progress.line)
+                StandardError.showStatus(progress.line)
             } else {
                 // Not a terminal: a line every five seconds rather than a redrawn one.
                 let due = lastLine.withLock { last in
@@ -124,7 +134,7 @@ struct DemoCommand: AsyncParsableCommand {
                 try await running.task.value
             }
         }
-        if terminal { StandardError.write("\n") }
+        StandardError.endStatus()
         guard let summary = service.summary else { throw CommandFailure("the demo stopped before its summary") }
         print(summary.text)
         if !summary.isClean { throw ExitCode(1) }

@@ -38,7 +38,7 @@ struct DevBrokerCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Write the bootstrap list to this file once ready (replaced atomically, removed on exit).")
     var bootstrapFile: String?
 
-    @Option(help: "Log level: trace, debug, info (default), notice, warning, error, critical (env POLYGLOT_LOG_LEVEL).")
+    @Option(help: "Log level: trace, debug, info, notice, warning, error or critical; env POLYGLOT_LOG_LEVEL (default: info).")
     var logLevel: String?
 
     func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
@@ -74,8 +74,7 @@ struct DevBrokerCommand: AsyncParsableCommand, LoggingCommand {
 struct DevKafkaBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kafka-bench",
-        abstract: "Measure produce and consume throughput of the Kafka layer.",
-        shouldDisplay: false
+        abstract: "Measure produce and consume throughput of the Kafka layer."
     )
 
     @Option(help: "Bootstrap servers; without it an in-process mock cluster is used.")
@@ -127,8 +126,7 @@ struct DevLatencyBenchCommand: ParsableCommand {
         topic read_committed: each output's latency is the wall clock when read minus its \
         timestamp. Prints one line per rate with p50, p95, p99 and max in milliseconds. With \
         --floor it reads the input topic itself: the same clients with no processor between them.
-        """,
-        shouldDisplay: false
+        """
     )
 
     @Option(help: "Bootstrap servers of a cluster where the topics exist (a running process reads the input).")
@@ -177,8 +175,7 @@ struct DevLatencyBenchCommand: ParsableCommand {
 struct DevStoreBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store-bench",
-        abstract: "Measure the SQLite window store: detect and commit cycles, a large commit, restore.",
-        shouldDisplay: false
+        abstract: "Measure the SQLite window store: detect and commit cycles, a large commit, restore."
     )
 
     @Option(help: "Records run through the detector and the store.")
@@ -193,7 +190,7 @@ struct DevStoreBenchCommand: ParsableCommand {
     @Option(help: "Changed cards in the large commit.")
     var commitKeys: Int = 20_000
 
-    @Option(help: "Folder for the store (a temporary one by default; deleted afterwards).")
+    @Option(help: "Folder for the store (default: a temporary one, deleted afterwards).")
     var directory: String?
 
     func run() throws {

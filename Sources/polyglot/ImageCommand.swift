@@ -12,6 +12,7 @@ struct ImageCommand: ParsableCommand {
     struct Render: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Write the Packer template, provision.sh, the unit, user data, polyglot.env, the instance policy and the fleet's CloudFormation template.",
+            usage: "polyglot image render [--out DIR] [--region REGION] [--binary-sha256 SHA256] [--git-sha SHA] [<options>]",
             discussion: """
             With no options it writes the files committed under image/. Values land in the \
             Packer variables' defaults; those without a default (binary_sha256, git_sha) are \
@@ -123,14 +124,14 @@ struct ImageCommand: ParsableCommand {
             do {
                 outcome = try FingerprintVerification.verify(running: EnvironmentFingerprint.current(), bakedFileAt: fingerprint)
             } catch {
-                StandardError.write("polyglot image verify: \(error)\n")
+                StandardError.write("polyglot: \(error)\n")
                 throw ExitCode(2)
             }
             switch outcome {
             case .match:
                 print(outcome.report(bakedFile: fingerprint))
             case .drift:
-                StandardError.write(outcome.report(bakedFile: fingerprint) + "\n")
+                StandardError.write("polyglot: " + outcome.driftReport(bakedFile: fingerprint) + "\n")
                 throw ExitCode(1)
             }
         }

@@ -7,18 +7,22 @@ import ServiceLifecycle
 /// the log level and the HTTP endpoints. Nil is "not given": the environment, then the settings
 /// file, then the default decide.
 struct ObservabilityOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info (default), notice, warning, error, critical (env POLYGLOT_LOG_LEVEL).")
+    @Option(help: "Log level: trace, debug, info, notice, warning, error or critical; env POLYGLOT_LOG_LEVEL (default: info).")
     var logLevel: String?
 
-    @Option(help: "Port of GET /metrics and GET /healthz on every interface (default 9464 for process, 9465 for audit; 0 turns them off; env POLYGLOT_METRICS_PORT).")
+    @Option(help: "Port of GET /metrics and GET /healthz; 0 turns them off; env POLYGLOT_METRICS_PORT (default: 9464 for process, 9465 for audit).")
     var metricsPort: String?
 
-    @Option(help: "How long the broker may be unreachable before /healthz answers 503 (default \(Setting.healthBrokerTimeout.defaultText); env POLYGLOT_HEALTH_BROKER_TIMEOUT).")
+    @Option(help: "Address GET /metrics and GET /healthz listen on: 127.0.0.1 for this host only; env POLYGLOT_METRICS_ADDRESS (default: \(Setting.metricsAddress.defaultText), every interface).")
+    var metricsAddress: String?
+
+    @Option(help: "How long the broker may be unreachable before /healthz answers 503; env POLYGLOT_HEALTH_BROKER_TIMEOUT (default: \(Setting.healthBrokerTimeout.defaultText)).")
     var healthBrokerTimeout: String?
 
     var settings: ObservabilitySettings {
         var settings = ObservabilitySettings()
         settings.metricsPort = metricsPort
+        settings.metricsAddress = metricsAddress
         settings.logLevel = logLevel
         settings.brokerTimeout = healthBrokerTimeout
         return settings
@@ -37,7 +41,19 @@ struct ObservabilityOptions: ParsableArguments {
         guard let port = configuration.metricsPort else { return nil }
         var logger = Logger(label: "polyglot.http")
         logger.logLevel = configuration.logLevel
-        return ObservabilityServer(port: port, metrics: metrics, policy: configuration.health, logger: logger, snapshot: snapshot)
+        return ObservabilityServer(host: configuration.metricsAddress, port: port, metrics: metrics, policy: configuration.health,
+                                   logger: logger, snapshot: snapshot)
+    }
+
+    /// Fails in one line when the endpoints' port cannot be listened on: called before the role
+    /// is made, so nothing of it starts (or logs) first.
+    func checkAvailable(_ configuration: ObservabilityConfiguration) throws {
+        guard let port = configuration.metricsPort else { return }
+        do {
+            try PortProbe.checkAvailable(address: configuration.metricsAddress, port: port, flag: Setting.metricsPort.flag)
+        } catch {
+            throw CommandFailure(error.message)
+        }
     }
 
     /// Runs a long-running role's service with its endpoints in one service group, until the
@@ -47,6 +63,7 @@ struct ObservabilityOptions: ParsableArguments {
              snapshot: @escaping @Sendable () -> RoleSnapshot) async throws {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let server = server(endpoints, metrics: metrics, snapshot: snapshot) {
+            do { try server.checkAvailable() } catch { throw CommandFailure(error.message) }
             services.append(.init(service: server))
         }
         services.append(.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup))

@@ -40,13 +40,27 @@ struct Polyglot: AsyncParsableCommand {
             if code == .success {
                 exit(withError: error)  // --help, --version
             }
-            StandardError.write("polyglot: \(message(for: error))\n")
+            let text = message(for: error)
+            StandardError.write("polyglot: \(negativeNumberMessage(text, arguments: Array(CommandLine.arguments.dropFirst())) ?? text)\n")
             exit(withError: ExitCode(code.rawValue))
         }
     }
 }
 
 extension Polyglot {
+    /// ArgumentParser reads `-5` as a short option, so `generate -5` would say that `<count>` is
+    /// missing: a negative number among the arguments is named instead, with what it stood for.
+    static func negativeNumberMessage(_ message: String, arguments: [String]) -> String? {
+        guard let index = arguments.firstIndex(where: { $0.count > 1 && $0.hasPrefix("-") && Double($0) != nil }) else { return nil }
+        let number = arguments[index]
+        if let range = message.range(of: "Missing expected argument '"), let end = message[range.upperBound...].firstIndex(of: "'") {
+            return "\(message[range.upperBound..<end]) must be 0 or more, got \(number)"
+        }
+        let misread = message.contains("Missing value for") || message.contains("Unknown option '\(number)'")
+        if misread, index > 0, arguments[index - 1].hasPrefix("--") { return "\(arguments[index - 1]): \(number) is negative" }
+        return nil
+    }
+
     /// The level logging starts with: the command's (``LoggingCommand``), else `POLYGLOT_LOG_LEVEL`.
     static func logLevel(of command: any ParsableCommand, environment: [String: String]) throws -> Logger.Level {
         do throws(ConfigurationError) {

@@ -8,6 +8,10 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "process",
         abstract: "Run the fraud detector on Kafka, exactly once, with SQLite window state.",
+        usage: """
+            polyglot process --bootstrap-servers HOST:PORT [--application-id ID] [--state-dir DIR] [--until-end]
+                             [--metrics-port PORT] [--metrics-address IP] [-X key=value ...] [<options>]
+            """,
         discussion: """
             Joins the consumer group <application-id> on the input topic. Each assigned partition is a \
             task with its own SQLite window store under --state-dir, restored from the changelog topic \
@@ -19,7 +23,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
             which wins over defaults. Environment and file names: \
             \(ProcessorSettings.environmentHelp).
 
-            HTTP on --metrics-port (default 9464, 0: off): GET /metrics (Prometheus text), GET /healthz \
+            HTTP on --metrics-port (9464 unless given; 0: off) and --metrics-address: GET /metrics (Prometheus text), GET /healthz \
             (200 while every assigned partition is restored and polling; else 503 with a one-line JSON reason).
 
             Logs: one JSON object per line on stderr when it is not a terminal, readable text when it is.
@@ -27,7 +31,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
             SIGTERM or SIGINT: finishes or aborts the open transaction, commits, leaves the group, exits 0.
             """)
 
-    @Option(help: "Consumer group id and internal topic prefix (default \(Setting.applicationID.defaultText)).")
+    @Option(help: "Consumer group id and internal topic prefix (default: \(Setting.applicationID.defaultText)).")
     var applicationId: String?
 
     @OptionGroup var runtime: RuntimeOptions
@@ -52,6 +56,7 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw ValidationError(error.message)
         }
+        try observability.checkAvailable(endpoints)
         var logger = Logger(label: "polyglot.process")
         logger.logLevel = endpoints.logLevel
         let metrics = RoleMetrics(role: "process", fingerprintDigest: configuration.fingerprintDigest,

@@ -26,16 +26,16 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     @Argument(help: "Input JSONL file ('-' for stdin).")
     var input: String
 
-    @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
+    @Option(help: "Kafka bootstrap servers, required; env KAFKA_BOOTSTRAP_SERVERS.")
     var bootstrapServers: String?
 
-    @Option(help: "Input topic (default \(Setting.inputTopic.defaultText)).")
+    @Option(help: "Input topic (default: \(Setting.inputTopic.defaultText)).")
     var inputTopic: String?
 
-    @Option(help: "Which partition a card belongs to: murmur2 (default) or crc32; the processor's setting.")
+    @Option(help: "Which partition a card belongs to: murmur2 or crc32, the processor's setting (default: \(Setting.partitioner.defaultText)).")
     var partitioner: String?
 
-    @Option(parsing: .unconditional, help: "How long start-up waits for the Kafka cluster to answer (default \(Setting.connectTimeout.defaultText)).")
+    @Option(parsing: .unconditional, help: "How long start-up waits for the Kafka cluster to answer (default: \(Setting.connectTimeout.defaultText)).")
     var connectTimeout: String?
 
     @Option(name: .customShort("X"), parsing: .unconditionalSingleValue,
@@ -46,7 +46,7 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
     var config: String?
 
-    @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error, critical (env or settings file POLYGLOT_LOG_LEVEL; default: none, only the summary or the failure).")
+    @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error or critical; env or settings file POLYGLOT_LOG_LEVEL (default: none, only the summary or the failure).")
     var logLevel: String?
 
     func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {

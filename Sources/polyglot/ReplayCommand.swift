@@ -10,7 +10,9 @@ struct ReplayCommand: ParsableCommand {
             --dlq (or are only counted). Output files are written beside their target and renamed \
             into place when the run succeeds; neither may be the input. Prints a one-line summary \
             on stderr. Exits 0 even when lines were rejected, 64 on a usage error, 1 when a file \
-            cannot be read or written.
+            cannot be read or written. SIGINT (Ctrl-C) or SIGTERM removes the unfinished output \
+            files, leaves the files they were to replace as they were, says so in one line and \
+            exits 130 or 143 (128 plus the signal's number, as shells report it).
             """)
 
     @Argument(help: "Input JSONL file ('-' for stdin).")
@@ -37,6 +39,7 @@ struct ReplayCommand: ParsableCommand {
         } catch {
             throw ValidationError(error.message)
         }
+        Interruption.install(command: "replay")
         do {
             let summary = try Replay(options: options).run()
             StandardError.write(summary.line + "\n")

@@ -5,34 +5,34 @@ import Core
 /// cluster, the processor's topics, the state, the guarantee and the detector's parameters. Nil
 /// is "not given": the environment, then the settings file, then the default decide.
 struct RuntimeOptions: ParsableArguments {
-    @Option(help: "Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
+    @Option(help: "Kafka bootstrap servers, required; env KAFKA_BOOTSTRAP_SERVERS.")
     var bootstrapServers: String?
 
-    @Option(help: "Input topic (default \(Setting.inputTopic.defaultText)).")
+    @Option(help: "Input topic (default: \(Setting.inputTopic.defaultText)).")
     var inputTopic: String?
 
-    @Option(help: "Output topic (default \(Setting.outputTopic.defaultText)).")
+    @Option(help: "Output topic (default: \(Setting.outputTopic.defaultText)).")
     var outputTopic: String?
 
-    @Option(help: "Dead-letter topic (default \(Setting.deadLetterTopic.defaultText)).")
+    @Option(help: "Dead-letter topic (default: \(Setting.deadLetterTopic.defaultText)).")
     var dlqTopic: String?
 
-    @Option(help: "Directory of the task stores, made private (0700) (default $STATE_DIRECTORY under systemd, else ./state; its absolute path is logged at start).")
+    @Option(help: "Directory of the task stores, made private (0700); its absolute path is logged at start (default: $STATE_DIRECTORY under systemd, else ./state).")
     var stateDir: String?
 
-    @Option(help: "exactly-once (default) or at-least-once.")
+    @Option(help: "exactly-once or at-least-once (default: \(Setting.guarantee.defaultText)).")
     var guarantee: String?
 
-    @Option(parsing: .unconditional, help: "How often the open transaction commits (default \(Setting.commitInterval.defaultText)).")
+    @Option(parsing: .unconditional, help: "How often the open transaction commits (default: \(Setting.commitInterval.defaultText)).")
     var commitInterval: String?
 
     @Option(help: "Stable id of this instance for its transactional producer (default: the one kept in the state directory's instance-id file, created at first start).")
     var instanceId: String?
 
-    @Option(help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams', default) or crc32 (librdkafka's); records elsewhere go through the repartition topic.")
+    @Option(help: "Which partition a card belongs to: murmur2 (Java's and Kafka Streams') or crc32 (librdkafka's); records elsewhere go through the repartition topic (default: \(Setting.partitioner.defaultText)).")
     var partitioner: String?
 
-    @Option(help: "How long start-up waits for the Kafka cluster to answer (default \(Setting.connectTimeout.defaultText)).")
+    @Option(help: "How long start-up waits for the Kafka cluster to answer (default: \(Setting.connectTimeout.defaultText)).")
     var connectTimeout: String?
 
     @Flag(help: "Run up to the end offsets seen at start, commit, and exit 0.")
@@ -43,25 +43,25 @@ struct RuntimeOptions: ParsableArguments {
                                valueName: "key=value"))
     var properties: [String] = []
 
-    @Option(help: "tumbling (epoch-aligned windows) or sliding (the window ending at each record) (default \(Setting.windowKind.defaultText)).")
+    @Option(help: "tumbling (epoch-aligned windows) or sliding (the window ending at each record) (default: \(Setting.windowKind.defaultText)).")
     var windowKind: String?
 
-    @Option(parsing: .unconditional, help: "Window size (ms, s, m, h, or compound as 1m30s; a bare number is ms; default \(Setting.window.defaultText)).")
+    @Option(parsing: .unconditional, help: "Window size: ms, s, m, h, or compound as 1m30s; a bare number is ms (default: \(Setting.window.defaultText)).")
     var window: String?
 
-    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default \(Setting.threshold.defaultText)).")
+    @Option(parsing: .unconditional, help: "Flag a transaction when its window's count exceeds this (default: \(Setting.threshold.defaultText)).")
     var threshold: String?
 
-    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default \(Setting.grace.defaultText)).")
+    @Option(parsing: .unconditional, help: "How long after its end a window still accepts records (default: \(Setting.grace.defaultText)).")
     var grace: String?
 
-    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default \(Setting.retention.defaultText)).")
+    @Option(parsing: .unconditional, help: "How far behind stream time a window is kept (default: \(Setting.retention.defaultText)).")
     var retention: String?
 
-    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default \(Setting.maxFutureSkew.defaultText)).")
+    @Option(parsing: .unconditional, help: "Reject a record whose event time is this far ahead of its Kafka timestamp (default: \(Setting.maxFutureSkew.defaultText)).")
     var maxFutureSkew: String?
 
-    @Option(help: "Settings file of NAME=value lines with the environment variables' names (env POLYGLOT_CONFIG).")
+    @Option(help: "Settings file of NAME=value lines with the environment variables' names; env POLYGLOT_CONFIG.")
     var config: String?
 
     /// The flags as the processor's settings (the application id is the role's own).

@@ -183,7 +183,7 @@ struct AuditorTests {
         }
         let text = try #require(scraped.withLock { $0 })
         #expect(text["polyglot_audit_findings_total", ["kind": "mismatch"]] == 1)
-        #expect(text["polyglot_audit_findings_total", ["kind": "high_value"]] == 1)
+        #expect(text["polyglot_audit_findings_total", ["kind": "highValue"]] == 1)
         #expect(text["polyglot_audit_records_total", ["record": "input"]] == 10)
         let c = auditor.counts
         #expect(c.inputs == 10)

@@ -73,8 +73,8 @@ struct ObservabilityTests {
         let labels = ["topic": "app-windows-changelog", "partition": "1"]
         #expect(text["polyglot_restore_partition_remaining_records", labels] == 9)
         #expect(text["polyglot_restore_stalled_seconds", labels] == 31)
-        #expect(text["polyglot_consumer_lag", ["topic": "in", "partition": "1"]] == 7)
-        #expect(text["polyglot_consumer_lag", ["topic": "app-repartition", "partition": "1"]] == 0)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "in", "partition": "1"]] == 7)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "app-repartition", "partition": "1"]] == 0)
     }
 
     @Test func healthBodyIsOneLineOfJSON() throws {
@@ -112,7 +112,7 @@ struct ObservabilityTests {
         #expect(text["polyglot_transactions_committed_total"] == 2)
         #expect(text["polyglot_assigned_partitions"] == 2)
         #expect(text["polyglot_healthy"] == 1)
-        #expect(text["polyglot_consumer_lag", ["topic": "in", "partition": "0"]] == 5)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "in", "partition": "0"]] == 5)
         #expect(text["polyglot_store_size_bytes", ["partition": "1"]] == 8192)
         #expect(text["polyglot_audit_findings_total", ["kind": "missing"]] == 3)
         #expect(text["polyglot_build_info", ["version": ProductVersion.version, "fingerprint": "abcd", "role": "test"]] == 1)
@@ -133,8 +133,8 @@ struct ObservabilityTests {
                    MetricSample("polyglot_audit_findings_total", labels: ["kind": "drift"], value: 1)]
         text = try PrometheusText(metrics.exposition(of: RoleSnapshot(runtime: s, samples: samples)))
         #expect(text["polyglot_records_in_total"] == 25)
-        #expect(text["polyglot_consumer_lag", ["topic": "in", "partition": "0"]] == 1)
-        #expect(text["polyglot_consumer_lag", ["topic": "in", "partition": "1"]] == nil)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "in", "partition": "0"]] == 1)
+        #expect(text["polyglot_consumer_lag_records", ["topic": "in", "partition": "1"]] == nil)
         #expect(text["polyglot_store_size_bytes", ["partition": "1"]] == nil)
         #expect(text["polyglot_audit_findings_total", ["kind": "missing"]] == 4)
         #expect(text["polyglot_audit_findings_total", ["kind": "drift"]] == 1)
@@ -297,8 +297,8 @@ struct ObservabilityBrokerTests {
             try await topics.produce(input)
             let text = try await client.waitForMetrics { text in
                 text["polyglot_records_out_total"] == 300 && text["polyglot_records_dead_lettered_total", ["code": "not_object"]] == 2
-                    && text["polyglot_consumer_lag", ["topic": topics.input, "partition": "0"]] == 0
-                    && text["polyglot_consumer_lag", ["topic": topics.input, "partition": "1"]] == 0
+                    && text["polyglot_consumer_lag_records", ["topic": topics.input, "partition": "0"]] == 0
+                    && text["polyglot_consumer_lag_records", ["topic": topics.input, "partition": "1"]] == 0
                     && (text["polyglot_store_size_bytes", ["partition": "0"]] ?? 0) > 0
                     // Every record handled was committed, so each has its latency.
                     && text["polyglot_record_latency_seconds_count"] == text["polyglot_records_in_total"]

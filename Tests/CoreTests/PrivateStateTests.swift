@@ -78,4 +78,41 @@ struct PrivateStateTests {
         let systemd = try settings.resolve(environment: ["KAFKA_BOOTSTRAP_SERVERS": "h:1", "STATE_DIRECTORY": root.path])
         #expect(systemd.stateDirectory == root.path)
     }
+
+    /// Each task's store folder, made under the state directory as the runtime makes it, is as
+    /// private as the state directory, and so is every file in it, whatever the umask; a folder
+    /// left readable by an older build is tightened when its store opens.
+    @Test func everyFolderAndFileUnderTheStateDirectoryIsPrivate() throws {
+        let root = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let state = root.appendingPathComponent("state").path
+        _ = try StateDirectory.prepare(state, instanceID: "i")
+        let old = umask(0o022)
+        defer { umask(old) }
+        let options = SQLiteWindowStore.Options(integrityCheck: .none, flushInterval: nil, flushKeys: 0)
+        let stale = state + "/financial-transactions-1"
+        try FileManager.default.createDirectory(atPath: stale, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        #expect(try fileMode(stale) == 0o755)
+        for partition in 0..<2 {
+            let store = try SQLiteWindowStore(directory: state + "/financial-transactions-\(partition)", parameters: .default, options: options)
+            try store.close()
+        }
+        let enumerator = try #require(FileManager.default.enumerator(atPath: state))
+        var seen = (folders: 0, files: 0)
+        for case let name as String in enumerator {
+            let path = state + "/" + name
+            var isDirectory: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+            if isDirectory.boolValue {
+                seen.folders += 1
+                #expect(try fileMode(path) == 0o700, "\(name)")
+            } else {
+                seen.files += 1
+                #expect(try fileMode(path) == 0o600, "\(name)")
+            }
+        }
+        #expect(seen.folders == 2 && seen.files >= 2, "\(seen)")
+        #expect(try fileMode(state) == 0o700)
+    }
 }

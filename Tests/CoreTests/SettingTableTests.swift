@@ -15,7 +15,8 @@ struct SettingTableTests {
         "POLYGLOT_MAX_FUTURE_SKEW": "7m",
         "POLYGLOT_AUDIT_GROUP": "probe-group", "POLYGLOT_AUDIT_FINDINGS_TOPIC": "probe-findings",
         "POLYGLOT_AUDIT_SETTLE": "7s", "POLYGLOT_AUDIT_STALL_AFTER": "7s", "POLYGLOT_AUDIT_HIGH_VALUE": "7",
-        "POLYGLOT_LOG_LEVEL": "debug", "POLYGLOT_METRICS_PORT": "7777", "POLYGLOT_HEALTH_BROKER_TIMEOUT": "7s",
+        "POLYGLOT_LOG_LEVEL": "debug", "POLYGLOT_METRICS_PORT": "7777", "POLYGLOT_METRICS_ADDRESS": "127.0.0.1",
+        "POLYGLOT_HEALTH_BROKER_TIMEOUT": "7s",
     ]
 
     /// Two state directories, each with a kept instance id, so every resolution is repeatable.
@@ -139,7 +140,7 @@ struct SettingTableTests {
             }
             #expect(error?.message.hasPrefix(variable) == true, "\(variable): \(error?.message ?? "")")
         }
-        for variable in ["POLYGLOT_LOG_LEVEL", "POLYGLOT_METRICS_PORT", "POLYGLOT_HEALTH_BROKER_TIMEOUT"] {
+        for variable in ["POLYGLOT_LOG_LEVEL", "POLYGLOT_METRICS_PORT", "POLYGLOT_METRICS_ADDRESS", "POLYGLOT_HEALTH_BROKER_TIMEOUT"] {
             let error = #expect(throws: ConfigurationError.self) {
                 try ObservabilitySettings().resolve(environment: [variable: "bad"], defaultMetricsPort: 9464)
             }

@@ -29,4 +29,26 @@ struct DemoCommandTests {
             #expect(run.stderr.split(separator: "\n").count == 1 && run.stderr.hasPrefix("polyglot: "), "\(arguments): \(run.stderr)")
         }
     }
+
+    /// The same seed gives the same summary on every run (the event times do not follow the
+    /// wall clock into other windows); only the elapsed time differs.
+    @Test func theSameSeedGivesTheSameSummary() throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var summaries: [[Substring]] = []
+        for _ in 0..<2 {
+            let run = try polyglot(["demo", "--records", "2000", "--seed", "7", "--process-metrics-port", "0", "--audit-metrics-port", "0"],
+                                   in: directory)
+            #expect(run.status == 0, "\(run.stderr)")
+            var lines = run.stdout.split(separator: "\n")
+            try #require(!lines.isEmpty)
+            // "demo: 2000 transactions in 6.2 s: ..." without its seconds.
+            let first = lines[0]
+            let seconds = try #require(first.range(of: #" in [0-9.]+ s:"#, options: .regularExpression))
+            lines[0] = first[..<seconds.lowerBound] + first[seconds.upperBound...]
+            summaries.append(lines)
+        }
+        #expect(summaries[0] == summaries[1])
+        #expect(summaries[0].first?.contains("flagged") == true)
+    }
 }

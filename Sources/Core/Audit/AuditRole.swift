@@ -168,7 +168,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     public var metricSamples: [MetricSample] {
         let c = counts
         let kinds: [(String, Int)] = [("missing", c.missing), ("duplicate", c.duplicate), ("orphan", c.orphan), ("mismatch", c.mismatch),
-                                      ("high_value", c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable),
+                                      (AuditFinding.Kind.highValue.rawValue, c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable),
                                       ("stalled", c.stalled), ("resumed", c.resumed)]
         let now = AuditTask.wallClock()
         let waiting = progressBox.withLock { $0?.allWaiting } ?? []

@@ -144,7 +144,7 @@ public struct TopicAudit {
             if clock.now - lastProgress >= .seconds(5) {
                 lastProgress = clock.now
                 let c = reconciler.counts
-                logger.info("auditing", metadata: ["inputs": "\(c.inputs)", "outputs": "\(c.outputs)", "partitionsLeft": "\(left)"])
+                logger.info("auditing", metadata: ["inputs": .number(c.inputs), "outputs": .number(c.outputs), "partitions_left": .number(left)])
             }
         }
         reconciler.endOfInputs()

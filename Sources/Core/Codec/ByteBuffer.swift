@@ -72,6 +72,12 @@ public final class ByteBuffer {
         append(s.utf8Start, count: s.utf8CodeUnitCount)
     }
 
+    /// Appends the UTF-8 bytes of `s`.
+    func appendText(_ s: String) {
+        var s = s
+        s.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
     /// Appends the decimal digits of `v`, two at a time (event times have 13 digits, and this
     /// runs three times per output record).
     @inline(__always)

@@ -211,9 +211,15 @@ public struct Setting: Sendable, Hashable {
     /// `POLYGLOT_METRICS_PORT`.
     public static let metricsPort = Setting(
         "POLYGLOT_METRICS_PORT", flag: "--metrics-port", default: "",
-        help: "Port of GET /metrics and GET /healthz on every interface; 0 turns them off.",
+        help: "Port of GET /metrics and GET /healthz (on POLYGLOT_METRICS_ADDRESS); 0 turns them off.",
         hint: "0: off",
         notes: "Unset: \(ObservabilitySettings.processMetricsPort) for process, \(ObservabilitySettings.auditMetricsPort) for audit, so both can run on one host.",
+        roles: runtimeRoles, section: .observability)
+    /// `POLYGLOT_METRICS_ADDRESS`.
+    public static let metricsAddress = Setting(
+        "POLYGLOT_METRICS_ADDRESS", flag: "--metrics-address", default: ObservabilitySettings.everyInterface,
+        help: "Address /metrics and /healthz listen on: \(ObservabilitySettings.everyInterface) (every interface), 127.0.0.1 (this host only) or one interface's IP address.",
+        notes: "127.0.0.1 keeps them off the network when only an agent on the host scrapes them.",
         roles: runtimeRoles, section: .observability)
     /// `POLYGLOT_HEALTH_BROKER_TIMEOUT`.
     public static let healthBrokerTimeout = Setting(
@@ -228,7 +234,7 @@ public struct Setting: Sendable, Hashable {
         applicationID, stateDirectory, guarantee, commitInterval, instanceID, untilEnd,
         windowKind, window, threshold, grace, retention, maxFutureSkew,
         auditGroup, auditFindingsTopic, auditSettle, auditStallAfter, auditHighValue,
-        logLevel, metricsPort, healthBrokerTimeout,
+        logLevel, metricsPort, metricsAddress, healthBrokerTimeout,
     ]
 
     /// The names a settings file may hold.

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Settings for synthetic transactions.
 public struct GeneratorOptions: Sendable, Equatable {
     public var count: Int
@@ -12,9 +14,14 @@ public struct GeneratorOptions: Sendable, Equatable {
     /// Event time of the first record (epoch ms).
     public var startTime: Int64
 
+    /// The default first event time, 2026-01-01T00:00:00Z: fixed, so the same arguments give
+    /// the same bytes on every machine and every day.
+    public static let defaultStartTime: Int64 = 1_767_225_600_000
+
     public init(count: Int, cards: Int = 10_000, seed: UInt64 = 1, ratePerSecond: Int = 100,
-                badFraction: Double = 0, jitter: Int64 = 0, startTime: Int64 = 1_767_225_600_000) throws(ConfigurationError) {
-        guard count >= 0 else { throw ConfigurationError("count must be 0 or more") }
+                badFraction: Double = 0, jitter: Int64 = 0, startTime: Int64 = defaultStartTime) throws(ConfigurationError) {
+        guard count >= 0 else { throw ConfigurationError("<count> must be 0 or more, got \(count)") }
+        guard startTime >= 0 else { throw ConfigurationError("--start must be now or epoch milliseconds (0 or more), got \(startTime)") }
         guard cards >= 1 else { throw ConfigurationError("--cards must be at least 1") }
         guard ratePerSecond >= 1 else { throw ConfigurationError("--rate must be at least 1 per second") }
         guard badFraction >= 0 && badFraction <= 1 else { throw ConfigurationError("--bad must be between 0 and 1") }
@@ -26,6 +33,18 @@ public struct GeneratorOptions: Sendable, Equatable {
         self.badFraction = badFraction
         self.jitter = jitter
         self.startTime = startTime
+    }
+}
+
+extension GeneratorOptions {
+    /// `--start`: `now` (the clock's epoch milliseconds at `now`) or epoch milliseconds.
+    public static func startTime(_ text: String, now: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) throws(ConfigurationError) -> Int64 {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.lowercased() == "now" { return now }
+        guard let ms = Int64(trimmed), ms >= 0 else {
+            throw ConfigurationError("--start must be now or epoch milliseconds (0 or more), got '\(text)'")
+        }
+        return ms
     }
 }
 

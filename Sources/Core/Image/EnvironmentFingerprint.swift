@@ -208,11 +208,18 @@ public enum FingerprintVerification: Sendable, Equatable {
         switch self {
         case .match(let digest):
             return "polyglot image verify: the environment matches \(path) (fingerprint \(digest))"
-        case .drift(let differences):
-            let noun = differences.count == 1 ? "field differs" : "fields differ"
-            return (["polyglot image verify: the environment drifted from \(path): \(differences.count) \(noun)"]
-                + differences.map { "  \($0)" }).joined(separator: "\n")
+        case .drift:
+            return "polyglot image verify: " + driftReport(bakedFile: path)
         }
+    }
+
+    /// The drift as the failure `image verify` prints after `polyglot: `: a first line saying how
+    /// many fields differ, then one indented line per field. Empty on a match.
+    public func driftReport(bakedFile path: String) -> String {
+        guard case .drift(let differences) = self else { return "" }
+        let noun = differences.count == 1 ? "field differs" : "fields differ"
+        return (["the environment drifted from \(path): \(differences.count) \(noun)"] + differences.map { "  \($0)" })
+            .joined(separator: "\n")
     }
 }
 

@@ -74,8 +74,8 @@ public struct DevBrokerService: Service {
             try Self.writeAtomically(cluster.bootstrapServers + "\n", to: path)
         }
         logger.info("dev broker ready", metadata: [
-            "bootstrap": "\(cluster.bootstrapServers)", "brokers": "\(options.brokers)",
-            "partitions": "\(options.partitions)", "topics": "\(options.topics.joined(separator: ","))",
+            "bootstrap": "\(cluster.bootstrapServers)", "brokers": .number(options.brokers),
+            "partitions": .number(options.partitions), "topics": "\(options.topics.joined(separator: ","))",
         ])
         onReady(cluster.bootstrapServers)
         // Returns on graceful shutdown (SIGINT/SIGTERM through the service group) or cancellation.

@@ -220,6 +220,9 @@ public final class KafkaAdmin: @unchecked Sendable {
 
     /// Partition counts of the topics that exist among `topics` (missing ones are absent from the
     /// result). Reads cluster metadata for all topics, so asking never auto-creates a topic.
+    /// librdkafka's reason when a connection failed in authentication (SASL), nil otherwise.
+    public var authenticationFailure: String? { context.authenticationFailure.withLock { $0 } }
+
     public func partitionCounts(_ topics: [String], timeout: Duration = .seconds(10)) throws(KafkaError) -> [String: Int] {
         try ClusterMetadata.partitionCounts(handle, topics, timeout: timeout)
     }

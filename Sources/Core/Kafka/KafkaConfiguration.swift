@@ -67,15 +67,19 @@ public struct KafkaConfiguration: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// True for keys whose values look secret: never printed or logged.
+    /// True for keys whose values are secrets (passwords, tokens, keys): never printed or
+    /// logged. Usernames, mechanism names, paths and the like are not: they are what an
+    /// operator needs to see to tell why a connection fails.
     public static func isSecret(_ key: String) -> Bool {
-        let k = key.lowercased()
-        return secretMarkers.contains { k.contains($0) }
+        let parts = key.lowercased().split(separator: ".")
+        if parts.contains("key") && !key.lowercased().hasSuffix(".location") { return true }  // ssl.key.pem, ssl.key.password
+        if key.lowercased() == "sasl.oauthbearer.config" { return true }  // may carry a client secret
+        return parts.contains { part in secretMarkers.contains { part.contains($0) } }
     }
 
-    static let secretMarkers = [
-        "password", "secret", "token", "key", "jaas", "credential", "private", "ssl.", "sasl.",
-    ]
+    /// Name parts that mark a secret value: `sasl.password`, `ssl.keystore.password`,
+    /// `sasl.oauthbearer.client.secret`, `api.token`, `jaas.config`, `private.key`.
+    static let secretMarkers = ["password", "secret", "token", "credential", "jaas", "private"]
 
     /// True for keys whose values are never shown: secret-looking ones, and names librdkafka
     /// does not know, since a misspelt secret (`sasl.pasword`) is still a secret.
@@ -106,8 +110,10 @@ public struct KafkaConfiguration: Sendable, Hashable, CustomStringConvertible {
         properties.filter { !$0.value.isEmpty && Self.isRedacted($0.key) }.map(\.value).sorted { $0.count > $1.count }
     }
 
+    /// Replaces each of `values` where it stands whole: not where it is part of a longer word
+    /// (a one-letter password `u` leaves "authentication" alone).
     static func redacting(_ text: String, values: [String]) -> String {
-        values.reduce(text) { $0.replacingAll($1, with: "[redacted]") }
+        values.reduce(text) { $0.replacingWhole($1, with: "[redacted]") }
     }
 
     /// Splits a list of `key=value` properties (``POLYGLOT_KAFKA_PROPERTIES``, a settings file's
@@ -160,7 +166,7 @@ public struct KafkaConfiguration: Sendable, Hashable, CustomStringConvertible {
                 if Self.isRedacted(key) {
                     throw ConfigurationError("Kafka property \(key): \(reason)")
                 }
-                throw ConfigurationError("Kafka property \(key)=\(value): \(reason)")
+                throw ConfigurationError("Kafka property \(key)=\(redacting(value)): \(reason)")
             }
         }
         return conf
@@ -168,13 +174,21 @@ public struct KafkaConfiguration: Sendable, Hashable, CustomStringConvertible {
 }
 
 extension String {
-    fileprivate func replacingAll(_ target: String, with replacement: String) -> String {
+    /// `self` with every occurrence of `target` that is not flanked by a letter or digit
+    /// replaced.
+    fileprivate func replacingWhole(_ target: String, with replacement: String) -> String {
         guard !target.isEmpty else { return self }
+        func isWordCharacter(_ c: Character?) -> Bool { c.map { $0.isLetter || $0.isNumber } ?? false }
+        // A value that starts or ends with a separator is bounded by it.
+        let checksBefore = isWordCharacter(target.first), checksAfter = isWordCharacter(target.last)
         var result = ""
         var rest = Substring(self)
         while let range = rest.firstRange(of: target) {
+            let before = range.lowerBound > startIndex ? self[index(before: range.lowerBound)] : nil
+            let after = range.upperBound < endIndex ? self[range.upperBound] : nil
+            let whole = !(checksBefore && isWordCharacter(before)) && !(checksAfter && isWordCharacter(after))
             result += rest[..<range.lowerBound]
-            result += replacement
+            result += whole ? replacement : String(rest[range])
             rest = rest[range.upperBound...]
         }
         return result + rest

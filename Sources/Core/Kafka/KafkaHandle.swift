@@ -1,12 +1,15 @@
 import CRdKafka
 import Dispatch
+import Foundation
 import Logging
+import Synchronization
 
 /// State shared with librdkafka's C callbacks through the configuration opaque.
 ///
 /// Kept alive by the owning client for at least as long as its `rd_kafka_t`.
 ///
-/// `@unchecked Sendable`: `logger` and `brokerState` are immutable, and `redactedValues` is
+/// `@unchecked Sendable`: `logger`, `brokerState` and `authenticationFailure` (a mutex) are
+/// immutable references, and `redactedValues` is
 /// written only by ``KafkaHandleFactory/make(type:configuration:context:configure:)`` before
 /// `rd_kafka_new` starts the threads that call back, and never again.
 class KafkaCallbackContext: @unchecked Sendable {
@@ -15,9 +18,32 @@ class KafkaCallbackContext: @unchecked Sendable {
     var redactedValues: [String] = []
     /// Fed by the error and statistics callbacks, when the client is tracked.
     let brokerState: KafkaBrokerState?
+    /// librdkafka's reason for the first failed authentication (SASL), redacted.
+    let authenticationFailure = Mutex<String?>(nil)
     init(logger: Logger, brokerState: KafkaBrokerState? = nil) {
         self.logger = logger
         self.brokerState = brokerState
+    }
+
+    /// Keeps the first authentication failure's reason: `text` without the broker's name
+    /// before it and the time and state librdkafka appends.
+    func recordAuthenticationFailure(_ text: String) {
+        authenticationFailure.withLock { $0 = $0 ?? Self.authenticationReason(text) }
+    }
+
+    /// `[thrd:sasl_plaintext://host:9092/bootstrap]: sasl_plaintext://host:9092/bootstrap: SASL
+    /// authentication error: … (after 3ms in state AUTH_REQ)` is `SASL authentication error: …`.
+    static func authenticationReason(_ text: String) -> String {
+        var reason = Substring(text)
+        // The thread's and the broker's names, each a word with a slash in it, then ": ".
+        while let separator = reason.range(of: ": "), reason[..<separator.lowerBound].contains("/"),
+              !reason[..<separator.lowerBound].contains(" ") {
+            reason = reason[separator.upperBound...]
+        }
+        if let suffix = reason.range(of: " (after ", options: .backwards), reason.hasSuffix(")") {
+            reason = reason[..<suffix.lowerBound]
+        }
+        return String(reason)
     }
 
     var opaque: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
@@ -53,6 +79,8 @@ enum KafkaHandleFactory {
             guard let rk, let context = KafkaCallbackContext.from(rd_kafka_opaque(rk)) else { return }
             let text = KafkaConfiguration.redacting(buffer.map { String(cString: $0) } ?? "", values: context.redactedValues)
             let fac = facility.map { String(cString: $0) } ?? ""
+            // A connection that fails in authentication is logged as FAIL with no error code.
+            if fac == "FAIL", text.contains("SASL") { context.recordAuthenticationFailure(text) }
             context.logger.log(level: logLevel(librdkafkaLevel: level, facility: fac, text: text), "\(text)",
                                metadata: ["librdkafka": "\(String(cString: rd_kafka_name(rk)))", "facility": "\(fac)"])
         }
@@ -63,6 +91,7 @@ enum KafkaHandleFactory {
                 let error = KafkaError(rd_kafka_resp_err_t(rawValue: err))
                 let text = KafkaConfiguration.redacting(reason.map { String(cString: $0) } ?? "", values: context.redactedValues)
                 context.brokerState?.recordError(name: error.name, reason: text)
+                if err == RD_KAFKA_RESP_ERR__AUTHENTICATION.rawValue { context.recordAuthenticationFailure(text) }
                 let fatal = err == RD_KAFKA_RESP_ERR__FATAL.rawValue
                 context.logger.log(level: fatal ? .error : .warning, "\(text)", metadata: [
                     "librdkafka": "\(String(cString: rd_kafka_name(rk)))", "code": "\(error.name)",

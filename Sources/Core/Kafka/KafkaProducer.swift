@@ -254,6 +254,9 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Partition counts of the topics that exist among `topics`, from cluster metadata (asking
     /// never auto-creates a topic). Blocking.
+    /// librdkafka's reason when a connection failed in authentication (SASL), nil otherwise.
+    public var authenticationFailure: String? { context.authenticationFailure.withLock { $0 } }
+
     public func partitionCounts(_ topics: [String], timeout: Duration) throws(KafkaError) -> [String: Int] {
         try ClusterMetadata.partitionCounts(handle, topics, timeout: timeout)
     }
@@ -354,7 +357,7 @@ public final class KafkaProducer: @unchecked Sendable {
             _ = rd_kafka_flush(handle, milliseconds(flushTimeout))
         }
         let left = outstanding
-        if left > 0 { logger.warning("producer closing with records undelivered", metadata: ["client": "\(name)", "undelivered": "\(left)"]) }
+        if left > 0 { logger.warning("producer closing with records undelivered", metadata: ["client": "\(name)", "undelivered_records": .number(Int(left))]) }
         pollLoop.stop()
         for (_, rkt) in state.withLock({ $0.topics }) { rd_kafka_topic_destroy(rkt) }
         rd_kafka_destroy(handle)

@@ -6,8 +6,10 @@ import Glibc
 #endif
 
 /// A swift-log handler writing one JSON object per line: `time` (UTC, milliseconds), `level`,
-/// `logger` (the label), `message`, then every metadata value as a string field (a key that is
-/// one of those four gets a `_` in front). For log shippers, which read a line as one event.
+/// `logger` (the label), `message`, then every metadata field (a key that is one of those four
+/// gets a `_` in front): numbers (``Logger/MetadataValue/number(_:)``, any integer or
+/// ``LogNumber``) as JSON numbers, booleans as booleans, everything else as strings. For log
+/// shippers, which read a line as one event; a key names its unit (`rate_per_second`).
 ///
 /// Values belong in metadata, not in the message: the message stays the same for every
 /// occurrence and can be searched for.
@@ -71,7 +73,11 @@ public struct JSONLogHandler: LogHandler {
         case .string(let s):
             JSONOutput.appendString(s, to: out)
         case .stringConvertible(let c):
-            JSONOutput.appendString(c.description, to: out)
+            if isNumber(c) {
+                out.appendText(c.description)
+            } else {
+                JSONOutput.appendString(c.description, to: out)
+            }
         case .dictionary(let d):
             out.append(UInt8(ascii: "{"))
             for (i, (key, inner)) in d.sorted(by: { $0.key < $1.key }).enumerated() {
@@ -88,6 +94,16 @@ public struct JSONLogHandler: LogHandler {
                 append(inner, to: out)
             }
             out.append(UInt8(ascii: "]"))
+        }
+    }
+
+    /// Whether `value` is written bare: an integer, a ``LogNumber``, a finite floating-point
+    /// number or a boolean.
+    static func isNumber(_ value: any CustomStringConvertible & Sendable) -> Bool {
+        switch value {
+        case is Int, is Int64, is Int32, is UInt, is UInt64, is UInt32, is LogNumber, is Bool: true
+        case let d as Double: d.isFinite
+        default: false
         }
     }
 
@@ -121,13 +137,12 @@ public struct JSONLogHandler: LogHandler {
 /// How the binary logs: one bootstrap of swift-log for every command.
 public enum LogOutput {
     /// JSON lines when stderr is not a terminal (a service's journal, a container's log), else
-    /// swift-log's readable text. Every logger made afterwards starts at `level`.
+    /// readable text, message first (``TextLogHandler``). Every logger made afterwards starts
+    /// at `level`.
     public static func bootstrap(level: Logger.Level, json: Bool = isatty(2) == 0) {
         LoggingSystem.bootstrap { label in
             if json { return JSONLogHandler.standardError(label: label, level: level) }
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            return TextLogHandler.standardError(label: label, level: level)
         }
     }
 }

@@ -3,6 +3,10 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The HTTP endpoints of a long-running role, as a service beside it in its service group:
 /// `GET /metrics` (Prometheus text) and `GET /healthz` (200 while ``RoleHealth`` says healthy,
 /// else 503, each with one line of JSON).
@@ -16,24 +20,35 @@ public struct ObservabilityServer: Service {
     public let port: Int
     public let metrics: RoleMetrics
     public let policy: HealthPolicy
+    /// The flag that chose the port, named when it cannot be listened on.
+    public let portFlag: String
     private let snapshot: @Sendable () -> RoleSnapshot
     private let logger: Logger
     private let listening = ListeningPort()
 
     /// - Parameters:
     ///   - host: the address to listen on; every interface by default, for a load balancer's checks.
+    ///   - portFlag: the flag that chose `port`, for the message when it is taken.
     ///   - snapshot: called per request, on any thread; must not block.
-    public init(host: String = "0.0.0.0", port: Int, metrics: RoleMetrics, policy: HealthPolicy = HealthPolicy(),
+    public init(host: String = ObservabilitySettings.everyInterface, port: Int, portFlag: String = "--metrics-port",
+                metrics: RoleMetrics, policy: HealthPolicy = HealthPolicy(),
                 logger: Logger, snapshot: @escaping @Sendable () -> RoleSnapshot) {
         self.host = host
         self.port = port
+        self.portFlag = portFlag
         self.metrics = metrics
         self.policy = policy
         self.logger = logger
         self.snapshot = snapshot
     }
 
-    /// The port once the server listens (waits for it).
+    /// Fails, in one line naming the port and its flag, when the port cannot be listened on:
+    /// called before the role starts, so a taken port stops nothing half-started.
+    public func checkAvailable() throws(ObservabilityError) {
+        try PortProbe.checkAvailable(address: host, port: port, flag: portFlag)
+    }
+
+    /// The port once the server listens (waits for it); 0 when it could not listen.
     public func listeningPort() async -> Int { await listening.value() }
 
     public func run() async throws {
@@ -49,19 +64,31 @@ public struct ObservabilityServer: Service {
             return Response(status: health.isHealthy ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: ByteBufferAllocator().buffer(string: health.json)))
         }
+        do { try checkAvailable() } catch {
+            self.listening.set(0)
+            throw error
+        }
         let listening = self.listening, logger = self.logger, host = self.host
+        // The server's own lines about a failed bind would repeat the one-line failure below.
+        var serverLogger = logger
+        serverLogger.logLevel = .critical
         let app = Application(
             router: router,
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: nil),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
-                logger.info("serving /metrics and /healthz", metadata: ["host": "\(host)", "port": "\(port)"])
+                logger.info("serving /metrics and /healthz", metadata: ["address": "\(host)", "port": .number(port)])
                 listening.set(port)
             },
-            logger: logger)
+            logger: serverLogger)
         do {
             try await app.run()
         } catch {
+            listening.set(0)
+            // Taken between the check and the bind.
+            if "\(error)".contains("Address already in use") {
+                throw PortProbe.failure(address: host, port: port, flag: portFlag, errno: EADDRINUSE)
+            }
             throw ObservabilityError(.listenFailed, "cannot serve /metrics and /healthz on \(host):\(port): \(error)")
         }
     }

@@ -11,12 +11,16 @@ public struct ObservabilitySettings: Sendable {
     public var logLevel: String?
     /// How long the broker may be unreachable before `/healthz` answers 503 (a duration).
     public var brokerTimeout: String?
+    /// The IP address `/metrics` and `/healthz` listen on.
+    public var metricsAddress: String?
 
     public init() {}
 
     /// The default ports: one per long-running role, so both can run on one host.
     public static let processMetricsPort = 9464
     public static let auditMetricsPort = 9465
+    /// The address of every IPv4 interface: the endpoints' default, for a load balancer's checks.
+    public static let everyInterface = "0.0.0.0"
 
     /// Resolves over `environment`: the process environment layered over the settings file
     /// (``ProcessorSettings/mergedEnvironment(_:)``).
@@ -33,13 +37,21 @@ public struct ObservabilitySettings: Sendable {
             }
             port = n == 0 ? nil : n
         }
+        var address = Self.everyInterface
+        if let (text, setting) = pick(metricsAddress, .metricsAddress) {
+            address = text.trimmingCharacters(in: .whitespaces)
+            guard PortProbe.isIPAddress(address) else {
+                throw ConfigurationError("\(setting): '\(text)' is not an IP address (\(Self.everyInterface) for every interface, 127.0.0.1 for this host only)")
+            }
+        }
         var health = HealthPolicy()
         if let (text, setting) = pick(brokerTimeout, .healthBrokerTimeout) {
             let ms = try Durations.milliseconds(text, setting: setting)
             guard ms > 0 else { throw ConfigurationError("\(setting): must be more than 0") }
             health.brokerUnreachableLimit = .milliseconds(ms)
         }
-        return ObservabilityConfiguration(metricsPort: port, health: health, logLevel: try resolveLogLevel(environment: environment))
+        return ObservabilityConfiguration(metricsPort: port, metricsAddress: address, health: health,
+                                          logLevel: try resolveLogLevel(environment: environment))
     }
 
     /// The log level alone (the binary sets up logging before anything else is resolved).
@@ -63,6 +75,8 @@ public struct ObservabilitySettings: Sendable {
 public struct ObservabilityConfiguration: Sendable, Hashable {
     /// nil: the endpoints are off.
     public var metricsPort: Int?
+    /// The IP address they listen on.
+    public var metricsAddress: String = ObservabilitySettings.everyInterface
     public var health: HealthPolicy
     public var logLevel: Logger.Level
 }

@@ -128,7 +128,7 @@ public final class RoleMetrics: RuntimeObserver {
         .gauge("polyglot_restore_stalled_seconds", help: "How long a restoring partition has not advanced, once past the stall limit (0 while it advances)."),
         .gauge("polyglot_assigned_partitions", help: "Partitions the consumer group assigned to this instance."),
         .gauge("polyglot_running_partitions", help: "Assigned partitions restored and processing."),
-        .gauge("polyglot_consumer_lag", help: "Records (and transaction markers) after the consumer's position, per source partition."),
+        .gauge("polyglot_consumer_lag_records", help: "Records (and transaction markers) after the consumer's position, per source partition."),
         .gauge("polyglot_store_size_bytes", help: "Bytes of a partition's store files."),
         .gauge("polyglot_broker_reachable", help: "1 while the consumer has a broker connected, 0 while it has none."),
         .gauge("polyglot_healthy", help: "1 while /healthz answers 200."),
@@ -166,7 +166,7 @@ public final class RoleMetrics: RuntimeObserver {
             gauges.append(MetricSample("polyglot_restore_stalled_seconds", labels: labels, value: restore.stall?.seconds ?? 0))
         }
         for (tp, lag) in s.consumerLag {
-            gauges.append(MetricSample("polyglot_consumer_lag", labels: ["topic": tp.topic, "partition": "\(tp.partition)"], value: lag))
+            gauges.append(MetricSample("polyglot_consumer_lag_records", labels: ["topic": tp.topic, "partition": "\(tp.partition)"], value: lag))
         }
         for (partition, bytes) in s.storeBytes {
             gauges.append(MetricSample("polyglot_store_size_bytes", labels: ["partition": "\(partition)"], value: bytes))

@@ -80,6 +80,11 @@ public final class FileStream {
             let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
             if fd < 0 && errno == EEXIST { continue }
             guard fd >= 0 else { throw FileIOError(path: path, operation: "create", code: errno) }
+            guard Interruption.register(temporary: temporary) else {
+                Glibc.close(fd)
+                unlink(temporary)
+                throw FileIOError(path: path, operation: "create", code: EINTR)
+            }
             // Created under the umask; an existing file's mode is kept as it was.
             if mode != 0o644 { _ = fchmod(fd, mode) }
             return FileStream(path: path, fd: fd, owned: true, replacing: (temporary, target))
@@ -185,20 +190,23 @@ public final class FileStream {
         closed = true
         if Glibc.close(fd) != 0 {
             let code = errno
-            if let replacing { unlink(replacing.temporary) }
+            if let replacing { Interruption.finish(temporary: replacing.temporary) { _ = unlink(replacing.temporary) } }
             throw FileIOError(path: path, operation: "close", code: code)
         }
-        if let replacing, rename(replacing.temporary, replacing.target) != 0 {
+        guard let replacing else { return }
+        let code = Interruption.finish(temporary: replacing.temporary) { () -> Int32 in
+            guard rename(replacing.temporary, replacing.target) != 0 else { return 0 }
             let code = errno
             unlink(replacing.temporary)
-            throw FileIOError(path: path, operation: "replace", code: code)
+            return code
         }
+        if code != 0 { throw FileIOError(path: path, operation: "replace", code: code) }
     }
 
     deinit {
         if owned && !closed {
             _ = Glibc.close(fd)
-            if let replacing { unlink(replacing.temporary) }
+            if let replacing { Interruption.finish(temporary: replacing.temporary) { _ = unlink(replacing.temporary) } }
         }
     }
 }

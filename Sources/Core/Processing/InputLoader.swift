@@ -28,6 +28,9 @@ public struct InputLoaderSettings: Sendable {
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> InputLoaderConfiguration {
         let layers = try SettingsLayers(configFile: configFile, environment: environment)
         let kafka = try layers.kafka(properties: kafkaProperties, bootstrapServers: bootstrapServers)
+        guard let servers = kafka.bootstrapServers, !servers.isEmpty else {
+            throw ConfigurationError("no Kafka bootstrap servers: set --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS")
+        }
         if kafka["transactional.id"] != nil {
             throw ConfigurationError("-X transactional.id: produce writes with an idempotent producer, outside transactions")
         }
@@ -256,6 +259,8 @@ public struct InputLoader: Sendable {
             do throws(KafkaError) {
                 counts = try producer.partitionCounts([topic], timeout: .milliseconds(500))
             } catch {
+                // A broker refusing the credentials is no reason to wait out the timeout.
+                if let reason = producer.authenticationFailure { throw InputLoaderError(.kafka, "authentication failed: \(reason)") }
                 let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(error.code)
                 guard unreachable else { throw InputLoaderError(.kafka, "Kafka: \(error.message)") }
                 if ContinuousClock.now >= deadline {

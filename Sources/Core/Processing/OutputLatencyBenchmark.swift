@@ -160,7 +160,7 @@ public struct OutputLatencyBenchmark: Sendable {
                 if sent < total { Thread.sleep(forTimeInterval: 0.0005) }
             }
             sentPerPhase.append(sent)
-            logger.info("phase sent", metadata: ["rate": "\(rate)", "records": "\(sent)"])
+            logger.info("phase sent", metadata: ["rate_per_second": .number(rate), "records": .number(sent)])
         }
         try producer.flush(timeout: .seconds(30))
         let counts = producer.deliveryCounts

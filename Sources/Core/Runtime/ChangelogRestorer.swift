@@ -116,20 +116,20 @@ final class ChangelogRestorer<Role: StreamRole> {
         var start = store.checkpoint.map { $0.changelogOffset - 1 } ?? marks.low
         if start > marks.high {
             logger.warning("store is ahead of its changelog (the topic was recreated?); rebuilding it from the changelog",
-                           metadata: ["partition": "\(slot.partition)", "checkpoint": "\(start)", "high": "\(marks.high)"])
+                           metadata: ["partition": .number(Int(slot.partition)), "checkpoint_offset": .number(Int(start)), "high_offset": .number(Int(marks.high))])
             store = try rebuild()
             start = marks.low
         }
         if start < marks.low {
             if store.checkpoint != nil {
                 logger.warning("the changelog no longer holds the store's checkpoint; restoring from its earliest offset",
-                               metadata: ["partition": "\(slot.partition)", "checkpoint": "\(start)", "earliest": "\(marks.low)"])
+                               metadata: ["partition": .number(Int(slot.partition)), "checkpoint_offset": .number(Int(start)), "earliest_offset": .number(Int(marks.low))])
             }
             start = marks.low
         }
         slot.restoredPositions = Self.positions(of: store.checkpoint, count: sourceCount)
         guard start < marks.high else { return false }
-        logger.info("restoring", metadata: ["partition": "\(slot.partition)", "from": "\(start)", "to": "\(marks.high)"])
+        logger.info("restoring", metadata: ["partition": .number(Int(slot.partition)), "from_offset": .number(Int(start)), "to_offset": .number(Int(marks.high))])
         jobs[slot.partition] = Job(slot: slot, store: store, end: marks.high, next: start, checkpointed: store.checkpoint?.changelogOffset,
                                    positions: slot.restoredPositions, began: .now)
         // Assigned at the next step, together with the others that begin now: every assign
@@ -196,8 +196,8 @@ final class ChangelogRestorer<Role: StreamRole> {
                     // partition's fetch.
                     try consumer.pause([KafkaTopicPartition(topic, p)])
                     logger.info("restored", metadata: [
-                        "partition": "\(p)", "records": "\(job.applied)", "seconds": "\(String(format: "%.3f", elapsed))",
-                        "rate": "\(Int(Double(job.applied) / max(elapsed, 1e-6)))/s",
+                        "partition": .number(Int(p)), "records": .number(job.applied), "seconds": .number(elapsed, decimals: 3),
+                        "rate_per_second": .number(Int(Double(job.applied) / max(elapsed, 1e-6))),
                     ])
                     job.slot.restoredPositions = job.positions
                     jobs[p] = nil
@@ -209,7 +209,7 @@ final class ChangelogRestorer<Role: StreamRole> {
         if !jobs.isEmpty, ContinuousClock.now - lastLog >= .seconds(5) {
             lastLog = .now
             let p = progress
-            logger.info("restoring", metadata: ["tasks": "\(p.restoring)", "remaining": "\(p.remaining)"])
+            logger.info("restoring", metadata: ["tasks": .number(p.restoring), "remaining_records": .number(Int(p.remaining))])
         }
         return finished
     }

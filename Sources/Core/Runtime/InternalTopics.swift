@@ -63,6 +63,8 @@ struct InternalTopics {
             } catch {
                 failure = error
             }
+            // A broker refusing the credentials is no reason to wait out the timeout.
+            if let reason = admin.authenticationFailure { throw ProcessorError("authentication failed: \(reason)") }
             let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(failure.code)
             guard unreachable else { throw failure }
             if ContinuousClock.now >= deadline {

@@ -137,17 +137,17 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         let s = statistics
         let elapsed = Self.seconds(ContinuousClock.now - started)
         let processing = max(s.processingSeconds, 1e-6)
-        var metadata: Logger.Metadata = role.summary.mapValues { .string($0) }
+        var metadata = Logger.Metadata(uniqueKeysWithValues: role.summary.map { ($0.key.snakeCased, Int($0.value).map { .number($0) } ?? .string($0.value)) })
         metadata.merge([
-            "records": "\(s.records)", "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)",
-            "retries": "\(s.transactionRetries)",
-            "seconds": "\(String(format: "%.2f", elapsed))", "processingSeconds": "\(String(format: "%.2f", s.processingSeconds))",
-            "pollSeconds": "\(String(format: "%.2f", s.pollSeconds))", "commitSeconds": "\(String(format: "%.2f", s.commitSeconds))",
-            "changelogSeconds": "\(String(format: "%.2f", s.changelogSeconds))", "kafkaCommitSeconds": "\(String(format: "%.2f", s.kafkaCommitSeconds))",
-            "storeCommitSeconds": "\(String(format: "%.2f", s.storeCommitSeconds))",
-            "rate": "\(Int(Double(s.records) / processing))/s",
-            "restored": "\(s.restoredRecords)", "restoreSeconds": "\(String(format: "%.2f", s.restoreSeconds))",
-            "restoreRate": "\(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0)/s",
+            "records": .number(s.records), "commits": .number(s.transactionsCommitted), "aborts": .number(s.transactionsAborted),
+            "retries": .number(s.transactionRetries),
+            "elapsed_seconds": .number(elapsed), "processing_seconds": .number(s.processingSeconds),
+            "poll_seconds": .number(s.pollSeconds), "commit_seconds": .number(s.commitSeconds),
+            "changelog_seconds": .number(s.changelogSeconds), "kafka_commit_seconds": .number(s.kafkaCommitSeconds),
+            "store_commit_seconds": .number(s.storeCommitSeconds),
+            "average_rate_per_second": .number(Int(Double(s.records) / processing)),  // over the processing time of the whole run
+            "restored_records": .number(s.restoredRecords), "restore_seconds": .number(s.restoreSeconds),
+            "restore_rate_per_second": .number(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0),
         ]) { role, _ in role }
         logger.notice("stopped", metadata: metadata)
     }
@@ -224,7 +224,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         try consumer.subscribe(sources.map(\.name))
         statsBox.withLock { $0.phase = .running }
         logger.info("running", metadata: [
-            "sources": "\(sources.map(\.name).joined(separator: ","))", "partitions": "\(partitionCount)",
+            "sources": "\(sources.map(\.name).joined(separator: ","))", "partitions": .number(partitionCount),
             "guarantee": "\(c.guarantee.rawValue)", "group": "\(c.groupID)", "kafka": "\(c.kafka.redactedDescription)",
         ])
 
@@ -288,10 +288,10 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 // Idle, stuck in a group join and cut off from the broker must read differently.
                 let health = RoleHealth.evaluate(s, now: now)
                 var metadata: Logger.Metadata = [
-                    "state": "\(health.state.rawValue)", "records": "\(s.records)", "rate": "\(Int(rate))/s",
-                    "commits": "\(s.transactionsCommitted)", "aborts": "\(s.transactionsAborted)", "tasks": "\(s.tasks)",
-                    "assigned": "\(s.assignedPartitions)", "restoring": "\(s.restoringTasks)",
-                    "lag": "\(s.consumerLag.values.reduce(0, +))",
+                    "state": "\(health.state.rawValue)", "records": .number(s.records), "recent_rate_per_second": .number(Int(rate)),
+                    "commits": .number(s.transactionsCommitted), "aborts": .number(s.transactionsAborted), "tasks": .number(s.tasks),
+                    "assigned_partitions": .number(s.assignedPartitions), "restoring_tasks": .number(s.restoringTasks),
+                    "lag_records": .number(Int(s.consumerLag.values.reduce(0, +))),
                 ]
                 if let reason = health.reason { metadata["reason"] = "\(reason)" }
                 logger.info("progress", metadata: metadata)
@@ -501,7 +501,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         try consumer.resume(tps)
         statsBox.withLock { $0.tasks = tasks.running.count }
         logger.info("task started", metadata: [
-            "partition": "\(slot.partition)",
+            "partition": .number(Int(slot.partition)),
             "positions": "\(sources.indices.map { slot.next[$0].map(String.init) ?? "earliest" }.joined(separator: ","))",
         ])
     }
@@ -514,9 +514,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         restorer?.cancel(slot.partition)
         guard let store = slot.store else { return }
         store.rollback()
-        do { try store.close() } catch { logger.warning("closing store failed", metadata: ["partition": "\(slot.partition)", "error": "\(error)"]) }
+        do { try store.close() } catch { logger.warning("closing store failed", metadata: ["partition": .number(Int(slot.partition)), "error": "\(error)"]) }
         slot.store = nil
-        logger.info("task stopped", metadata: ["partition": "\(slot.partition)"])
+        logger.info("task stopped", metadata: ["partition": .number(Int(slot.partition))])
     }
 
     // MARK: - Commit

@@ -268,7 +268,7 @@ final class CheckpointedStore<Value: StoreValue> {
         self.path = StoreDatabase.path(directory: directory, fileName: fileName)
         self.options = options
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try StateDirectory.makePrivateDirectory(directory)
         } catch {
             throw SQLiteError(code: .cantOpen, resultCode: 0, message: "cannot create state directory \(directory): \(error)")
         }

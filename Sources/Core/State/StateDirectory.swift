@@ -60,6 +60,27 @@ public enum StateDirectory {
         }
     }
 
+    /// Creates `directory` and missing parents with mode 0700, and takes group and other
+    /// permissions off it when it exists and is ours (a folder made by an older build): every
+    /// folder under the state directory, each task's store folder included, is its owner's
+    /// alone. True when an existing folder was tightened.
+    @discardableResult
+    public static func makePrivateDirectory(_ directory: String) throws(FileIOError) -> Bool {
+        var prefix = directory.hasPrefix("/") ? "" : "."
+        for component in directory.split(separator: "/") {
+            prefix += "/" + component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                throw FileIOError(path: prefix, operation: "create directory", code: errno)
+            }
+        }
+        var st = stat()
+        guard stat(directory, &st) == 0 else { throw FileIOError(path: directory, operation: "open", code: errno) }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw FileIOError(path: directory, operation: "use as a directory", code: ENOTDIR) }
+        guard st.st_mode & 0o077 != 0, st.st_uid == geteuid() else { return false }
+        guard chmod(directory, 0o700) == 0 else { throw FileIOError(path: directory, operation: "make private", code: errno) }
+        return true
+    }
+
     /// What ``prepare(_:instanceID:)`` did.
     public struct Preparation: Sendable, Equatable {
         /// The directory existed with group or other permissions, now taken off.
@@ -73,20 +94,7 @@ public enum StateDirectory {
     /// it holds none yet, so that the next start reuses it.
     public static func prepare(_ directory: String, instanceID: String) throws(FileIOError) -> Preparation {
         var preparation = Preparation()
-        var prefix = directory.hasPrefix("/") ? "" : "."
-        for component in directory.split(separator: "/") {
-            prefix += "/" + component
-            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-                throw FileIOError(path: prefix, operation: "create directory", code: errno)
-            }
-        }
-        var st = stat()
-        guard stat(directory, &st) == 0 else { throw FileIOError(path: directory, operation: "open", code: errno) }
-        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw FileIOError(path: directory, operation: "use as a directory", code: ENOTDIR) }
-        if st.st_mode & 0o077 != 0, st.st_uid == geteuid() {
-            guard chmod(directory, 0o700) == 0 else { throw FileIOError(path: directory, operation: "make private", code: errno) }
-            preparation.tightened = true
-        }
+        preparation.tightened = try makePrivateDirectory(directory)
         let path = directory + "/" + instanceIDFile
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if fd < 0 {

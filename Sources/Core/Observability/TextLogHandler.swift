@@ -1,0 +1,163 @@
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A swift-log handler writing one readable line per event, for a terminal, in the shape of
+/// Rust's `tracing` fmt output and Go's `slog` text handler: time, level, the logger's name,
+/// the message, then `key=value` fields sorted by key:
+///
+///     2026-01-31T23:59:59.123Z  INFO polyglot.process: progress lag=0 rate_per_second=41230 records=120000
+///
+/// A value holding a space, a quote, `=` or a control character is quoted, as slog quotes it.
+public struct TextLogHandler: LogHandler {
+    public var logLevel: Logger.Level
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    private let label: String
+    private let write: @Sendable (UnsafeRawBufferPointer) -> Void
+
+    /// Writes each line with one `write(2)` to stderr, under the lock every handler shares.
+    public static func standardError(label: String, level: Logger.Level = .info,
+                                     metadataProvider: Logger.MetadataProvider? = nil) -> TextLogHandler {
+        TextLogHandler(label: label, level: level, metadataProvider: metadataProvider) { StandardError.writeLocked($0) }
+    }
+
+    /// `write` receives each line, newline included.
+    public init(label: String, level: Logger.Level = .info, metadataProvider: Logger.MetadataProvider? = nil,
+                write: @escaping @Sendable (UnsafeRawBufferPointer) -> Void) {
+        self.label = label
+        self.logLevel = level
+        self.metadataProvider = metadataProvider
+        self.write = write
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var fields = metadata
+        if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
+        if let own = event.metadata { fields.merge(own) { _, new in new } }
+        if let error = event.error { fields["error"] = "\(error)" }
+        let out = ByteBuffer(capacity: 256)
+        JSONLogHandler.appendTimestamp(to: out)
+        let level = event.level.name
+        out.appendText(String(repeating: " ", count: 1 + max(0, 5 - level.count)) + level + " ")
+        out.appendText(label + ": ")
+        out.appendText(event.message.description.replacingNewlines)
+        for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
+            out.appendText(" " + key + "=")
+            out.appendText(Self.quotedIfNeeded(Self.text(of: value)))
+        }
+        out.append(UInt8(ascii: "\n"))
+        write(out.bytes)
+    }
+
+    /// A metadata value as text: lists as `[a,b]`, dictionaries as `{k:v}`.
+    static func text(of value: Logger.Metadata.Value) -> String {
+        switch value {
+        case .string(let s): s
+        case .stringConvertible(let c): c.description
+        case .array(let a): "[" + a.map(text(of:)).joined(separator: ",") + "]"
+        case .dictionary(let d): "{" + d.sorted { $0.key < $1.key }.map { "\($0.key):\(text(of: $0.value))" }.joined(separator: ",") + "}"
+        }
+    }
+
+    /// `value` as is when it is one plain word, else in double quotes with `"`, `\` and control
+    /// characters escaped.
+    static func quotedIfNeeded(_ value: String) -> String {
+        let plain = !value.isEmpty && value.unicodeScalars.allSatisfy { s in
+            s.value > 0x20 && s.value != 0x7F && s != "\"" && s != "=" && s != "\\"
+        }
+        if plain { return value }
+        var quoted = "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": quoted += "\\\""
+            case "\\": quoted += "\\\\"
+            case "\n": quoted += "\\n"
+            case "\t": quoted += "\\t"
+            case "\r": quoted += "\\r"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    quoted += "\\u{\(String(scalar.value, radix: 16))}"
+                } else {
+                    quoted.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return quoted + "\""
+    }
+}
+
+extension Logger.Level {
+    /// `TRACE`, `DEBUG`, `INFO`, `NOTICE`, `WARN`, `ERROR`, `CRIT`: the upper-case names log
+    /// readers colour and filter by.
+    var name: String {
+        switch self {
+        case .trace: "TRACE"
+        case .debug: "DEBUG"
+        case .info: "INFO"
+        case .notice: "NOTICE"
+        case .warning: "WARN"
+        case .error: "ERROR"
+        case .critical: "CRIT"
+        }
+    }
+}
+
+extension String {
+    /// `deadLetters` as `dead_letters`: the spelling of log fields.
+    var snakeCased: String {
+        var out = ""
+        for c in self {
+            if c.isUppercase {
+                if !out.isEmpty { out += "_" }
+                out += c.lowercased()
+            } else {
+                out.append(c)
+            }
+        }
+        return out
+    }
+
+    /// One line: a line break in a message would split the event in two.
+    var replacingNewlines: String {
+        contains(where: \.isNewline) ? split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).joined(separator: " ") : self
+    }
+}
+
+/// A number in a log line's fields: written as a JSON number by ``JSONLogHandler`` and as is
+/// by ``TextLogHandler``. `Int` values (`.stringConvertible(42)`) are numbers too; this one
+/// carries a fractional value with a fixed number of decimals.
+public struct LogNumber: CustomStringConvertible, Sendable {
+    public let description: String
+
+    /// `value` rounded to `decimals` places (`12.35`); not finite: `0`.
+    public init(_ value: Double, decimals: Int = 2) {
+        guard value.isFinite else {
+            description = "0"
+            return
+        }
+        var scale = 1.0
+        for _ in 0..<decimals { scale *= 10 }
+        let scaled = Int64((abs(value) * scale).rounded())
+        let whole = scaled / Int64(scale), fraction = scaled % Int64(scale)
+        let digits = String(fraction)
+        let sign = value < 0 && scaled != 0 ? "-" : ""
+        description = decimals == 0 ? "\(sign)\(whole)" : "\(sign)\(whole)." + String(repeating: "0", count: decimals - digits.count) + digits
+    }
+}
+
+extension Logger.MetadataValue {
+    /// A whole number, written as a number in JSON lines.
+    public static func number(_ value: Int) -> Logger.MetadataValue { .stringConvertible(value) }
+    /// A fractional number with `decimals` places, written as a number in JSON lines.
+    public static func number(_ value: Double, decimals: Int = 2) -> Logger.MetadataValue {
+        .stringConvertible(LogNumber(value, decimals: decimals))
+    }
+}
