@@ -4,7 +4,7 @@ import Foundation
 
 /// The detector's parameters, shared by every command that runs the detector.
 struct DetectorOptions: ParsableArguments {
-    @Option(help: "tumbling (epoch-aligned windows, the default) or sliding (the window ending at each record) (env POLYGLOT_WINDOW_KIND).")
+    @Option(help: "tumbling (epoch-aligned windows) or sliding (the window ending at each record); env POLYGLOT_WINDOW_KIND (default: \(Setting.windowKind.defaultText)).")
     var windowKind: String?
 
     @Option(parsing: .unconditional, help: "Window size (ms, s, m, h; a bare number is ms).")
