@@ -41,11 +41,18 @@ public struct JSONLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(event: LogEvent) {
+    /// An event's fields, as both line formats write them: the handler's metadata, then the
+    /// provider's, then the event's own (later ones win), and its error as `error`.
+    static func fields(of event: LogEvent, metadata: Logger.Metadata, provider: Logger.MetadataProvider?) -> Logger.Metadata {
         var fields = metadata
-        if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
+        if let provided = provider?.get() { fields.merge(provided) { _, new in new } }
         if let own = event.metadata { fields.merge(own) { _, new in new } }
         if let error = event.error { fields["error"] = "\(error)" }
+        return fields
+    }
+
+    public func log(event: LogEvent) {
+        let fields = Self.fields(of: event, metadata: metadata, provider: metadataProvider)
         let out = ByteBuffer(capacity: 256)
         out.append("{\"time\":\"")
         Self.appendTimestamp(to: out)

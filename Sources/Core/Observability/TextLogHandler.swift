@@ -39,10 +39,7 @@ public struct TextLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var fields = metadata
-        if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
-        if let own = event.metadata { fields.merge(own) { _, new in new } }
-        if let error = event.error { fields["error"] = "\(error)" }
+        let fields = JSONLogHandler.fields(of: event, metadata: metadata, provider: metadataProvider)
         let out = ByteBuffer(capacity: 256)
         JSONLogHandler.appendTimestamp(to: out)
         let level = event.level.name
