@@ -1,8 +1,12 @@
 import ArgumentParser
 import Foundation
-import Core
 import Logging
 import ServiceLifecycle
+import PolyglotSupport
+import FraudModel
+import KafkaClient
+import Observability
+import Roles
 
 struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(

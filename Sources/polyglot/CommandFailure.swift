@@ -1,5 +1,7 @@
 import ArgumentParser
-import Core
+import KafkaClient
+import StreamEngine
+import Observability
 
 /// A run-time failure: printed as one line `polyglot: <reason>`, exit status 1.
 struct CommandFailure: Error, CustomStringConvertible {

@@ -1,9 +1,13 @@
 import ArgumentParser
-import Core
 import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
+import PolyglotSupport
+import FraudModel
+import KafkaClient
+import Observability
+import Roles
 
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,8 @@
 import ArgumentParser
-import Core
 import Foundation
+import PolyglotSupport
+import FraudModel
+import Roles
 
 /// The detector's parameters, shared by every command that runs the detector.
 struct DetectorOptions: ParsableArguments {

@@ -1,8 +1,11 @@
 import ArgumentParser
-import Core
 import Foundation
 import Logging
 import ServiceLifecycle
+import PolyglotSupport
+import KafkaClient
+import StateStore
+import Roles
 
 struct DevCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,6 @@
 import ArgumentParser
-import Core
+import PolyglotSupport
+import Roles
 
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

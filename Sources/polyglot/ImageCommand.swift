@@ -1,5 +1,6 @@
 import ArgumentParser
-import Core
+import PolyglotSupport
+import Roles
 
 /// `polyglot image`: the machine image as code, and the drift check run at every start.
 struct ImageCommand: ParsableCommand {

@@ -1,7 +1,10 @@
 import ArgumentParser
-import Core
 import Logging
 import ServiceLifecycle
+import PolyglotSupport
+import KafkaClient
+import Observability
+import Roles
 
 /// The observability flags of a long-running role on the stream runtime (`process`, `audit`):
 /// the log level and the HTTP endpoints. Nil is "not given": the environment, then the settings

@@ -1,7 +1,10 @@
 import ArgumentParser
-import Core
 import Foundation
 import Logging
+import PolyglotSupport
+import KafkaClient
+import Observability
+import Roles
 
 @main
 struct Polyglot: AsyncParsableCommand {

@@ -1,8 +1,11 @@
 import ArgumentParser
-import Core
 import Foundation
 import Logging
 import ServiceLifecycle
+import PolyglotSupport
+import KafkaClient
+import Observability
+import Roles
 
 struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(

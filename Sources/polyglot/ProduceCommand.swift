@@ -1,7 +1,9 @@
 import ArgumentParser
-import Core
 import Foundation
 import Logging
+import PolyglotSupport
+import KafkaClient
+import Roles
 
 struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,7 @@
 import ArgumentParser
-import Core
+import PolyglotSupport
+import Observability
+import Roles
 
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

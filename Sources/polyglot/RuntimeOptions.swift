@@ -1,5 +1,5 @@
 import ArgumentParser
-import Core
+import Roles
 
 /// The settings every role on the stream runtime takes, `process` and `audit` alike: the Kafka
 /// cluster, the processor's topics, the state, the guarantee and the detector's parameters. Nil

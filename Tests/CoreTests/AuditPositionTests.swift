@@ -1,7 +1,10 @@
 import Foundation
 import Logging
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import StreamEngine
+@testable import Roles
 
 /// The continuous auditor decides missing and orphan from positions: a stopped, lagging or
 /// restarting processor and an auditor reading one topic far ahead of another give no false

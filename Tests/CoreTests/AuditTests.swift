@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import Roles
 
 @Suite("Audit", .brokerHeavy, .serialized)
 struct AuditTests {

@@ -1,7 +1,9 @@
 import Foundation
 import Logging
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import KafkaClient
+@testable import Roles
 
 extension AuditTests {
     static let auditorDigest = String(repeating: "ab", count: 32)

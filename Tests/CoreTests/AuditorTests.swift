@@ -3,7 +3,11 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import StreamEngine
+@testable import Observability
+@testable import Roles
 
 /// The continuous auditor on the dev broker: a role on the stream runtime with its own group,
 /// state and findings topic.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import StateStore
 
 extension StateTests {
     /// The store machinery without the detector: a tiny value type, ranked by a time, as the

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
 
 @Suite("Codec")
 struct CodecTests {

@@ -1,5 +1,6 @@
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import Roles
 
 /// The demo's event times start on the hour, so the same seed gives the same windows, and the
 /// same verdicts, whenever it runs; and they end before now, so none is future-skewed.

@@ -1,5 +1,5 @@
 import Testing
-@testable import Core
+@testable import Roles
 
 /// The demo's exit status is its summary's `isClean` (exit 1 when not): every kind of
 /// discrepancy makes it dirty, and the informational counts do not.

@@ -1,5 +1,7 @@
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import Roles
 
 @Suite("Detection")
 struct DetectionTests {

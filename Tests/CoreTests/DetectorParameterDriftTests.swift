@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import StateStore
+@testable import Roles
 
 /// SEMANTICS.md §2c: the detector's parameters travel with its verdicts, the auditor reports a
 /// difference as drift, and state written under other parameters is refused.

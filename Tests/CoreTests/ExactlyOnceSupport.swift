@@ -1,7 +1,10 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import StreamEngine
+@testable import Roles
 
 /// Hears every transaction the processor ends, with the records it wrote: what lets a test
 /// drop the records of aborted transactions, which librdkafka's mock cluster (no transaction

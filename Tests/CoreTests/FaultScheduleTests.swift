@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Core
+@testable import StreamEngine
+@testable import Roles
 
 extension ProcessorTests {
     /// A seeded random schedule of abortable failures over the first transactions (failed

@@ -1,7 +1,10 @@
 import Crypto
 import Foundation
 import Testing
-@testable import Core
+@testable import KafkaClient
+@testable import StateStore
+@testable import Observability
+@testable import Roles
 
 @Suite("Image fingerprint")
 struct ImageFingerprintTests {

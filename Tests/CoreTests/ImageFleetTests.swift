@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import Roles
 
 /// The fleet as code: the CloudFormation template under cfn-lint and deployed on a local moto
 /// server, the instance policy, the secrets fetch, and the image workflow under actionlint and

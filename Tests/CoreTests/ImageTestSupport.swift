@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import Roles
 
 enum ImageFixtures {
     /// The package root, found from this file's path (Tests/CoreTests/ImageTestSupport.swift).

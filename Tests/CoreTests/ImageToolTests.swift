@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import Roles
 
 /// The rendered files under the tools that read them in production: Packer, systemd, shellcheck,
 /// cloud-init. Each runs when its tool is installed; locally a missing tool skips the test with a

@@ -4,7 +4,9 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import Roles
 
 /// A cluster for one test: a fresh mock cluster, or the real cluster named by
 /// `POLYGLOT_TEST_BOOTSTRAP` (then every topic gets a unique name, created through the admin API).

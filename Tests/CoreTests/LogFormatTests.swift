@@ -2,7 +2,8 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import Observability
 
 /// The log lines' two forms: JSON with numbers as numbers and units in the keys, and text with
 /// the message first, as Go's slog and Rust's tracing write them.

@@ -4,11 +4,16 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import Testing
-@testable import Core
 
 #if canImport(Glibc)
 import Glibc
 #endif
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import KafkaClient
+@testable import StreamEngine
+@testable import Observability
+@testable import Roles
 
 /// `/metrics`, `/healthz`, the broker-state tracker and JSON log lines.
 @Suite("Observability")

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import StateStore
+@testable import Roles
 
 @Suite("Private state")
 struct PrivateStateTests {

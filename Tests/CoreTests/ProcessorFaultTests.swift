@@ -2,7 +2,12 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import KafkaClient
+@testable import StateStore
+@testable import StreamEngine
+@testable import Roles
 
 /// A transaction failure injected into the processor: a request error the mock cluster
 /// returns (`api`, `code`), or a call failed from the Swift side before it reaches Kafka

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import Roles
 
 extension ProcessorTests {
     /// A processor restarted with another window kind (or window) on the state directory of an

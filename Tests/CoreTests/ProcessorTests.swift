@@ -3,7 +3,13 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import KafkaClient
+@testable import StateStore
+@testable import StreamEngine
+@testable import Observability
+@testable import Roles
 
 /// A processor's topics on a test cluster, with unique names.
 struct ProcessorTopics {

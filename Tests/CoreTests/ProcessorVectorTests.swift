@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import Observability
+@testable import Roles
 
 extension ProcessorTests {
     /// Every shared vector through `process` (one partition, so one stream in file order, as

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import StateStore
 
 /// The hand-written readers against independent ones, on generated input: the transaction
 /// reader against Foundation's `JSONSerialization`, the line reader against a plain split at

@@ -2,7 +2,10 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import StreamEngine
+@testable import Roles
 
 /// Scaling a group in and out on the dev broker: instances join and leave while long-running
 /// ones keep processing; every partition that comes back is restored from the changelog, and

@@ -1,5 +1,5 @@
-import Core
 import Testing
+@testable import StreamEngine
 
 @Suite("Record latency")
 struct RecordLatencyTests {

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import Roles
 
 @Suite("Replay")
 struct ReplayTests {

@@ -1,7 +1,12 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import FraudModel
+@testable import KafkaClient
+@testable import StateStore
+@testable import StreamEngine
+@testable import Roles
 
 /// A transaction client that answers from a script: each call takes the next scripted error
 /// for its operation, or succeeds.

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import Roles
 
 @Suite("Settings files")
 struct SettingsFileTests {

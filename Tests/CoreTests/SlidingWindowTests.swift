@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import StateStore
 
 /// Sliding windows (SEMANTICS.md §2b): the detector against a literal model, both stores, the
 /// changelog encoding and restore.

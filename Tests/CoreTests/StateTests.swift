@@ -1,7 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
-
+@testable import FraudModel
+@testable import StateStore
+@testable import Roles
 
 /// A fresh directory under the system's temporary directory, removed by `cleanup()`.
 struct TemporaryDirectory {

@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Core
+@testable import FraudModel
 
 /// Paths the tests read: the repository and the shared vectors beside it.
 enum TestPaths {

@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Core
+@testable import KafkaClient
+@testable import StreamEngine
 
 /// A client whose calls fail as the test says next, and which records the coordinator's state
 /// while each call runs (the `aborting` state exists only during the abort call).

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Core
+@testable import FraudModel
+@testable import StateStore
+@testable import Roles
 
 /// The shared vectors of SEMANTICS.md, byte for byte.
 @Suite("Vectors")

@@ -1,4 +1,3 @@
-import Core
 import Foundation
 import Logging
 import Testing
@@ -6,6 +5,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+@testable import KafkaClient
 
 /// The `polyglot` binary restarted on the same state directory: after a store file was
 /// damaged (the store is rebuilt from the changelog), and after a SIGKILL in the middle of a

@@ -4,6 +4,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+@testable import PolyglotSupport
 
 /// `polyglot replay` stopped by SIGINT or SIGTERM while it reads stdin: it removes its temporary
 /// output files, leaves the files they were to replace untouched, says it was interrupted in

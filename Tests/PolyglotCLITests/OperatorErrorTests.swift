@@ -1,4 +1,3 @@
-import Core
 import Foundation
 import Logging
 import Testing
@@ -6,6 +5,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+@testable import KafkaClient
 
 /// What a new user or an operator gets wrong first: a missing setting, a negative number, a
 /// broker that refuses the credentials, a port another process holds. Each is a usage error

@@ -1,4 +1,3 @@
-import Core
 import Foundation
 import Logging
 import Synchronization
@@ -7,6 +6,9 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import Roles
 
 /// The processor's topics for one test, with unique names: on a fresh in-process mock cluster,
 /// or on the real cluster `POLYGLOT_TEST_BOOTSTRAP` names (created there through the admin API).

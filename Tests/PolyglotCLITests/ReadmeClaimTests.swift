@@ -1,6 +1,7 @@
-import Core
 import Foundation
 import Testing
+@testable import KafkaClient
+@testable import Observability
 
 /// What the README promises of the binary, checked on the binary: `audit --files` exit
 /// statuses, `--report` and `--log`, `--version`, and `produce`'s exit when a record is not

@@ -1,0 +1,80 @@
+import Logging
+import PolyglotSupport
+import KafkaClient
+
+/// The start-up check of a role's topics: the first source must exist; internal topics (the
+/// changelog, and sources the role writes itself) must have as many partitions as the first
+/// source, and are created through the admin API where the cluster has one; sinks must exist.
+/// The check is also the first contact with the cluster, so an unreachable one fails here,
+/// within the connect timeout, naming the servers.
+package struct InternalTopics {
+    let sources: [SourceTopic]
+    let changelogTopic: String
+    let sinkTopics: [String]
+
+    /// Returns the partition count of every topic checked (the first source's at `sources[0].name`).
+    func check(kafka: KafkaConfiguration, connectTimeout: Duration, isStopping: () -> Bool, logger: Logger) throws -> [String: Int] {
+        let admin = try KafkaAdmin(configuration: kafka, logger: logger)
+        defer { admin.close() }
+        let input = sources[0].name
+        let internalTopics = sources.dropFirst().filter(\.isInternal).map(\.name) + [changelogTopic]
+        let external = sources.dropFirst().filter { !$0.isInternal }.map(\.name)
+        let all = [input] + external + internalTopics + sinkTopics
+        var counts = try Self.partitionCounts(admin, all, kafka: kafka, timeout: connectTimeout, isStopping: isStopping)
+        guard let inputCount = counts[input] else { throw ProcessorError("input topic \(input) does not exist") }
+        let missing = internalTopics.filter { counts[$0] == nil }
+        if !missing.isEmpty {
+            let specs = missing.map { name in
+                KafkaTopicSpecification(name: name, partitions: inputCount,
+                                        config: name == changelogTopic ? ["cleanup.policy": "compact"] : [:])
+            }
+            do {
+                try admin.createTopics(specs)
+                logger.info("created internal topics", metadata: ["topics": "\(missing.joined(separator: ","))"])
+            } catch let error as KafkaAdminUnavailable {
+                throw ProcessorError("internal topic \(missing.joined(separator: " and ")) missing and the cluster cannot create topics (\(error.underlying.message)): create it with \(inputCount) partitions")
+            }
+            counts = try Self.partitionCounts(admin, all, kafka: kafka, timeout: connectTimeout, isStopping: isStopping)
+        }
+        for topic in internalTopics + external {
+            guard let n = counts[topic] else { throw ProcessorError("topic \(topic) does not exist") }
+            if n != inputCount {
+                throw ProcessorError("topic \(topic) has \(n) partitions but input topic \(input) has \(inputCount): they must match (recreate \(topic) with \(inputCount) partitions, or use another --application-id)")
+            }
+        }
+        for topic in sinkTopics where counts[topic] == nil {
+            throw ProcessorError("topic \(topic) does not exist")
+        }
+        if let policy = try? admin.topicConfig(changelogTopic, name: "cleanup.policy", timeout: connectTimeout), !policy.contains("compact") {
+            logger.warning("the changelog topic is not compacted: it grows without bound, and a restore reads all of it (set cleanup.policy=compact)",
+                           metadata: ["topic": "\(changelogTopic)", "cleanup.policy": "\(policy)"])
+        }
+        return counts
+    }
+
+    /// Partition counts, asked in short slices so a stop request is seen at once; a cluster
+    /// that does not answer within `timeout` is an error naming the servers.
+    package static func partitionCounts(_ admin: KafkaAdmin, _ topics: [String], kafka: KafkaConfiguration, timeout: Duration,
+                                isStopping: () -> Bool) throws -> [String: Int] {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if isStopping() { throw RuntimeStopped() }
+            let failure: KafkaError
+            do {
+                return try admin.partitionCounts(topics, timeout: .milliseconds(500))
+            } catch {
+                failure = error
+            }
+            // A broker refusing the credentials is no reason to wait out the timeout.
+            if let reason = admin.authenticationFailure { throw ProcessorError("authentication failed: \(reason)") }
+            let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(failure.code)
+            guard unreachable else { throw failure }
+            if ContinuousClock.now >= deadline {
+                throw ProcessorError("cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
+            }
+        }
+    }
+}
+
+/// A stop was requested before the run got going: not a failure.
+package struct RuntimeStopped: Error {}
