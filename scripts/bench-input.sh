@@ -14,7 +14,7 @@ bin=$1
 dir=$2
 shift 2
 
-sources=(Sources/Core/Generation/*.swift)
+sources=(Sources/Roles/Generation/*.swift)
 [[ -f Sources/polyglot/GenerateCommand.swift ]] && sources+=(Sources/polyglot/GenerateCommand.swift)
 arguments=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
 generator=$(cat "${sources[@]}" | sha256sum | cut -c1-12)

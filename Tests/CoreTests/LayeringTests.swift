@@ -93,6 +93,21 @@ import Testing
         #expect(found.isEmpty, "\(found.map(\.description).joined(separator: "\n"))")
     }
 
+    /// A file over 600 lines holds more than one job: split it along them.
+    @Test func noSwiftFileIsOver600Lines() throws {
+        var long: [String] = []
+        for folder in ["Sources", "Tests"] {
+            let directory = Self.packageRoot.appendingPathComponent(folder)
+            guard let walker = FileManager.default.enumerator(atPath: directory.path) else { continue }
+            for case let relative as String in walker where relative.hasSuffix(".swift") {
+                let text = try String(contentsOfFile: directory.appendingPathComponent(relative).path, encoding: .utf8)
+                let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count - (text.hasSuffix("\n") ? 1 : 0)
+                if lines > 600 { long.append("\(folder)/\(relative): \(lines) lines") }
+            }
+        }
+        #expect(long.isEmpty, "\(long.joined(separator: "\n"))")
+    }
+
     @Test func theLibraryTargetsAreDeclaredLowestFirst() throws {
         let manifest = try String(contentsOf: Self.packageRoot.appendingPathComponent("Package.swift"), encoding: .utf8)
         let names = Self.targets(manifest: manifest).map(\.name)
