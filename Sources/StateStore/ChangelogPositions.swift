@@ -1,3 +1,5 @@
+import FraudModel
+
 /// The source positions a store's state covers, as one Kafka record header on the changelog.
 ///
 /// A task's last changelog record of a commit carries the next offset of each of its source
@@ -11,7 +13,7 @@
 /// anything else rather than guess.
 public enum ChangelogPositions {
     /// The header's name.
-    public static let header = "polyglot-positions"
+    public static let header = HeaderName.positions
 
     /// The most positions a list may hold. A role reads a handful of source topics; the bound
     /// keeps a hostile header from costing more than a few hundred bytes of parsing.

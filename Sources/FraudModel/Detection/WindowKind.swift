@@ -21,7 +21,7 @@ public enum WindowKind: String, Sendable, Hashable, Codable, CaseIterable {
 
 extension DetectorParameters {
     /// The name of the header that carries ``header`` on every output and dead letter (§2c).
-    public static let headerName = "polyglot-detector"
+    public static let headerName = HeaderName.detector
 
     /// The parameters that decide every verdict, as the `polyglot-detector` header writes them
     /// (SEMANTICS.md §2c): `kind=…;window=…;threshold=…;grace=…;retention=…`, in milliseconds.

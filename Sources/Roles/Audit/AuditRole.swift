@@ -31,11 +31,11 @@ public struct AuditorConfiguration: Sendable {
     /// How often the processor group's committed offsets and the topics' end offsets are read.
     public var probeInterval: Duration
 
-    public static let defaultGroupID = DevBrokerOptions.auditorGroupID
-    public static let defaultFindingsTopic = DevBrokerOptions.findingsTopic
+    public static let defaultGroupID = PipelineNames.auditorGroupID
+    public static let defaultFindingsTopic = PipelineNames.findingsTopic
 
     public init(runtime: ProcessorConfiguration, audit: AuditConfiguration, findingsTopic: String = Self.defaultFindingsTopic,
-                processorGroup: String = DevBrokerOptions.defaultApplicationID, settle: Duration = .seconds(30),
+                processorGroup: String = PipelineNames.applicationID, settle: Duration = .seconds(30),
                 stallAfter: Duration = .seconds(300), probeInterval: Duration = .seconds(1)) {
         self.runtime = runtime
         self.audit = audit
@@ -47,10 +47,10 @@ public struct AuditorConfiguration: Sendable {
     }
 
     /// `<group>-ledger-changelog`: the auditor's store.
-    public var changelogTopic: String { "\(runtime.applicationID)-ledger-changelog" }
+    public var changelogTopic: String { PipelineNames.ledgerChangelog(auditorGroup: runtime.applicationID) }
     /// `<group>-repartition`: inputs read away from their card's partition go there, to the task
     /// that reads that card's outputs.
-    public var repartitionTopic: String { "\(runtime.applicationID)-repartition" }
+    public var repartitionTopic: String { PipelineNames.repartitionTopic(group: runtime.applicationID) }
 
     public func validate() throws(ConfigurationError) {
         try runtime.validate()
@@ -151,7 +151,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
             let progress = ProcessorProgress(
                 kafka: r.kafka, group: c.processorGroup,
                 topics: .init(input: r.inputTopic, output: r.outputTopic, deadLetter: r.deadLetterTopic,
-                              repartition: "\(c.processorGroup)-repartition"),
+                              repartition: PipelineNames.repartitionTopic(group: c.processorGroup)),
                 partitions: partitionCount, interval: c.probeInterval, logger: logger)
             progress.start(isStopping: runtimeIsStopping)
             self.progress = progress
@@ -215,7 +215,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
         let key = finding.transactionId.map { Array($0.utf8) }
         let send = { (key: UnsafeRawBufferPointer?) in
             collector.send(to: self.topics!.findings, key: key, value: self.findingBuffer.bytes) { headers in
-                if !fingerprint.isEmpty { fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) } }
+                if !fingerprint.isEmpty { fingerprint.withUnsafeBytes { headers.add(HeaderName.fingerprint, $0) } }
             }
         }
         if let key { key.withUnsafeBytes { send($0) } } else { send(nil) }
@@ -263,7 +263,7 @@ public final class AuditTask: StreamTask {
 
     /// The header of a read-progress record on the auditor's repartition topic:
     /// `<input topic>/<partition>/<next offset read>`.
-    static let readProgressHeader = "polyglot-audit-read"
+    static let readProgressHeader = HeaderName.auditRead
     static let progressHeartbeat: Int64 = 5_000
 
     init(role: AuditRole, partition: Int32, partitionCount: Int32, store: AuditStore, collector: RecordCollector,
@@ -316,19 +316,19 @@ public final class AuditTask: StreamTask {
                 sendFindings()
                 return
             }
-            let position = m.header("polyglot-source").flatMap {
+            let position = m.header(HeaderName.source).flatMap {
                 TopicAudit.position($0, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes)
             } ?? .record(topic: role.configuration.repartitionTopic, partition: m.partition, offset: m.offset)
             reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
         case AuditRole.output:
             reconciler.output(value, position: .record(topic: outputTopic, partition: m.partition, offset: m.offset),
-                              lane: partition, source: sourcePosition(m), fingerprint: m.header("polyglot-fingerprint").map {
+                              lane: partition, source: sourcePosition(m), fingerprint: m.header(HeaderName.fingerprint).map {
                                   String(decoding: $0, as: UTF8.self)
                               }, detector: m.header(DetectorParameters.headerName).map { String(decoding: $0, as: UTF8.self) },
                               receivedAt: now)
         default:
             let source = sourcePosition(m)
-            reconciler.deadLetter(value, code: m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) },
+            reconciler.deadLetter(value, code: m.header(HeaderName.error).map { String(decoding: $0, as: UTF8.self) },
                                   source: source,
                                   position: .record(topic: deadLetterTopic, partition: m.partition, offset: m.offset),
                                   receivedAt: now, inputRead: source != nil && sourceIsRead(source, receivedAt: now))
@@ -347,7 +347,7 @@ public final class AuditTask: StreamTask {
     }
 
     private func sourcePosition(_ m: borrowing KafkaRecordView) -> AuditPosition? {
-        m.header("polyglot-source").flatMap {
+        m.header(HeaderName.source).flatMap {
             TopicAudit.position($0, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes)
         }
     }
@@ -365,7 +365,7 @@ public final class AuditTask: StreamTask {
             let source = source
             collector.send(to: role.topics!.repartition, partition: home, key: UnsafeRawBufferPointer(card), value: value,
                            timestamp: m.timestamp) { headers in
-                headers.add("polyglot-source", source.bytes)
+                headers.add(HeaderName.source, source.bytes)
             }
         }
         return home != partition

@@ -127,12 +127,12 @@ public struct TopicAudit {
                     reconciler.input(m.value ?? empty, position: position, kafkaTimestamp: m.timestamp)
                 case .output:
                     reconciler.output(m.value ?? empty, position: position, lane: m.partition,
-                                      source: source(m.header("polyglot-source")),
-                                      fingerprint: fingerprint(m.header("polyglot-fingerprint")),
+                                      source: source(m.header(HeaderName.source)),
+                                      fingerprint: fingerprint(m.header(HeaderName.fingerprint)),
                                       detector: detector(m.header(DetectorParameters.headerName)))
                 case .deadLetter:
-                    reconciler.deadLetter(m.value ?? empty, code: m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) },
-                                          source: source(m.header("polyglot-source")), position: position)
+                    reconciler.deadLetter(m.value ?? empty, code: m.header(HeaderName.error).map { String(decoding: $0, as: UTF8.self) },
+                                          source: source(m.header(HeaderName.source)), position: position)
                 }
                 if m.offset + 1 >= end { finishPartition(t, p) }
             }

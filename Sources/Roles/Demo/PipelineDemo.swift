@@ -230,7 +230,7 @@ public final class PipelineDemo: Sendable {
             auditor.requestStop()
             try await group.waitForAll()
             let p = processor.statistics
-            let rejected = try await Self.countDeadLetters(kafka: kafka, topic: DevBrokerOptions.deadLetterTopic,
+            let rejected = try await Self.countDeadLetters(kafka: kafka, topic: PipelineNames.deadLetterTopic,
                                                           partitions: o.partitions, expected: p.deadLetters, logger: quiet)
             return DemoSummary(records: expected, outputs: p.outputs, flagged: p.flagged, rejectedByCode: rejected,
                                audit: auditor.counts, seconds: ProgressBar.seconds(clock.now - started))
@@ -275,7 +275,7 @@ public final class PipelineDemo: Sendable {
                     let deadline = ContinuousClock.now + .seconds(20)
                     while read < expected, ContinuousClock.now < deadline {
                         _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(100)) { m in
-                            let code = m.header("polyglot-error").map { String(decoding: $0, as: UTF8.self) } ?? "(none)"
+                            let code = m.header(HeaderName.error).map { String(decoding: $0, as: UTF8.self) } ?? "(none)"
                             counts[code, default: 0] += 1
                             read += 1
                         }

@@ -14,29 +14,16 @@ public struct DevBrokerOptions: Sendable, Hashable {
     public var applicationID: String
 
     public init(brokers: Int = 1, partitions: Int = 6, bootstrapFile: String? = nil,
-                applicationID: String = DevBrokerOptions.defaultApplicationID) {
+                applicationID: String = PipelineNames.applicationID) {
         self.brokers = brokers
         self.partitions = partitions
         self.bootstrapFile = bootstrapFile
         self.applicationID = applicationID
     }
 
-    public static let defaultApplicationID = "fraud-detector-processor"
-    public static let inputTopic = "financial-transactions"
-    public static let outputTopic = "enriched-transactions"
-    public static let deadLetterTopic = "financial-transactions.dlq"
-
-    public static let auditorGroupID = "fraud-auditor"
-    public static let findingsTopic = "audit-findings"
-
-    /// Every topic the pipeline uses with the default names: input, output, dead letters, the
-    /// application's changelog and repartition topics, and the auditor's findings, ledger
-    /// changelog and repartition topics (the mock cluster has no admin API to create them later).
-    public var topics: [String] {
-        [Self.inputTopic, Self.outputTopic, Self.deadLetterTopic,
-         "\(applicationID)-windows-changelog", "\(applicationID)-repartition",
-         Self.findingsTopic, "\(Self.auditorGroupID)-ledger-changelog", "\(Self.auditorGroupID)-repartition"]
-    }
+    /// Every topic the pipeline uses with the default names (``PipelineNames/allTopics(applicationID:)``):
+    /// the mock cluster has no admin API to create them later.
+    public var topics: [String] { PipelineNames.allTopics(applicationID: applicationID) }
 
     /// Checks the numbers; the message is one line for the operator.
     public func validate() throws(ConfigurationError) {

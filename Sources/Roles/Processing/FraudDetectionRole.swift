@@ -147,7 +147,7 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
         let fromInput = from == Self.input
         let offset = m.offset
         source.removeAll()
-        if !fromInput, let h = m.header("polyglot-source") {
+        if !fromInput, let h = m.header(HeaderName.source) {
             source.append(h)
         } else {
             if fromInput { source.append(inputTopicBytes) } else { source.append(Array(m.topic.utf8)) }
@@ -171,10 +171,10 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                     let source = source
                     collector.send(to: topics.repartition, partition: home, key: UnsafeRawBufferPointer(card), value: value,
                                    timestamp: m.timestamp) { headers in
-                        for h in m.headers where h.name != "polyglot-source" {
+                        for h in m.headers where h.name != HeaderName.source {
                             if let v = h.value { v.withUnsafeBytes { headers.add(h.name, $0) } } else { headers.add(h.name, nil) }
                         }
-                        headers.add("polyglot-source", source.bytes)
+                        headers.add(HeaderName.source, source.bytes)
                     }
                     cycle.repartitioned += 1
                 } else {
@@ -193,9 +193,9 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                         ? home : configuration.partitioner.partition(of: card, count: task.outputPartitionCount)
                     collector.send(to: topics.output, partition: outputPartition, key: UnsafeRawBufferPointer(card),
                                    value: out.bytes) { headers in
-                        headers.add("polyglot-source", source.bytes)
-                        fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
-                        version.withUnsafeBytes { headers.add("polyglot-version", $0) }
+                        headers.add(HeaderName.source, source.bytes)
+                        fingerprint.withUnsafeBytes { headers.add(HeaderName.fingerprint, $0) }
+                        version.withUnsafeBytes { headers.add(HeaderName.version, $0) }
                         detector.withUnsafeBytes { headers.add(DetectorParameters.headerName, $0) }
                     }
                     cycle.outputs += 1
@@ -210,10 +210,10 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
             let partition: Int32? = task.deadLetterPartitionCount == task.partitionCount ? m.partition : nil
             collector.send(to: topics.deadLetter, partition: partition, key: m.key,
                            value: m.value ?? UnsafeRawBufferPointer(start: nil, count: 0)) { headers in
-                Array(error.code.rawValue.utf8).withUnsafeBytes { headers.add("polyglot-error", $0) }
-                Array(error.message.utf8).withUnsafeBytes { headers.add("polyglot-error-message", $0) }
-                headers.add("polyglot-source", source.bytes)
-                fingerprint.withUnsafeBytes { headers.add("polyglot-fingerprint", $0) }
+                Array(error.code.rawValue.utf8).withUnsafeBytes { headers.add(HeaderName.error, $0) }
+                Array(error.message.utf8).withUnsafeBytes { headers.add(HeaderName.errorMessage, $0) }
+                headers.add(HeaderName.source, source.bytes)
+                fingerprint.withUnsafeBytes { headers.add(HeaderName.fingerprint, $0) }
                 detector.withUnsafeBytes { headers.add(DetectorParameters.headerName, $0) }
             }
             cycle.deadLetters += 1

@@ -55,7 +55,7 @@ public struct InputLoaderConfiguration: Sendable {
     /// How long start-up waits for the cluster's metadata.
     public var connectTimeout: Duration
 
-    public init(input: String, kafka: KafkaConfiguration, topic: String = DevBrokerOptions.inputTopic,
+    public init(input: String, kafka: KafkaConfiguration, topic: String = PipelineNames.inputTopic,
                 partitioner: KafkaPartitioner = .murmur2, connectTimeout: Duration = .seconds(15)) {
         self.input = input
         self.kafka = kafka

@@ -20,9 +20,9 @@ import StreamEngine
 public struct OutputLatencyBenchmark: Sendable {
     public struct Options: Sendable {
         public var bootstrapServers: String
-        public var inputTopic = DevBrokerOptions.inputTopic
+        public var inputTopic = PipelineNames.inputTopic
         /// nil: read the input topic itself (the floor).
-        public var outputTopic: String? = DevBrokerOptions.outputTopic
+        public var outputTopic: String? = PipelineNames.outputTopic
         /// Records per second of each phase, in order.
         public var rates: [Int] = [5_000, 20_000, 50_000, 100_000]
         public var secondsPerRate = 20

@@ -64,10 +64,10 @@ public struct ProcessorConfiguration: Sendable {
     public var restoreStallLimit: Duration = .seconds(30)
 
     public init(kafka: KafkaConfiguration,
-                applicationID: String = DevBrokerOptions.defaultApplicationID,
-                inputTopic: String = DevBrokerOptions.inputTopic,
-                outputTopic: String = DevBrokerOptions.outputTopic,
-                deadLetterTopic: String = DevBrokerOptions.deadLetterTopic,
+                applicationID: String = PipelineNames.applicationID,
+                inputTopic: String = PipelineNames.inputTopic,
+                outputTopic: String = PipelineNames.outputTopic,
+                deadLetterTopic: String = PipelineNames.deadLetterTopic,
                 stateDirectory: String,
                 guarantee: ProcessingGuarantee = .exactlyOnce,
                 commitInterval: Duration = .milliseconds(100),
@@ -96,9 +96,9 @@ public struct ProcessorConfiguration: Sendable {
     }
 
     /// `<application-id>-windows-changelog`.
-    public var changelogTopic: String { "\(applicationID)-windows-changelog" }
+    public var changelogTopic: String { PipelineNames.windowsChangelog(applicationID: applicationID) }
     /// `<application-id>-repartition`.
-    public var repartitionTopic: String { "\(applicationID)-repartition" }
+    public var repartitionTopic: String { PipelineNames.repartitionTopic(group: applicationID) }
 
     /// Checks the settings; the message is one line for the operator.
     public func validate() throws(ConfigurationError) {

@@ -100,22 +100,22 @@ public struct Setting: Sendable, Hashable {
 
     /// `POLYGLOT_INPUT_TOPIC`.
     public static let inputTopic = Setting(
-        "POLYGLOT_INPUT_TOPIC", flag: "--input-topic", default: DevBrokerOptions.inputTopic,
+        "POLYGLOT_INPUT_TOPIC", flag: "--input-topic", default: PipelineNames.inputTopic,
         help: "Input topic of transactions.", roles: everyRole, section: .topics)
     /// `POLYGLOT_OUTPUT_TOPIC`.
     public static let outputTopic = Setting(
-        "POLYGLOT_OUTPUT_TOPIC", flag: "--output-topic", default: DevBrokerOptions.outputTopic,
+        "POLYGLOT_OUTPUT_TOPIC", flag: "--output-topic", default: PipelineNames.outputTopic,
         help: "Output topic of verdicts.", roles: runtimeRoles, section: .topics)
     /// `POLYGLOT_DLQ_TOPIC`.
     public static let deadLetterTopic = Setting(
-        "POLYGLOT_DLQ_TOPIC", flag: "--dlq-topic", default: DevBrokerOptions.deadLetterTopic,
+        "POLYGLOT_DLQ_TOPIC", flag: "--dlq-topic", default: PipelineNames.deadLetterTopic,
         help: "Dead-letter topic of rejected records.", roles: runtimeRoles, section: .topics)
 
     // Processing and state
 
     /// `POLYGLOT_APPLICATION_ID`.
     public static let applicationID = Setting(
-        "POLYGLOT_APPLICATION_ID", flag: "--application-id", default: DevBrokerOptions.defaultApplicationID,
+        "POLYGLOT_APPLICATION_ID", flag: "--application-id", default: PipelineNames.applicationID,
         help: "Application id of `process`: its consumer group and the prefix of its internal topics.",
         notes: "They are <id>-windows-changelog and <id>-repartition. The continuous auditor reads this group's committed offsets to know which inputs are due.",
         roles: [.process, .audit], section: .processing)
