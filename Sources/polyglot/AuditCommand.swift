@@ -125,10 +125,10 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         let configuration: AuditorConfiguration
         let endpoints: ObservabilityConfiguration
         do {
-            configuration = try settings.resolve()
-            endpoints = try observability.settings.resolve(
-                environment: settings.processor.mergedEnvironment(ProcessInfo.processInfo.environment),
-                defaultMetricsPort: ObservabilitySettings.auditMetricsPort)
+            let layers = try SettingsLayers(configFile: settings.processor.configFile, environment: ProcessInfo.processInfo.environment)
+            configuration = try settings.resolve(layers: layers)
+            endpoints = try observability.settings.resolve(environment: layers.environment,
+                                                           defaultMetricsPort: ObservabilitySettings.auditMetricsPort)
         } catch {
             throw ValidationError(error.message)
         }

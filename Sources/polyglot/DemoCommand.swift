@@ -65,7 +65,7 @@ struct DemoCommand: AsyncParsableCommand {
             }
         }
         let digest: String
-        do { digest = try EnvironmentFingerprint.current().digest } catch { throw CommandFailure("cannot compute the environment fingerprint: \(error)") }
+        do { digest = try EnvironmentFingerprint.runningDigest() } catch { throw CommandFailure("cannot compute the environment fingerprint: \(error)") }
         var options = DemoOptions(records: records, cards: cards, partitions: partitions, badFraction: bad, seed: seed,
                                   keepRunning: keepRunning, settle: .milliseconds(settleMs))
         options.fingerprintDigest = digest

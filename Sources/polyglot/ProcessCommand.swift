@@ -52,10 +52,10 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
         let endpoints: ObservabilityConfiguration
         let service: ProcessorService
         do {
-            configuration = try settings.resolve()
-            endpoints = try observability.settings.resolve(
-                environment: settings.mergedEnvironment(ProcessInfo.processInfo.environment),
-                defaultMetricsPort: ObservabilitySettings.processMetricsPort)
+            let layers = try SettingsLayers(configFile: settings.configFile, environment: ProcessInfo.processInfo.environment)
+            configuration = try settings.resolve(layers: layers)
+            endpoints = try observability.settings.resolve(environment: layers.environment,
+                                                           defaultMetricsPort: ObservabilitySettings.processMetricsPort)
         } catch {
             throw ValidationError(error.message)
         }

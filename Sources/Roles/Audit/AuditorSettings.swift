@@ -25,16 +25,16 @@ public struct AuditorSettings: Sendable {
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> AuditorConfiguration {
-        let merged = try processor.mergedEnvironment(environment)
-        func pick(_ flag: String?, _ setting: Setting) -> String? {
-            if let flag { return flag }
-            if let value = merged[setting.variable], !value.isEmpty { return value }
-            return nil
-        }
+        try resolve(layers: SettingsLayers(configFile: processor.configFile, environment: environment))
+    }
+
+    /// Resolves over settings already read (the file is read once per start).
+    public func resolve(layers: SettingsLayers) throws(ConfigurationError) -> AuditorConfiguration {
+        func pick(_ flag: String?, _ setting: Setting) -> String? { layers.pick(flag, setting) }
         var settings = processor
         let processorGroup = pick(processor.applicationID, .applicationID) ?? Setting.applicationID.defaultText
         settings.applicationID = pick(group, .auditGroup) ?? Setting.auditGroup.defaultText
-        let runtime = try settings.resolve(environment: environment)
+        let runtime = try settings.resolve(layers: layers)
         let highValueText = pick(highValue, .auditHighValue) ?? Setting.auditHighValue.defaultText
         guard let threshold = DecimalText(highValueText.trimmingCharacters(in: .whitespaces)) else {
             throw ConfigurationError("\(highValue != nil ? Setting.auditHighValue.flag : Setting.auditHighValue.variable) must be a JSON number, got '\(highValueText)'")

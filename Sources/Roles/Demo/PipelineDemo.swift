@@ -167,7 +167,7 @@ public final class PipelineDemo: Sendable {
         let input = work + "/transactions.jsonl"
         try GeneratedFile.write(options: generator, to: input)
 
-        let digest = try o.fingerprintDigest ?? EnvironmentFingerprint.current().digest
+        let digest = try o.fingerprintDigest ?? EnvironmentFingerprint.runningDigest()
         var processorConfiguration = ProcessorConfiguration(
             kafka: kafka, stateDirectory: work + "/state", fingerprintDigest: digest, instanceID: "demo")
         processorConfiguration.storeOptions = SQLiteWindowStore.Options(integrityCheck: .quick)

@@ -74,6 +74,12 @@ public struct EnvironmentFingerprint: Codable, Sendable, Hashable {
         try current(executablePath: runningExecutablePath, osReleasePaths: ["/etc/os-release", "/usr/lib/os-release"])
     }
 
+    /// The running environment's digest, computed once per process: hashing the binary takes
+    /// a fraction of a second, and every role resolving its settings needs it.
+    public static func runningDigest() throws(ImageError) -> String { try runningDigestResult.get() }
+
+    private static let runningDigestResult = Result { () throws(ImageError) -> String in try current().digest }
+
     /// `current()` with the sources of its facts made explicit, for tests.
     static func current(executablePath: String, osReleasePaths: [String]) throws(ImageError) -> EnvironmentFingerprint {
         EnvironmentFingerprint(

@@ -85,11 +85,7 @@ public struct ProcessorSettings: Sendable {
     /// The detector's parameters from the flags over `environment` (already merged with the
     /// settings file, as ``mergedEnvironment(_:)`` gives it) over the defaults.
     public func detectorParameters(environment: [String: String]) throws(ConfigurationError) -> DetectorParameters {
-        func pick(_ flag: String?, _ setting: Setting) -> String? {
-            if let flag { return flag }
-            if let value = environment[setting.variable], !value.isEmpty { return value }
-            return nil
-        }
+        func pick(_ flag: String?, _ setting: Setting) -> String? { setting.pick(flag, in: environment)?.text }
         func milliseconds(_ flag: String?, _ setting: Setting, _ fallback: Int64) throws(ConfigurationError) -> Int64 {
             guard let text = pick(flag, setting) else { return fallback }
             return try Durations.milliseconds(text, setting: flag != nil ? setting.flag : setting.variable)
@@ -127,7 +123,12 @@ public struct ProcessorSettings: Sendable {
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ProcessorConfiguration {
-        let layers = try SettingsLayers(configFile: configFile, environment: environment)
+        try resolve(layers: SettingsLayers(configFile: configFile, environment: environment))
+    }
+
+    /// Resolves over settings already read (the file is read once per start); ``configFile``
+    /// is not read again.
+    public func resolve(layers: SettingsLayers) throws(ConfigurationError) -> ProcessorConfiguration {
         let environment = layers.environment
         func pick(_ flag: String?, _ setting: Setting) -> String? { layers.pick(flag, setting) }
         let parameters = try detectorParameters(environment: environment)
@@ -142,11 +143,11 @@ public struct ProcessorSettings: Sendable {
         let partitionerValue = try layers.partitioner(partitioner)
         let connectTimeoutValue = try layers.connectTimeout(connectTimeout)
         let untilEndValue = untilEnd || ["1", "true", "yes"].contains(environment[Setting.untilEnd.variable]?.lowercased() ?? "")
-        // The header carries the real environment's digest, computed once at start-up (hashing
+        // The header carries the real environment's digest, computed once per process (hashing
         // the binary takes a fraction of a second), so the auditor's drift check means something.
         let digest: String
         do {
-            digest = try fingerprintDigest ?? EnvironmentFingerprint.current().digest
+            digest = try fingerprintDigest ?? EnvironmentFingerprint.runningDigest()
         } catch {
             throw ConfigurationError("cannot compute the environment fingerprint: \(error)")
         }
@@ -193,13 +194,16 @@ public struct ProcessorSettings: Sendable {
 /// The layers every Kafka command's settings resolve through: the settings file under the
 /// environment under the flags, and librdkafka properties added up from the file, then
 /// `POLYGLOT_KAFKA_PROPERTIES`, then `-X`, each later one winning per property.
-struct SettingsLayers {
+///
+/// A command reads its layers once at start and resolves every group of settings (the role's,
+/// the endpoints') over them.
+public struct SettingsLayers: Sendable {
     /// The environment with the settings file's values under it.
-    let environment: [String: String]
+    public let environment: [String: String]
     private let kafkaLayers: [(source: String, text: String)]
 
     /// Reads the settings file (`configFile`, else `POLYGLOT_CONFIG`), if there is one.
-    init(configFile: String?, environment: [String: String]) throws(ConfigurationError) {
+    public init(configFile: String?, environment: [String: String]) throws(ConfigurationError) {
         var environment = environment
         var kafkaLayers: [(source: String, text: String)] = []
         if let path = configFile ?? environment[Setting.configFileVariable].flatMap({ $0.isEmpty ? nil : $0 }) {
@@ -215,11 +219,7 @@ struct SettingsLayers {
     }
 
     /// The flag's value, else the setting's variable's when it is set and not empty.
-    func pick(_ flag: String?, _ setting: Setting) -> String? {
-        if let flag { return flag }
-        if let value = environment[setting.variable], !value.isEmpty { return value }
-        return nil
-    }
+    func pick(_ flag: String?, _ setting: Setting) -> String? { setting.pick(flag, in: environment)?.text }
 
     /// The librdkafka properties of every layer, `-X` `properties` last, and the bootstrap servers.
     /// A property of `refusing` (or `bootstrap.servers`) in any layer is refused, naming the

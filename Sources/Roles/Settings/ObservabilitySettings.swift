@@ -29,11 +29,7 @@ public struct ObservabilitySettings: Sendable {
     /// Resolves over `environment`: the process environment layered over the settings file
     /// (``ProcessorSettings/mergedEnvironment(_:)``).
     public func resolve(environment: [String: String], defaultMetricsPort: Int) throws(ConfigurationError) -> ObservabilityConfiguration {
-        func pick(_ flag: String?, _ setting: Setting) -> (text: String, setting: String)? {
-            if let flag { return (flag, setting.flag) }
-            if let value = environment[setting.variable], !value.isEmpty { return (value, setting.variable) }
-            return nil
-        }
+        func pick(_ flag: String?, _ setting: Setting) -> (text: String, source: String)? { setting.pick(flag, in: environment) }
         var port: Int? = defaultMetricsPort
         if let (text, setting) = pick(metricsPort, .metricsPort) {
             guard let n = Int(text.trimmingCharacters(in: .whitespaces)), (0...65_535).contains(n) else {

@@ -249,6 +249,16 @@ public struct Setting: Sendable, Hashable {
     public static func read(by role: Role) -> [Setting] { all.filter { $0.roles.contains(role) } }
 
     /// The variables `role` reads, with their hints, for its `--help`.
+    /// The value given by `flag`, else by this setting's variable in `environment` when set and
+    /// not empty, with where it came from (the flag's name or the variable's). Every setting is
+    /// picked this way: flags over the environment over the settings file (which
+    /// ``SettingsLayers`` merges under the environment).
+    public func pick(_ flag: String?, in environment: [String: String]) -> (text: String, source: String)? {
+        if let flag { return (flag, self.flag) }
+        if let value = environment[variable], !value.isEmpty { return (value, variable) }
+        return nil
+    }
+
     public static func environmentHelp(for role: Role) -> String {
         let names = read(by: role).map { setting in setting.hint.map { "\(setting.variable) (\($0))" } ?? setting.variable }
         return (names + ["\(configFileVariable) (the settings file)"]).joined(separator: ", ")
