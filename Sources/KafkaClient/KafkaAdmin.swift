@@ -23,6 +23,8 @@ public struct KafkaTopicSpecification: Sendable, Hashable {
 /// Owns one `rd_kafka_t`. Every method blocks (network round trips): call from a dedicated
 /// thread, or use the `async` twins.
 public final class KafkaAdmin: @unchecked Sendable {
+    // @unchecked: immutable after init; librdkafka's admin API is thread-safe, and the
+    // callback context is written only before the handle starts its threads.
     let handle: OpaquePointer
     private let context: KafkaCallbackContext
     private let executor: BlockingExecutor

@@ -32,6 +32,8 @@ public struct KafkaRebalanceHooks: Sendable {
 }
 
 final class ConsumerContext: KafkaCallbackContext, @unchecked Sendable {
+    // @unchecked: the hooks are immutable and run on the polling thread (librdkafka calls
+    // the rebalance callback from inside poll); the counters are atomics.
     let hooks: KafkaRebalanceHooks
     /// Number of completed assign/revoke callbacks: lets callers await a rebalance.
     let rebalances = Atomic<Int>(0)
@@ -97,6 +99,8 @@ final class ConsumerContext: KafkaCallbackContext, @unchecked Sendable {
 /// Non-blocking: ``subscribe(_:)``, ``assign(_:)``, ``unassign()``, ``assignment()``,
 /// ``position(_:)``, ``cachedWatermarks(_:)``, ``pause(_:)``, ``resume(_:)``.
 public final class KafkaConsumer: @unchecked Sendable {
+    // @unchecked: the handle is an immutable pointer to a librdkafka consumer, whose API is
+    // thread-safe; the remaining state is immutable, atomic or locked.
     let handle: OpaquePointer
     private let context: ConsumerContext
     private let logger: Logger

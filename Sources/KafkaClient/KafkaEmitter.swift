@@ -22,9 +22,13 @@ import PolyglotSupport
 ///
 /// Not thread-safe apart from the emitting thread: one owner appends, sends and drains.
 public final class KafkaEmitter: @unchecked Sendable {
+    // @unchecked: the owner's state (the open batch, held batches) is touched by the owning
+    // thread only; what crosses to the emitting thread goes through the locked queue and
+    // spare list, and the counters are atomics or mutexes.
     /// Records copied into one buffer. Owned by one thread at a time: the queue and the spare
     /// list (both locked) pass it on.
     final class Batch: @unchecked Sendable {
+        // @unchecked: see above; a batch has one owner at any time.
         struct Record {
             var topic: KafkaProducerTopic
             /// nil: the producer's partitioner chooses.

@@ -16,6 +16,8 @@ public struct KafkaDeliveryCounts: Sendable, Hashable {
 }
 
 final class ProducerContext: KafkaCallbackContext, @unchecked Sendable {
+    // @unchecked: the delivery state is behind a mutex; everything else is the base
+    // context's, written before librdkafka starts calling back.
     struct State {
         var counts = KafkaDeliveryCounts(delivered: 0, failed: 0, failures: [])
         var waiters: [CheckedContinuation<Void, Never>] = []
@@ -63,6 +65,8 @@ final class ProducerContext: KafkaCallbackContext, @unchecked Sendable {
 /// ``abortTransaction(timeout:)``, ``close(flushTimeout:)``, and ``produce(topic:partition:key:value:headers:timestamp:blockIfQueueFull:)``
 /// when `blockIfQueueFull` is true.
 public final class KafkaProducer: @unchecked Sendable {
+    // @unchecked: the handle is an immutable pointer to a thread-safe librdkafka producer;
+    // the mutable state (closed flag, topic cache, delivery counts) is atomic or locked.
     /// How many failures ``KafkaDeliveryCounts/failures`` keeps.
     public static let keptFailures = 16
 
@@ -396,6 +400,8 @@ public final class KafkaProducer: @unchecked Sendable {
 
 /// A cached topic handle of one producer (see ``KafkaProducer/topic(_:)``).
 public struct KafkaProducerTopic: @unchecked Sendable {
+    // @unchecked: an immutable pointer to a librdkafka topic handle, which is thread-safe
+    // and lives as long as its producer.
     let rkt: OpaquePointer
     public let name: String
 }

@@ -17,6 +17,8 @@ import PolyglotSupport
 /// Owns an `rd_kafka_t` and the mock cluster it hosts. Call ``destroy()`` when done; the cluster
 /// is destroyed before its `rd_kafka_t` (the reverse order aborts the process).
 public final class MockCluster: @unchecked Sendable {
+    // @unchecked: the handles are immutable pointers to librdkafka objects, which are
+    // thread-safe; the mock cluster API locks inside librdkafka.
     private let handle: OpaquePointer
     private let cluster: OpaquePointer
     private let context: KafkaCallbackContext

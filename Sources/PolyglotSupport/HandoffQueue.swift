@@ -66,7 +66,12 @@ package final class HandoffQueue<Element>: @unchecked Sendable {
     }
 }
 
-/// Runs a closure on a new OS thread and lets the caller wait for it.
+/// Runs a closure on a new OS thread and lets the caller wait for it: the one way this package
+/// starts a thread of its own for blocking work (C calls, SQLite, file I/O) that must stay off
+/// the Swift cooperative pool.
+///
+/// @unchecked: `thread` is written once, by `start`, before the handle is shared, and `body`
+/// is immutable; `pthread_join` is itself thread-safe.
 package final class DedicatedThread: @unchecked Sendable {
     private var thread = pthread_t()
     private let body: () -> Void
@@ -88,4 +93,32 @@ package final class DedicatedThread: @unchecked Sendable {
 
     /// Waits for the thread to finish.
     package func join() { pthread_join(thread, nil) }
+}
+
+/// One dedicated thread that runs the jobs handed to it, in order: for blocking work that
+/// recurs (a transaction commit every interval), which then costs no thread start each time.
+///
+/// Call ``stop()`` when done: it runs what was handed over, then ends the thread.
+package final class DedicatedWorker: Sendable {
+    private let jobs: HandoffQueue<@Sendable () -> Void>
+    private let thread: DedicatedThread
+
+    /// Starts the thread; at most `queueLimit` jobs wait, `submit` blocks beyond that.
+    package init(queueLimit: Int = 16) {
+        let jobs = HandoffQueue<@Sendable () -> Void>(limit: queueLimit)
+        self.jobs = jobs
+        thread = DedicatedThread.start {
+            while let job = jobs.take() { job() }
+        }
+    }
+
+    /// Hands `job` to the thread. Returns false (dropping it) once stopped.
+    @discardableResult
+    package func submit(_ job: @escaping @Sendable () -> Void) -> Bool { jobs.put(job) }
+
+    /// Runs the jobs already handed over, then ends the thread and waits for it.
+    package func stop() {
+        jobs.close()
+        thread.join()
+    }
 }

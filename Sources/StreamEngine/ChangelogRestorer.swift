@@ -157,11 +157,11 @@ final class ChangelogRestorer<Role: StreamRole> {
                 do {
                     try job.store.apply(key: m.key ?? UnsafeRawBufferPointer(start: nil, count: 0), value: m.value)
                 } catch {
-                    throw ProcessorError("changelog \(topic)/\(m.partition) offset \(m.offset) cannot be restored: \(error). The changelog is internal: delete the state directory and the changelog topic to rebuild the state from the input, or run the version that wrote it")
+                    throw RuntimeError("changelog \(topic)/\(m.partition) offset \(m.offset) cannot be restored: \(error). The changelog is internal: delete the state directory and the changelog topic to rebuild the state from the input, or run the version that wrote it")
                 }
                 if let h = m.header(ChangelogPositions.header) {
                     guard let positions = ChangelogPositions.decode(h), positions.count == sourceCount else {
-                        throw ProcessorError("changelog \(topic)/\(m.partition) offset \(m.offset) has a malformed \(ChangelogPositions.header) header. The changelog is internal: delete the state directory and the changelog topic to rebuild the state from the input")
+                        throw RuntimeError("changelog \(topic)/\(m.partition) offset \(m.offset) has a malformed \(ChangelogPositions.header) header. The changelog is internal: delete the state directory and the changelog topic to rebuild the state from the input")
                     }
                     job.positions = positions
                 }

@@ -21,7 +21,7 @@ package struct InternalTopics {
         let external = sources.dropFirst().filter { !$0.isInternal }.map(\.name)
         let all = [input] + external + internalTopics + sinkTopics
         var counts = try Self.partitionCounts(admin, all, kafka: kafka, timeout: connectTimeout, isStopping: isStopping)
-        guard let inputCount = counts[input] else { throw ProcessorError("input topic \(input) does not exist") }
+        guard let inputCount = counts[input] else { throw RuntimeError("input topic \(input) does not exist") }
         let missing = internalTopics.filter { counts[$0] == nil }
         if !missing.isEmpty {
             let specs = missing.map { name in
@@ -32,18 +32,18 @@ package struct InternalTopics {
                 try admin.createTopics(specs)
                 logger.info("created internal topics", metadata: ["topics": "\(missing.joined(separator: ","))"])
             } catch let error as KafkaAdminUnavailable {
-                throw ProcessorError("internal topic \(missing.joined(separator: " and ")) missing and the cluster cannot create topics (\(error.underlying.message)): create it with \(inputCount) partitions")
+                throw RuntimeError("internal topic \(missing.joined(separator: " and ")) missing and the cluster cannot create topics (\(error.underlying.message)): create it with \(inputCount) partitions")
             }
             counts = try Self.partitionCounts(admin, all, kafka: kafka, timeout: connectTimeout, isStopping: isStopping)
         }
         for topic in internalTopics + external {
-            guard let n = counts[topic] else { throw ProcessorError("topic \(topic) does not exist") }
+            guard let n = counts[topic] else { throw RuntimeError("topic \(topic) does not exist") }
             if n != inputCount {
-                throw ProcessorError("topic \(topic) has \(n) partitions but input topic \(input) has \(inputCount): they must match (recreate \(topic) with \(inputCount) partitions, or use another --application-id)")
+                throw RuntimeError("topic \(topic) has \(n) partitions but input topic \(input) has \(inputCount): they must match (recreate \(topic) with \(inputCount) partitions, or use another --application-id)")
             }
         }
         for topic in sinkTopics where counts[topic] == nil {
-            throw ProcessorError("topic \(topic) does not exist")
+            throw RuntimeError("topic \(topic) does not exist")
         }
         if let policy = try? admin.topicConfig(changelogTopic, name: "cleanup.policy", timeout: connectTimeout), !policy.contains("compact") {
             logger.warning("the changelog topic is not compacted: it grows without bound, and a restore reads all of it (set cleanup.policy=compact)",
@@ -66,11 +66,11 @@ package struct InternalTopics {
                 failure = error
             }
             // A broker refusing the credentials is no reason to wait out the timeout.
-            if let reason = admin.authenticationFailure { throw ProcessorError("authentication failed: \(reason)") }
+            if let reason = admin.authenticationFailure { throw RuntimeError("authentication failed: \(reason)") }
             let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(failure.code)
             guard unreachable else { throw failure }
             if ContinuousClock.now >= deadline {
-                throw ProcessorError("cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
+                throw RuntimeError("cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
             }
         }
     }

@@ -157,7 +157,7 @@ public struct CommitTiming: Sendable, Hashable {
 }
 
 /// A failure that stops the run: the message is one line for the operator.
-public struct ProcessorError: Error, Sendable, CustomStringConvertible {
+public struct RuntimeError: Error, Sendable, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }

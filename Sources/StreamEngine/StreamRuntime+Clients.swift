@@ -48,7 +48,7 @@ extension StreamRuntime {
                 failure = error
             }
             if failure.isRetriable, !failure.isFatal, ContinuousClock.now < deadline { continue }
-            throw ProcessorError("cannot initialise the transactional producer \(configuration.transactionalID): \(failure)")
+            throw RuntimeError("cannot initialise the transactional producer \(configuration.transactionalID): \(failure)")
         }
     }
 

@@ -163,7 +163,7 @@ extension StreamRuntime {
 
     /// The one-line reason a run stops with.
     static func stopping(_ error: any Error) -> any Error {
-        if let fatal = error as? TransactionFatalError { return ProcessorError(fatal.description) }
+        if let fatal = error as? TransactionFatalError { return RuntimeError(fatal.description) }
         return error
     }
 
@@ -183,7 +183,7 @@ extension StreamRuntime {
             } catch {
                 // Kafka holds the truth: the store is now behind its changelog, which the next
                 // restore repairs. Continuing on it would compute from stale state: stop.
-                throw ProcessorError("partition \(slot.partition): SQLite commit failed after the Kafka commit (\(error)); restart restores the store from the changelog")
+                throw RuntimeError("partition \(slot.partition): SQLite commit failed after the Kafka commit (\(error)); restart restores the store from the changelog")
             }
             slot.committed = slot.sealed
             slot.task?.committed()

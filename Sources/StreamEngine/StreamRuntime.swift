@@ -195,6 +195,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             ? ExactlyOnceClient(producer: producer, consumer: consumer)
             : AtLeastOnceClient(producer: producer, consumer: consumer)
         coordinator = TransactionCoordinator(client: ObservedTransactionClient.attach(to: client, configuration: c, observer: observer) { tasks.abortedRecords = $0 })
+        defer { coordinator.close() }
         try consumer.subscribe(sources.map(\.name))
         statsBox.withLock { $0.phase = .running }
         logger.info("running", metadata: [

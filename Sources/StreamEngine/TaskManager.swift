@@ -117,7 +117,7 @@ final class TaskManager<Role: StreamRole> {
         for (p, topics) in byPartition.sorted(by: { $0.key < $1.key }) {
             if slots[p] == nil, topics.count != sources.count {
                 let missing = sources.filter { !topics.contains($0) }
-                throw ProcessorError("the group assigned \(topics.sorted().map { "\($0)/\(p)" }.joined(separator: ", ")) without \(missing.map { "\($0)/\(p)" }.joined(separator: ", ")): partition \(p) of every source must go to one member (use partition.assignment.strategy=range)")
+                throw RuntimeError("the group assigned \(topics.sorted().map { "\($0)/\(p)" }.joined(separator: ", ")) without \(missing.map { "\($0)/\(p)" }.joined(separator: ", ")): partition \(p) of every source must go to one member (use partition.assignment.strategy=range)")
             }
             guard slots[p] == nil else { continue }
             let directory = URL(fileURLWithPath: stateRoot).appendingPathComponent("\(sources[0])-\(p)").path

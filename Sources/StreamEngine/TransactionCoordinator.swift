@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Synchronization
+import PolyglotSupport
 import KafkaClient
 
 /// What the runtime needs of a transaction's Kafka side. ``ExactlyOnceClient`` and
@@ -58,8 +59,8 @@ public struct TransactionAbortRequired: Error, Sendable, CustomStringConvertible
 /// The commit runs on a short-lived thread of its own so the run loop keeps handling the next
 /// cycle meanwhile; the coordinator is otherwise used from the run loop's thread only.
 public final class TransactionCoordinator: @unchecked Sendable {
-    // @unchecked: `state` and the counters are touched on the owning (run-loop) thread only;
-    // the commit thread communicates through `CommitOutcome`, which is locked.
+    // @unchecked: `state`, the counters and `committer` are touched on the owning (run-loop)
+    // thread only; the commit thread communicates through `CommitOutcome`, which is locked.
 
     public enum State: Sendable, Equatable, CustomStringConvertible {
         case idle, open, committing, mustAbort, aborting, fatal
@@ -103,10 +104,23 @@ public final class TransactionCoordinator: @unchecked Sendable {
     public private(set) var counters = Counters()
     private var outcome: CommitOutcome?
     private var fatal: TransactionFatalError?
+    /// The thread commits run on, started with the first one and kept for the next.
+    private var committer: DedicatedWorker?
 
     public init(client: any TransactionClient, maxRetries: Int = 5) {
         self.client = client
         self.maxRetries = maxRetries
+    }
+
+    /// Ends the commit thread, after the commit in flight (if any) has returned.
+    public func close() {
+        committer?.stop()
+        committer = nil
+    }
+
+    deinit {
+        // Not a C handle: only a parked thread to end, when the owner did not call close().
+        committer?.stop()
     }
 
     /// The error class of `error`: fencing and fatal errors are fatal; abortable ones abort;
@@ -154,7 +168,7 @@ public final class TransactionCoordinator: @unchecked Sendable {
         try classify(error, operation: "produce")
     }
 
-    /// Starts committing the open transaction on a helper thread; ``finishCommit(wait:)``
+    /// Starts committing the open transaction on the commit thread; ``finishCommit(wait:)``
     /// collects the result.
     public func startCommit() {
         precondition(state == .open, "commit outside an open transaction")
@@ -163,7 +177,9 @@ public final class TransactionCoordinator: @unchecked Sendable {
         self.outcome = outcome
         let client = self.client
         let maxRetries = self.maxRetries
-        let thread = Thread {
+        let committer = self.committer ?? DedicatedWorker(queueLimit: 1)
+        self.committer = committer
+        committer.submit {
             var attempt = 0
             var result: Result<Void, KafkaError>
             while true {
@@ -184,8 +200,6 @@ public final class TransactionCoordinator: @unchecked Sendable {
             outcome.retries.withLock { $0 = retried }
             outcome.done.signal()
         }
-        thread.stackSize = 1 << 20
-        thread.start()
     }
 
     /// The commit in flight: nil when none is, or (with `wait` false) it is still running.

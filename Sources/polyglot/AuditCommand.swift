@@ -135,7 +135,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         try observability.checkAvailable(endpoints)
         var logger = Logger(label: "polyglot.audit")
         logger.logLevel = endpoints.logLevel
-        let metrics = RoleMetrics(role: "audit", fingerprintDigest: configuration.runtime.fingerprintDigest,
+        let metrics = RoleMetrics(role: "audit", fingerprintDigest: configuration.pipeline.fingerprintDigest,
                                   families: AuditRole.metricFamilies)
         let service: AuditorService
         do {
@@ -182,7 +182,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw ValidationError(error.message)
         }
-        let r = auditor.runtime
+        let r = auditor.pipeline
         let options = TopicAuditOptions(
             kafka: r.kafka, inputTopic: r.inputTopic, outputTopic: r.outputTopic, deadLetterTopic: r.deadLetterTopic,
             configuration: auditor.audit, connectTimeout: r.connectTimeout)

@@ -14,7 +14,7 @@ struct CommandFailure: Error, CustomStringConvertible {
 func failingInOneLine(_ body: () async throws -> Void) async throws {
     do {
         try await body()
-    } catch let error as ProcessorError {
+    } catch let error as RuntimeError {
         throw CommandFailure(error.message)
     } catch let error as KafkaError {
         throw CommandFailure("Kafka: \(error)")

@@ -36,7 +36,7 @@ struct AuditPositionTests {
         runtime.instanceID = "a"
         for (k, v) in extra { runtime.kafka.set(k, v) }
         let configuration = AuditorConfiguration(
-            runtime: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
+            pipeline: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
             findingsTopic: "\(group)-findings", processorGroup: topics.applicationID, settle: .milliseconds(500),
             stallAfter: stallAfter, probeInterval: .milliseconds(200))
         return try ContinuousAuditor(configuration: configuration, logger: logger)
@@ -148,7 +148,7 @@ struct AuditPositionTests {
         let auditor = try auditor(topics, state: auditorState, stallAfter: .seconds(1),
                                   kafka: ["max.partition.fetch.bytes": "8192"])
         // The auditor's and the processor's coordinators stay on the fast broker.
-        let group = auditor.configuration.runtime.applicationID
+        let group = auditor.configuration.pipeline.applicationID
         try mock.setCoordinator(keyType: "group", key: group, brokerID: 1)
         try mock.setCoordinator(keyType: "group", key: topics.applicationID, brokerID: 1)
         try mock.setCoordinator(keyType: "transaction", key: "\(group)-a", brokerID: 1)

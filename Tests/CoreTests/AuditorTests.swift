@@ -33,7 +33,7 @@ struct AuditorTests {
         runtime.applicationID = group
         runtime.instanceID = instance
         let configuration = AuditorConfiguration(
-            runtime: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
+            pipeline: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
             findingsTopic: findings, processorGroup: topics.applicationID, settle: settle, probeInterval: .milliseconds(200))
         return try ContinuousAuditor(configuration: configuration, logger: logger)
     }
@@ -166,7 +166,7 @@ struct AuditorTests {
         let group = "craft-\(UUID().uuidString.prefix(8).lowercased())"
         let auditor = try auditor(topics, group: group, findings: "\(group)-findings", state: state, settle: .seconds(2))
         // With its endpoints, as `polyglot audit` serves them: the counts are on /metrics too.
-        let metrics = RoleMetrics(role: "audit", fingerprintDigest: auditor.configuration.runtime.fingerprintDigest,
+        let metrics = RoleMetrics(role: "audit", fingerprintDigest: auditor.configuration.pipeline.fingerprintDigest,
                                   families: AuditRole.metricFamilies)
         let server = ObservabilityServer(host: "127.0.0.1", port: 0, metrics: metrics, policy: HealthPolicy(), logger: logger) {
             auditor.snapshot

@@ -146,7 +146,7 @@ extension ProcessorTests {
         mock.pushRequestErrors(apiKey: fault.api, errors: [fault.code])
         let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
         let started = ContinuousClock.now
-        let error = await #expect(throws: ProcessorError.self) { try await processor.runOnDedicatedThread() }
+        let error = await #expect(throws: RuntimeError.self) { try await processor.runOnDedicatedThread() }
         #expect(error?.message.contains(reason) == true, "\(error?.message ?? "no error")")
         #expect(error?.message.contains("\n") == false)
         #expect(ContinuousClock.now - started < .seconds(30))
@@ -195,7 +195,7 @@ extension ProcessorTests {
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
         let processor = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
-        let error = await #expect(throws: ProcessorError.self) { try await processor.runOnDedicatedThread() }
+        let error = await #expect(throws: RuntimeError.self) { try await processor.runOnDedicatedThread() }
         #expect(error?.message.contains("changelog \(changelog)/0 offset 0 cannot be restored") == true, "\(error?.message ?? "")")
         #expect(error?.message.contains("delete the state directory and the changelog topic") == true)
     }

@@ -485,7 +485,7 @@ struct ProcessorTests {
             kafka: cluster.configuration, applicationID: app, inputTopic: "in-\(id)", outputTopic: "out-\(id)", deadLetterTopic: "dlq-\(id)",
             stateDirectory: state.path, fingerprintDigest: String(repeating: "0", count: 64), untilEnd: true)
         let processor = try StreamProcessor(configuration: configuration, logger: logger)
-        let error = await #expect(throws: ProcessorError.self) { try await processor.runOnDedicatedThread() }
+        let error = await #expect(throws: RuntimeError.self) { try await processor.runOnDedicatedThread() }
         #expect(error?.message.contains("has 3 partitions but input topic in-\(id) has 4") == true)
 
         // Settings resolve flags over environment and reject bad values with one line.

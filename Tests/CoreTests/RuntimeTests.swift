@@ -254,7 +254,7 @@ struct RuntimeTests {
         let both = try manager.assigned([KafkaTopicPartition("in", 0), KafkaTopicPartition("in-repartition", 0)])
         #expect(both.map(\.partition) == [0])
         #expect(both[0].directory.hasSuffix("/in-0"))
-        let error = #expect(throws: ProcessorError.self) {
+        let error = #expect(throws: RuntimeError.self) {
             try manager.assigned([KafkaTopicPartition("in", 1), KafkaTopicPartition("in-repartition", 2)])
         }
         #expect(error?.message.contains("without in-repartition/1") == true)

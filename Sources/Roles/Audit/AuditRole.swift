@@ -13,7 +13,7 @@ public struct AuditorConfiguration: Sendable {
     /// The processor's settings, resolved the same way: Kafka, its topics, the state directory,
     /// the guarantee, the partitioner and the detector's parameters. Its `applicationID` is the
     /// auditor's own consumer group, and the prefix of the auditor's internal topics.
-    public var runtime: ProcessorConfiguration
+    public var pipeline: ProcessorConfiguration
     /// The high-value threshold and the fingerprint the auditor checks against.
     public var audit: AuditConfiguration
     /// Where findings go, one JSON record each, keyed by transaction id.
@@ -34,10 +34,10 @@ public struct AuditorConfiguration: Sendable {
     public static let defaultGroupID = PipelineNames.auditorGroupID
     public static let defaultFindingsTopic = PipelineNames.findingsTopic
 
-    public init(runtime: ProcessorConfiguration, audit: AuditConfiguration, findingsTopic: String = Self.defaultFindingsTopic,
+    public init(pipeline: ProcessorConfiguration, audit: AuditConfiguration, findingsTopic: String = Self.defaultFindingsTopic,
                 processorGroup: String = PipelineNames.applicationID, settle: Duration = .seconds(30),
                 stallAfter: Duration = .seconds(300), probeInterval: Duration = .seconds(1)) {
-        self.runtime = runtime
+        self.pipeline = pipeline
         self.audit = audit
         self.findingsTopic = findingsTopic
         self.processorGroup = processorGroup
@@ -47,24 +47,24 @@ public struct AuditorConfiguration: Sendable {
     }
 
     /// `<group>-ledger-changelog`: the auditor's store.
-    public var changelogTopic: String { PipelineNames.ledgerChangelog(auditorGroup: runtime.applicationID) }
+    public var changelogTopic: String { PipelineNames.ledgerChangelog(auditorGroup: pipeline.applicationID) }
     /// `<group>-repartition`: inputs read away from their card's partition go there, to the task
     /// that reads that card's outputs.
-    public var repartitionTopic: String { PipelineNames.repartitionTopic(group: runtime.applicationID) }
+    public var repartitionTopic: String { PipelineNames.repartitionTopic(group: pipeline.applicationID) }
 
     public func validate() throws(ConfigurationError) {
-        try runtime.validate()
+        try pipeline.validate()
         guard ProcessorConfiguration.isValidTopicName(findingsTopic) else {
             throw ConfigurationError("invalid findings topic name '\(findingsTopic)' (1 to 249 of [a-zA-Z0-9._-])")
         }
-        let r = runtime
+        let r = pipeline
         guard Set([r.inputTopic, r.outputTopic, r.deadLetterTopic, findingsTopic, changelogTopic, repartitionTopic]).count == 6 else {
             throw ConfigurationError("the findings topic and the auditor's internal topics must differ from the processor's topics")
         }
         guard settle >= .zero else { throw ConfigurationError("the settle time must not be negative") }
         guard stallAfter > .zero else { throw ConfigurationError("the stall time must be positive") }
         guard probeInterval > .zero else { throw ConfigurationError("the probe interval must be positive") }
-        guard !processorGroup.isEmpty, processorGroup != runtime.applicationID else {
+        guard !processorGroup.isEmpty, processorGroup != pipeline.applicationID else {
             throw ConfigurationError("the auditor's group must differ from the processor's application id '\(processorGroup)'")
         }
     }
@@ -122,7 +122,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     public init(configuration: AuditorConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        let r = configuration.runtime
+        let r = configuration.pipeline
         sources = [SourceTopic(r.inputTopic), SourceTopic(configuration.repartitionTopic, isInternal: true),
                    SourceTopic(r.outputTopic), SourceTopic(r.deadLetterTopic)]
         inputTopicBytes = Array(r.inputTopic.utf8)
@@ -133,7 +133,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     public var counts: AuditCounts { shared.withLock { $0 } }
 
     public func openStore(directory: String) throws(SQLiteError) -> AuditStore {
-        try AuditStore(directory: directory, parameters: configuration.runtime.parameters, options: configuration.runtime.storeOptions)
+        try AuditStore(directory: directory, parameters: configuration.pipeline.parameters, options: configuration.pipeline.storeOptions)
     }
 
     public func destroyStore(directory: String) throws(SQLiteError) {
@@ -147,7 +147,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
         }
         store.ledger.loadQueue()
         if progress == nil || progress!.isStopped {
-            let c = configuration, r = c.runtime
+            let c = configuration, r = c.pipeline
             let progress = ProcessorProgress(
                 kafka: r.kafka, group: c.processorGroup,
                 topics: .init(input: r.inputTopic, output: r.outputTopic, deadLetter: r.deadLetterTopic,
@@ -274,9 +274,9 @@ public final class AuditTask: StreamTask {
         self.store = store
         self.collector = collector
         self.progress = progress
-        inputTopic = role.configuration.runtime.inputTopic
-        outputTopic = role.configuration.runtime.outputTopic
-        deadLetterTopic = role.configuration.runtime.deadLetterTopic
+        inputTopic = role.configuration.pipeline.inputTopic
+        outputTopic = role.configuration.pipeline.outputTopic
+        deadLetterTopic = role.configuration.pipeline.deadLetterTopic
         settleMilliseconds = role.configuration.settle.wholeMilliseconds
         stallMilliseconds = role.configuration.stallAfter.wholeMilliseconds
         next = []
@@ -299,7 +299,7 @@ public final class AuditTask: StreamTask {
             let position = AuditPosition.record(topic: inputTopic, partition: m.partition, offset: m.offset)
             // Read once, here: the reader's view says where the card belongs and is what the
             // reconciler checks. A rejected record is reconciled here, with its dead letter.
-            let parameters = role.configuration.runtime.parameters
+            let parameters = role.configuration.pipeline.parameters
             if m.value != nil, let view = try? decoder.decodeView(value, kafkaTimestamp: m.timestamp, maxFutureSkew: parameters.maxFutureSkew) {
                 if forwardIfAway(m, value: value, view: view) { return }
                 reconciler.input(value, view: view, position: position, readAt: now)
@@ -359,7 +359,7 @@ public final class AuditTask: StreamTask {
         let escaped: Transaction? = view.idsAreRaw ? nil : decoder.transaction(from: view, in: value)
         var home: Int32 = partition
         FraudDetectionRole.withCardBytes(view: view, record: record, escaped: escaped) { card in
-            home = role.configuration.runtime.partitioner.partition(of: card, count: partitionCount)
+            home = role.configuration.pipeline.partitioner.partition(of: card, count: partitionCount)
             guard home != partition else { return }
             writeSource(partition: m.partition, offset: m.offset)
             let source = source
@@ -517,33 +517,16 @@ extension AuditCounts {
     }
 }
 
-/// `polyglot audit`, continuous: the audit role (``AuditRole``) on the stream runtime, with the
-/// auditor's settings.
-public final class ContinuousAuditor: Sendable {
-    public let configuration: AuditorConfiguration
-    public let role: AuditRole
-    public let runtime: StreamRuntime<AuditRole>
-
+extension RoleRunner where Role == AuditRole {
     /// `observer` hears of each commit (``RoleMetrics`` is one).
-    public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit"),
-                observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
+    public convenience init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit"),
+                            observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
         try configuration.validate()
-        self.configuration = configuration
-        role = AuditRole(configuration: configuration, logger: logger)
-        let runtime = StreamRuntime(role: role, configuration: RuntimeConfiguration(role: configuration.runtime), logger: logger,
-                                    observer: observer)
-        self.runtime = runtime
+        self.init(role: AuditRole(configuration: configuration, logger: logger),
+                  runtimeConfiguration: RuntimeConfiguration(role: configuration.pipeline), logger: logger, observer: observer)
+        let runtime = self.runtime
         role.runtimeIsStopping = { runtime.isStopping || runtime.statistics.phase == .stopped }
     }
-
-    /// What `/metrics` and `/healthz` show.
-    public var snapshot: RoleSnapshot {
-        RoleSnapshot(runtime: runtime.statistics, samples: role.metricSamples)
-    }
-
-    /// Asks the run to finish: it commits (or aborts) the open transaction, leaves the group and
-    /// returns. Any thread.
-    public func requestStop() { runtime.requestStop() }
 
     /// Committed counts: records read and findings by kind.
     public var counts: AuditCounts { role.counts }

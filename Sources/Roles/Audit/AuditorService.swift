@@ -12,7 +12,7 @@ public struct AuditorService: Service {
     public init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit"),
                 observer: (any RuntimeObserver)? = nil) throws(ConfigurationError) {
         auditor = try ContinuousAuditor(configuration: configuration, logger: logger, observer: observer)
-        try StateDirectory.prepareForRun(configuration.runtime.stateDirectory, instanceID: configuration.runtime.instanceID, logger: logger)
+        try StateDirectory.prepareForRun(configuration.pipeline.stateDirectory, instanceID: configuration.pipeline.instanceID, logger: logger)
     }
 
     public func run() async throws {

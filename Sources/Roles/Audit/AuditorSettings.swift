@@ -34,7 +34,7 @@ public struct AuditorSettings: Sendable {
         var settings = processor
         let processorGroup = pick(processor.applicationID, .applicationID) ?? Setting.applicationID.defaultText
         settings.applicationID = pick(group, .auditGroup) ?? Setting.auditGroup.defaultText
-        let runtime = try settings.resolve(layers: layers)
+        let pipeline = try settings.resolve(layers: layers)
         let highValueText = pick(highValue, .auditHighValue) ?? Setting.auditHighValue.defaultText
         guard let threshold = DecimalText(highValueText.trimmingCharacters(in: .whitespaces)) else {
             throw ConfigurationError("\(highValue != nil ? Setting.auditHighValue.flag : Setting.auditHighValue.variable) must be a JSON number, got '\(highValueText)'")
@@ -44,9 +44,9 @@ public struct AuditorSettings: Sendable {
         let stallText = pick(stallAfter, .auditStallAfter) ?? Setting.auditStallAfter.defaultText
         let stallMs = try Durations.milliseconds(stallText, setting: stallAfter != nil ? Setting.auditStallAfter.flag : Setting.auditStallAfter.variable)
         let configuration = AuditorConfiguration(
-            runtime: runtime,
-            audit: AuditConfiguration(parameters: runtime.parameters, highValueThreshold: threshold,
-                                      fingerprintDigest: runtime.fingerprintDigest),
+            pipeline: pipeline,
+            audit: AuditConfiguration(parameters: pipeline.parameters, highValueThreshold: threshold,
+                                      fingerprintDigest: pipeline.fingerprintDigest),
             findingsTopic: pick(findingsTopic, .auditFindingsTopic) ?? Setting.auditFindingsTopic.defaultText,
             processorGroup: processorGroup, settle: .milliseconds(settleMs), stallAfter: .milliseconds(stallMs))
         try configuration.validate()

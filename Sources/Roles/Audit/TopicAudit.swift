@@ -57,10 +57,10 @@ public struct TopicAudit {
             counts = try InternalTopics.partitionCounts(admin, [o.inputTopic, o.outputTopic, o.deadLetterTopic], kafka: o.kafka,
                                                         timeout: o.connectTimeout, isStopping: isStopping)
         } catch is RuntimeStopped {
-            throw ProcessorError("stopped before the audit began")
+            throw RuntimeError("stopped before the audit began")
         }
         let topics: [(String, Role)] = [(o.inputTopic, .input), (o.outputTopic, .output), (o.deadLetterTopic, .deadLetter)]
-        for (topic, _) in topics where counts[topic] == nil { throw ProcessorError("topic \(topic) does not exist") }
+        for (topic, _) in topics where counts[topic] == nil { throw RuntimeError("topic \(topic) does not exist") }
 
         var config = o.kafka
         config.set("isolation.level", "read_committed")
@@ -115,7 +115,7 @@ public struct TopicAudit {
         }
         var lastProgress = clock.now
         while left > 0 {
-            if isStopping() { throw ProcessorError("stopped before the audit finished") }
+            if isStopping() { throw RuntimeError("stopped before the audit finished") }
             _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(100)) { m in
                 guard let t = topicNames.firstIndex(of: m.topic), m.partition >= 0, Int(m.partition) < remaining[t].count else { return }
                 let p = Int(m.partition)

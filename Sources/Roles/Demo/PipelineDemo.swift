@@ -175,7 +175,7 @@ public final class PipelineDemo: Sendable {
         var auditorRuntime = processorConfiguration
         auditorRuntime.applicationID = AuditorConfiguration.defaultGroupID
         let auditorConfiguration = AuditorConfiguration(
-            runtime: auditorRuntime,
+            pipeline: auditorRuntime,
             audit: AuditConfiguration(parameters: auditorRuntime.parameters, fingerprintDigest: digest),
             processorGroup: processorConfiguration.applicationID, settle: o.settle)
         var quiet = logger

@@ -122,6 +122,8 @@ public struct Replay {
     /// One hand-over from the decoding thread to the detecting thread. A class so that its
     /// arrays travel by reference and are reused batch after batch.
     final class Batch: @unchecked Sendable {
+        // @unchecked: owned by one thread at a time; the hand-over queue (locked) passes it on,
+        // and neither side touches a batch it has handed over.
         enum Entry {
             /// A valid record whose ids hold no escapes, copied into `records` at `offset`: the
             /// common case, handled without building a String.

@@ -16,37 +16,20 @@ public struct ProcessorStatistics: Sendable, Hashable {
     public subscript<T>(dynamicMember key: KeyPath<FraudDetectionCounters, T>) -> T { fraud[keyPath: key] }
 }
 
-/// `polyglot process`: the fraud role (``FraudDetectionRole``) on the stream runtime
-/// (``StreamRuntime``), with the processor's settings.
-public final class StreamProcessor: Sendable {
-    public let configuration: ProcessorConfiguration
-    public let role: FraudDetectionRole
-    public let runtime: StreamRuntime<FraudDetectionRole>
-
+extension RoleRunner where Role == FraudDetectionRole {
     /// `observer` hears of each commit (``RoleMetrics`` is one); `transactionFaults` fails
     /// transaction calls on purpose (tests).
-    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process"),
-                observer: (any RuntimeObserver)? = nil, transactionFaults: TransactionFaultInjector? = nil) throws(ConfigurationError) {
+    public convenience init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "polyglot.process"),
+                            observer: (any RuntimeObserver)? = nil, transactionFaults: TransactionFaultInjector? = nil) throws(ConfigurationError) {
         try configuration.validate()
-        self.configuration = configuration
-        role = FraudDetectionRole(configuration: configuration)
         var runtimeConfiguration = RuntimeConfiguration(role: configuration)
         runtimeConfiguration.transactionFaults = transactionFaults
-        runtime = StreamRuntime(role: role, configuration: runtimeConfiguration, logger: logger, observer: observer)
+        self.init(role: FraudDetectionRole(configuration: configuration), runtimeConfiguration: runtimeConfiguration,
+                  logger: logger, observer: observer)
     }
-
-    /// Asks ``run()`` to finish: it commits (or aborts) the open transaction, leaves the group and
-    /// returns. Any thread.
-    public func requestStop() { runtime.requestStop() }
 
     public var statistics: ProcessorStatistics {
         ProcessorStatistics(runtime: runtime.statistics, fraud: role.counters)
-    }
-
-    /// What `/metrics` and `/healthz` read: the runtime's statistics and the fraud role's
-    /// counters (``FraudDetectionRole/metricFamilies``). Any thread; never waits for the run.
-    public var snapshot: RoleSnapshot {
-        RoleSnapshot(runtime: runtime.statistics, samples: role.metricSamples)
     }
 
     /// The transactional id: `<application-id>-<instance id>`.
@@ -56,10 +39,5 @@ public final class StreamProcessor: Sendable {
     /// at start are processed), bridged to async.
     public func runOnDedicatedThread() async throws {
         try await runtime.runOnDedicatedThread(threadName: "polyglot-proc")
-    }
-
-    /// Blocking: the whole run. Call on a dedicated thread.
-    public func run() throws {
-        try runtime.run()
     }
 }
