@@ -69,12 +69,9 @@ public struct KafkaBenchmark: Sendable {
     /// Runs both phases on a dedicated thread (every call in them blocks).
     public func run() async throws -> Result {
         try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
-                Thread.current.name = "kafka-bench"
+            DedicatedThread.detach(name: "kafka-bench") {
                 continuation.resume(with: Swift.Result { try self.runBlocking() })
             }
-            thread.name = "kafka-bench"
-            thread.start()
         }
     }
 

@@ -91,9 +91,8 @@ public final class KafkaEmitter: @unchecked Sendable {
         queue = HandoffQueue(limit: queueLimit)
         spareLimit = queueLimit
         let me = UnsafeSendable(self)
-        thread = DedicatedThread.start {
-            // Named for profilers and `top -H` (15 bytes at most on Linux).
-            Thread.current.name = "polyglot-emit"
+        // Named for profilers and `top -H`.
+        thread = DedicatedThread.start(name: "polyglot-emit") {
             me.value.run()
         }
     }

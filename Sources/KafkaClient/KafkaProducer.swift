@@ -467,8 +467,7 @@ final class PollLoop: Sendable {
     private let resumed = DispatchSemaphore(value: 0)
 
     init(name: String, _ body: @escaping @Sendable () -> Void) {
-        let thread = Thread { [self] in
-            Thread.current.name = name
+        DedicatedThread.detach(name: name) { [self] in
             while !self.stopped.load(ordering: .acquiring) {
                 let mustWait = self.gate.withLock { g -> Bool in
                     if g.paused { g.waiting = true }
@@ -482,8 +481,6 @@ final class PollLoop: Sendable {
             }
             self.finished.signal()
         }
-        thread.name = name
-        thread.start()
     }
 
     /// Stops calling the body (after the call in progress) until ``resume()``.

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -74,21 +75,39 @@ package final class HandoffQueue<Element>: @unchecked Sendable {
 /// is immutable; `pthread_join` is itself thread-safe.
 package final class DedicatedThread: @unchecked Sendable {
     private var thread = pthread_t()
+    private let name: String?
     private let body: () -> Void
 
-    private init(body: @escaping () -> Void) { self.body = body }
+    private init(name: String?, body: @escaping () -> Void) {
+        self.name = name
+        self.body = body
+    }
 
-    /// Starts `body` on its own thread.
-    package static func start(_ body: @escaping () -> Void) -> DedicatedThread {
-        let t = DedicatedThread(body: body)
+    /// Starts `body` on its own thread, named `name` (at most 15 bytes reach the OS), with a
+    /// stack of `stackSize` bytes (nil: the system's default). Call ``join()`` once.
+    package static func start(name: String? = nil, stackSize: Int? = nil, _ body: @escaping () -> Void) -> DedicatedThread {
+        let t = DedicatedThread(name: name, body: body)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        if let stackSize { pthread_attr_setstacksize(&attributes, stackSize) }
         let box = Unmanaged.passRetained(t).toOpaque()
-        let rc = pthread_create(&t.thread, nil, { arg in
+        let rc = pthread_create(&t.thread, &attributes, { arg in
             let t = Unmanaged<DedicatedThread>.fromOpaque(arg!).takeRetainedValue()
+            // Named from inside: on Linux a name set before start does not reach the OS thread.
+            if let name = t.name { Thread.current.name = name }
             t.body()
             return nil
         }, box)
         precondition(rc == 0, "pthread_create failed: \(rc)")
         return t
+    }
+
+    /// Starts `body` on its own thread that nobody joins: it tells its waiters itself (a
+    /// continuation, a flag) when it is done.
+    package static func detach(name: String? = nil, stackSize: Int? = nil, _ body: @escaping () -> Void) {
+        let t = start(name: name, stackSize: stackSize, body)
+        pthread_detach(t.thread)
     }
 
     /// Waits for the thread to finish.

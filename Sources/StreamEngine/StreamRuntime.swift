@@ -105,13 +105,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// to async.
     public func runOnDedicatedThread(threadName: String) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let thread = Thread {
-                // Named from inside: on Linux a name set before start does not reach the OS thread.
-                Thread.current.name = threadName
+            DedicatedThread.detach(name: threadName, stackSize: 8 << 20) {
                 continuation.resume(with: Result { try self.run() })
             }
-            thread.stackSize = 8 << 20
-            thread.start()
         }
     }
 

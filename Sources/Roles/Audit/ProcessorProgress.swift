@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Synchronization
 import KafkaClient
+import PolyglotSupport
 
 /// Where the processor's consumer group stands, read from Kafka, so the continuous auditor
 /// decides `missing` from positions rather than from how long it waited (SEMANTICS.md §5).
@@ -96,12 +97,10 @@ final class ProcessorProgress: Sendable {
     /// Starts probing on a thread of its own (once), until ``requestStop()`` or `isStopping`.
     func start(isStopping: @escaping @Sendable () -> Bool) {
         guard !started.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        let thread = Thread { [self] in
-            Thread.current.name = "polyglot-progress"
+        DedicatedThread.detach(name: "polyglot-progress") { [self] in
             run(isStopping: isStopping)
             done.store(true, ordering: .releasing)
         }
-        thread.start()
     }
 
     func requestStop() { stop.store(true, ordering: .releasing) }

@@ -264,7 +264,7 @@ public final class PipelineDemo: Sendable {
         config.set("enable.partition.eof", "true")
         let consumer = try KafkaConsumer(configuration: config, logger: logger)
         return try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
+            DedicatedThread.detach(name: "polyglot-demo") {
                 continuation.resume(with: Result {
                     defer { consumer.close() }
                     try consumer.assign((0..<Int32(partitions)).map {
@@ -283,7 +283,6 @@ public final class PipelineDemo: Sendable {
                     return counts
                 })
             }
-            thread.start()
         }
     }
 }

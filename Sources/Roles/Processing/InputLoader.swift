@@ -153,11 +153,9 @@ public struct InputLoader: Sendable {
     /// Runs ``run()`` on a thread of its own (every call in it blocks), bridged to async.
     public func runOnDedicatedThread() async throws(InputLoaderError) -> InputLoadSummary {
         let result: Result<InputLoadSummary, InputLoaderError> = await withCheckedContinuation { continuation in
-            let thread = Thread {
-                Thread.current.name = "polyglot-produce"
+            DedicatedThread.detach(name: "polyglot-produce") {
                 continuation.resume(returning: Result { () throws(InputLoaderError) in try self.run() })
             }
-            thread.start()
         }
         return try result.get()
     }

@@ -103,8 +103,7 @@ public struct OutputLatencyBenchmark: Sendable {
         let shared = ReaderState(phases: o.rates.count)
         let readerDone = DispatchSemaphore(value: 0)
         let prefix = Array("{\"transactionId\":\"lat-\(tag)-".utf8)
-        let readerThread = Thread {
-            Thread.current.name = "latency-reader"
+        DedicatedThread.detach(name: "latency-reader") {
             defer { readerDone.signal() }
             do {
                 var pending: [(Int, Int64)] = []
@@ -127,7 +126,6 @@ public struct OutputLatencyBenchmark: Sendable {
                 shared.failure.withLock { $0 = "\(error)" }
             }
         }
-        readerThread.start()
         defer {
             shared.stop.store(true, ordering: .releasing)
             readerDone.wait()
