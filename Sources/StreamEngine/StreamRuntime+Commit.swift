@@ -21,7 +21,7 @@ extension StreamRuntime {
 
     /// Starts ending the cycle: the tasks' records are drained into the producer, their
     /// changelog records and consumed offsets go into the transaction, the stores seal their
-    /// changes, and the Kafka commit starts on a helper thread. Records handled until it
+    /// changes, and the Kafka commit starts on the commit thread. Records handled until it
     /// returns belong to the next cycle (the collector holds them).
     func startCommit(leaving: Set<Int32> = []) throws {
         precondition(inFlight == nil, "a commit is in flight")

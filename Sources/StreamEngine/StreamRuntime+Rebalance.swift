@@ -27,7 +27,7 @@ extension StreamRuntime {
     func revoked(_ partitions: [KafkaTopicPartition], lost: Bool) {
         let leaving = Set(partitions.map(\.partition))
         if failing {
-            // Never abort while a commit runs on its helper thread: let it end first.
+            // Never abort while a commit runs on the commit thread: let it end first.
             if inFlight != nil {
                 _ = try? coordinator.finishCommit(wait: true)
                 inFlight = nil

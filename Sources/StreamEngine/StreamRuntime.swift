@@ -15,9 +15,9 @@ import StateStore
 /// Runs on one dedicated thread (``run()`` blocks): the consumer poll, the rebalance hooks,
 /// the tasks, the stores and the transaction calls all happen there, so none of them touches
 /// the Swift cooperative pool and no state needs a lock. Helpers take blocking work off it: the
-/// collector's emitter thread produces the records tasks send, and each commit runs on a
-/// short-lived thread while this one handles the next cycle. ``requestStop()`` may be called
-/// from any thread.
+/// collector's emitter thread produces the records tasks send, and each commit runs on the
+/// coordinator's commit thread while this one handles the next cycle. ``requestStop()`` may be
+/// called from any thread.
 ///
 /// Per commit interval, exactly-once: one Kafka transaction holds what the tasks sent, their
 /// stores' changelog records (the last of a task's carrying the source positions it covers) and

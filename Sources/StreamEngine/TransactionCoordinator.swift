@@ -56,8 +56,9 @@ public struct TransactionAbortRequired: Error, Sendable, CustomStringConvertible
 /// Every librdkafka error class maps to one transition (``disposition(of:)``): retriable errors
 /// retry the same call (a bounded number of times, then they count as abortable), abortable
 /// ones move to `mustAbort`, fatal ones (and fencing) to `fatal`, from which nothing leaves.
-/// The commit runs on a short-lived thread of its own so the run loop keeps handling the next
-/// cycle meanwhile; the coordinator is otherwise used from the run loop's thread only.
+/// The commit runs on a commit thread (one per coordinator, kept from commit to commit) so the
+/// run loop keeps handling the next cycle meanwhile; the coordinator is otherwise used from the
+/// run loop's thread only.
 public final class TransactionCoordinator: @unchecked Sendable {
     // @unchecked: `state`, the counters and `committer` are touched on the owning (run-loop)
     // thread only; the commit thread communicates through `CommitOutcome`, which is locked.
