@@ -56,20 +56,17 @@ package struct InternalTopics {
     /// that does not answer within `timeout` is an error naming the servers.
     package static func partitionCounts(_ admin: KafkaAdmin, _ topics: [String], kafka: KafkaConfiguration, timeout: Duration,
                                 isStopping: () -> Bool) throws -> [String: Int] {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if isStopping() { throw RuntimeStopped() }
-            let failure: KafkaError
-            do {
-                return try admin.partitionCounts(topics, timeout: .milliseconds(500))
-            } catch {
-                failure = error
+        do throws(ClusterWaitFailure) {
+            return try ClusterWait.partitionCounts(timeout: timeout, isStopping: isStopping,
+                                                   authenticationFailure: { admin.authenticationFailure }) { (slice) throws(KafkaError) in
+                try admin.partitionCounts(topics, timeout: slice)
             }
-            // A broker refusing the credentials is no reason to wait out the timeout.
-            if let reason = admin.authenticationFailure { throw RuntimeError("authentication failed: \(reason)") }
-            let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(failure.code)
-            guard unreachable else { throw failure }
-            if ContinuousClock.now >= deadline {
+        } catch {
+            switch error {
+            case .stopped: throw RuntimeStopped()
+            case .authentication(let reason): throw RuntimeError("authentication failed: \(reason)")
+            case .failed(let failure): throw failure
+            case .unreachable(let failure):
                 throw RuntimeError("cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
             }
         }

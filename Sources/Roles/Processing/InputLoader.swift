@@ -255,25 +255,24 @@ public struct InputLoader: Sendable {
     /// The topic's partition count from metadata, asked in short slices until `timeout`.
     static func partitionCount(of topic: String, producer: KafkaProducer, kafka: KafkaConfiguration,
                                timeout: Duration) throws(InputLoaderError) -> Int {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let counts: [String: Int]
-            do throws(KafkaError) {
-                counts = try producer.partitionCounts([topic], timeout: .milliseconds(500))
-            } catch {
-                // A broker refusing the credentials is no reason to wait out the timeout.
-                if let reason = producer.authenticationFailure { throw InputLoaderError(.kafka, "authentication failed: \(reason)") }
-                let unreachable = [KafkaError.Code.timedOut, KafkaError.Code.transport, KafkaError.Code.allBrokersDown].contains(error.code)
-                guard unreachable else { throw InputLoaderError(.kafka, "Kafka: \(error.message)") }
-                if ContinuousClock.now >= deadline {
-                    throw InputLoaderError(.unreachable, "cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(error.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
-                }
-                continue
+        let counts: [String: Int]
+        do throws(ClusterWaitFailure) {
+            counts = try ClusterWait.partitionCounts(timeout: timeout, authenticationFailure: { producer.authenticationFailure }) {
+                (slice) throws(KafkaError) in try producer.partitionCounts([topic], timeout: slice)
             }
-            guard let count = counts[topic], count > 0 else {
-                throw InputLoaderError(.missingTopic, "topic '\(topic)' does not exist at \(kafka.bootstrapServers ?? "(no servers)"); create it, or give --input-topic")
+        } catch {
+            switch error {
+            case .stopped:  // nothing here asks it to stop
+                throw InputLoaderError(.kafka, "stopped before Kafka answered")
+            case .authentication(let reason): throw InputLoaderError(.kafka, "authentication failed: \(reason)")
+            case .failed(let failure): throw InputLoaderError(.kafka, "Kafka: \(failure.message)")
+            case .unreachable(let failure):
+                throw InputLoaderError(.unreachable, "cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
             }
-            return count
         }
+        guard let count = counts[topic], count > 0 else {
+            throw InputLoaderError(.missingTopic, "topic '\(topic)' does not exist at \(kafka.bootstrapServers ?? "(no servers)"); create it, or give --input-topic")
+        }
+        return count
     }
 }
