@@ -185,7 +185,7 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         let r = auditor.pipeline
         let options = TopicAuditOptions(
             kafka: r.kafka, inputTopic: r.inputTopic, outputTopic: r.outputTopic, deadLetterTopic: r.deadLetterTopic,
-            configuration: auditor.audit, connectTimeout: r.connectTimeout)
+            configuration: auditor.audit, partitioner: r.partitioner, connectTimeout: r.connectTimeout)
         var logger = Logger(label: "polyglot.audit")
         logger.logLevel = .warning
         try reporting { sink in try TopicAudit(options: options, logger: logger).run { findings in try sink(findings) } }

@@ -55,6 +55,41 @@ extension AuditTests {
         #expect(drift.allSatisfy { $0.outputDetector == parameters.header && $0.auditorDetector == other.header })
     }
 
+    /// `audit --once` after retention deleted the oldest outputs (the dev broker keeps about 5 MiB
+    /// a partition: 30,000 outputs are more, their inputs less): one `truncated` finding for the
+    /// output partition, and nothing missing, orphaned or mismatched around the gap.
+    @Test func onceAfterRetentionReportsTruncatedNotMissing() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
+        // Event times well before the produce time, so that none is in the future (45,000 s of them).
+        try await topics.produce(Workload.valid(count: 30_000, cards: 400, start: Workload.epoch - 50_000_000).kafkaRecords)
+        let state = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: state) }
+        var logger = Logger(label: "polyglot.test.process")
+        logger.logLevel = .warning
+        var configuration = topics.configuration(stateDirectory: state)
+        configuration.fingerprintDigest = AuditTests.auditorDigest
+        try await run(try StreamProcessor(configuration: configuration, logger: logger))
+        let (summary, truncated) = try await offPool {
+            var all: [AuditFinding] = []
+            let summary = try topicAudit(topics) { all += $0 }
+            return (summary, all.filter { $0.kind == .truncated })
+        }
+        let c = summary.counts
+        #expect(c.inputs == 30_000)
+        #expect(!c.hasDiscrepancies, "\(c)")
+        if cluster.isMock {
+            #expect(c.truncated == 1 && truncated.count == 1, "\(truncated.map(\.logLine))")
+            guard case .record(let topic, 0, let first)? = truncated.first?.output else {
+                Issue.record("no truncated output partition: \(truncated.map(\.logLine))")
+                return
+            }
+            #expect(topic == topics.output, "\(truncated.map(\.logLine))")
+            #expect(c.outputs == 30_000 - Int(first))
+            #expect(truncated.first?.message?.contains("(\(first) inputs whose outputs were among them") == true)
+        }
+    }
+
     /// A crafted output topic with one missing, one duplicate, one orphan, one wrong verdict,
     /// one foreign fingerprint and one high value just above 10,000 reports exactly those.
     @Test func onceCountsCraftedDiscrepanciesExactly() async throws {

@@ -29,6 +29,10 @@ public struct AuditFinding: Sendable, Hashable {
         case stalled
         /// A stalled partition's committed offset moved again.
         case resumed
+        /// Retention deleted a partition's oldest records before the auditor read them: they
+        /// cannot be checked, and the records around the gap are neither missing nor orphans
+        /// (one per partition, with the first offset still held).
+        case truncated
     }
 
     public var kind: Kind
@@ -157,7 +161,7 @@ public struct AuditFinding: Sendable, Hashable {
             return "[AUDIT-OUTPUT] FRAUD FLAGGED: Transaction \(id) for card \(cardId ?? "?"). Reason: \(reason ?? "")"
         default:
             var line = "[AUDIT-\(kind.rawValue.uppercased())]"
-            if kind != .stalled && kind != .resumed { line += " transaction \(id)" }
+            if kind != .stalled && kind != .resumed && kind != .truncated { line += " transaction \(id)" }
             if let cardId { line += " card \(cardId)" }
             if let input { line += " input \(input)" }
             if let output { line += " output \(output)" }
@@ -198,6 +202,9 @@ public struct AuditCounts: Sendable, Hashable {
     /// Partitions reported stalled, and resumed (not discrepancies: the processor is late, not wrong).
     public var stalled = 0
     public var resumed = 0
+    /// Partitions whose oldest records were deleted before the auditor read them (not a
+    /// discrepancy: nothing says the processor was wrong, but those records went unchecked).
+    public var truncated = 0
 
     public init() {}
 
@@ -214,15 +221,16 @@ public struct AuditCounts: Sendable, Hashable {
         let kinds = [("missing", missing), ("duplicate", duplicate), ("orphan", orphan), ("mismatch", mismatch),
                      ("drift", drift), ("unreadable", unreadable)].filter { $0.1 > 0 }
         let total = kinds.reduce(0) { $0 + $1.1 }
-        guard total > 0 else { return "audit: clean, \(read)" }
-        return "audit: \(total) discrepanc\(total == 1 ? "y" : "ies") (\(kinds.map { "\($0.0) \($0.1)" }.joined(separator: ", "))), \(read)"
+        let unchecked = truncated > 0 ? "; \(truncated) partition\(truncated == 1 ? "" : "s") truncated (records deleted before they were read, unchecked)" : ""
+        guard total > 0 else { return "audit: clean, \(read)\(unchecked)" }
+        return "audit: \(total) discrepanc\(total == 1 ? "y" : "ies") (\(kinds.map { "\($0.0) \($0.1)" }.joined(separator: ", "))), \(read)\(unchecked)"
     }
 
     /// Name and value of every count, in report order.
     public var entries: [(name: String, value: Int)] {
         [("inputs", inputs), ("outputs", outputs), ("deadLetters", deadLetters), ("missing", missing),
          ("duplicate", duplicate), ("orphan", orphan), ("mismatch", mismatch), ("highValue", highValue),
-         ("flagged", flagged), ("drift", drift), ("unreadable", unreadable), ("stalled", stalled), ("resumed", resumed)]
+         ("flagged", flagged), ("drift", drift), ("unreadable", unreadable), ("stalled", stalled), ("resumed", resumed), ("truncated", truncated)]
     }
 
     mutating func count(_ kind: AuditFinding.Kind) {
@@ -237,6 +245,7 @@ public struct AuditCounts: Sendable, Hashable {
         case .unreadableOutput: unreadable += 1
         case .stalled: stalled += 1
         case .resumed: resumed += 1
+        case .truncated: truncated += 1
         }
     }
 }

@@ -46,7 +46,7 @@ public struct AuditConfiguration: Sendable {
 public final class AuditReconciler<Windows: PartitionDetector> {
     public let configuration: AuditConfiguration
     /// Counts so far.
-    public private(set) var counts = AuditCounts()
+    public internal(set) var counts = AuditCounts()
 
     private var findings: [AuditFinding] = []
     private var decoder = TransactionDecoder()
@@ -65,7 +65,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     /// Dead letters without a source whose input has not been read, by content (in memory only).
     private var sourcelessDeadLetters: [Int: [LedgerDeadLetter]] = [:]
 
-    private struct WaitingOutput {
+    struct WaitingOutput {
         var bytes: [UInt8]
         var position: AuditPosition
         var source: AuditPosition?
@@ -74,14 +74,16 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         var receivedAt: Int64
     }
 
-    private final class Lane {
+    final class Lane {
+        let id: Int32
         let detector: Windows
         var waiting: [WaitingOutput] = []
         var head = 0
         /// The transaction id the first waiting output waits for.
         var blockedOn: String?
 
-        init(detector: Windows) {
+        init(id: Int32, detector: Windows) {
+            self.id = id
             self.detector = detector
         }
 
@@ -89,6 +91,8 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     }
 
     private var lanes: [Int32: Lane] = [:]
+    /// A batch audit's partitions whose oldest records retention deleted (``setTruncation(_:inputTopic:laneOfCard:)``).
+    var truncation: TruncationState?
     /// Lanes whose first waiting output waits for this id's input.
     private var blocked: [String: [Int32]] = [:]
     private var inputsComplete = false
@@ -167,6 +171,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         }
         let id = transaction.transactionId
         ledger.appendInput(entry, for: id)
+        truncation?.indexInput(transaction, position: position)
         if let waitingLanes = blocked.removeValue(forKey: id) {
             for lane in waitingLanes { drain(lane, orphansBefore: nil) }
         }
@@ -220,7 +225,9 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             return .done
         }
         let id = reader.string(view.transactionId, in: bytes)
-        guard orphan || ledger.isKnown(id) else { return .waiting(id) }
+        // An output whose input retention deleted before the audit read it waits for nothing.
+        let inputDeleted = truncation?.inputWasDeleted(source) ?? false
+        guard orphan || inputDeleted || ledger.isKnown(id) else { return .waiting(id) }
         counts.outputs += 1
         if view.isFlagged {
             report(AuditFinding(kind: .flagged, transactionId: id, cardId: reader.string(view.cardId, in: bytes),
@@ -237,6 +244,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             if detectorDrifts { (finding.outputDetector, finding.auditorDetector) = (detector, detectorHeader) }
             report(finding)
         }
+        if let truncation, truncation.outputs[lane.id] != nil { accountDeletedOutputs(of: lane, before: source, truncation) }
         if let entry = ledger.settleFirstInput(of: id) {
             let transaction = entry.transaction
             let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp)
@@ -249,6 +257,13 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             }
         } else if ledger.isKnown(id) {
             report(AuditFinding(kind: .duplicate, transactionId: id, output: position))
+        } else if inputDeleted {
+            // Unverifiable without its input, but its effect on the card's windows is known:
+            // the verdicts after it are checked against the state it left.
+            if let timestamp = view.timestamp {
+                _ = lane.detector.process(card: reader.string(view.cardId, in: bytes), eventTime: timestamp)
+            }
+            truncation?.outputsOfDeletedInputs += 1
         } else {
             report(AuditFinding(kind: .orphan, transactionId: id, output: position, message: "no input has this transaction id"))
         }
@@ -263,6 +278,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     public func deadLetter(_ originalBytes: UnsafeRawBufferPointer, code: String?, source: AuditPosition?,
                            position: AuditPosition? = nil, receivedAt: Int64 = 0, inputRead: Bool = false) {
         counts.deadLetters += 1
+        if let truncation, truncation.noteDeadLetter(source: source, position: position) { return }
         let hash = Self.contentHash(originalBytes)
         var found: (code: RejectionCode, position: AuditPosition)?
         if let source {
@@ -331,6 +347,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     public func finish() {
         endOfInputs()
         expire(olderThan: .max)
+        reportTruncation()
         (ledger as? MemoryAuditLedger)?.removeAll()
     }
 
@@ -398,6 +415,11 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     }
 
     private func reportMissing(_ missing: [LedgerInput], _ unanswered: [(position: AuditPosition, code: RejectionCode)]) {
+        var missing = missing, unanswered = unanswered
+        if let truncation {
+            missing.removeAll { !$0.deadLettered && truncation.outputWasDeleted(of: $0) }
+            unanswered.removeAll { truncation.deadLetterWasDeleted(of: $0.position) }
+        }
         for input in missing.sorted(by: { $0.position < $1.position }) where !input.deadLettered {
             report(AuditFinding(kind: .missing, transactionId: input.transaction.transactionId,
                                 cardId: input.transaction.cardId, input: input.position))
@@ -448,7 +470,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
 
     private func lane(_ id: Int32) -> Lane {
         if let lane = lanes[id] { return lane }
-        let lane = Lane(detector: makeWindows(id))
+        let lane = Lane(id: id, detector: makeWindows(id))
         lanes[id] = lane
         return lane
     }
@@ -523,7 +545,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         return first
     }
 
-    private func report(_ finding: AuditFinding) {
+    func report(_ finding: AuditFinding) {
         counts.count(finding.kind)
         findings.append(finding)
     }

@@ -6,6 +6,8 @@ struct EnrichedRecordView {
     var cardId: TransactionView.Span
     var reason: TransactionView.Span
     var isFlagged: Bool
+    /// The input's event time as the output repeats it; nil when it is not a plain integer.
+    var timestamp: Int64?
 }
 
 /// Reads output records (SEMANTICS.md §3) with the input reader's scanner: the same strict JSON
@@ -48,12 +50,27 @@ struct EnrichedRecordReader {
         _ = try member(m.amount, "amount", .number)
         let isFlagged = try member(m.isFlagged, "isFlagged", .bool)
         let reason = try member(m.reason, "reason", .string)
-        _ = try member(m.timestamp, "timestamp", .number)
+        let timestamp = try member(m.timestamp, "timestamp", .number)
         _ = try member(m.windowStart, "windowStart", .number)
         _ = try member(m.count, "count", .number)
         return EnrichedRecordView(
             transactionId: TransactionView.Span(transactionId), cardId: TransactionView.Span(cardId),
-            reason: TransactionView.Span(reason), isFlagged: isFlagged.length == 4)
+            reason: TransactionView.Span(reason), isFlagged: isFlagged.length == 4,
+            timestamp: Self.integer(TransactionView.Span(timestamp), base))
+    }
+
+    /// A number member's value when it is an integer of at most 18 digits.
+    static func integer(_ span: TransactionView.Span, _ base: UnsafePointer<UInt8>) -> Int64? {
+        var p = base + span.start, n = span.length
+        let negative = n > 0 && p[0] == UInt8(ascii: "-")
+        if negative { p += 1; n -= 1 }
+        guard n > 0, n <= 18 else { return nil }
+        var v: Int64 = 0
+        for i in 0..<n {
+            guard p[i] >= 48, p[i] <= 57 else { return nil }
+            v = v * 10 + Int64(p[i] - 48)
+        }
+        return negative ? -v : v
     }
 
     /// A string member's decoded value.

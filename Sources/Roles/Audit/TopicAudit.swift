@@ -13,11 +13,14 @@ public struct TopicAuditOptions: Sendable {
     public var outputTopic: String
     public var deadLetterTopic: String
     public var configuration: AuditConfiguration
+    /// The processor's partitioner: which output partition holds a card's outputs.
+    public var partitioner: KafkaPartitioner
     /// How long start-up waits for the cluster to answer.
     public var connectTimeout: Duration
 
     public init(kafka: KafkaConfiguration, inputTopic: String, outputTopic: String, deadLetterTopic: String,
-                configuration: AuditConfiguration, connectTimeout: Duration = .seconds(15)) {
+                configuration: AuditConfiguration, partitioner: KafkaPartitioner = .murmur2, connectTimeout: Duration = .seconds(15)) {
+        self.partitioner = partitioner
         self.kafka = kafka
         self.inputTopic = inputTopic
         self.outputTopic = outputTopic
@@ -85,6 +88,28 @@ public struct TopicAudit {
         var inputsLeft = remaining[0].filter { $0 >= 0 }.count
         try consumer.assign(partitions.map { KafkaTopicPartitionOffset($0, offset: KafkaOffset.beginning) })
         let reconciler = AuditReconciler(configuration: o.configuration)
+        // Retention may have deleted the oldest records of a partition before this audit: they
+        // are reported as `truncated`, and the records around the gap are judged with that known.
+        var truncation = AuditTruncation(outputTopic: o.outputTopic, deadLetterTopic: o.deadLetterTopic)
+        truncation.deadLettersOnInputPartitions = counts[o.deadLetterTopic] == counts[o.inputTopic]
+        for tp in partitions {
+            guard let first = firsts[tp], first > 0 else { continue }
+            switch topics.first(where: { $0.0 == tp.topic })!.1 {
+            case .input: truncation.inputs[tp.partition] = first
+            case .output: truncation.outputs[tp.partition] = first
+            case .deadLetter: truncation.deadLetters[tp.partition] = first
+            }
+        }
+        if !truncation.isEmpty {
+            let partitioner = o.partitioner, outputCount = Int32(counts[o.outputTopic]!)
+            reconciler.setTruncation(truncation, inputTopic: o.inputTopic) { card in
+                var card = card
+                return card.withUTF8 { partitioner.partition(of: $0, count: outputCount) }
+            }
+            logger.warning("records were deleted before the audit could read them; they are reported as truncated", metadata: [
+                "partitions": "\(truncation.inputs.count + truncation.outputs.count + truncation.deadLetters.count)",
+            ])
+        }
         let topicNames = topics.map(\.0)
         let inputTopicBytes = Array(o.inputTopic.utf8)
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)

@@ -1,0 +1,176 @@
+import FraudModel
+
+/// Partitions whose oldest records retention (or a delete) removed before a batch audit could
+/// read them: each one's first offset still held. Offsets below it are gone, so the audit
+/// cannot check them, and must not call the records around the gap missing or orphan.
+public struct AuditTruncation: Sendable, Hashable {
+    public var outputTopic: String
+    public var deadLetterTopic: String
+    /// Output partition → its first offset still held.
+    public var outputs: [Int32: Int64] = [:]
+    /// Input partition → its first offset still held.
+    public var inputs: [Int32: Int64] = [:]
+    /// Dead-letter partition → its first offset still held.
+    public var deadLetters: [Int32: Int64] = [:]
+    /// Whether the dead-letter topic has as many partitions as the input topic (the processor
+    /// then writes each dead letter on its input's partition).
+    public var deadLettersOnInputPartitions = true
+
+    public init(outputTopic: String, deadLetterTopic: String) {
+        self.outputTopic = outputTopic
+        self.deadLetterTopic = deadLetterTopic
+    }
+
+    public var isEmpty: Bool { outputs.isEmpty && inputs.isEmpty && deadLetters.isEmpty }
+}
+
+/// What a reconciler knows and counts of a truncation while it audits.
+///
+/// Outputs are deleted from the start of an output partition (a lane), so the outputs lost from
+/// a lane are those of its inputs that come before the lane's first output still held, per input
+/// partition (a lane's outputs follow each input partition's order). When the first output of an
+/// input partition reaches a truncated lane, the inputs of that partition and lane still waiting
+/// before its source are the ones whose outputs were deleted: they are applied to the lane's
+/// windows in input order, so the verdicts after the gap are checked against the state the
+/// processor had, and they are not missing.
+final class TruncationState {
+    let truncation: AuditTruncation
+    let inputTopic: String
+    /// The output partition of a card (the processor's partitioner over the output topic).
+    let laneOfCard: (String) -> Int32
+    /// Valid inputs of truncated lanes, per input partition in offset order.
+    private(set) var waiting: [Int32: [(offset: Int64, lane: Int32, id: String)]] = [:]
+    /// Per truncated lane, the input partitions whose deleted outputs are accounted for.
+    private(set) var accounted: [Int32: Set<Int32>] = [:]
+    /// Per truncated lane, inputs whose outputs were deleted.
+    var inputsOfDeletedOutputs: [Int32: Int] = [:]
+    /// Outputs and dead letters whose input was deleted.
+    var outputsOfDeletedInputs = 0
+    var deadLettersOfDeletedInputs = 0
+    /// Rejected inputs whose dead letter was deleted.
+    var rejectedOfDeletedDeadLetters = 0
+    /// Per dead-letter partition, the input offset of its first dead letter still held.
+    private var firstDeadLetterSource: [Int32: Int64] = [:]
+
+    init(_ truncation: AuditTruncation, inputTopic: String, laneOfCard: @escaping (String) -> Int32) {
+        self.truncation = truncation
+        self.inputTopic = inputTopic
+        self.laneOfCard = laneOfCard
+    }
+
+    var outputs: [Int32: Int64] { truncation.outputs }
+
+    /// Keeps a valid input of a truncated lane until that lane's first output of its partition.
+    func indexInput(_ transaction: Transaction, position: AuditPosition) {
+        guard !truncation.outputs.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else { return }
+        let lane = laneOfCard(transaction.cardId)
+        guard truncation.outputs[lane] != nil, !(accounted[lane]?.contains(partition) ?? false) else { return }
+        waiting[partition, default: []].append((offset, lane, transaction.transactionId))
+    }
+
+    /// Takes the inputs of `partition` for `lane` below `offset`, and marks the pair accounted.
+    func takeWaiting(partition: Int32, lane: Int32, below offset: Int64) -> [(offset: Int64, id: String)] {
+        accounted[lane, default: []].insert(partition)
+        guard var entries = waiting[partition] else { return [] }
+        var taken: [(offset: Int64, id: String)] = []
+        entries.removeAll { entry in
+            guard entry.lane == lane else { return false }
+            if entry.offset < offset { taken.append((entry.offset, entry.id)) }
+            return true
+        }
+        waiting[partition] = entries.isEmpty ? nil : entries
+        return taken
+    }
+
+    /// Whether `source` names an input below its partition's first offset still held.
+    func inputWasDeleted(_ source: AuditPosition?) -> Bool {
+        guard !truncation.inputs.isEmpty, case .record(let topic, let partition, let offset)? = source, topic == inputTopic,
+              let first = truncation.inputs[partition] else { return false }
+        return offset < first
+    }
+
+    /// Whether a valid input left without output had it deleted: its lane is truncated and no
+    /// output of its partition reached the lane after the gap (the inputs before the first one
+    /// that did were taken already).
+    func outputWasDeleted(of input: LedgerInput) -> Bool {
+        guard case .record(let topic, let partition, _) = input.position, topic == inputTopic else { return false }
+        let lane = laneOfCard(input.transaction.cardId)
+        guard truncation.outputs[lane] != nil, !(accounted[lane]?.contains(partition) ?? false) else { return false }
+        inputsOfDeletedOutputs[lane, default: 0] += 1
+        return true
+    }
+
+    /// Notes a dead letter; true when its input was deleted (nothing to match it with).
+    func noteDeadLetter(source: AuditPosition?, position: AuditPosition?) -> Bool {
+        if case .record(_, let partition, _)? = position, firstDeadLetterSource[partition] == nil,
+           case .record(let topic, _, let offset)? = source, topic == inputTopic {
+            firstDeadLetterSource[partition] = offset
+        }
+        guard inputWasDeleted(source) else { return false }
+        deadLettersOfDeletedInputs += 1
+        return true
+    }
+
+    /// Whether a rejected input left without dead letter had it deleted.
+    func deadLetterWasDeleted(of position: AuditPosition) -> Bool {
+        guard !truncation.deadLetters.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else {
+            return false
+        }
+        let deleted: Bool
+        if truncation.deadLettersOnInputPartitions {
+            guard truncation.deadLetters[partition] != nil else { return false }
+            deleted = firstDeadLetterSource[partition].map { offset < $0 } ?? true
+        } else {
+            // Dead letters of one input partition may sit on any dead-letter partition.
+            deleted = true
+        }
+        if deleted { rejectedOfDeletedDeadLetters += 1 }
+        return deleted
+    }
+}
+
+extension AuditReconciler {
+    /// A batch audit: partitions of `truncation` lost their oldest records before the audit
+    /// began. `laneOfCard` is the output partition the processor writes a card's outputs to.
+    func setTruncation(_ truncation: AuditTruncation, inputTopic: String, laneOfCard: @escaping (String) -> Int32) {
+        self.truncation = truncation.isEmpty ? nil : TruncationState(truncation, inputTopic: inputTopic, laneOfCard: laneOfCard)
+    }
+
+    /// Before `lane`'s first output from an input partition after the gap: the inputs of that
+    /// partition and lane still waiting before its source had their outputs deleted.
+    func accountDeletedOutputs(of lane: Lane, before source: AuditPosition?, _ truncation: TruncationState) {
+        guard case .record(let topic, let partition, let offset)? = source, topic == truncation.inputTopic,
+              !(truncation.accounted[lane.id]?.contains(partition) ?? false) else { return }
+        for (inputOffset, id) in truncation.takeWaiting(partition: partition, lane: lane.id, below: offset) {
+            let position = AuditPosition.record(topic: topic, partition: partition, offset: inputOffset)
+            var known = ledger.transaction(id)
+            guard let i = known.inputs.firstIndex(where: { $0.position == position }), !known.inputs[i].deadLettered else { continue }
+            let input = known.inputs.remove(at: i)
+            known.settledAt = max(known.settledAt, input.readAt)
+            ledger.setTransaction(known, for: id)
+            _ = lane.detector.process(card: input.transaction.cardId, eventTime: input.transaction.timestamp)
+            truncation.inputsOfDeletedOutputs[lane.id, default: 0] += 1
+        }
+    }
+
+    /// One `truncated` finding per partition that lost records, with what it accounts for.
+    func reportTruncation() {
+        guard let t = truncation else { return }
+        for (partition, first) in t.truncation.inputs.sorted(by: { $0.key < $1.key }) {
+            report(AuditFinding(kind: .truncated, input: .record(topic: t.inputTopic, partition: partition, offset: first),
+                                message: "input offsets 0 to \(first - 1) were deleted before the audit read them"
+                                    + " (\(t.outputsOfDeletedInputs) outputs and \(t.deadLettersOfDeletedInputs) dead letters of deleted inputs in all partitions are not orphans)"))
+        }
+        for (partition, first) in t.truncation.outputs.sorted(by: { $0.key < $1.key }) {
+            report(AuditFinding(kind: .truncated, output: .record(topic: t.truncation.outputTopic, partition: partition, offset: first),
+                                message: "output offsets 0 to \(first - 1) were deleted before the audit read them"
+                                    + " (\(t.inputsOfDeletedOutputs[partition] ?? 0) inputs whose outputs were among them are not missing)"))
+        }
+        for (partition, first) in t.truncation.deadLetters.sorted(by: { $0.key < $1.key }) {
+            report(AuditFinding(kind: .truncated, output: .record(topic: t.truncation.deadLetterTopic, partition: partition, offset: first),
+                                message: "dead-letter offsets 0 to \(first - 1) were deleted before the audit read them"
+                                    + " (\(t.rejectedOfDeletedDeadLetters) rejected inputs in all partitions whose dead letters were among them)"))
+        }
+        truncation = nil
+    }
+}
