@@ -116,3 +116,30 @@ struct AuditTruncationTests {
         #expect(finding.logLine == "[AUDIT-TRUNCATED] output out/3/7: output offsets 0 to 6 were deleted")
     }
 }
+
+/// The batch audit's read balance, without a consumer.
+@Suite("Audit read balance")
+struct ReadBalanceTests {
+    @Test func pausesTheSideAheadAndResumesItWhenTheOtherCatchesUp() {
+        var b = ReadBalance(high: 100, low: 10)
+        #expect(b.update(pendingInputs: 50, waitingOutputs: 0, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == nil)
+        #expect(b.update(pendingInputs: 0, waitingOutputs: 101, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == .pause(.outputs))
+        #expect(b.update(pendingInputs: 0, waitingOutputs: 50, inputsRead: 5, outputsRead: 0, inputsDone: false, outputsDone: false) == nil)
+        #expect(b.update(pendingInputs: 0, waitingOutputs: 10, inputsRead: 5, outputsRead: 0, inputsDone: false, outputsDone: false) == .resume(.outputs))
+        #expect(b.update(pendingInputs: 101, waitingOutputs: 3, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == .pause(.inputs))
+        #expect(b.update(pendingInputs: 9, waitingOutputs: 3, inputsRead: 0, outputsRead: 5, inputsDone: false, outputsDone: false) == .resume(.inputs))
+    }
+
+    /// A paused side is resumed as soon as the other makes no progress or ends, and nothing is
+    /// paused when both sides wait or one has ended: the audit can be slowed, never stopped.
+    @Test func neverStopsTheAudit() {
+        var b = ReadBalance(high: 100, low: 10)
+        #expect(b.update(pendingInputs: 500, waitingOutputs: 500, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == nil)
+        #expect(b.update(pendingInputs: 500, waitingOutputs: 0, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: true) == nil)
+        #expect(b.update(pendingInputs: 500, waitingOutputs: 0, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == .pause(.inputs))
+        #expect(b.update(pendingInputs: 500, waitingOutputs: 0, inputsRead: 0, outputsRead: 0, inputsDone: false, outputsDone: false) == .resume(.inputs))
+        #expect(b.update(pendingInputs: 0, waitingOutputs: 500, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == .pause(.outputs))
+        #expect(b.update(pendingInputs: 0, waitingOutputs: 500, inputsRead: 5, outputsRead: 0, inputsDone: true, outputsDone: false) == .resume(.outputs))
+        #expect(b.paused == nil)
+    }
+}

@@ -117,6 +117,8 @@ final class MemoryAuditLedger: AuditLedger {
     }
 
     private var pending: [HashedID: PendingInputs] = [:]
+    /// Valid inputs waiting for their output.
+    private(set) var pendingInputCount = 0
     /// The last id hashed: ``setTransaction(_:for:)`` follows ``transaction(_:)`` for the same id.
     private var lastHashed = HashedID(id: "", hash: "".hashValue)
 
@@ -141,6 +143,7 @@ final class MemoryAuditLedger: AuditLedger {
 
     func setTransaction(_ value: LedgerTransaction, for id: String) {
         let key = hashed(id)
+        pendingInputCount += value.inputs.count - (pending[key].map { 1 + $0.later.count } ?? 0)
         pending[key] = value.inputs.first.map { PendingInputs(first: $0, later: Array(value.inputs.dropFirst())) }
         let hash = key.hash
         if value.settledAt >= 0 {
@@ -154,6 +157,7 @@ final class MemoryAuditLedger: AuditLedger {
 
     func appendInput(_ input: LedgerInput, for id: String) {
         let key = hashed(id)
+        pendingInputCount += 1
         if pending[key] != nil {
             pending[key]!.later.append(input)
         } else {
@@ -169,6 +173,7 @@ final class MemoryAuditLedger: AuditLedger {
     func settleFirstInput(of id: String) -> LedgerInput? {
         let key = hashed(id)
         guard var waiting = pending.removeValue(forKey: key) else { return nil }
+        pendingInputCount -= 1
         let first = waiting.first
         if !waiting.later.isEmpty {
             waiting.first = waiting.later.removeFirst()
@@ -178,9 +183,6 @@ final class MemoryAuditLedger: AuditLedger {
         if settled.updateValue(at, forKey: key.hash) != at { settledOrder.append((key.hash, at)) }
         return first
     }
-
-    /// Valid inputs waiting for their output.
-    var pendingInputCount: Int { pending.values.reduce(0) { $0 + 1 + $1.later.count } }
 
     func setPairing(_ value: LedgerPairing?, at position: AuditPosition) {
         if case .deadLetters? = pairings[position] { deadLetterPositions -= 1 }
@@ -210,6 +212,7 @@ final class MemoryAuditLedger: AuditLedger {
     /// Forgets everything (the end of a batch audit).
     func removeAll() {
         pending.removeAll()
+        pendingInputCount = 0
         settled.removeAll()
         settledOrder.removeAll()
         settledHead = 0

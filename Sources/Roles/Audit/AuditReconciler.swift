@@ -123,6 +123,8 @@ public final class AuditReconciler<Windows: PartitionDetector> {
 
     /// Valid inputs read and not yet matched by an output (a batch audit's, whose ledger is in memory).
     var pendingInputCount: Int? { (ledger as? MemoryAuditLedger)?.pendingInputCount }
+    /// Outputs read and waiting in their lanes for an input not read yet.
+    private(set) var waitingOutputCount = 0
 
     /// The first output of `lane` still waiting for its input.
     public func firstWaitingOutput(lane: Int32) -> AuditPosition? {
@@ -201,6 +203,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             lane.waiting.removeAll(keepingCapacity: true)
             lane.head = 0
         }
+        waitingOutputCount += 1
         lane.waiting.append(WaitingOutput(bytes: Array(bytes), position: position, source: source, fingerprint: fingerprint,
                                           detector: detector, receivedAt: receivedAt))
     }
@@ -499,6 +502,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             }
             lane.waiting[lane.head].bytes = []
             lane.head += 1
+            waitingOutputCount -= 1
         }
         lane.waiting.removeAll(keepingCapacity: true)
         lane.head = 0

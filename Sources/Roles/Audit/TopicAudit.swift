@@ -70,6 +70,9 @@ public struct TopicAudit {
         config.set("enable.partition.eof", "true")
         config.set("group.id", "polyglot-audit-once-\(UUID().uuidString.lowercased())")
         config.setDefault("fetch.wait.max.ms", "10")
+        // A quarter of the processor's prefetch: the audit reads ~100 partitions at once, and
+        // what waits in librdkafka's queue counts in its memory as much as what waits here.
+        config.setDefault("queued.max.messages.kbytes", "32768")
         config.setConsumerPrefetchDefaults()
         let consumer = try KafkaConsumer(configuration: config, logger: logger)
         defer { consumer.close() }
@@ -139,8 +142,14 @@ public struct TopicAudit {
             }
         }
         var lastProgress = clock.now
+        var balance = ReadBalance()
+        func side(_ role: Role) -> [KafkaTopicPartition] {
+            let t = topics.firstIndex { $0.1 == role }!
+            return remaining[t].indices.filter { remaining[t][$0] >= 0 }.map { KafkaTopicPartition(topicNames[t], Int32($0)) }
+        }
         while left > 0 {
             if isStopping() { throw RuntimeError("stopped before the audit finished") }
+            var inputsRead = 0, outputsRead = 0
             _ = try consumer.pollBorrowing(maxMessages: 10_000, timeout: .milliseconds(100)) { m in
                 guard let t = topicNames.firstIndex(of: m.topic), m.partition >= 0, Int(m.partition) < remaining[t].count else { return }
                 let p = Int(m.partition)
@@ -149,8 +158,10 @@ public struct TopicAudit {
                 let position = AuditPosition.record(topic: topicNames[t], partition: m.partition, offset: m.offset)
                 switch topics[t].1 {
                 case .input:
+                    inputsRead += 1
                     reconciler.input(m.value ?? empty, position: position, kafkaTimestamp: m.timestamp)
                 case .output:
+                    outputsRead += 1
                     reconciler.output(m.value ?? empty, position: position, lane: m.partition,
                                       source: source(m.header(HeaderName.source)),
                                       fingerprint: fingerprint(m.header(HeaderName.fingerprint)),
@@ -171,6 +182,13 @@ public struct TopicAudit {
                 }
             }
             try findings(reconciler.takeFindings())
+            let outputsLeft = remaining[1].contains { $0 >= 0 }
+            switch balance.update(pendingInputs: reconciler.pendingInputCount ?? 0, waitingOutputs: reconciler.waitingOutputCount,
+                                  inputsRead: inputsRead, outputsRead: outputsRead, inputsDone: inputsLeft == 0, outputsDone: !outputsLeft) {
+            case .pause(let s)?: try consumer.pause(side(s == .inputs ? .input : .output))
+            case .resume(let s)?: try consumer.resume(side(s == .inputs ? .input : .output))
+            case nil: break
+            }
             if clock.now - lastProgress >= .seconds(5) {
                 lastProgress = clock.now
                 let c = reconciler.counts
