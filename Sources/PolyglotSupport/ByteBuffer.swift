@@ -73,8 +73,10 @@ public final class ByteBuffer {
         bytes.withUnsafeBytes { append($0) }
     }
 
+    /// Public, as every `@inlinable` member here: an `@inlinable package` one is not inlined in
+    /// other modules.
     @inlinable @inline(__always)
-    package func append(_ s: StaticString) {
+    public func append(_ s: StaticString) {
         append(s.utf8Start, count: s.utf8CodeUnitCount)
     }
 

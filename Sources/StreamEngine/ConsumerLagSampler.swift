@@ -4,7 +4,8 @@ import KafkaClient
 /// (the repartition topic included), whether its task runs or still restores.
 ///
 /// A running partition's lag is the high watermark of its last fetch response minus its
-/// position: local state, no request. A partition that is not fetching (restoring, paused since
+/// position (or, before it handed out a record, the offset its task starts at): local state, no
+/// request, as the sampling runs on the run loop. A partition that is not fetching (restoring, paused since
 /// its assignment) has neither, so its lag is measured from the group's committed offset (read
 /// once per assignment) to the partition's end (asked for every ``endRefresh``): what is left
 /// to process once its restore ends.
@@ -17,22 +18,30 @@ final class ConsumerLagSampler {
     private var ends: [KafkaTopicPartition: KafkaWatermarks] = [:]
     private var endsAskedAt: ContinuousClock.Instant?
 
-    /// The lag of `running` and `waiting` partitions of every topic in `sources`.
+    /// The lag of `running` and `waiting` partitions of every topic in `sources`; `start` is the
+    /// offset a running partition's task starts at in source `i` (nil: the earliest).
     func sample(_ consumer: KafkaConsumer, sources: [String], running: [Int32], waiting: [Int32],
+                start: (_ source: Int, _ partition: Int32) -> Int64?,
                 now: ContinuousClock.Instant) -> [KafkaTopicPartition: Int64] {
         var lag: [KafkaTopicPartition: Int64] = [:]
         var unmeasured: [KafkaTopicPartition] = waiting.flatMap { p in sources.map { KafkaTopicPartition($0, p) } }
-        for source in sources {
+        for (i, source) in sources.enumerated() {
             let tps = running.map { KafkaTopicPartition(source, $0) }
             guard !tps.isEmpty, let positions = try? consumer.position(tps) else {
                 unmeasured += tps
                 continue
             }
             for position in positions {
-                if position.offset >= 0, let marks = consumer.cachedWatermarks(position.topicPartition) {
+                // No fetch response yet: no series yet. A running partition never costs a
+                // request: this runs on the run loop, and each partition of an idle repartition
+                // topic (which never hands out a record) used to ask for its end, one blocking
+                // request each, every few seconds.
+                guard let marks = consumer.cachedWatermarks(position.topicPartition) else { continue }
+                if position.offset >= 0 {
                     lag[position.topicPartition] = max(0, marks.high - position.offset)
-                } else {
-                    unmeasured.append(position.topicPartition)
+                } else if let from = start(i, position.topicPartition.partition) ?? (marks.low >= 0 ? marks.low : nil) {
+                    // Nothing handed out yet: everything from where the task starts is left.
+                    lag[position.topicPartition] = max(0, marks.high - from)
                 }
             }
         }

@@ -28,7 +28,8 @@ extension StreamRuntime {
         lagSampledAt = now
         let all = tasks.all
         let lag = lagSampler.sample(consumer, sources: role.sources.map(\.name), running: all.filter { $0.task != nil }.map(\.partition),
-                                    waiting: all.filter { $0.task == nil }.map(\.partition), now: now)
+                                    waiting: all.filter { $0.task == nil }.map(\.partition),
+                                    start: { i, p in self.tasks.slot(p)?.next[i] }, now: now)
         var stores: [Int32: Int64]?
         let open = all.filter { $0.store != nil }
         // A store opened or closed since: sampled now, not up to ten seconds later.

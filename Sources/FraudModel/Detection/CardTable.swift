@@ -20,8 +20,12 @@ import PolyglotSupport
 ///
 /// The lookups are `@inlinable` (their storage `@usableFromInline`): the SQLite store's cache in
 /// another module uses the table per record, and only an inlined copy is specialized for its
-/// payload instead of going through generic metadata.
-package final class CardTable<Payload> {
+/// payload instead of going through generic metadata. They are `public`, not `package`: the
+/// compiler specialized none of the `@inlinable package` lookups in the store's module, and
+/// `process` spent a fifth of its run-loop time on generic metadata
+/// (`perf record` of `scripts/bench-process.sh`'s workload: 4,239 run-loop samples against 2,174
+/// with the lookups public).
+public final class CardTable<Payload> {
     @usableFromInline struct Entry {
         @usableFromInline var hash: UInt64
         /// The key's first 16 bytes, zero-padded: most card ids fit, so comparing a key rarely
@@ -47,7 +51,7 @@ package final class CardTable<Payload> {
     @usableFromInline var entriesCapacity: Int
     /// Number of entries.
     @usableFromInline var used = 0
-    @inlinable package var count: Int { used }
+    @inlinable public var count: Int { used }
     /// Every key's bytes, back to back.
     @usableFromInline var keys: ByteBuffer
     @usableFromInline let seed: UInt64
@@ -57,7 +61,7 @@ package final class CardTable<Payload> {
     private var plannedCapacity = 0
     @usableFromInline let payloadOffset = MemoryLayout<Entry>.offset(of: \Entry.payload)!
 
-    package init(initialCapacity: Int = 1_024) {
+    public init(initialCapacity: Int = 1_024) {
         var c = 16
         while c < initialCapacity * 2 { c <<= 1 }
         indexCapacity = c
@@ -88,26 +92,26 @@ package final class CardTable<Payload> {
 
     /// Entry `e`'s payload, in place.
     @inlinable @inline(__always)
-    package subscript(e: Int) -> Payload {
+    public subscript(e: Int) -> Payload {
         unsafeAddress { UnsafePointer(payload(e)) }
         unsafeMutableAddress { payload(e) }
     }
 
     /// Entry `e`'s payload in place, valid until the table next changes shape.
     @inlinable @inline(__always)
-    package func payload(_ e: Int) -> UnsafeMutablePointer<Payload> {
+    public func payload(_ e: Int) -> UnsafeMutablePointer<Payload> {
         (UnsafeMutableRawPointer(entries + e) + payloadOffset).assumingMemoryBound(to: Payload.self)
     }
 
     /// Entry `e`'s card id bytes, valid until the table next changes shape.
     @inlinable @inline(__always)
-    package func key(_ e: Int) -> CardBytes {
+    public func key(_ e: Int) -> CardBytes {
         CardBytes(base: keys.baseAddress + Int(entries[e].keyOffset), count: Int(entries[e].keyLength))
     }
 
     /// The entry holding `card`, or -1.
     @inlinable @inline(__always)
-    package func find(_ card: CardBytes) -> Int {
+    public func find(_ card: CardBytes) -> Int {
         let prefix = Self.prefix(card.base, card.count)
         if lastFound >= 0 && matches(lastFound, card, prefix) { return lastFound }
         let h = hash(card.base, card.count)
@@ -127,7 +131,7 @@ package final class CardTable<Payload> {
 
     /// Adds `card` (which must not be in the table) and returns its entry.
     @inlinable
-    package func insert(_ card: CardBytes, _ payload: Payload) -> Int {
+    public func insert(_ card: CardBytes, _ payload: Payload) -> Int {
         if (count + 1) * 2 > indexCapacity { reindex(capacity: indexCapacity * 2) }
         if count == entriesCapacity { growEntries(to: entriesCapacity * 2) }
         let n = card.count
@@ -151,7 +155,7 @@ package final class CardTable<Payload> {
     /// number and key), packed in their order. Returns, per old entry number, the new one (-1:
     /// dropped). Compacts the key bytes.
     @inlinable @discardableResult
-    package func retain(_ keep: (Int, CardBytes, inout Payload) -> Bool) -> [Int32] {
+    public func retain(_ keep: (Int, CardBytes, inout Payload) -> Bool) -> [Int32] {
         var moved = [Int32](repeating: -1, count: count)
         let oldKeys = keys
         index.initialize(repeating: 0, count: indexCapacity)
@@ -179,7 +183,7 @@ package final class CardTable<Payload> {
 
     /// Drops every entry.
     @inlinable
-    package func removeAll() {
+    public func removeAll() {
         entries.deinitialize(count: used)
         used = 0
         keys.removeAll()
