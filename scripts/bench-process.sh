@@ -15,8 +15,8 @@
 # BAD=fraction makes that fraction of the input malformed (default 0, the figures' workload).
 # AUDIT=1 also runs `polyglot audit --once` over the topics after the first run of each pair,
 # fails if it reports a discrepancy, and prints its audited records/s (inputs plus outputs over
-# its whole run); keep RECORDS at 300,000 or less then, so the dev broker (5 MiB per partition)
-# still holds every output the audit must find. AUDIT=continuous runs the continuous auditor
+# its whole run) and peak memory; with more than about 300,000 RECORDS the dev broker (5 MiB per
+# partition) drops the oldest outputs, which the audit reports as truncated. AUDIT=continuous runs the continuous auditor
 # instead (`polyglot audit --until-end`, its own group, state and findings topic, exactly once),
 # fails unless it matched every input to its output or dead letter with no discrepancy, and
 # prints its records/s over its processing_seconds (inputs, outputs and dead letters it read,
@@ -119,10 +119,10 @@ one_run() {
         audit_rate=$(field average_rate_per_second "$auditor")
         echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '\b(records|processing_seconds|average_rate_per_second|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
     elif [[ -n "${AUDIT:-}" ]]; then
-        audited=$("$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
+        audited=$(/usr/bin/time -o "$work/audit-time" -f '%M' "$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
             fail "audit --once reported discrepancies or failed: ${audited:-no summary}"
         audit_rate=$(sed -E 's/.*\(([0-9]+) records\/s\).*/\1/' <<<"$audited")
-        echo "run $run: $audited" >&2
+        echo "run $run: $audited, peak memory $(( $(tail -1 "$work/audit-time") / 1024 )) MiB" >&2
     fi
     outputs=$(received enriched-transactions)
     held_outputs=$(held enriched-transactions)
