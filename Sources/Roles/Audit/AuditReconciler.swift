@@ -420,8 +420,8 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     private func reportMissing(_ missing: [LedgerInput], _ unanswered: [(position: AuditPosition, code: RejectionCode)]) {
         var missing = missing, unanswered = unanswered
         if let truncation {
-            missing.removeAll { !$0.deadLettered && truncation.outputWasDeleted(of: $0) }
-            unanswered.removeAll { truncation.deadLetterWasDeleted(of: $0.position) }
+            missing.removeAll { !$0.deadLettered && truncation.countIfOutputDeleted(of: $0) }
+            unanswered.removeAll { truncation.countIfDeadLetterDeleted(of: $0.position) }
         }
         for input in missing.sorted(by: { $0.position < $1.position }) where !input.deadLettered {
             report(AuditFinding(kind: .missing, transactionId: input.transaction.transactionId,

@@ -60,11 +60,14 @@ final class TruncationState {
 
     var outputs: [Int32: Int64] { truncation.outputs }
 
+    /// Whether the deleted outputs of `partition`'s inputs in `lane` are accounted for already.
+    func isAccounted(lane: Int32, partition: Int32) -> Bool { accounted[lane]?.contains(partition) ?? false }
+
     /// Keeps a valid input of a truncated lane until that lane's first output of its partition.
     func indexInput(_ transaction: Transaction, position: AuditPosition) {
         guard !truncation.outputs.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else { return }
         let lane = laneOfCard(transaction.cardId)
-        guard truncation.outputs[lane] != nil, !(accounted[lane]?.contains(partition) ?? false) else { return }
+        guard truncation.outputs[lane] != nil, !isAccounted(lane: lane, partition: partition) else { return }
         waiting[partition, default: []].append((offset, lane, transaction.transactionId))
     }
 
@@ -89,13 +92,13 @@ final class TruncationState {
         return offset < first
     }
 
-    /// Whether a valid input left without output had it deleted: its lane is truncated and no
-    /// output of its partition reached the lane after the gap (the inputs before the first one
-    /// that did were taken already).
-    func outputWasDeleted(of input: LedgerInput) -> Bool {
+    /// Counts a valid input left without output as one whose output was deleted, and says so,
+    /// when its lane is truncated and no output of its partition reached the lane after the gap
+    /// (the inputs before the first one that did were taken already).
+    func countIfOutputDeleted(of input: LedgerInput) -> Bool {
         guard case .record(let topic, let partition, _) = input.position, topic == inputTopic else { return false }
         let lane = laneOfCard(input.transaction.cardId)
-        guard truncation.outputs[lane] != nil, !(accounted[lane]?.contains(partition) ?? false) else { return false }
+        guard truncation.outputs[lane] != nil, !isAccounted(lane: lane, partition: partition) else { return false }
         inputsOfDeletedOutputs[lane, default: 0] += 1
         return true
     }
@@ -111,8 +114,9 @@ final class TruncationState {
         return true
     }
 
-    /// Whether a rejected input left without dead letter had it deleted.
-    func deadLetterWasDeleted(of position: AuditPosition) -> Bool {
+    /// Counts a rejected input left without dead letter as one whose dead letter was deleted,
+    /// and says so, when its dead-letter partition lost its start before that dead letter.
+    func countIfDeadLetterDeleted(of position: AuditPosition) -> Bool {
         guard !truncation.deadLetters.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else {
             return false
         }
@@ -140,7 +144,7 @@ extension AuditReconciler {
     /// partition and lane still waiting before its source had their outputs deleted.
     func accountDeletedOutputs(of lane: Lane, before source: AuditPosition?, _ truncation: TruncationState) {
         guard case .record(let topic, let partition, let offset)? = source, topic == truncation.inputTopic,
-              !(truncation.accounted[lane.id]?.contains(partition) ?? false) else { return }
+              !truncation.isAccounted(lane: lane.id, partition: partition) else { return }
         for (inputOffset, id) in truncation.takeWaiting(partition: partition, lane: lane.id, below: offset) {
             let position = AuditPosition.record(topic: topic, partition: partition, offset: inputOffset)
             var known = ledger.transaction(id)
