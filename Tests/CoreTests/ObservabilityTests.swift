@@ -352,12 +352,12 @@ struct ObservabilityBrokerTests {
         // the restore lasts long enough to be seen.
         try FileManager.default.removeItem(at: state)
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
+        // Slowed before the processor starts: slowing it once the group was seen joined lost the
+        // race to a restore that had already finished.
+        try mock.setBrokerRTT(1, milliseconds: 200)
         let running = try RunningProcessor(configuration: topics.configuration(stateDirectory: state, untilEnd: false), logger: logger)
         try await running.whileRunning { processor, client in
-            let restoring = try await client.waitForHealth(503) { ($0["state"] as? String) == "restoring" } beforeEach: {
-                // Slow only once the group is joined: a slow join would only make the test longer.
-                if processor.statistics.assignedPartitions > 0 { try mock.setBrokerRTT(1, milliseconds: 200) }
-            }
+            let restoring = try await client.waitForHealth(503) { ($0["state"] as? String) == "restoring" }
             #expect((try restoring.json()["reason"] as? String)?.hasPrefix("restoring ") == true)
             try mock.setBrokerRTT(1, milliseconds: 0)
             try await client.waitForHealth(200)
