@@ -20,7 +20,7 @@
 # instead (`polyglot audit --until-end`, its own group, state and findings topic, exactly once),
 # fails unless it matched every input to its output or dead letter with no discrepancy, and
 # prints its records/s over its processing_seconds (inputs, outputs and dead letters it read,
-# and its own repartition records).
+# and its own repartition records), then the median of each run's auditor rate over its processor rate.
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
 # METRICS_PORT=port serves /metrics and /healthz during the runs (default 0: off, so that
@@ -156,5 +156,10 @@ stat() { echo "median $(cut -d' ' -f"$1" "$work/rates" | median), min $(cut -d' 
 echo "records/s (over processing_seconds) over $runs runs: $(stat 1)"
 echo "restore changelog records/s: $(stat 2)"
 echo "processing_seconds: $(stat 3); process user CPU seconds: $(stat 4)"
-if [[ "${AUDIT:-}" == continuous ]]; then echo "continuous audit records/s (over its processing_seconds): $(stat 5)"
+if [[ "${AUDIT:-}" == continuous ]]; then
+    echo "continuous audit records/s (over its processing_seconds): $(stat 5)"
+    # Each run's auditor rate over the processor's rate in that run, so a busy moment of the
+    # machine moves both sides of a ratio.
+    awk '{ printf "%.2f\n", $5 / $1 }' "$work/rates" > "$work/ratios"
+    echo "continuous audit / process records/s, per run: median $(median < "$work/ratios"), min $(sort -n "$work/ratios" | head -1), max $(sort -n "$work/ratios" | tail -1)"
 elif [[ -n "${AUDIT:-}" ]]; then echo "audit --once audited records/s: $(stat 5)"; fi

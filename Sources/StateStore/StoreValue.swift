@@ -3,7 +3,7 @@
 ///
 /// The bytes are both the changelog record's value and the SQLite row's, so a restore and a
 /// read from SQLite decode the same thing with the same checks.
-package protocol StoreValue: Equatable {
+public protocol StoreValue: Equatable {
     /// The value of a key the store does not hold: never written to SQLite, a tombstone on the
     /// changelog.
     static var absent: Self { get }
