@@ -4,7 +4,8 @@ import KafkaClient
 
 /// The start-up check of a role's topics: the first source must exist; internal topics (the
 /// changelog, and sources the role writes itself) must have as many partitions as the first
-/// source, and are created through the admin API where the cluster has one; sinks must exist.
+/// source, and are created through the admin API where the cluster has one (on `polyglot dev
+/// broker`, which has none, by asking the broker's host); sinks must exist.
 /// The check is also the first contact with the cluster, so an unreachable one fails here,
 /// within the connect timeout, naming the servers.
 package struct InternalTopics {
@@ -32,7 +33,12 @@ package struct InternalTopics {
                 try admin.createTopics(specs)
                 logger.info("created internal topics", metadata: ["topics": "\(missing.joined(separator: ","))"])
             } catch let error as KafkaAdminUnavailable {
-                throw RuntimeError("internal topic \(missing.joined(separator: " and ")) missing and the cluster cannot create topics (\(error.underlying.message)): create it with \(inputCount) partitions")
+                // Without an admin API only `polyglot dev broker` (a mock cluster) can still
+                // create them, on request; any other cluster has no request topic.
+                guard try MockTopicRequests.request(specs, configuration: kafka, timeout: connectTimeout, logger: logger) else {
+                    throw RuntimeError("internal topic \(missing.joined(separator: " and ")) missing and the cluster cannot create topics (\(error.underlying.message)): create it with \(inputCount) partitions")
+                }
+                logger.info("the dev broker created internal topics", metadata: ["topics": "\(missing.joined(separator: ","))"])
             }
             counts = try Self.partitionCounts(admin, all, kafka: kafka, timeout: connectTimeout, isStopping: isStopping)
         }

@@ -26,7 +26,10 @@ struct DevBrokerCommand: AsyncParsableCommand, LoggingCommand {
 
         Creates financial-transactions, enriched-transactions, financial-transactions.dlq and the \
         internal topics of the default application id (fraud-detector-processor-windows-changelog, \
-        fraud-detector-processor-repartition), each with --partitions partitions. Prints the \
+        fraud-detector-processor-repartition) and of the default auditor group, each with \
+        --partitions partitions. The internal topics of any other --application-id or audit \
+        --group are created when the role starts, with as many partitions as its input topic, \
+        so several pipelines and auditor groups can share one dev broker. Prints the \
         bootstrap list as the first line of standard output (and writes it to --bootstrap-file) \
         once ready. Stops on SIGINT or SIGTERM.
         """

@@ -20,7 +20,9 @@ struct ProcessorTopics {
     let deadLetters: String
     let partitions: Int
 
-    init(cluster: TestCluster, partitions: Int) throws {
+    /// - Parameter internalTopics: create the changelog and repartition topics too (else the
+    ///   processor creates them at start).
+    init(cluster: TestCluster, partitions: Int, internalTopics: Bool = true) throws {
         self.cluster = cluster
         self.partitions = partitions
         let id = UUID().uuidString.prefix(8).lowercased()
@@ -28,7 +30,8 @@ struct ProcessorTopics {
         input = "in-\(id)"
         output = "out-\(id)"
         deadLetters = "dlq-\(id)"
-        for topic in [input, output, deadLetters, "\(applicationID)-windows-changelog", "\(applicationID)-repartition"] {
+        let internalNames = internalTopics ? ["\(applicationID)-windows-changelog", "\(applicationID)-repartition"] : []
+        for topic in [input, output, deadLetters] + internalNames {
             try cluster.createExactTopic(topic, partitions: partitions)
         }
     }

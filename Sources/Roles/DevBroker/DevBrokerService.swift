@@ -21,8 +21,9 @@ public struct DevBrokerOptions: Sendable, Hashable {
         self.applicationID = applicationID
     }
 
-    /// Every topic the pipeline uses with the default names (``PipelineNames/allTopics(applicationID:)``):
-    /// the mock cluster has no admin API to create them later.
+    /// Every topic the pipeline uses with the default names (``PipelineNames/allTopics(applicationID:)``),
+    /// created at start. The mock cluster has no admin API: the internal topics of other
+    /// application ids and groups are created when a role asks (``MockTopicRequests``).
     public var topics: [String] { PipelineNames.allTopics(applicationID: applicationID) }
 
     /// Checks the numbers; the message is one line for the operator.
@@ -35,8 +36,8 @@ public struct DevBrokerOptions: Sendable, Hashable {
     }
 }
 
-/// librdkafka's mock cluster as a service: starts it, creates the pipeline's topics, announces the
-/// bootstrap list, and runs until graceful shutdown (then destroys the cluster and removes the
+/// librdkafka's mock cluster as a service: starts it, creates the pipeline's topics, serves the
+/// topic requests of roles with other application ids or groups, announces the bootstrap list, and runs until graceful shutdown (then destroys the cluster and removes the
 /// bootstrap file so no reader connects to a dead broker).
 public struct DevBrokerService: Service {
     public let options: DevBrokerOptions
@@ -59,6 +60,10 @@ public struct DevBrokerService: Service {
         for topic in options.topics {
             try cluster.createTopic(topic, partitions: options.partitions)
         }
+        // The internal topics of any other application id or auditor group are created when
+        // the role asks for them, with its input's partition count.
+        let topicRequests = try MockTopicRequestServer(cluster: cluster, logger: logger)
+        defer { topicRequests.stop() }
         if let path = options.bootstrapFile {
             try Self.writeAtomically(cluster.bootstrapServers + "\n", to: path)
         }
