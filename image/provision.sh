@@ -19,6 +19,7 @@ readonly fetch_secrets_path=/usr/local/bin/polyglot-fetch-secrets
 readonly config_dir=/etc/polyglot
 readonly fingerprint_path=/etc/polyglot/fingerprint.json
 readonly unit_path=/etc/systemd/system/polyglot@.service
+readonly audit_dropin_path=/etc/systemd/system/polyglot@audit.service.d/verdict.conf
 readonly runtime_packages=(librdkafka1 libsqlite3-0 libjemalloc2 libstdc++6 ca-certificates awscli)
 
 die() {
@@ -92,6 +93,13 @@ install -m 0755 -o root -g root -- "$source_dir/fetch-secrets.sh" "$fetch_secret
 log "installing the unit and the environment file"
 install -d -m 0755 "$(dirname -- "$unit_path")" "$config_dir"
 install -m 0644 -o root -g root -- "$source_dir/polyglot@.service" "$unit_path"
+# The auditor exits 1 when the run it stops found discrepancies: a verdict (already
+# on its findings topic), not a failure. Only for the audit instance: process exits
+# 1 when it fails.
+install -d -m 0755 "$(dirname -- "$audit_dropin_path")"
+printf '%s\n' '[Service]' 'SuccessExitStatus=1' >"$audit_dropin_path.new"
+chmod 0644 "$audit_dropin_path.new"
+mv -f -- "$audit_dropin_path.new" "$audit_dropin_path"
 # Root only: it may carry credentials (SASL passwords); systemd reads it as root.
 install -m 0600 -o root -g root -- "$source_dir/polyglot.env" "$config_dir/polyglot.env"
 

@@ -118,7 +118,7 @@ public final class RoleMetrics: RuntimeObserver {
 
     /// The runtime's families (every role has them).
     static let runtimeFamilies: [MetricFamily] = [
-        .counter("polyglot_records_in_total", help: "Records handled (a rewind after an abort handles some again)."),
+        .counter("polyglot_records_in_total", help: "Records handled, per source topic (a rewind after an abort handles some again)."),
         .counter("polyglot_transactions_committed_total", help: "Transactions committed."),
         .counter("polyglot_transactions_aborted_total", help: "Transactions aborted (their records are handled again)."),
         .counter("polyglot_transaction_retries_total", help: "Transaction calls repeated after a retriable error."),
@@ -145,8 +145,8 @@ public final class RoleMetrics: RuntimeObserver {
 
     private func update(_ snapshot: RoleSnapshot) {
         let s = snapshot.runtime
-        var counters: [MetricSample] = [
-            MetricSample("polyglot_records_in_total", value: s.records),
+        var counters: [MetricSample] = s.recordsBySource.map { MetricSample("polyglot_records_in_total", labels: ["source": $0.key], value: $0.value) }
+        counters += [
             MetricSample("polyglot_transactions_committed_total", value: s.transactionsCommitted),
             MetricSample("polyglot_transactions_aborted_total", value: s.transactionsAborted),
             MetricSample("polyglot_transaction_retries_total", value: s.transactionRetries),

@@ -65,6 +65,8 @@ public struct RuntimeConfiguration: Sendable {
 public struct RuntimeStatistics: Sendable, Hashable {
     /// Records handled (committed or not; a rewind counts them again).
     public var records = 0
+    /// ``records`` per source, by its ``SourceTopic/label`` (every source once a poll is done).
+    public var recordsBySource: [String: Int] = [:]
     public var transactionsCommitted = 0
     public var transactionsAborted = 0
     /// Transaction calls repeated after a retriable error.

@@ -49,10 +49,15 @@ public struct SourceTopic: Sendable, Hashable {
     /// wrote there is processed, rather than stopping at the end offsets seen at start. Its
     /// partition count must equal the first source's, and it is created where the cluster can.
     public var isInternal: Bool
+    /// What the role reads there (`input`, `repartition`, ...): the `source` label of
+    /// `polyglot_records_in_total`.
+    public var label: String
 
-    public init(_ name: String, isInternal: Bool = false) {
+    /// - Parameter label: the metric label (default: the topic's name).
+    public init(_ name: String, isInternal: Bool = false, label: String? = nil) {
         self.name = name
         self.isInternal = isInternal
+        self.label = label ?? name
     }
 }
 

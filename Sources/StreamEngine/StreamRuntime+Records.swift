@@ -29,7 +29,7 @@ extension StreamRuntime {
         slot.next[source] = offset + 1
         slot.changed = true
         pendingRecords += 1
-        cycleRecords += 1
+        cycleRecords[source] += 1
     }
 
     /// Runs every running task's wall-clock work inside the open cycle.

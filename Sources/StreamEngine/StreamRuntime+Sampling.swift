@@ -12,12 +12,16 @@ import StateStore
 extension StreamRuntime {
     func publishCycleStats() {
         role.didHandleBatch()
-        let n = cycleRecords
-        cycleRecords = 0
         let now = ContinuousClock.now
-        statsBox.withLock {
-            $0.records += n
-            $0.lastPollAt = now
+        let sources = role.sources
+        statsBox.withLock { s in
+            for i in cycleRecords.indices {
+                let n = cycleRecords[i]
+                cycleRecords[i] = 0
+                s.records += n
+                s.recordsBySource[sources[i].label, default: 0] += n
+            }
+            s.lastPollAt = now
         }
     }
 

@@ -46,7 +46,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     var changelog: KafkaProducerTopic!
     let tasks: TaskManager<Role>
     var pendingRecords = 0
-    var cycleRecords = 0
+    /// Records handled since the last publish, per source (as `role.sources`): one array
+    /// element bumped per record keeps the per-source counts off any lock until the poll is done.
+    var cycleRecords: [Int]
     /// End offsets of the sources that are not internal, per source and partition (`--until-end`).
     var endOffsets: [[Int32: Int64]] = []
     var partitionCount = 0
@@ -81,6 +83,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// `observer` hears of each commit's latency (``RuntimeObserver``).
     public init(role: Role, configuration: RuntimeConfiguration, logger: Logger, observer: (any RuntimeObserver)? = nil) {
         self.role = role
+        cycleRecords = Array(repeating: 0, count: role.sources.count)
         self.configuration = configuration
         self.logger = logger
         self.observer = observer

@@ -30,15 +30,18 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
             --stall-after is reported stalled, then resumed. --settle is how long a matched id is \
             remembered to tell a duplicate from an orphan. The output and \
             dead-letter topics must have as many partitions as the input topic. SIGTERM or SIGINT \
-            commits and exits 0; --until-end stops at the end offsets seen at start. Settings as \
+            commits and stops; --until-end stops at the end offsets seen at start. On stopping it \
+            prints the verdict line and exits as the other modes do: 0 when the run found no \
+            missing, duplicate, orphan, mismatch, drift or unreadable finding, 1 when it did, 2 \
+            when it could not audit (Kafka, state or a port failed), 64 on a usage error. Settings as \
             for process (POLYGLOT_APPLICATION_ID is the processor's; the auditor's group is \
             POLYGLOT_AUDIT_GROUP); environment and file names: \(AuditorSettings.environmentHelp).
 
             --files audits a replay run: IN.jsonl, replay's OUT.jsonl and, with --dlq, its \
             dead-letter file; positions are line numbers. Prints the counts on stdout and writes \
             every finding to --report. Exits 0 when there is no missing, duplicate, orphan, \
-            mismatch, drift or unreadable finding, 1 when there is, 2 when a file cannot be read \
-            or a flag is invalid.
+            mismatch, drift or unreadable finding, 1 when there is, 2 when a file cannot be read, \
+            64 when a flag is invalid.
 
             --once audits the processor's topics: every partition of the input, output and \
             dead-letter topics from its start to the end offsets seen at start, independent of \
@@ -132,22 +135,31 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         } catch {
             throw ValidationError(error.message)
         }
-        try observability.checkAvailable(endpoints)
         var logger = Logger(label: "polyglot.audit")
         logger.logLevel = endpoints.logLevel
         let metrics = RoleMetrics(role: "audit", fingerprintDigest: configuration.pipeline.fingerprintDigest,
                                   families: AuditRole.metricFamilies)
-        let service: AuditorService
+        let counts: AuditCounts
         do {
-            service = try AuditorService(configuration: configuration, logger: logger, observer: metrics)
+            try observability.checkAvailable(endpoints)
+            let service: AuditorService
+            do {
+                service = try AuditorService(configuration: configuration, logger: logger, observer: metrics)
+            } catch {
+                throw CommandFailure(error.message)
+            }
+            let auditor = service.auditor
+            try await observability.run(service, endpoints: endpoints, metrics: metrics, logger: logger) { auditor.snapshot }
+            counts = auditor.counts
         } catch {
-            throw CommandFailure(error.message)
+            // Could not audit (or stopped auditing): 2, as --files and --once; 1 is kept for
+            // discrepancies, which a supervisor may count as a clean stop.
+            StandardError.write("polyglot: \(Self.message(for: error))\n")
+            throw ExitCode(Self.failureStatus)
         }
-        let auditor = service.auditor
-        try await observability.run(service, endpoints: endpoints, metrics: metrics, logger: logger) { auditor.snapshot }
-        let counts = auditor.counts
         StandardError.write(counts.entries.map { "\($0.name) \($0.value)" }.joined(separator: ", ") + "\n")
         print(counts.verdictLine)
+        if counts.hasDiscrepancies { throw ExitCode(1) }
     }
 
     /// Runs an audit whose findings go to `sink`: each finding's log line (with --log) and the

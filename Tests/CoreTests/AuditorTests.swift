@@ -186,6 +186,12 @@ struct AuditorTests {
             try await tasks.waitForAll()
         }
         let text = try #require(scraped.withLock { $0 })
+        // Records in, each topic under its own source label.
+        let final = try PrometheusText(metrics.exposition(of: auditor.snapshot))
+        #expect(final["polyglot_records_in_total", ["source": "input"]] == 10)
+        #expect(final["polyglot_records_in_total", ["source": "output"]] == 11)
+        #expect(final["polyglot_records_in_total", ["source": "dead_letter"]] == Double(auditor.counts.deadLetters))
+        #expect(final["polyglot_records_in_total", ["source": "repartition"]] != nil)
         #expect(text["polyglot_audit_findings_total", ["kind": "mismatch"]] == 1)
         #expect(text["polyglot_audit_findings_total", ["kind": "highValue"]] == 1)
         #expect(text["polyglot_audit_records_total", ["record": "input"]] == 10)

@@ -135,6 +135,11 @@ struct ImageTests {
         #expect(unit.contains("ExecStartPre=+/opt/polyglot/bin/polyglot-fetch-secrets %i\n"))
         #expect(unit.contains("StartLimitIntervalSec=0\n"))
         #expect(try #require(files["provision.sh"]).contains("readonly install_path=/opt/polyglot/bin/polyglot\n"))
+        // A stopped auditor's verdict (exit 1) is no failure; a failed processor's exit 1 is.
+        #expect(!unit.contains("SuccessExitStatus"))
+        #expect(try #require(files["provision.sh"]).contains(
+            "readonly audit_dropin_path=/etc/systemd/system/polyglot@audit.service.d/verdict.conf\n"))
+        #expect(try #require(files["provision.sh"]).contains(#"printf '%s\n' '[Service]' 'SuccessExitStatus=1' >"$audit_dropin_path.new""#))
         #expect(try #require(files["polyglot.env"]).contains("\nKAFKA_BOOTSTRAP_SERVERS=k1:9092,k2:9092\n"))
         for role in ImageRenderer.roles {
             let userData = try #require(files["user-data-\(role).yaml"])

@@ -59,8 +59,24 @@ final class ProcessTopics: Sendable {
         mock?.destroy()
         // On a real cluster the topics go when the test is done (the mock goes whole).
         if mock == nil, let admin = try? KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap), logger: Self.logger) {
-            try? admin.deleteTopics([input, output, deadLetters, "\(applicationID)-windows-changelog", "\(applicationID)-repartition"])
+            try? admin.deleteTopics([input, output, deadLetters, "\(applicationID)-windows-changelog", "\(applicationID)-repartition"]
+                                    + extraTopics.value.withLock { $0 })
             admin.close()
+        }
+    }
+
+    /// Topics created besides the processor's, deleted with them on a real cluster.
+    private let extraTopics = Locked<[String]>([])
+
+    /// Creates more topics (an auditor's) with this many partitions.
+    func createTopics(_ names: [String]) throws {
+        if let mock {
+            for name in names { try mock.createTopic(name, partitions: partitions) }
+        } else {
+            let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap), logger: Self.logger)
+            defer { admin.close() }
+            try admin.createTopics(names.map { KafkaTopicSpecification(name: $0, partitions: partitions) })
+            extraTopics.value.withLock { $0 += names }
         }
     }
 
@@ -153,7 +169,7 @@ final class OutputWatcher: Sendable {
     func close() { consumer.close() }
 }
 
-/// A `polyglot` process running in the background, its standard error kept in a file.
+/// A `polyglot` process running in the background, its standard output and error kept in files.
 ///
 /// `@unchecked Sendable`: `Process` is not marked Sendable, but it is set up completely before
 /// `run()` and only read afterwards (its termination fields once the handler has run); the exit
@@ -161,18 +177,21 @@ final class OutputWatcher: Sendable {
 final class BackgroundPolyglot: @unchecked Sendable {
     private let process: Process
     let errorLog: URL
+    let outputLog: URL
     private let exit = Locked<(exited: Bool, waiters: [UUID: CheckedContinuation<Void, Never>])>((false, [:]))
 
     init(_ arguments: [String], in directory: URL) throws {
         errorLog = directory.appendingPathComponent("polyglot-\(UUID().uuidString.prefix(8)).stderr")
+        outputLog = directory.appendingPathComponent("polyglot-\(UUID().uuidString.prefix(8)).stdout")
         _ = FileManager.default.createFile(atPath: errorLog.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputLog.path, contents: nil)
         process = Process()
         process.executableURL = try PolyglotBinary.required()
         process.arguments = arguments
         process.currentDirectoryURL = directory
         process.environment = ["PATH": "/usr/bin:/bin", "HOME": directory.path]
         process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = try FileHandle(forWritingTo: outputLog)
         process.standardError = try FileHandle(forWritingTo: errorLog)
         let exit = self.exit
         process.terminationHandler = { _ in
@@ -191,6 +210,7 @@ final class BackgroundPolyglot: @unchecked Sendable {
 
     var isRunning: Bool { !exit.value.withLock { $0.exited } }
     var stderr: String { (try? String(contentsOf: errorLog, encoding: .utf8)) ?? "" }
+    var stdout: String { (try? String(contentsOf: outputLog, encoding: .utf8)) ?? "" }
     /// The exit status, or the signal that ended it; meaningful once it exited.
     var status: Int32 { process.terminationStatus }
     var exitedNormally: Bool { process.terminationReason == .exit }

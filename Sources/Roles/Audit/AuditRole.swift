@@ -123,8 +123,8 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         let r = configuration.pipeline
-        sources = [SourceTopic(r.inputTopic), SourceTopic(configuration.repartitionTopic, isInternal: true),
-                   SourceTopic(r.outputTopic), SourceTopic(r.deadLetterTopic)]
+        sources = [SourceTopic(r.inputTopic, label: "input"), SourceTopic(configuration.repartitionTopic, isInternal: true, label: "repartition"),
+                   SourceTopic(r.outputTopic, label: "output"), SourceTopic(r.deadLetterTopic, label: "dead_letter")]
         inputTopicBytes = Array(r.inputTopic.utf8)
         fingerprintBytes = Array(configuration.audit.fingerprintDigest.map { Array($0.utf8) } ?? [])
     }

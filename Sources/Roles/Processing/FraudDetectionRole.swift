@@ -59,7 +59,8 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
 
     public init(configuration: ProcessorConfiguration) {
         self.configuration = configuration
-        sources = [SourceTopic(configuration.inputTopic), SourceTopic(configuration.repartitionTopic, isInternal: true)]
+        sources = [SourceTopic(configuration.inputTopic, label: "input"),
+                   SourceTopic(configuration.repartitionTopic, isInternal: true, label: "repartition")]
         encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
         fingerprintBytes = Array(configuration.fingerprintDigest.utf8)
         inputTopicBytes = Array(configuration.inputTopic.utf8)
