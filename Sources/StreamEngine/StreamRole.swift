@@ -36,10 +36,16 @@ public protocol StreamRole: AnyObject, SendableMetatype {
     /// (nil: never), for work driven by wall time rather than records, as Kafka Streams'
     /// wall-clock punctuators.
     var punctuationInterval: Duration? { get }
+    /// Whether the role must hear of records deleted (by retention) before its tasks read them,
+    /// through ``StreamTask/recordsDeleted(source:from:to:)``, rather than have the consumer skip
+    /// to the log start without a word (`auto.offset.reset=earliest`). A task without a position
+    /// then starts at offset 0, so a new group hears of what was deleted before it too.
+    var reportsDeletedRecords: Bool { get }
 }
 
 extension StreamRole {
     public var punctuationInterval: Duration? { nil }
+    public var reportsDeletedRecords: Bool { false }
 }
 
 /// One topic a role reads.
@@ -86,6 +92,10 @@ public protocol StreamTask: AnyObject {
     /// Wall-clock work (epoch milliseconds), every ``StreamRole/punctuationInterval``: it may
     /// send records and change the store like ``handle(_:source:)``. Returns whether it did.
     func punctuate(wallClock: Int64) throws -> Bool
+    /// Records `from` to `to - 1` of `sources[source]` were deleted before the task read them
+    /// (only for a role that ``StreamRole/reportsDeletedRecords``): its next record of that
+    /// source is at `to` or later. Runs in the open cycle, like ``handle(_:source:)``.
+    func recordsDeleted(source: Int, from: Int64, to: Int64) throws
 }
 
 extension StreamTask {
@@ -93,6 +103,7 @@ extension StreamTask {
     public func sealed() {}
     public func committed() {}
     public func punctuate(wallClock: Int64) throws -> Bool { false }
+    public func recordsDeleted(source: Int, from: Int64, to: Int64) throws {}
 }
 
 /// What the runtime needs of a task's store: a write-back store whose changes become changelog

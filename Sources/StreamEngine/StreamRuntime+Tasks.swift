@@ -49,7 +49,10 @@ extension StreamRuntime {
         for (i, tp) in tps.enumerated() {
             let fromGroup = committedBy[tp].flatMap { $0 >= 0 ? $0 : nil }
             let fromState = i < slot.restoredPositions.count && slot.restoredPositions[i] >= 0 ? slot.restoredPositions[i] : nil
-            if let start = [fromGroup, fromState].compactMap({ $0 }).max() {
+            // A role that hears of deleted records starts where nothing was read yet at 0, so a
+            // log start past it is a gap to report, not a silent jump.
+            let fromNothing: Int64? = role.reportsDeletedRecords ? 0 : nil
+            if let start = [fromGroup, fromState, fromNothing].compactMap({ $0 }).max() {
                 slot.next[i] = start
                 slot.committed[i] = start
                 seeks.append(KafkaTopicPartitionOffset(tp, offset: start))

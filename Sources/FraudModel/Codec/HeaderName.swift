@@ -18,4 +18,6 @@ public enum HeaderName {
     public static let positions = "polyglot-positions"
     /// The auditor's read progress, on its ledger changelog.
     public static let auditRead = "polyglot-audit-read"
+    /// Beside it: the sender's input partition lost records (retention) below this position.
+    public static let auditReadFrom = "polyglot-audit-read-from"
 }

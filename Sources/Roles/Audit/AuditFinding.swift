@@ -29,9 +29,9 @@ public struct AuditFinding: Sendable, Hashable {
         case stalled
         /// A stalled partition's committed offset moved again.
         case resumed
-        /// Retention deleted a partition's oldest records before the auditor read them: they
-        /// cannot be checked, and the records around the gap are neither missing nor orphans
-        /// (one per partition, with the first offset still held).
+        /// Retention deleted records of a partition before the auditor read them: they cannot be
+        /// checked, and the records around the gap are neither missing nor orphans (one per
+        /// partition and gap, at the first offset read after it, with the offsets deleted).
         case truncated
     }
 
@@ -70,6 +70,10 @@ public struct AuditFinding: Sendable, Hashable {
     public var waitingInputs: Int64?
     /// Since when (epoch milliseconds) the oldest of them waited, for `stalled` and `resumed`.
     public var waitingSince: Int64?
+    /// The first and last offsets deleted before the audit read them, for `truncated` (its
+    /// position is the first offset read after them).
+    public var firstDeleted: Int64?
+    public var lastDeleted: Int64?
 
     public init(
         kind: Kind, transactionId: String? = nil, cardId: String? = nil, input: AuditPosition? = nil,
@@ -139,6 +143,12 @@ public struct AuditFinding: Sendable, Hashable {
         if let waitingSince {
             out.append(",\"waitingSince\":")
             out.appendInteger(waitingSince)
+        }
+        if let firstDeleted, let lastDeleted {
+            out.append(",\"firstDeleted\":")
+            out.appendInteger(firstDeleted)
+            out.append(",\"lastDeleted\":")
+            out.appendInteger(lastDeleted)
         }
         out.append(UInt8(ascii: "}"))
     }

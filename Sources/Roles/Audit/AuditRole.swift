@@ -96,6 +96,10 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     /// Decisions from the processor's progress, stall checks and read progress sent to the
     /// other tasks: a few times a second.
     public var punctuationInterval: Duration? { .milliseconds(250) }
+    /// Records deleted by retention before the auditor read them are reported (`truncated`),
+    /// never skipped: an input, output or dead letter the auditor never saw must not make the
+    /// records around it missing or orphans.
+    public var reportsDeletedRecords: Bool { true }
 
     static let input = 0
     static let repartition = 1
@@ -175,7 +179,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
         let c = counts
         let kinds: [(String, Int)] = [("missing", c.missing), ("duplicate", c.duplicate), ("orphan", c.orphan), ("mismatch", c.mismatch),
                                       (AuditFinding.Kind.highValue.rawValue, c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable),
-                                      ("stalled", c.stalled), ("resumed", c.resumed)]
+                                      ("stalled", c.stalled), ("resumed", c.resumed), ("truncated", c.truncated)]
         let now = AuditTask.wallClock()
         let waiting = progressBox.withLock { $0?.allWaiting } ?? []
         return kinds.map { MetricSample("polyglot_audit_findings_total", labels: ["kind": $0.0], value: $0.1) }
@@ -260,6 +264,14 @@ public final class AuditTask: StreamTask {
     private var sentAt: Int64 = 0
     /// The stall reported for this input partition and not yet resumed: its committed offset.
     private var stalledAt: Int64?
+    /// Partitions that lost records before the auditor read them, as this task knows them: its
+    /// own (from the runtime) and other input partitions (from their tasks' read progress). Not
+    /// rolled back: a gap in a rolled-back cycle is met again, and each is known once.
+    private var truncation: AuditTruncation
+
+    /// The header of a read-progress record that says the sender's input partition lost records
+    /// below an offset: `<input topic>/<partition>/<first offset read after the gap>`.
+    static let readFromHeader = HeaderName.auditReadFrom
 
     /// The header of a read-progress record on the auditor's repartition topic:
     /// `<input topic>/<partition>/<next offset read>`.
@@ -282,6 +294,8 @@ public final class AuditTask: StreamTask {
         next = []
         readUpTo = []
         sentReadUpTo = []
+        truncation = AuditTruncation(outputTopic: role.configuration.pipeline.outputTopic,
+                                     deadLetterTopic: role.configuration.pipeline.deadLetterTopic)
         reconciler = AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { _ in store.windows })
         resetPositions()
         reconciler.sourceIsRead = { [unowned self] in self.sourceIsRead($0, receivedAt: $1) }
@@ -308,6 +322,12 @@ public final class AuditTask: StreamTask {
             }
         case AuditRole.repartition:
             if let read = m.header(Self.readProgressHeader) {
+                // A gap in the sender's input partition is known before its read progress past it.
+                if let from = m.header(Self.readFromHeader),
+                   case .record(_, let p, let first)? = TopicAudit.position(from, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes),
+                   p >= 0, p < partitionCount, p != partition, truncation.deleted(.input, partition: p, below: first) {
+                    reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
+                }
                 if case .record(_, let p, let offset)? = TopicAudit.position(read, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes),
                    p >= 0, p < partitionCount, p != partition, offset > readUpTo[Int(p)] {
                     readUpTo[Int(p)] = offset
@@ -333,6 +353,32 @@ public final class AuditTask: StreamTask {
                                   position: .record(topic: deadLetterTopic, partition: m.partition, offset: m.offset),
                                   receivedAt: now, inputRead: source != nil && sourceIsRead(source, receivedAt: now))
         }
+        sendFindings()
+    }
+
+    /// Records the runtime found deleted before this task read them: one `truncated` finding,
+    /// and what follows the gap is judged knowing it (an output whose input was deleted is not
+    /// an orphan, an input whose output or dead letter was deleted is not missing).
+    public func recordsDeleted(source: Int, from: Int64, to: Int64) throws {
+        let c = role.configuration, r = c.pipeline
+        let side: AuditTruncation.Side, topic: String, accounted: String
+        switch source {
+        case AuditRole.input:
+            (side, topic, accounted) = (.input, r.inputTopic, "their outputs and dead letters are not orphans")
+            next[AuditRole.input] = to
+            readUpTo[Int(partition)] = max(readUpTo[Int(partition)], to)
+        case AuditRole.output:
+            (side, topic, accounted) = (.output, r.outputTopic, "inputs whose outputs were among them are not missing")
+        case AuditRole.deadLetter:
+            (side, topic, accounted) = (.deadLetter, r.deadLetterTopic, "rejected inputs whose dead letters were among them are not mismatches")
+        default:
+            (side, topic, accounted) = (.repartition, c.repartitionTopic, "inputs forwarded there went unchecked")
+        }
+        if truncation.deleted(side, partition: partition, below: to) {
+            reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
+        }
+        reconciler.report(.truncated(side, topic: topic, partition: partition, from: from, to: to, accounted: accounted))
+        if side == .input { reconciler.drainOrphans() }
         sendFindings()
     }
 
@@ -390,9 +436,13 @@ public final class AuditTask: StreamTask {
         sentAt = now
         writeSource(partition: partition, offset: read)
         let source = source
+        let readFrom: [UInt8]? = truncation.inputs[partition].map { first in
+            Array(role.inputTopicBytes) + Array("/\(partition)/\(first)".utf8)
+        }
         for q in 0..<partitionCount where q != partition && (heartbeat || sentReadUpTo[Int(q)] != read) {
             collector.send(to: role.topics!.repartition, partition: q, key: nil, value: nil) { headers in
                 headers.add(Self.readProgressHeader, source.bytes)
+                if let readFrom { readFrom.withUnsafeBytes { headers.add(Self.readFromHeader, $0) } }
             }
             sentReadUpTo[Int(q)] = read
         }
@@ -480,6 +530,7 @@ public final class AuditTask: StreamTask {
         // which the runtime reads again.
         reconciler = AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { [store] _ in store.windows })
         reconciler.sourceIsRead = { [unowned self] in self.sourceIsRead($0, receivedAt: $1) }
+        reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
         cycleFindings.removeAll()
         sealedFindings.removeAll()
         sealedCounts = AuditCounts()
@@ -514,6 +565,7 @@ extension AuditCounts {
         unreadable += other.unreadable
         stalled += other.stalled
         resumed += other.resumed
+        truncated += other.truncated
     }
 }
 

@@ -347,6 +347,12 @@ final class StoredAuditLedger: AuditLedger {
         positions.take(partition: partition, below: offset)
     }
 
+    /// The valid inputs of input partition `partition` below `offset` not taken by
+    /// ``takeDue(partition:below:)`` (the caller checks each is still waiting), in offset order.
+    func waitingInputs(partition: Int32, below offset: Int64) -> [(offset: Int64, id: String)] {
+        positions.peek(partition: partition, below: offset)
+    }
+
     var mayHoldDeadLetters: Bool { true }
 
     func expiring(before cutoff: Int64) -> [LedgerKey] {
@@ -413,6 +419,18 @@ final class LedgerPositionIndex {
         let taken = Array(part.entries[start..<part.head])
         partitions[p] = part
         return taken
+    }
+
+    /// The valid inputs from the front below `offset`, left in place.
+    func peek(partition p: Int32, below offset: Int64) -> [(offset: Int64, id: String)] {
+        guard let part = partitions[p] else { return [] }
+        var found: [(offset: Int64, id: String)] = []
+        var i = part.head
+        while i < part.entries.count, part.entries[i].offset < offset {
+            if let id = part.entries[i].id { found.append((part.entries[i].offset, id)) }
+            i += 1
+        }
+        return found
     }
 
     func sortAll() {

@@ -1,9 +1,17 @@
 import FraudModel
 
-/// Partitions whose oldest records retention (or a delete) removed before a batch audit could
-/// read them: each one's first offset still held. Offsets below it are gone, so the audit
-/// cannot check them, and must not call the records around the gap missing or orphan.
+/// Partitions whose records retention (or a delete) removed before the audit could read them:
+/// each one's first offset read after the gap (a batch audit: the first offset still held).
+/// Records below it that the audit did not read are gone, so it cannot check them, and must not
+/// call the records around the gap missing or orphan.
 public struct AuditTruncation: Sendable, Hashable {
+    /// Which of the topics the auditor reads lost records.
+    public enum Side: String, Sendable {
+        case input, output, deadLetter = "dead-letter"
+        /// The continuous auditor's own repartition topic (inputs forwarded between its tasks).
+        case repartition
+    }
+
     public var outputTopic: String
     public var deadLetterTopic: String
     /// Output partition → its first offset still held.
@@ -22,6 +30,36 @@ public struct AuditTruncation: Sendable, Hashable {
     }
 
     public var isEmpty: Bool { outputs.isEmpty && inputs.isEmpty && deadLetters.isEmpty }
+
+    /// Notes that `side`'s partition lost its records below `first`; false when that was known.
+    @discardableResult
+    mutating func deleted(_ side: Side, partition: Int32, below first: Int64) -> Bool {
+        func raise(_ map: inout [Int32: Int64]) -> Bool {
+            guard first > (map[partition] ?? 0) else { return false }
+            map[partition] = first
+            return true
+        }
+        switch side {
+        case .input: return raise(&inputs)
+        case .output: return raise(&outputs)
+        case .deadLetter: return raise(&deadLetters)
+        case .repartition: return false
+        }
+    }
+}
+
+extension AuditFinding {
+    /// The one `truncated` finding of a partition: records `from` to `to - 1` of `topic` were
+    /// deleted before the audit read them; `accounted` says what that explains.
+    static func truncated(_ side: AuditTruncation.Side, topic: String, partition: Int32, from: Int64, to: Int64,
+                          accounted: String) -> AuditFinding {
+        let position = AuditPosition.record(topic: topic, partition: partition, offset: to)
+        var finding = AuditFinding(kind: .truncated, input: side == .input ? position : nil, output: side == .input ? nil : position,
+                                   message: "\(side.rawValue) offsets \(from) to \(to - 1) were deleted before the audit read them (\(accounted))")
+        finding.firstDeleted = from
+        finding.lastDeleted = to - 1
+        return finding
+    }
 }
 
 /// What a reconciler knows and counts of a truncation while it audits.
@@ -34,7 +72,7 @@ public struct AuditTruncation: Sendable, Hashable {
 /// windows in input order, so the verdicts after the gap are checked against the state the
 /// processor had, and they are not missing.
 final class TruncationState {
-    let truncation: AuditTruncation
+    private(set) var truncation: AuditTruncation
     let inputTopic: String
     /// The output partition of a card (the processor's partitioner over the output topic).
     let laneOfCard: (String) -> Int32
@@ -51,11 +89,26 @@ final class TruncationState {
     var rejectedOfDeletedDeadLetters = 0
     /// Per dead-letter partition, the input offset of its first dead letter still held.
     private var firstDeadLetterSource: [Int32: Int64] = [:]
+    /// The continuous auditor's: the valid inputs of an input partition below an offset still
+    /// waiting in its stored ledger (which outlives the cycles and restarts this state does not),
+    /// in offset order. Nil (a batch audit): inputs are kept in ``waiting`` as they are read.
+    let waitingInLedger: ((Int32, Int64) -> [(offset: Int64, id: String)])?
 
-    init(_ truncation: AuditTruncation, inputTopic: String, laneOfCard: @escaping (String) -> Int32) {
+    init(_ truncation: AuditTruncation, inputTopic: String, laneOfCard: @escaping (String) -> Int32,
+         waitingInLedger: ((Int32, Int64) -> [(offset: Int64, id: String)])? = nil) {
         self.truncation = truncation
         self.inputTopic = inputTopic
         self.laneOfCard = laneOfCard
+        self.waitingInLedger = waitingInLedger
+    }
+
+    /// A further gap (the continuous auditor): a lane that lost more outputs is accounted for
+    /// again from its next output of each input partition, and a dead-letter partition from its
+    /// next dead letter.
+    func update(_ newer: AuditTruncation) {
+        for (lane, first) in newer.outputs where truncation.outputs[lane] != first { accounted[lane] = nil }
+        for (partition, first) in newer.deadLetters where truncation.deadLetters[partition] != first { firstDeadLetterSource[partition] = nil }
+        truncation = newer
     }
 
     var outputs: [Int32: Int64] { truncation.outputs }
@@ -65,7 +118,7 @@ final class TruncationState {
 
     /// Keeps a valid input of a truncated lane until that lane's first output of its partition.
     func indexInput(_ transaction: Transaction, position: AuditPosition) {
-        guard !truncation.outputs.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else { return }
+        guard waitingInLedger == nil, !truncation.outputs.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else { return }
         let lane = laneOfCard(transaction.cardId)
         guard truncation.outputs[lane] != nil, !isAccounted(lane: lane, partition: partition) else { return }
         waiting[partition, default: []].append((offset, lane, transaction.transactionId))
@@ -74,6 +127,7 @@ final class TruncationState {
     /// Takes the inputs of `partition` for `lane` below `offset`, and marks the pair accounted.
     func takeWaiting(partition: Int32, lane: Int32, below offset: Int64) -> [(offset: Int64, id: String)] {
         accounted[lane, default: []].insert(partition)
+        if let waitingInLedger { return waitingInLedger(partition, offset) }
         guard var entries = waiting[partition] else { return [] }
         var taken: [(offset: Int64, id: String)] = []
         entries.removeAll { entry in
@@ -140,6 +194,22 @@ extension AuditReconciler {
         self.truncation = truncation.isEmpty ? nil : TruncationState(truncation, inputTopic: inputTopic, laneOfCard: laneOfCard)
     }
 
+    /// The continuous auditor's task of `lane` (its output partition) knows of the partitions in
+    /// `truncation`, found while it ran: what it reads after each gap is judged with the same
+    /// rules as a batch audit's, and the inputs whose outputs were deleted are taken from its
+    /// stored ledger.
+    func updateTruncation(_ truncation: AuditTruncation, inputTopic: String, lane: Int32) {
+        guard !truncation.isEmpty else { return }
+        if let state = self.truncation {
+            state.update(truncation)
+            return
+        }
+        let waiting: (Int32, Int64) -> [(offset: Int64, id: String)] = { [ledger] partition, offset in
+            (ledger as? StoredAuditLedger)?.waitingInputs(partition: partition, below: offset) ?? []
+        }
+        self.truncation = TruncationState(truncation, inputTopic: inputTopic, laneOfCard: { _ in lane }, waitingInLedger: waiting)
+    }
+
     /// Before `lane`'s first output from an input partition after the gap: the inputs of that
     /// partition and lane still waiting before its source had their outputs deleted.
     func accountDeletedOutputs(of lane: Lane, before source: AuditPosition?, _ truncation: TruncationState) {
@@ -161,19 +231,16 @@ extension AuditReconciler {
     func reportTruncation() {
         guard let t = truncation else { return }
         for (partition, first) in t.truncation.inputs.sorted(by: { $0.key < $1.key }) {
-            report(AuditFinding(kind: .truncated, input: .record(topic: t.inputTopic, partition: partition, offset: first),
-                                message: "input offsets 0 to \(first - 1) were deleted before the audit read them"
-                                    + " (\(t.outputsOfDeletedInputs) outputs and \(t.deadLettersOfDeletedInputs) dead letters of deleted inputs in all partitions are not orphans)"))
+            report(.truncated(.input, topic: t.inputTopic, partition: partition, from: 0, to: first, accounted:
+                "\(t.outputsOfDeletedInputs) outputs and \(t.deadLettersOfDeletedInputs) dead letters of deleted inputs in all partitions are not orphans"))
         }
         for (partition, first) in t.truncation.outputs.sorted(by: { $0.key < $1.key }) {
-            report(AuditFinding(kind: .truncated, output: .record(topic: t.truncation.outputTopic, partition: partition, offset: first),
-                                message: "output offsets 0 to \(first - 1) were deleted before the audit read them"
-                                    + " (\(t.inputsOfDeletedOutputs[partition] ?? 0) inputs whose outputs were among them are not missing)"))
+            report(.truncated(.output, topic: t.truncation.outputTopic, partition: partition, from: 0, to: first, accounted:
+                "\(t.inputsOfDeletedOutputs[partition] ?? 0) inputs whose outputs were among them are not missing"))
         }
         for (partition, first) in t.truncation.deadLetters.sorted(by: { $0.key < $1.key }) {
-            report(AuditFinding(kind: .truncated, output: .record(topic: t.truncation.deadLetterTopic, partition: partition, offset: first),
-                                message: "dead-letter offsets 0 to \(first - 1) were deleted before the audit read them"
-                                    + " (\(t.rejectedOfDeletedDeadLetters) rejected inputs in all partitions whose dead letters were among them)"))
+            report(.truncated(.deadLetter, topic: t.truncation.deadLetterTopic, partition: partition, from: 0, to: first, accounted:
+                "\(t.rejectedOfDeletedDeadLetters) rejected inputs in all partitions whose dead letters were among them"))
         }
         truncation = nil
     }

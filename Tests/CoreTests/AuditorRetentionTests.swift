@@ -1,0 +1,115 @@
+import Foundation
+import Logging
+import Testing
+@testable import PolyglotSupport
+@testable import KafkaClient
+@testable import StreamEngine
+@testable import Roles
+
+/// The continuous auditor over topics whose records retention deleted before it read them: one
+/// `truncated` finding per partition with the offsets lost, and no `missing` or `orphan` for
+/// the records around the gap. The dev broker keeps about 5 MB per partition, so these tests
+/// fill a one-partition topic past that; on a real cluster they check nothing was deleted.
+@Suite("Continuous audit under retention", .serialized, .brokerHeavy)
+struct AuditorRetentionTests {
+    let logger: Logger = {
+        var l = Logger(label: "polyglot.test.audit.retention")
+        l.logLevel = .error
+        return l
+    }()
+
+    /// The first offset `topic`'s partition 0 still holds.
+    func logStart(_ topics: ProcessorTopics, _ topic: String) async throws -> Int64 {
+        let consumer = try topics.cluster.consumer()
+        let low = try await offPool { try consumer.queryWatermarks(KafkaTopicPartition(topic, 0), timeout: .seconds(10)).low }
+        await consumer.close()
+        return low
+    }
+
+    /// The findings of `auditor` (read_committed) as JSON objects.
+    func findings(_ topics: ProcessorTopics, _ auditor: ContinuousAuditor, count: Int) async throws -> [[String: Any]] {
+        try await topics.read(auditor.configuration.findingsTopic, count: count, timeout: .seconds(20)).compactMap { m in
+            try? JSONSerialization.jsonObject(with: Data(m.value ?? [])) as? [String: Any]
+        }
+    }
+
+    /// The processor processed 30,000 inputs, then its group committed past 5 more whose outputs
+    /// were never written; the dev broker dropped the oldest outputs. An auditor started from
+    /// scratch reports the output partition truncated, exactly the 5 as missing, and none of
+    /// the inputs whose outputs were deleted.
+    @Test func truncatedOutputIsTruncatedNotMissing() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
+        let n = 30_000
+        // Event times well before the produce time, so that none is in the future.
+        try await topics.produce(Workload.valid(count: n, cards: 400, start: Workload.epoch - 50_000_000).kafkaRecords)
+        let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(at: processorState)
+            try? FileManager.default.removeItem(at: auditorState)
+        }
+        try await run(StreamProcessor(configuration: topics.configuration(stateDirectory: processorState, guarantee: AuditPositionTests.guarantee),
+                                      logger: logger))
+        // Five inputs the group commits past without outputs: the true findings after the gap.
+        try await topics.produce(Workload.valid(count: 5, cards: 5, first: n, start: Workload.epoch - Int64(n) * 1_500 - 1_000_000).kafkaRecords)
+        let consumer = try cluster.consumer(group: topics.applicationID)
+        try await consumer.commit([KafkaTopicPartitionOffset(KafkaTopicPartition(topics.input, 0), offset: Int64(n + 5))])
+        await consumer.close()
+        let first = try await logStart(topics, topics.output)
+        if cluster.isMock { #expect(first > 0, "the dev broker kept every output: nothing to check") }
+        let auditor = try AuditPositionTests().auditor(topics, state: auditorState)
+        try await AuditPositionTests().audit(auditor) { $0.missing >= 5 && $0.outputs == n - Int(first) }
+        let c = auditor.counts
+        #expect(c.inputs == n + 5)
+        #expect(c.missing == 5 && c.orphan == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
+        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c)")
+        let found = try await findings(topics, auditor, count: c.missing + c.truncated + c.flagged)
+        let truncated = found.filter { $0["kind"] as? String == "truncated" }
+        #expect(truncated.count == c.truncated)
+        if let finding = truncated.first {
+            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+            #expect((finding["output"] as? [String: Any])?["topic"] as? String == topics.output, "\(finding)")
+        }
+        #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
+                == (n..<(n + 5)).map { "t-\($0)" }.sorted())
+    }
+
+    /// The processor processed 2,000 inputs, then further large inputs (not processed yet) pushed
+    /// the first ones out of the dev broker. An auditor started from scratch reports the input
+    /// partition truncated, and the outputs whose inputs were deleted are not orphans.
+    @Test func truncatedInputGivesNoOrphans() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
+        let processed = 2_000
+        try await topics.produce(Workload.valid(count: processed, cards: 40, start: Workload.epoch - 10_000_000).kafkaRecords)
+        let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(at: processorState)
+            try? FileManager.default.removeItem(at: auditorState)
+        }
+        try await run(StreamProcessor(configuration: topics.configuration(stateDirectory: processorState, guarantee: AuditPositionTests.guarantee),
+                                      logger: logger))
+        // 6,000 inputs of about 1 KB (ids of 1,000 bytes): over the 5 MB the dev broker keeps.
+        let padding = String(repeating: "x", count: 1_000)
+        let large: [(key: [UInt8]?, value: [UInt8]?)] = (0..<6_000).map { i in
+            let value = "{\"transactionId\":\"\(padding)-\(i)\",\"cardId\":\"c\(i % 40)\",\"amount\":1.00,\"timestamp\":\(Workload.epoch + Int64(i))}"
+            return (Array("c\(i % 40)".utf8), Array(value.utf8))
+        }
+        try await topics.produce(large)
+        let first = try await logStart(topics, topics.input)
+        if cluster.isMock { #expect(first > 0, "the dev broker kept every input: nothing to check") }
+        let inputs = processed + large.count - Int(first)
+        let auditor = try AuditPositionTests().auditor(topics, state: auditorState)
+        try await AuditPositionTests().audit(auditor) { $0.outputs == processed && $0.inputs == inputs }
+        let c = auditor.counts
+        #expect(c.orphan == 0 && c.missing == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
+        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c)")
+        let found = try await findings(topics, auditor, count: c.truncated + c.flagged)
+        let truncated = found.filter { $0["kind"] as? String == "truncated" }
+        #expect(truncated.count == c.truncated)
+        if let finding = truncated.first {
+            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+            #expect((finding["input"] as? [String: Any])?["topic"] as? String == topics.input, "\(finding)")
+        }
+    }
+}
