@@ -111,9 +111,6 @@ public final class KafkaConsumer: @unchecked Sendable {
         var topicNames: [Int: String] = [:]
         /// Where the consumer last reached the end of each partition (with `enable.partition.eof`).
         var partitionEnds: [KafkaTopicPartition: Int64] = [:]
-        /// Partitions whose fetch position was out of range with `auto.offset.reset=error`
-        /// (typically below the log start: retention deleted those records), and that position.
-        var offsetResets: [KafkaTopicPartition: Int64] = [:]
     }
     private let state = Mutex(State())
     /// The `group.id` in use (generated for assign-only readers that set none).
@@ -266,13 +263,6 @@ public final class KafkaConsumer: @unchecked Sendable {
                 state.withLock { $0.partitionEnds[partition] = max($0.partitionEnds[partition] ?? offset, offset) }
                 return nil
             }
-            if m.err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET {
-                // `auto.offset.reset=error`: the partition stops fetching until its owner seeks.
-                let partition = KafkaTopicPartition(topicName(m.rkt), m.partition)
-                let offset = m.offset
-                state.withLock { $0.offsetResets[partition] = offset }
-                return nil
-            }
             if let fatal = KafkaHandleFactory.fatalError(handle) { throw fatal }
             let detail = rd_kafka_message_errstr(message).map { String(cString: $0) }
             let error = KafkaError(m.err, detail: detail)
@@ -307,17 +297,6 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// high watermark once everything there is to read has been read.
     public func endOfPartition(_ partition: KafkaTopicPartition) -> Int64? {
         state.withLock { $0.partitionEnds[partition] }
-    }
-
-    /// The partitions whose fetch position was out of range since the last call, each with that
-    /// position (``KafkaOffset/invalid`` when the consumer had none), when `auto.offset.reset`
-    /// is `error`: librdkafka then stops fetching the partition rather than jump to its start or
-    /// end, until the owner seeks it.
-    public func takeOffsetResets() -> [KafkaTopicPartition: Int64] {
-        state.withLock { s in
-            defer { s.offsetResets.removeAll() }
-            return s.offsetResets
-        }
     }
 
     private func topicName(_ rkt: OpaquePointer?) -> String {

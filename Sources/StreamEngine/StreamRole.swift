@@ -38,8 +38,9 @@ public protocol StreamRole: AnyObject, SendableMetatype {
     var punctuationInterval: Duration? { get }
     /// Whether the role must hear of records deleted (by retention) before its tasks read them,
     /// through ``StreamTask/recordsDeleted(source:from:to:)``, rather than have the consumer skip
-    /// to the log start without a word (`auto.offset.reset=earliest`). A task without a position
-    /// then starts at offset 0, so a new group hears of what was deleted before it too.
+    /// to the log start without a word (`auto.offset.reset=earliest`): on the first record read
+    /// after the gap. A task without a position then starts at offset 0, so a new group hears of
+    /// what was deleted before it too.
     var reportsDeletedRecords: Bool { get }
 }
 

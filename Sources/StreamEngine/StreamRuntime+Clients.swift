@@ -75,12 +75,7 @@ extension StreamRuntime {
         // --until-end must see past the transaction markers that end its own repartition writes
         // (and any transactional input): the end-of-partition events carry the fetch position.
         if c.untilEnd { consumerConfig.set("enable.partition.eof", "true") }
-        if role.reportsDeletedRecords {
-            // Never skip deleted records silently: the run loop hears of each gap and tells the task.
-            consumerConfig.set("auto.offset.reset", "error")
-        } else {
-            consumerConfig.setDefault("auto.offset.reset", "earliest")
-        }
+        consumerConfig.setDefault("auto.offset.reset", "earliest")
         consumerConfig.setDefault("fetch.wait.max.ms", "10")
         consumerConfig.setConsumerPrefetchDefaults()
         return consumerConfig

@@ -20,7 +20,12 @@ extension StreamRuntime {
         else { return }
         if firstRecordAt == nil { firstRecordAt = ContinuousClock.now }
         let offset = m.offset
-        if let next = slot.next[source], offset < next { return }
+        if let next = slot.next[source] {
+            if offset < next { return }
+            if offset > next, role.reportsDeletedRecords {
+                try noticeDeletedRecords(slot, task, source: source, expected: next, topic: m.topic, partition: m.partition, offset: offset)
+            }
+        }
         if slot.committed[source] == nil { slot.committed[source] = offset }
         try coordinator.beginIfNeeded()
         try task.handle(m, source: source)
@@ -32,40 +37,26 @@ extension StreamRuntime {
         cycleRecords[source] += 1
     }
 
-    /// Partitions whose position was out of range (``StreamRole/reportsDeletedRecords``): when
-    /// the log now starts past the position, the records between were deleted before the task
-    /// read them. The task hears of them in the open cycle, its position moves to the log start
-    /// (committed with what the task made of it), and the partition fetches again from there.
-    /// Past the end (the topic was recreated, say), the partition starts again at the log start,
-    /// as `auto.offset.reset=earliest` would, with a warning.
-    func handleDeletedRecords() throws {
-        let resets = consumer.takeOffsetResets()
-        guard !resets.isEmpty else { return }
-        var seeks: [KafkaTopicPartitionOffset] = []
-        for (tp, failedAt) in resets.sorted(by: { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }) {
-            // A task not running yet seeks its partitions itself when it starts.
-            guard let slot = tasks.slot(tp.partition), let task = slot.task, let source = tasks.sourceIndex(tp.topic) else { continue }
-            let from = failedAt >= 0 ? failedAt : (slot.next[source] ?? 0)
-            let logStart = try consumer.queryWatermarks(tp, timeout: .seconds(30)).low
-            if logStart > from {
-                logger.warning("records were deleted before they were read", metadata: [
-                    "topic": "\(tp.topic)", "partition": .number(Int(tp.partition)), "from": "\(from)", "to": "\(logStart - 1)",
-                ])
-                try coordinator.beginIfNeeded()
-                try task.recordsDeleted(source: source, from: from, to: logStart)
-                if cycleOpenedAt == nil { cycleOpenedAt = .now }
-                slot.next[source] = logStart
-                if slot.committed[source] == nil { slot.committed[source] = from }
-                slot.changed = true
-            } else {
-                logger.warning("position out of range; reading again from the log start", metadata: [
-                    "topic": "\(tp.topic)", "partition": .number(Int(tp.partition)), "position": "\(from)", "log_start": "\(logStart)",
-                ])
-                slot.next[source] = logStart
-            }
-            seeks.append(KafkaTopicPartitionOffset(tp, offset: logStart))
-        }
-        try consumer.seek(seeks, timeout: .seconds(30))
+    /// A record past the next offset expected (``StreamRole/reportsDeletedRecords``): transaction
+    /// markers and aborted records leave such gaps, and so does a position below the log start,
+    /// from which the consumer moved to the log start (`auto.offset.reset=earliest`). The log
+    /// start of the fetch that brought the record tells them apart: when it is past the expected
+    /// offset, the records from there to the log start (or to this record, when the log start
+    /// moved past it since) were deleted before the task read them, and the task hears of them
+    /// in the open cycle, before the record itself.
+    @inline(never)
+    func noticeDeletedRecords(_ slot: TaskSlot<Role>, _ task: Role.Task, source: Int, expected: Int64,
+                              topic: String, partition: Int32, offset: Int64) throws {
+        let tp = KafkaTopicPartition(topic, partition)
+        guard let low = consumer.cachedWatermarks(tp)?.low, low > expected else { return }
+        let to = min(low, offset)
+        logger.warning("records were deleted before they were read", metadata: [
+            "topic": "\(topic)", "partition": .number(Int(partition)), "from": "\(expected)", "to": "\(to - 1)",
+        ])
+        try coordinator.beginIfNeeded()
+        try task.recordsDeleted(source: source, from: expected, to: to)
+        slot.next[source] = to
+        slot.changed = true
     }
 
     /// Runs every running task's wall-clock work inside the open cycle.

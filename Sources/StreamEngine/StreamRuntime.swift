@@ -235,7 +235,6 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                     if waited == nil { waited = ContinuousClock.now }
                     try handle(m)
                 }
-                if role.reportsDeletedRecords { try handleDeletedRecords() }
             } catch let abort as TransactionAbortRequired {
                 logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
                 try abortAndRewind()

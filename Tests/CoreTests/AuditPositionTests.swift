@@ -26,7 +26,7 @@ struct AuditPositionTests {
 
     /// An auditor whose settle time is far shorter than any wait in these tests: waiting decides nothing.
     func auditor(_ topics: ProcessorTopics, state: URL, stallAfter: Duration = .seconds(300),
-                 kafka extra: [String: String] = [:]) throws -> ContinuousAuditor {
+                 kafka extra: [String: String] = [:], processorGroup: String? = nil) throws -> ContinuousAuditor {
         let group = "audit-\(UUID().uuidString.prefix(8).lowercased())"
         for topic in ["\(group)-ledger-changelog", "\(group)-repartition", "\(group)-findings"] {
             try? topics.cluster.createExactTopic(topic, partitions: topics.partitions)
@@ -37,7 +37,7 @@ struct AuditPositionTests {
         for (k, v) in extra { runtime.kafka.set(k, v) }
         let configuration = AuditorConfiguration(
             pipeline: runtime, audit: AuditConfiguration(fingerprintDigest: runtime.fingerprintDigest),
-            findingsTopic: "\(group)-findings", processorGroup: topics.applicationID, settle: .milliseconds(500),
+            findingsTopic: "\(group)-findings", processorGroup: processorGroup ?? topics.applicationID, settle: .milliseconds(500),
             stallAfter: stallAfter, probeInterval: .milliseconds(200))
         return try ContinuousAuditor(configuration: configuration, logger: logger)
     }

@@ -33,7 +33,7 @@ struct AuditorRetentionTests {
         }
     }
 
-    /// The processor processed 30,000 inputs, then its group committed past 5 more whose outputs
+    /// The processor processed 30,000 inputs, then a group committed past 5 more whose outputs
     /// were never written; the dev broker dropped the oldest outputs. An auditor started from
     /// scratch reports the output partition truncated, exactly the 5 as missing, and none of
     /// the inputs whose outputs were deleted.
@@ -52,12 +52,15 @@ struct AuditorRetentionTests {
                                       logger: logger))
         // Five inputs the group commits past without outputs: the true findings after the gap.
         try await topics.produce(Workload.valid(count: 5, cards: 5, first: n, start: Workload.epoch - Int64(n) * 1_500 - 1_000_000).kafkaRecords)
-        let consumer = try cluster.consumer(group: topics.applicationID)
+        // What the auditor reads as the processor's progress: past the 30,005 inputs. (A group of
+        // its own: librdkafka's mock refuses a commit from outside a group that had members.)
+        let progressGroup = "\(topics.applicationID)-progress"
+        let consumer = try cluster.consumer(group: progressGroup)
         try await consumer.commit([KafkaTopicPartitionOffset(KafkaTopicPartition(topics.input, 0), offset: Int64(n + 5))])
         await consumer.close()
         let first = try await logStart(topics, topics.output)
         if cluster.isMock { #expect(first > 0, "the dev broker kept every output: nothing to check") }
-        let auditor = try AuditPositionTests().auditor(topics, state: auditorState)
+        let auditor = try AuditPositionTests().auditor(topics, state: auditorState, processorGroup: progressGroup)
         try await AuditPositionTests().audit(auditor) { $0.missing >= 5 && $0.outputs == n - Int(first) }
         let c = auditor.counts
         #expect(c.inputs == n + 5)
