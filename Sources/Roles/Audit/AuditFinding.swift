@@ -259,3 +259,22 @@ public struct AuditCounts: Sendable, Hashable {
         }
     }
 }
+
+extension AuditCounts {
+    mutating func add(_ other: AuditCounts) {
+        inputs += other.inputs
+        outputs += other.outputs
+        deadLetters += other.deadLetters
+        missing += other.missing
+        duplicate += other.duplicate
+        orphan += other.orphan
+        mismatch += other.mismatch
+        highValue += other.highValue
+        flagged += other.flagged
+        drift += other.drift
+        unreadable += other.unreadable
+        stalled += other.stalled
+        resumed += other.resumed
+        truncated += other.truncated
+    }
+}

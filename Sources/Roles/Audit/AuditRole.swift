@@ -550,25 +550,6 @@ public final class AuditTask: StreamTask {
     }
 }
 
-extension AuditCounts {
-    mutating func add(_ other: AuditCounts) {
-        inputs += other.inputs
-        outputs += other.outputs
-        deadLetters += other.deadLetters
-        missing += other.missing
-        duplicate += other.duplicate
-        orphan += other.orphan
-        mismatch += other.mismatch
-        highValue += other.highValue
-        flagged += other.flagged
-        drift += other.drift
-        unreadable += other.unreadable
-        stalled += other.stalled
-        resumed += other.resumed
-        truncated += other.truncated
-    }
-}
-
 extension RoleRunner where Role == AuditRole {
     /// `observer` hears of each commit (``RoleMetrics`` is one).
     public convenience init(configuration: AuditorConfiguration, logger: Logger = Logger(label: "polyglot.audit"),
