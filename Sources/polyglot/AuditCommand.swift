@@ -8,7 +8,7 @@ import KafkaClient
 import Observability
 import Roles
 
-struct AuditCommand: AsyncParsableCommand, LoggingCommand {
+struct AuditCommand: SettingsCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Recompute every verdict and report drift (SEMANTICS.md §5).",
@@ -79,8 +79,10 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
     var applicationId: String? { continuous.applicationId }
     var stallAfter: String? { continuous.stallAfter }
 
-    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
-        try observability.logLevel(environment: environment, configFile: runtime.config)
+    var settingsFile: String? { runtime.config }
+
+    func logLevel(settings layers: SettingsLayers) throws(ConfigurationError) -> Logger.Level {
+        try observability.logLevel(settings: layers)
     }
 
     func validate() throws {
@@ -106,13 +108,12 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         return settings
     }
 
-    func run() async throws {
-        if once { return try runOnce() }
-        if files.isEmpty { return try await runContinuously() }
+    func run(settings layers: SettingsLayers) async throws {
+        if once { return try runOnce(layers) }
+        if files.isEmpty { return try await runContinuously(layers) }
         let parameters: DetectorParameters
         do throws(ConfigurationError) {
-            let settings = runtime.settings
-            parameters = try settings.detectorParameters(environment: settings.mergedEnvironment(ProcessInfo.processInfo.environment))
+            parameters = try runtime.settings.detectorParameters(environment: layers.environment)
         } catch {
             throw ValidationError(error.message)
         }
@@ -123,12 +124,11 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
         try reporting { sink in try FileAudit(options: options).run { findings throws(FileIOError) in try sink(findings) } }
     }
 
-    private func runContinuously() async throws {
+    private func runContinuously(_ layers: SettingsLayers) async throws {
         let settings = auditorSettings()
         let configuration: AuditorConfiguration
         let endpoints: ObservabilityConfiguration
         do {
-            let layers = try SettingsLayers(configFile: settings.processor.configFile, environment: ProcessInfo.processInfo.environment)
             configuration = try settings.resolve(layers: layers)
             endpoints = try observability.settings.resolve(environment: layers.environment,
                                                            defaultMetricsPort: ObservabilitySettings.auditMetricsPort)
@@ -187,10 +187,10 @@ struct AuditCommand: AsyncParsableCommand, LoggingCommand {
 
     /// The auditor's settings, resolved as process resolves its own, give the topics, the Kafka
     /// properties and the detector.
-    private func runOnce() throws {
+    private func runOnce(_ layers: SettingsLayers) throws {
         let auditor: AuditorConfiguration
         do {
-            auditor = try auditorSettings().resolve()
+            auditor = try auditorSettings().resolve(layers: layers)
         } catch {
             throw ValidationError(error.message)
         }

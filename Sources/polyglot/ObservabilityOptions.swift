@@ -31,11 +31,9 @@ struct ObservabilityOptions: ParsableArguments {
         return settings
     }
 
-    /// The level, over `environment` merged with the role's settings file.
-    func logLevel(environment: [String: String], configFile: String?) throws(ConfigurationError) -> Logger.Level {
-        var processor = ProcessorSettings()
-        processor.configFile = configFile
-        return try settings.resolveLogLevel(environment: processor.mergedEnvironment(environment))
+    /// The level, over the environment merged with the role's settings file.
+    func logLevel(settings layers: SettingsLayers) throws(ConfigurationError) -> Logger.Level {
+        try settings.resolveLogLevel(environment: layers.environment)
     }
 
     /// The endpoints' service for a role, nil when they are off.

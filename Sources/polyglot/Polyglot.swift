@@ -30,7 +30,16 @@ struct Polyglot: AsyncParsableCommand {
     static func main() async {
         do {
             var command = try parseAsRoot()
-            LogOutput.bootstrap(level: try logLevel(of: command, environment: ProcessInfo.processInfo.environment))
+            let environment = ProcessInfo.processInfo.environment
+            if let configured = command as? any SettingsCommand {
+                // Read once: the level logging starts with and everything the command resolves
+                // come from the same reading of the file.
+                let settings = try configured.readSettings(environment: environment)
+                LogOutput.bootstrap(level: try configured.startingLogLevel(settings: settings))
+                try await configured.run(settings: settings)
+                return
+            }
+            LogOutput.bootstrap(level: try logLevel(of: command, environment: environment))
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -75,8 +84,47 @@ extension Polyglot {
     }
 }
 
-/// A command with `--log-level`: its level (flag, then `POLYGLOT_LOG_LEVEL`, then its settings
-/// file) is the one logging starts with.
+/// A command with `--log-level` and no settings file: its level (flag, then `POLYGLOT_LOG_LEVEL`)
+/// is the one logging starts with.
 protocol LoggingCommand {
     func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level
+}
+
+/// A command that reads a settings file (`--config`, else `POLYGLOT_CONFIG`). The file is read
+/// once per start, before logging starts; the log level and every other setting resolve over
+/// that one reading, so a file replaced meanwhile, or a pipe (`--config <(...)`, which can be
+/// read only once), cannot give the command two different sets of settings.
+protocol SettingsCommand: AsyncParsableCommand {
+    /// `--config`; nil: `POLYGLOT_CONFIG`, else no file.
+    var settingsFile: String? { get }
+    /// The level logging starts with: `--log-level`, then `POLYGLOT_LOG_LEVEL` from the
+    /// environment over the file.
+    func logLevel(settings: SettingsLayers) throws(ConfigurationError) -> Logger.Level
+    /// Runs over the settings read at start.
+    func run(settings: SettingsLayers) async throws
+}
+
+extension SettingsCommand {
+    /// The environment over the settings file, read now; a bad file is one line.
+    func readSettings(environment: [String: String]) throws -> SettingsLayers {
+        do throws(ConfigurationError) {
+            return try SettingsLayers(configFile: settingsFile, environment: environment)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    func startingLogLevel(settings: SettingsLayers) throws -> Logger.Level {
+        do throws(ConfigurationError) {
+            return try logLevel(settings: settings)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    /// Reads the settings and runs: for a caller that is not the binary's entry point, which
+    /// reads them before logging starts and calls ``run(settings:)`` itself.
+    func run() async throws {
+        try await run(settings: readSettings(environment: ProcessInfo.processInfo.environment))
+    }
 }

@@ -7,7 +7,7 @@ import KafkaClient
 import Observability
 import Roles
 
-struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
+struct ProcessCommand: SettingsCommand {
     static let configuration = CommandConfiguration(
         commandName: "process",
         abstract: "Run the fraud detector on Kafka, exactly once, with SQLite window state.",
@@ -41,18 +41,19 @@ struct ProcessCommand: AsyncParsableCommand, LoggingCommand {
 
     @OptionGroup var observability: ObservabilityOptions
 
-    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
-        try observability.logLevel(environment: environment, configFile: runtime.config)
+    var settingsFile: String? { runtime.config }
+
+    func logLevel(settings layers: SettingsLayers) throws(ConfigurationError) -> Logger.Level {
+        try observability.logLevel(settings: layers)
     }
 
-    func run() async throws {
+    func run(settings layers: SettingsLayers) async throws {
         var settings = runtime.settings
         settings.applicationID = applicationId
         let configuration: ProcessorConfiguration
         let endpoints: ObservabilityConfiguration
         let service: ProcessorService
         do {
-            let layers = try SettingsLayers(configFile: settings.configFile, environment: ProcessInfo.processInfo.environment)
             configuration = try settings.resolve(layers: layers)
             endpoints = try observability.settings.resolve(environment: layers.environment,
                                                            defaultMetricsPort: ObservabilitySettings.processMetricsPort)

@@ -5,7 +5,7 @@ import PolyglotSupport
 import KafkaClient
 import Roles
 
-struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
+struct ProduceCommand: SettingsCommand {
     static let configuration = CommandConfiguration(
         commandName: "produce",
         abstract: "Load a JSONL file into the input topic, each record on its card's partition.",
@@ -51,10 +51,10 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
     @Option(help: "Log level of the Kafka client's lines: trace, debug, info, notice, warning, error or critical; env or settings file POLYGLOT_LOG_LEVEL (default: none, only the summary or the failure).")
     var logLevel: String?
 
-    func logLevel(environment: [String: String]) throws(ConfigurationError) -> Logger.Level {
-        var file = ProcessorSettings()
-        file.configFile = config
-        let environment = try file.mergedEnvironment(environment)
+    var settingsFile: String? { config }
+
+    func logLevel(settings layers: SettingsLayers) throws(ConfigurationError) -> Logger.Level {
+        let environment = layers.environment
         // librdkafka's lines repeat what the one-line failure says: shown only when asked for.
         guard logLevel != nil || !(environment[Setting.logLevel.variable] ?? "").isEmpty else { return .critical }
         var settings = ObservabilitySettings()
@@ -62,7 +62,7 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
         return try settings.resolveLogLevel(environment: environment)
     }
 
-    func run() async throws {
+    func run(settings layers: SettingsLayers) async throws {
         var settings = InputLoaderSettings(input: input)
         settings.bootstrapServers = bootstrapServers
         settings.inputTopic = inputTopic
@@ -73,8 +73,8 @@ struct ProduceCommand: AsyncParsableCommand, LoggingCommand {
         let configuration: InputLoaderConfiguration
         var logger = Logger(label: "polyglot.produce")
         do {
-            configuration = try settings.resolve()
-            logger.logLevel = try logLevel(environment: ProcessInfo.processInfo.environment)
+            configuration = try settings.resolve(layers: layers)
+            logger.logLevel = try logLevel(settings: layers)
         } catch {
             throw ValidationError(error.message)
         }

@@ -30,7 +30,12 @@ public struct InputLoaderSettings: Sendable {
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.
     public func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> InputLoaderConfiguration {
-        let layers = try SettingsLayers(configFile: configFile, environment: environment)
+        try resolve(layers: SettingsLayers(configFile: configFile, environment: environment))
+    }
+
+    /// Resolves over settings already read (the file is read once per start); ``configFile``
+    /// is not read again.
+    public func resolve(layers: SettingsLayers) throws(ConfigurationError) -> InputLoaderConfiguration {
         let kafka = try layers.kafka(properties: kafkaProperties, bootstrapServers: bootstrapServers)
         guard let servers = kafka.bootstrapServers, !servers.isEmpty else {
             throw ConfigurationError("no Kafka bootstrap servers: set --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS")
