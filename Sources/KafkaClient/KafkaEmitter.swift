@@ -1,5 +1,4 @@
 internal import CRdKafka
-import Dispatch
 import Foundation
 import Synchronization
 
@@ -75,9 +74,8 @@ public final class KafkaEmitter: @unchecked Sendable {
     /// Emptied batches, for reuse (guarded: both threads use it).
     private let spare = Mutex<[Batch]>([])
     private let failure = Mutex<KafkaError?>(nil)
-    /// Batches handed over and not yet produced, and a signal for ``drain()``.
-    private let pending = Mutex(0)
-    private let drained = DispatchSemaphore(value: 0)
+    /// Batches handed over and not yet produced: ``drain()`` waits for none.
+    private let pending = ConditionLock(0)
     private var thread: DedicatedThread?
 
     private var current = Batch()
@@ -155,7 +153,7 @@ public final class KafkaEmitter: @unchecked Sendable {
     public func drain() throws(KafkaError) {
         precondition(!isHolding, "drain while holding")
         send()
-        while pending.withLock({ $0 }) > 0 { drained.wait() }
+        pending.wait(until: { $0 == 0 }) { _ in }
         if let error = failure.withLock({ f -> KafkaError? in defer { f = nil }; return f }) { throw error }
     }
 
@@ -193,7 +191,6 @@ public final class KafkaEmitter: @unchecked Sendable {
             }
             recycle(batch)
             pending.withLock { $0 -= 1 }
-            drained.signal()
         }
     }
 

@@ -458,28 +458,20 @@ func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawPointer?, Int) ->
 final class PollLoop: Sendable {
     private struct Gate {
         var paused = false
-        var waiting = false
+        var stopped = false
+        var finished = false
     }
 
-    private let stopped = Atomic<Bool>(false)
-    private let finished = DispatchSemaphore(value: 0)
-    private let gate = Mutex(Gate())
-    private let resumed = DispatchSemaphore(value: 0)
+    private let gate = ConditionLock(Gate())
 
     init(name: String, _ body: @escaping @Sendable () -> Void) {
         DedicatedThread.detach(name: name) { [self] in
-            while !self.stopped.load(ordering: .acquiring) {
-                let mustWait = self.gate.withLock { g -> Bool in
-                    if g.paused { g.waiting = true }
-                    return g.paused
-                }
-                if mustWait {
-                    self.resumed.wait()
-                    continue
-                }
+            // Waits while paused; each call of the body is one poll with its own timeout, so
+            // taking the lock once per call costs nothing next to it.
+            while gate.wait(until: { !$0.paused || $0.stopped }, then: { !$0.stopped }) {
                 body()
             }
-            self.finished.signal()
+            gate.withLock { $0.finished = true }
         }
     }
 
@@ -489,20 +481,12 @@ final class PollLoop: Sendable {
     }
 
     func resume() {
-        let wake = gate.withLock { g -> Bool in
-            defer {
-                g.paused = false
-                g.waiting = false
-            }
-            return g.waiting
-        }
-        if wake { resumed.signal() }
+        gate.withLock { $0.paused = false }
     }
 
     /// Asks the loop to stop and waits for its current iteration to end.
     func stop() {
-        if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
-        resume()
-        finished.wait()
+        gate.withLock { $0.stopped = true }
+        gate.wait(until: { $0.finished }) { _ in }
     }
 }

@@ -6,64 +6,43 @@ import Glibc
 /// A bounded blocking queue between two dedicated threads (never the Swift cooperative pool:
 /// `take` and `put` block).
 ///
-/// pthread mutex and condition variables rather than an actor or AsyncStream: the replay
-/// pipeline hands over a batch every few thousand records from plain threads, and an await per
-/// batch would put its threads' work on the cooperative pool.
-package final class HandoffQueue<Element>: @unchecked Sendable {
-    // All state is guarded by `mutex`.
-    private var items: [Element] = []
-    private var closed = false
+/// A ``ConditionLock`` rather than an actor or AsyncStream: the replay pipeline hands over a
+/// batch every few thousand records from plain threads, and an await per batch would put its
+/// threads' work on the cooperative pool.
+package final class HandoffQueue<Element>: Sendable {
+    private struct Contents {
+        var items: [Element] = []
+        var closed = false
+    }
+
+    private let contents = ConditionLock(Contents())
     private let limit: Int
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let notEmpty = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private let notFull = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
     package init(limit: Int) {
         self.limit = limit
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(notEmpty, nil)
-        pthread_cond_init(notFull, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(notFull)
-        pthread_cond_destroy(notEmpty)
-        pthread_mutex_destroy(mutex)
-        notFull.deallocate()
-        notEmpty.deallocate()
-        mutex.deallocate()
     }
 
     /// Blocks while the queue is full. Returns false (dropping `element`) once closed.
     @discardableResult
     package func put(_ element: Element) -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while items.count >= limit && !closed { pthread_cond_wait(notFull, mutex) }
-        if closed { return false }
-        items.append(element)
-        pthread_cond_signal(notEmpty)
-        return true
+        let limit = self.limit
+        return contents.wait(until: { $0.items.count < limit || $0.closed }) { c in
+            if c.closed { return false }
+            c.items.append(element)
+            return true
+        }
     }
 
     /// Blocks until an element is available; nil once closed and drained.
     package func take() -> Element? {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while items.isEmpty && !closed { pthread_cond_wait(notEmpty, mutex) }
-        if items.isEmpty { return nil }
-        let element = items.removeFirst()
-        pthread_cond_signal(notFull)
-        return element
+        contents.wait(until: { !$0.items.isEmpty || $0.closed }) { c in
+            c.items.isEmpty ? nil : c.items.removeFirst()
+        }
     }
 
     /// Wakes every waiter; `take` drains what is left, then returns nil.
     package func close() {
-        pthread_mutex_lock(mutex)
-        closed = true
-        pthread_cond_broadcast(notEmpty)
-        pthread_cond_broadcast(notFull)
-        pthread_mutex_unlock(mutex)
+        contents.withLock { $0.closed = true }
     }
 }
 

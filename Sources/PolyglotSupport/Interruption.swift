@@ -25,6 +25,9 @@ public enum Interruption {
     /// the line it prints.
     public static func install(command: String) {
         guard !installed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Dispatch's signal sources, not a dedicated thread in sigwait(): sigwait needs the
+        // signal blocked in every thread, and threads started before this call (the Swift
+        // runtime's, librdkafka's) keep the signal mask they started with.
         let queue = DispatchQueue(label: "polyglot.interruption")
         for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
             // The default action would end the process at once; the source receives it instead.

@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import Synchronization
 import PolyglotSupport
@@ -92,11 +91,8 @@ public final class TransactionCoordinator: @unchecked Sendable {
         public var retries = 0
     }
 
-    private final class CommitOutcome: Sendable {
-        let result = Mutex<Result<Void, KafkaError>?>(nil)
-        let retries = Mutex(0)
-        let done = DispatchSemaphore(value: 0)
-    }
+    /// What the commit thread reports: the result (nil while it runs) and the retries it made.
+    private typealias CommitOutcome = ConditionLock<(result: Result<Void, KafkaError>?, retries: Int)>
 
     public let client: any TransactionClient
     /// How often a retriable error is retried before it counts as abortable.
@@ -174,7 +170,7 @@ public final class TransactionCoordinator: @unchecked Sendable {
     public func startCommit() {
         precondition(state == .open, "commit outside an open transaction")
         state = .committing
-        let outcome = CommitOutcome()
+        let outcome = CommitOutcome((nil, 0))
         self.outcome = outcome
         let client = self.client
         let maxRetries = self.maxRetries
@@ -197,9 +193,7 @@ public final class TransactionCoordinator: @unchecked Sendable {
                 break
             }
             let retried = attempt
-            outcome.result.withLock { $0 = result }
-            outcome.retries.withLock { $0 = retried }
-            outcome.done.signal()
+            outcome.withLock { $0 = (result, retried) }
         }
     }
 
@@ -208,14 +202,11 @@ public final class TransactionCoordinator: @unchecked Sendable {
     /// rewinds); a fatal one throws ``TransactionFatalError``.
     public func finishCommit(wait: Bool) throws -> Result<Void, TransactionAbortRequired>? {
         guard state == .committing, let outcome else { return nil }
-        if wait {
-            outcome.done.wait()
-        } else if outcome.done.wait(timeout: .now()) == .timedOut {
-            return nil
-        }
+        let reported = wait ? outcome.wait(until: { $0.result != nil }, then: { $0 }) : outcome.withLock { $0 }
+        guard let result = reported.result else { return nil }
         self.outcome = nil
-        counters.retries += outcome.retries.withLock { $0 }
-        switch outcome.result.withLock({ $0 })! {
+        counters.retries += reported.retries
+        switch result {
         case .success:
             state = .idle
             counters.committed += 1

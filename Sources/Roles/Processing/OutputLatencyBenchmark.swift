@@ -101,10 +101,10 @@ public struct OutputLatencyBenchmark: Sendable {
         // Each phase's ids carry a run tag and the phase number: `lat-<tag>-<phase>-<n>`.
         let tag = String(UUID().uuidString.prefix(8)).lowercased()
         let shared = ReaderState(phases: o.rates.count)
-        let readerDone = DispatchSemaphore(value: 0)
+        let readerDone = ConditionLock(false)
         let prefix = Array("{\"transactionId\":\"lat-\(tag)-".utf8)
         DedicatedThread.detach(name: "latency-reader") {
-            defer { readerDone.signal() }
+            defer { readerDone.withLock { $0 = true } }
             do {
                 var pending: [(Int, Int64)] = []
                 while !shared.stop.load(ordering: .acquiring),
@@ -128,7 +128,7 @@ public struct OutputLatencyBenchmark: Sendable {
         }
         defer {
             shared.stop.store(true, ordering: .releasing)
-            readerDone.wait()
+            readerDone.wait(until: { $0 }) { _ in }
         }
         let topic = try producer.topic(o.inputTopic)
         var sentPerPhase: [Int] = []
@@ -171,8 +171,7 @@ public struct OutputLatencyBenchmark: Sendable {
         }
         shared.expected.store(sentPerPhase.reduce(0, +), ordering: .releasing)
         // Outputs still in flight arrive within the drain timeout, or count as not received.
-        let drained = readerDone.wait(timeout: .now() + .milliseconds(Int(Self.seconds(o.drainTimeout) * 1000)))
-        if drained == .success { readerDone.signal() }
+        readerDone.wait(until: { $0 }, timeout: .milliseconds(Int(Self.seconds(o.drainTimeout) * 1000))) { _, _ in }
         shared.stop.store(true, ordering: .releasing)
         if let failure = shared.failure.withLock({ $0 }) {
             throw KafkaError(code: -1, name: "BENCH", message: "the reader failed: \(failure)")
