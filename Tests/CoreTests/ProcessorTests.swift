@@ -425,6 +425,10 @@ struct ProcessorTests {
         let mock = try #require(cluster.mock)
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         let workload = Workload.valid(count: 900, cards: 15)
+        // The mock picks each partition's leader at random, so the processor's consumer may
+        // never connect to broker 3, and then never see it go down. Broker 3 leads every input
+        // partition: the consumer must fetch from it.
+        for p in 0..<Int32(topics.partitions) { try mock.setPartitionLeader(topic: topics.input, partition: p, brokerID: 3) }
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
         let recorder = TransactionRecorder()
@@ -447,7 +451,7 @@ struct ProcessorTests {
             // leader is down, so a wait on it never ends.
             let connected = try await waitUntil(within: .seconds(30)) {
                 let view = processor.statistics.broker
-                return view.statisticsReports > 0 && view.brokersUp > 1
+                return view.statisticsReports > 0 && view.brokersUp > 1 && processor.statistics.outputs > 0
             }
             #expect(connected, "the processor's consumer reported no connected brokers: \(processor.statistics.broker)")
             let before = processor.statistics.broker
