@@ -70,7 +70,7 @@ struct BrokerHeavyTrait: SuiteTrait, TestTrait, TestScoping {
     }
 
     /// Broker-heavy test cases running at once.
-    static let slots = 4
+    static let slots = 6
     static let gate = AsyncGate(permits: slots)
 }
 
