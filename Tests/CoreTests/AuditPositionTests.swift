@@ -130,7 +130,7 @@ struct AuditPositionTests {
                 try mock.setPartitionLeader(topic: topic, partition: p, brokerID: 1)
             }
         }
-        let workload = Workload.valid(count: 2_000, cards: 16)
+        let workload = Workload.valid(count: 1_000, cards: 16)
         let n = workload.records.count
         try await topics.produce(workload.kafkaRecords)
         let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()

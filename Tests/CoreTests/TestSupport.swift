@@ -47,9 +47,9 @@ func fileMode(_ path: String) throws -> Int {
 
 /// Bounds how many tests that start brokers and processors run at once, whichever suite they
 /// are in. Such a test mostly waits (a group join on the dev broker takes 3 s, a rebalance
-/// `session.timeout.ms` minus 1 s, a full run uses about half a core on average), so a few side
-/// by side keep a 2-core machine busy without oversubscribing it; many more at once and
-/// timeouts and rebalances, not the code, decide the results. Each test has its own mock
+/// `session.timeout.ms` minus 1 s, a slow broker by design), so six side by side still leave a
+/// 2-core machine under one core busy on average over a full `swift test`; many more at once and
+/// timeouts and rebalances, not the code, would decide the results. Each test has its own mock
 /// cluster, topics and state directories, so they share nothing but the CPU. Apply to a suite:
 /// each of its test cases takes a slot for its whole run, tests marked ``LongBrokerTestTrait``
 /// first, so the longest ones do not start last and hold up the end of the run.
