@@ -418,7 +418,7 @@ struct ProcessorTests {
         #expect(differences(seen, try Workload.expected(workload.records, parameters: parameters)) == [])
     }
 
-    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
+    @Test(.aloneOnTheBroker, .enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
     func recoversFromInjectedFaults(kind: WindowKind) async throws {
         let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster(brokers: 3)
