@@ -9,7 +9,7 @@ import Testing
 /// The continuous auditor decides missing and orphan from positions: a stopped, lagging or
 /// restarting processor and an auditor reading one topic far ahead of another give no false
 /// finding, and inputs the processor committed past without output are exactly the missing ones.
-@Suite("Continuous audit from positions", .serialized, .brokerHeavy)
+@Suite("Continuous audit from positions", .brokerHeavy)
 struct AuditPositionTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.audit.positions")
@@ -58,7 +58,7 @@ struct AuditPositionTests {
     /// The processor stopped while inputs keep coming, for longer than the stall time, then
     /// started again and caught up: the auditor reports the partitions stalled and resumed, and
     /// nothing missing, orphan, duplicate or mismatched.
-    @Test func stoppedProcessorIsStalledNotMissing() async throws {
+    @Test(.longOnTheBroker) func stoppedProcessorIsStalledNotMissing() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
         let workload = Workload.valid(count: 900, cards: 12)
@@ -120,7 +120,7 @@ struct AuditPositionTests {
 
     /// An auditor started from scratch over a processed backlog whose output partitions are
     /// read far behind the input (their broker answers slowly, a fetch at a time): clean.
-    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock))
+    @Test(.longOnTheBroker, .enabled(if: TestCluster.usesMock, TestCluster.needsMock))
     func outputsReadFarBehindInputsIsClean() async throws {
         let cluster = try TestCluster(brokers: 2)
         let mock = try #require(cluster.mock)
@@ -130,7 +130,7 @@ struct AuditPositionTests {
                 try mock.setPartitionLeader(topic: topic, partition: p, brokerID: 1)
             }
         }
-        let workload = Workload.valid(count: 2_000, cards: 16)
+        let workload = Workload.valid(count: 1_000, cards: 16)
         let n = workload.records.count
         try await topics.produce(workload.kafkaRecords)
         let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()
@@ -169,7 +169,7 @@ struct AuditPositionTests {
 /// group that commits only through transactions shows no committed offset there; a real cluster
 /// keeps them. The continuous auditor reads the processor group's committed offsets, so on the
 /// dev broker it learns an exactly-once processor's progress from nothing.
-@Suite("Mock cluster: offsets committed in a transaction", .serialized, .brokerHeavy)
+@Suite("Mock cluster: offsets committed in a transaction", .brokerHeavy)
 struct MockTransactionOffsetTests {
     @Test func transactionalOffsetCommitsAreKeptOnlyByARealCluster() async throws {
         let cluster = try TestCluster()

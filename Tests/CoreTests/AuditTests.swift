@@ -3,7 +3,7 @@ import Testing
 @testable import FraudModel
 @testable import Roles
 
-@Suite("Audit", .brokerHeavy, .serialized)
+@Suite("Audit", .brokerHeavy)
 struct AuditTests {
     static let own = String(repeating: "a", count: 64)
 

@@ -10,7 +10,7 @@ import Testing
 /// `truncated` finding per partition with the offsets lost, and no `missing` or `orphan` for
 /// the records around the gap. The dev broker keeps about 5 MB per partition, so these tests
 /// fill a one-partition topic past that; on a real cluster they check nothing was deleted.
-@Suite("Continuous audit under retention", .serialized, .brokerHeavy)
+@Suite("Continuous audit under retention", .brokerHeavy)
 struct AuditorRetentionTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.audit.retention")
@@ -37,7 +37,7 @@ struct AuditorRetentionTests {
     /// were never written; the dev broker dropped the oldest outputs. An auditor started from
     /// scratch reports the output partition truncated, exactly the 5 as missing, and none of
     /// the inputs whose outputs were deleted.
-    @Test func truncatedOutputIsTruncatedNotMissing() async throws {
+    @Test(.longOnTheBroker) func truncatedOutputIsTruncatedNotMissing() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
         let n = 30_000
@@ -80,7 +80,7 @@ struct AuditorRetentionTests {
     /// The processor processed 2,000 inputs, then further large inputs (not processed yet) pushed
     /// the first ones out of the dev broker. An auditor started from scratch reports the input
     /// partition truncated, and the outputs whose inputs were deleted are not orphans.
-    @Test func truncatedInputGivesNoOrphans() async throws {
+    @Test(.longOnTheBroker) func truncatedInputGivesNoOrphans() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
         let processed = 2_000

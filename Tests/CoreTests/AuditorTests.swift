@@ -11,7 +11,7 @@ import Testing
 
 /// The continuous auditor on the dev broker: a role on the stream runtime with its own group,
 /// state and findings topic.
-@Suite("Continuous audit", .serialized, .brokerHeavy)
+@Suite("Continuous audit", .brokerHeavy)
 struct AuditorTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.audit")

@@ -4,7 +4,7 @@ import Testing
 @testable import FraudModel
 @testable import Roles
 
-@Suite("Input loader", .serialized, .brokerHeavy)
+@Suite("Input loader", .brokerHeavy)
 struct InputLoaderTests {
     /// Lines of every kind: valid records (one card id escaped, one line ending in CRLF), a record
     /// rejected after its members were read (keyed by its card all the same), lines with no

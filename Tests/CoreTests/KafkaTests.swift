@@ -109,7 +109,7 @@ func readAll(_ consumer: KafkaConsumer, topic: String, partitions: Int, count: I
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
-@Suite("Kafka", .serialized, .brokerHeavy)
+@Suite("Kafka", .brokerHeavy)
 struct KafkaTests {
     @Test func configurationRedactsSecretsAndParsesOverrides() throws {
         var c = KafkaConfiguration(bootstrapServers: "b:9092")

@@ -273,7 +273,7 @@ extension ISO8601DateFormatter {
 
 /// The HTTP endpoints against a processor on the dev broker: counters match the run, and
 /// `/healthz` turns 503 while restoring and while the broker is down, 200 after.
-@Suite("Observability on the broker", .serialized, .brokerHeavy)
+@Suite("Observability on the broker", .brokerHeavy)
 struct ObservabilityBrokerTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.observability")

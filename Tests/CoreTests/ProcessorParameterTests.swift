@@ -7,7 +7,7 @@ extension ProcessorTests {
     /// A processor restarted with another window kind (or window) on the state directory of an
     /// earlier run refuses to start, naming the parameter; with its state directory deleted, the
     /// changelog's parameters stop it the same way; with its own parameters it carries on.
-    @Test func restartWithOtherDetectorParametersIsRefused() async throws {
+    @Test(.longOnTheBroker) func restartWithOtherDetectorParametersIsRefused() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
         let first = Workload.valid(count: 100, cards: 5)

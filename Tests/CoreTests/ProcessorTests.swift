@@ -187,7 +187,7 @@ func run(_ processor: StreamProcessor, timeout: Duration = .seconds(120)) async 
     }
 }
 
-@Suite("Processor", .serialized, .brokerHeavy)
+@Suite("Processor", .brokerHeavy)
 struct ProcessorTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.process")
@@ -314,7 +314,7 @@ struct ProcessorTests {
         try await topics.expectExactlyOnce(try Workload.expected(workload.records), recorder: recorder)
     }
 
-    @Test(arguments: WindowKind.allCases)
+    @Test(.longOnTheBroker, arguments: WindowKind.allCases)
     func restoresAfterStateDirectoryIsDeleted(kind: WindowKind) async throws {
         let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
@@ -347,7 +347,7 @@ struct ProcessorTests {
         #expect(differences(seen, expected) == [])
     }
 
-    @Test(arguments: WindowKind.allCases)
+    @Test(.longOnTheBroker, arguments: WindowKind.allCases)
     func atLeastOnceRunAndRestart(kind: WindowKind) async throws {
         let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
@@ -376,7 +376,7 @@ struct ProcessorTests {
         #expect(differences(seen, try Workload.expected(first.records + second.records, parameters: parameters)) == [])
     }
 
-    @Test(arguments: WindowKind.allCases)
+    @Test(.longOnTheBroker, arguments: WindowKind.allCases)
     func twoInstancesOneStoppedMidway(kind: WindowKind) async throws {
         let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster()
@@ -418,7 +418,7 @@ struct ProcessorTests {
         #expect(differences(seen, try Workload.expected(workload.records, parameters: parameters)) == [])
     }
 
-    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
+    @Test(.aloneOnTheBroker, .enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
     func recoversFromInjectedFaults(kind: WindowKind) async throws {
         let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster(brokers: 3)

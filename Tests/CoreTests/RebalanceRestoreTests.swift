@@ -10,7 +10,7 @@ import Testing
 /// Scaling a group in and out on the dev broker: instances join and leave while long-running
 /// ones keep processing; every partition that comes back is restored from the changelog, and
 /// every long-running instance ends healthy with every input's output equal to replay's.
-@Suite("Rebalance restores", .serialized, .brokerHeavy)
+@Suite("Rebalance restores", .brokerHeavy)
 struct RebalanceRestoreTests {
     let logger: Logger = {
         var l = Logger(label: "polyglot.test.rebalance")
@@ -225,7 +225,7 @@ struct RebalanceRestoreTests {
 /// librdkafka keeps a partition paused by the application through unassign and assign: only
 /// resume ends the pause. A client that pauses a partition it later assigns again must resume
 /// it, or it never fetches (a librdkafka behaviour, not the mock's: pausing is client-side).
-@Suite("librdkafka pause", .serialized, .brokerHeavy)
+@Suite("librdkafka pause", .brokerHeavy)
 struct KafkaPauseTests {
     @Test func aPausedPartitionStaysPausedThroughUnassignAndAssign() async throws {
         let cluster = try TestCluster()

@@ -45,39 +45,91 @@ func fileMode(_ path: String) throws -> Int {
     return (attributes[.posixPermissions] as? NSNumber)?.intValue ?? -1
 }
 
-/// Runs a suite that starts brokers and processors while no other such suite runs: each test
-/// spends several threads on a mock cluster, clients and a processor, and two suites at once
-/// oversubscribe a 2-core machine until timeouts and rebalances decide the results. Apply with
-/// `.serialized`, which orders the suite's own tests.
-struct BrokerHeavyTrait: SuiteTrait, TestScoping {
-    /// One scope around the whole suite, not one per test.
-    var isRecursive: Bool { false }
+/// Bounds how many tests that start brokers and processors run at once, whichever suite they
+/// are in. Such a test mostly waits (a group join on the dev broker takes 3 s, a rebalance
+/// `session.timeout.ms` minus 1 s, a slow broker by design), so six side by side still leave a
+/// 2-core machine under one core busy on average over a full `swift test`; many more at once and
+/// timeouts and rebalances, not the code, would decide the results. Each test has its own mock
+/// cluster, topics and state directories, so they share nothing but the CPU. Apply to a suite:
+/// each of its test cases takes a slot for its whole run, tests marked ``LongBrokerTestTrait``
+/// first, so the longest ones do not start last and hold up the end of the run.
+struct BrokerHeavyTrait: SuiteTrait, TestTrait, TestScoping {
+    /// A scope per test case (and none for the suite, which would hold a slot while its own
+    /// tests wait for one).
+    var isRecursive: Bool { true }
+
+    func scopeProvider(for test: Test, testCase: Test.Case?) -> Self? {
+        testCase == nil ? nil : self
+    }
 
     func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
-        await Self.gate.acquire()
+        if test.traits.contains(where: { $0 is AloneOnTheBrokerTrait }) {
+            // Every slot, taken one after another by one such test at a time.
+            await Self.alone.acquire()
+            for _ in 0..<Self.slots { await Self.gate.acquire(first: true) }
+            defer {
+                for _ in 0..<Self.slots { Self.gate.release() }
+                Self.alone.release()
+            }
+            try await function()
+            return
+        }
+        let isLong = test.traits.contains { $0 is LongBrokerTestTrait }
+        await Self.gate.acquire(first: isLong)
         defer { Self.gate.release() }
         try await function()
     }
 
-    static let gate = AsyncGate()
+    /// Broker-heavy test cases running at once.
+    static let slots = 6
+    static let gate = AsyncGate(permits: slots)
+    static let alone = AsyncGate(permits: 1)
 }
+
+/// Marks a broker-heavy test whose checks depend on librdkafka's view of a broker outage, which
+/// it sees late or not at all while other broker tests run beside it: it runs with no other.
+struct AloneOnTheBrokerTrait: TestTrait {}
+
+extension Trait where Self == AloneOnTheBrokerTrait {
+    static var aloneOnTheBroker: Self { AloneOnTheBrokerTrait() }
+}
+
+/// Marks a broker-heavy test that takes far longer than most (tens of seconds: several group
+/// joins, a slow broker by design), so it gets a slot before the others.
+struct LongBrokerTestTrait: TestTrait {}
 
 extension Trait where Self == BrokerHeavyTrait {
     static var brokerHeavy: Self { BrokerHeavyTrait() }
 }
 
-/// A lock held across suspension points, granted in request order.
-final class AsyncGate: Sendable {
-    private let state = Mutex<(isHeld: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+extension Trait where Self == LongBrokerTestTrait {
+    static var longOnTheBroker: Self { LongBrokerTestTrait() }
+}
 
-    func acquire() async {
+/// A counting semaphore held across suspension points, granted in request order, except that
+/// requests made with `first` go ahead of the others.
+final class AsyncGate: Sendable {
+    private struct State {
+        var free: Int
+        var first: [CheckedContinuation<Void, Never>] = []
+        var others: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(permits: Int) {
+        precondition(permits > 0)
+        state = Mutex(State(free: permits))
+    }
+
+    func acquire(first: Bool = false) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let granted = state.withLock { state in
-                if state.isHeld {
-                    state.waiters.append(continuation)
+                guard state.free > 0 else {
+                    if first { state.first.append(continuation) } else { state.others.append(continuation) }
                     return false
                 }
-                state.isHeld = true
+                state.free -= 1
                 return true
             }
             if granted { continuation.resume() }
@@ -86,11 +138,10 @@ final class AsyncGate: Sendable {
 
     func release() {
         let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard !state.waiters.isEmpty else {
-                state.isHeld = false
-                return nil
-            }
-            return state.waiters.removeFirst()
+            if !state.first.isEmpty { return state.first.removeFirst() }
+            if !state.others.isEmpty { return state.others.removeFirst() }
+            state.free += 1
+            return nil
         }
         next?.resume()
     }
