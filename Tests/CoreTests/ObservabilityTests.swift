@@ -291,6 +291,10 @@ struct ObservabilityBrokerTests {
         var configuration = topics.configuration(stateDirectory: state, untilEnd: false)
         // Back to the broker soon after it is up again.
         configuration.kafka.set("reconnect.backoff.max.ms", "500")
+        // The dev broker holds a first join for session.timeout.ms minus 1 s: 14 s here, so the
+        // first health request comes before the group is joined even when other tests keep this
+        // one's thread waiting for several seconds.
+        configuration.kafka.set("session.timeout.ms", "15000")
         let running = try RunningProcessor(configuration: configuration, logger: logger,
                                            policy: HealthPolicy(brokerUnreachableLimit: .seconds(1)))
         try await running.whileRunning { processor, client in
