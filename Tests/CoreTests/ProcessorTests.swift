@@ -418,7 +418,7 @@ struct ProcessorTests {
         #expect(differences(seen, try Workload.expected(workload.records, parameters: parameters)) == [])
     }
 
-    @Test(.aloneOnTheBroker, .enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
+    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock), arguments: WindowKind.allCases)
     func recoversFromInjectedFaults(kind: WindowKind) async throws {
         let parameters = try DetectorParameters(kind: kind)
         let cluster = try TestCluster(brokers: 3)
@@ -451,7 +451,8 @@ struct ProcessorTests {
             // leader is down, so a wait on it never ends.
             let connected = try await waitUntil(within: .seconds(30)) {
                 let view = processor.statistics.broker
-                return view.statisticsReports > 0 && view.brokersUp > 1 && processor.statistics.outputs > 0
+                // Outputs mean the consumer fetched from broker 3 (it may need no other broker).
+                return view.statisticsReports > 0 && view.brokersUp > 0 && processor.statistics.outputs > 0
             }
             #expect(connected, "the processor's consumer reported no connected brokers: \(processor.statistics.broker)")
             let before = processor.statistics.broker

@@ -63,17 +63,6 @@ struct BrokerHeavyTrait: SuiteTrait, TestTrait, TestScoping {
     }
 
     func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
-        if test.traits.contains(where: { $0 is AloneOnTheBrokerTrait }) {
-            // Every slot, taken one after another by one such test at a time.
-            await Self.alone.acquire()
-            for _ in 0..<Self.slots { await Self.gate.acquire(first: true) }
-            defer {
-                for _ in 0..<Self.slots { Self.gate.release() }
-                Self.alone.release()
-            }
-            try await function()
-            return
-        }
         let isLong = test.traits.contains { $0 is LongBrokerTestTrait }
         await Self.gate.acquire(first: isLong)
         defer { Self.gate.release() }
@@ -83,15 +72,6 @@ struct BrokerHeavyTrait: SuiteTrait, TestTrait, TestScoping {
     /// Broker-heavy test cases running at once.
     static let slots = 6
     static let gate = AsyncGate(permits: slots)
-    static let alone = AsyncGate(permits: 1)
-}
-
-/// Marks a broker-heavy test whose checks depend on librdkafka's view of a broker outage, which
-/// it sees late or not at all while other broker tests run beside it: it runs with no other.
-struct AloneOnTheBrokerTrait: TestTrait {}
-
-extension Trait where Self == AloneOnTheBrokerTrait {
-    static var aloneOnTheBroker: Self { AloneOnTheBrokerTrait() }
 }
 
 /// Marks a broker-heavy test that takes far longer than most (tens of seconds: several group
