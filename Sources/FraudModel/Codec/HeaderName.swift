@@ -16,7 +16,7 @@ public enum HeaderName {
     public static let detector = "polyglot-detector"
     /// The source positions a changelog record covers.
     public static let positions = "polyglot-positions"
-    /// The auditor's read progress, on its ledger changelog.
+    /// The auditor's read progress, on its repartition topic.
     public static let auditRead = "polyglot-audit-read"
     /// Beside it: the sender's input partition lost records (retention) below this position.
     public static let auditReadFrom = "polyglot-audit-read-from"
