@@ -92,22 +92,23 @@ struct RebalanceRestoreTests {
         defer { for s in states { try? FileManager.default.removeItem(at: s) } }
         try await run(try StreamProcessor(configuration: configuration(topics, state: states[0], untilEnd: true), logger: logger, observer: recorder))
         try await topics.produce(Array(workload.kafkaRecords[150...]))
-        // A fresh instance restores everything; every fetch fails for a few seconds (each
-        // failure backs off 500 ms), so its restore stops advancing past a 1 s limit.
+        // A fresh instance restores everything; every fetch fails for about 20 s (each failure
+        // backs off 500 ms), so its restore stops advancing past a 1 s limit, and stays stalled
+        // long enough to be seen by a check that other tests keep waiting for its turn.
         var c = configuration(topics, state: states[1], untilEnd: true)
         c.restoreStallLimit = .seconds(1)
         c.kafka.set("fetch.error.backoff.ms", "500")
-        mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 12))
+        mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 40))
         let restoring = try StreamProcessor(configuration: c, logger: logger, observer: recorder)
         // The statistics while a restore stalled, if it ever did.
         let seen = try await withThrowingTaskGroup(of: RuntimeStatistics?.self) { group in
             group.addTask {
-                try await run(restoring, timeout: .seconds(60))
+                try await run(restoring, timeout: .seconds(120))
                 return nil
             }
             group.addTask {
                 var seen: RuntimeStatistics?
-                _ = try await waitUntil(within: .seconds(30)) {
+                _ = try await waitUntil(within: .seconds(90)) {
                     let s = restoring.statistics.runtime
                     // Stalled, and the lag of every assigned partition sampled.
                     guard s.restores.contains(where: { $0.stall != nil }), s.consumerLag.count == 4 else { return s.phase == .stopped }
