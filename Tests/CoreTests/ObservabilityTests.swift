@@ -354,7 +354,12 @@ struct ObservabilityBrokerTests {
         try await topics.produce(Workload.valid(count: 2_000, cards: 400).kafkaRecords)
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
-        let first = try StreamProcessor(configuration: topics.configuration(stateDirectory: state), logger: logger)
+        // Many small transactions, so the changelog holds many batches: the dev broker answers a
+        // fetch with one batch, so the slowed restore below takes a 200 ms round trip per batch
+        // (about 2 s here), a wider window for a check that tests beside it keep waiting.
+        var firstConfiguration = topics.configuration(stateDirectory: state)
+        firstConfiguration.maxRecordsPerTransaction = 25
+        let first = try StreamProcessor(configuration: firstConfiguration, logger: logger)
         try await run(first)
         let changelog = first.statistics.changelogRecords
         #expect(changelog > 0)
