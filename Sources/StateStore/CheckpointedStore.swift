@@ -282,6 +282,19 @@ public final class CheckpointedStore<Value: StoreValue> {
         return self[load(key)]
     }
 
+    /// The cache entry of `key` when it holds a value, else nil; like ``value(for:)``, a key
+    /// known to be absent gets no cache entry. A caller that reads a value and may then change
+    /// it finds it once rather than twice.
+    @inlinable
+    public func existingEntry(for key: CardBytes) -> Int? {
+        var e = cache.find(key)
+        if e < 0 {
+            if cacheHoldsEveryCard { return nil }
+            e = load(key)
+        }
+        return self[e].exists ? e : nil
+    }
+
     /// Sets the value of `key` in the open cycle (``StoreValue/absent`` deletes it).
     @inlinable
     func setValue(_ value: Value, for key: CardBytes) {

@@ -76,6 +76,19 @@ protocol AuditLedger: AnyObject {
     func isKnown(_ id: String) -> Bool
     /// Takes `id`'s first waiting input and marks `id` settled as of its read time; nil when none waits.
     func settleFirstInput(of id: String) -> LedgerInput?
+    /// What an output of `id` finds, in one lookup: the first waiting input, which it settles
+    /// (as ``settleFirstInput(of:)``), or that `id` was settled already, or nothing.
+    func matchOutput(_ id: String) -> OutputMatch
+}
+
+/// What an output finds in the ledger under its transaction id.
+enum OutputMatch {
+    /// The input it answers, now settled.
+    case input(LedgerInput)
+    /// No input waits, but one was settled: the output is a duplicate.
+    case settled
+    /// The id is unknown.
+    case unknown
 }
 
 extension AuditLedger {
@@ -94,6 +107,11 @@ extension AuditLedger {
         known.settledAt = max(known.settledAt, first.readAt)
         setTransaction(known, for: id)
         return first
+    }
+
+    func matchOutput(_ id: String) -> OutputMatch {
+        if let input = settleFirstInput(of: id) { return .input(input) }
+        return isKnown(id) ? .settled : .unknown
     }
 }
 
@@ -182,6 +200,11 @@ final class MemoryAuditLedger: AuditLedger {
         let at = max(settled[key.hash] ?? -1, first.readAt)
         if settled.updateValue(at, forKey: key.hash) != at { settledOrder.append((key.hash, at)) }
         return first
+    }
+
+    func matchOutput(_ id: String) -> OutputMatch {
+        if let input = settleFirstInput(of: id) { return .input(input) }
+        return !settled.isEmpty && settled[lastHashed.hash] != nil ? .settled : .unknown
     }
 
     func setPairing(_ value: LedgerPairing?, at position: AuditPosition) {

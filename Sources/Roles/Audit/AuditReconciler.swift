@@ -230,7 +230,16 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         let id = reader.string(view.transactionId, in: bytes)
         // An output whose input retention deleted before the audit read it waits for nothing.
         let inputDeleted = truncation?.inputWasDeleted(source) ?? false
-        guard orphan || inputDeleted || ledger.isKnown(id) else { return .waiting(id) }
+        // One ledger lookup finds and settles the input, except in a lane that lost outputs,
+        // whose inputs before this output's source are settled first.
+        let laneLostOutputs = truncation.map { $0.outputs[lane.id] != nil } ?? false
+        var match = OutputMatch.unknown
+        if laneLostOutputs {
+            guard orphan || inputDeleted || ledger.isKnown(id) else { return .waiting(id) }
+        } else {
+            match = ledger.matchOutput(id)
+            if case .unknown = match, !orphan, !inputDeleted { return .waiting(id) }
+        }
         counts.outputs += 1
         if view.isFlagged {
             report(AuditFinding(kind: .flagged, transactionId: id, cardId: reader.string(view.cardId, in: bytes),
@@ -247,8 +256,12 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             if detectorDrifts { (finding.outputDetector, finding.auditorDetector) = (detector, detectorHeader) }
             report(finding)
         }
-        if let truncation, truncation.outputs[lane.id] != nil { accountDeletedOutputs(of: lane, before: source, truncation) }
-        if let entry = ledger.settleFirstInput(of: id) {
+        if laneLostOutputs, let truncation {
+            accountDeletedOutputs(of: lane, before: source, truncation)
+            match = ledger.matchOutput(id)
+        }
+        switch match {
+        case .input(let entry):
             let transaction = entry.transaction
             let verdict = lane.detector.process(card: transaction.cardId, eventTime: transaction.timestamp)
             recomputed.removeAll()
@@ -258,16 +271,16 @@ public final class AuditReconciler<Windows: PartitionDetector> {
                                     output: position, expected: String(decoding: recomputed.bytes, as: UTF8.self),
                                     actual: String(decoding: bytes, as: UTF8.self)))
             }
-        } else if ledger.isKnown(id) {
+        case .settled:
             report(AuditFinding(kind: .duplicate, transactionId: id, output: position))
-        } else if inputDeleted {
+        case .unknown where inputDeleted:
             // Unverifiable without its input, but its effect on the card's windows is known:
             // the verdicts after it are checked against the state it left.
             if let timestamp = view.timestamp {
                 _ = lane.detector.process(card: reader.string(view.cardId, in: bytes), eventTime: timestamp)
             }
             truncation?.outputsOfDeletedInputs += 1
-        } else {
+        case .unknown:
             report(AuditFinding(kind: .orphan, transactionId: id, output: position, message: "no input has this transaction id"))
         }
         return .done

@@ -259,6 +259,7 @@ public final class AuditTask: StreamTask {
     /// Per input partition: the offset up to which the auditor has read it (this task's own
     /// partition: `next[input]`; another: the last read-progress record from its task).
     private var readUpTo: [Int64]
+    private var fingerprints = RepeatedHeaderText(), detectors = RepeatedHeaderText()
     /// What this task last told each other task of its input position, and when.
     private var sentReadUpTo: [Int64]
     private var sentAt: Int64 = 0
@@ -342,10 +343,8 @@ public final class AuditTask: StreamTask {
             reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
         case AuditRole.output:
             reconciler.output(value, position: .record(topic: outputTopic, partition: m.partition, offset: m.offset),
-                              lane: partition, source: sourcePosition(m), fingerprint: m.header(HeaderName.fingerprint).map {
-                                  String(decoding: $0, as: UTF8.self)
-                              }, detector: m.header(DetectorParameters.headerName).map { String(decoding: $0, as: UTF8.self) },
-                              receivedAt: now)
+                              lane: partition, source: sourcePosition(m), fingerprint: fingerprints.text(of: m.header(HeaderName.fingerprint)),
+                              detector: detectors.text(of: m.header(DetectorParameters.headerName)), receivedAt: now)
         default:
             let source = sourcePosition(m)
             reconciler.deadLetter(value, code: m.header(HeaderName.error).map { String(decoding: $0, as: UTF8.self) },

@@ -273,9 +273,12 @@ final class StoredAuditLedger: AuditLedger {
     func loadQueue() {
         queue.removeAll()
         positions.removeAll()
+        deadLetterEntries = 0
         store.forEachEntry(rankAtMost: .max) { e in
             queue.append((Array(store.key(e).buffer), store[e].rank))
             switch store[e] {
+            case .pairing(.deadLetters):
+                deadLetterEntries! += 1
             case .transaction(let t):
                 for input in t.inputs {
                     if case .record(_, let p, let o) = input.position { positions.append(partition: p, offset: o, id: input.transaction.transactionId) }
@@ -303,18 +306,62 @@ final class StoredAuditLedger: AuditLedger {
         withKey(key) { k in
             let e = store.entry(for: k)
             let old = store[e].exists ? store[e].rank : nil
+            noteDeadLetters(replacing: store[e], with: entry)
             store.update(e) { $0 = entry }
             if entry.exists, entry.rank != old { queue.append((key, entry.rank)) }
         }
     }
 
-    func transaction(_ id: String) -> LedgerTransaction {
+    /// Calls `body` with the store key of transaction `id`, built in a reused buffer: every
+    /// record looks its id up, and a key array per lookup was a tenth of the ledger's time.
+    private func withTransactionKey<R>(_ id: String, _ body: (CardBytes) -> R) -> R {
         scratch.removeAll(keepingCapacity: true)
         scratch.append(LedgerEntry.transactionNamespace)
         scratch.append(contentsOf: id.utf8)
-        return withKey(scratch) { k in
+        return withKey(scratch, body)
+    }
+
+    /// Changes transaction entry `e` in place (its input array is not copied), keeping the
+    /// expiry queue in step with its rank.
+    private func updateTransaction(_ e: Int, _ change: (inout LedgerTransaction) -> Void) {
+        let old = store[e].exists ? store[e].rank : nil
+        store.update(e) { value in
+            var t = LedgerTransaction()
+            if case .transaction(let known) = value { t = known }
+            value = .absent
+            change(&t)
+            value = t.isEmpty ? .absent : .transaction(t)
+        }
+        if store[e].exists, store[e].rank != old { queue.append((Array(store.key(e).buffer), store[e].rank)) }
+    }
+
+    func transaction(_ id: String) -> LedgerTransaction {
+        withTransactionKey(id) { k in
             if case .transaction(let t) = store.value(for: k) { return t }
             return LedgerTransaction()
+        }
+    }
+
+    func isKnown(_ id: String) -> Bool {
+        withTransactionKey(id) { k in store.existingEntry(for: k) != nil }
+    }
+
+    func settleFirstInput(of id: String) -> LedgerInput? {
+        if case .input(let input) = matchOutput(id) { return input }
+        return nil
+    }
+
+    func matchOutput(_ id: String) -> OutputMatch {
+        withTransactionKey(id) { k in
+            guard let e = store.existingEntry(for: k), case .transaction(let known) = store[e] else { return .unknown }
+            guard !known.inputs.isEmpty else { return .settled }
+            var first: LedgerInput?
+            updateTransaction(e) { t in
+                let input = t.inputs.removeFirst()
+                t.settledAt = max(t.settledAt, input.readAt)
+                first = input
+            }
+            return .input(first!)
         }
     }
 
@@ -336,9 +383,7 @@ final class StoredAuditLedger: AuditLedger {
 
     func appendInput(_ input: LedgerInput, for id: String) {
         if case .record(_, let p, let o) = input.position { positions.append(partition: p, offset: o, id: id) }
-        var known = transaction(id)
-        known.inputs.append(input)
-        setTransaction(known, for: id)
+        withTransactionKey(id) { k in updateTransaction(store.entry(for: k)) { $0.inputs.append(input) } }
     }
 
     /// The inputs of input partition `partition` below `offset` not taken before (the caller
@@ -353,7 +398,19 @@ final class StoredAuditLedger: AuditLedger {
         positions.peek(partition: partition, below: offset)
     }
 
-    var mayHoldDeadLetters: Bool { true }
+    /// Entries holding early dead letters, or nil when unknown (after a rollback, until the
+    /// next load): while it is 0, an input needs no lookup of its position.
+    private var deadLetterEntries: Int? = 0
+
+    var mayHoldDeadLetters: Bool { deadLetterEntries != 0 }
+
+    private func noteDeadLetters(replacing old: LedgerEntry, with new: LedgerEntry) {
+        guard let count = deadLetterEntries else { return }
+        var change = 0
+        if case .pairing(.deadLetters) = old { change -= 1 }
+        if case .pairing(.deadLetters) = new { change += 1 }
+        deadLetterEntries = count + change
+    }
 
     func expiring(before cutoff: Int64) -> [LedgerKey] {
         var keys: [LedgerKey] = []
@@ -392,6 +449,7 @@ final class StoredAuditLedger: AuditLedger {
         head = committedHead
         sealedHead = committedHead
         positions.rolledBack()
+        deadLetterEntries = nil
     }
 }
 

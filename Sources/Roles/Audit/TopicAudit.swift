@@ -116,19 +116,7 @@ public struct TopicAudit {
         let topicNames = topics.map(\.0)
         let inputTopicBytes = Array(o.inputTopic.utf8)
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
-        // Outputs of one producer carry the same fingerprint and detector header: one String for all of them.
-        var lastFingerprint: (bytes: [UInt8], text: String) = ([], "")
-        func fingerprint(_ bytes: UnsafeRawBufferPointer?) -> String? {
-            guard let bytes else { return nil }
-            if !Self.same(bytes, lastFingerprint.bytes) { lastFingerprint = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
-            return lastFingerprint.text
-        }
-        var lastDetector: (bytes: [UInt8], text: String) = ([], "")
-        func detector(_ bytes: UnsafeRawBufferPointer?) -> String? {
-            guard let bytes else { return nil }
-            if !Self.same(bytes, lastDetector.bytes) { lastDetector = (Array(bytes), String(decoding: bytes, as: UTF8.self)) }
-            return lastDetector.text
-        }
+        var fingerprints = RepeatedHeaderText(), detectors = RepeatedHeaderText()
         func source(_ bytes: UnsafeRawBufferPointer?) -> AuditPosition? {
             guard let bytes else { return nil }
             return Self.position(bytes, inputTopic: o.inputTopic, inputTopicBytes: inputTopicBytes)
@@ -164,8 +152,8 @@ public struct TopicAudit {
                     outputsRead += 1
                     reconciler.output(m.value ?? empty, position: position, lane: m.partition,
                                       source: source(m.header(HeaderName.source)),
-                                      fingerprint: fingerprint(m.header(HeaderName.fingerprint)),
-                                      detector: detector(m.header(DetectorParameters.headerName)))
+                                      fingerprint: fingerprints.text(of: m.header(HeaderName.fingerprint)),
+                                      detector: detectors.text(of: m.header(DetectorParameters.headerName)))
                 case .deadLetter:
                     reconciler.deadLetter(m.value ?? empty, code: m.header(HeaderName.error).map { String(decoding: $0, as: UTF8.self) },
                                           source: source(m.header(HeaderName.source)), position: position)
