@@ -114,6 +114,9 @@ public final class AuditReconciler<Windows: PartitionDetector> {
 
     /// The findings since the last call, in the order they were found.
     public func takeFindings() -> [AuditFinding] {
+        // Asked after every record: an empty answer must not allocate (emptying a shared
+        // array while keeping its capacity copies the storage).
+        guard !findings.isEmpty else { return [] }
         defer { findings.removeAll(keepingCapacity: true) }
         return findings
     }
