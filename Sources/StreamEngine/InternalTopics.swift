@@ -73,9 +73,17 @@ package struct InternalTopics {
             case .authentication(let reason): throw RuntimeError("authentication failed: \(reason)")
             case .failed(let failure): throw failure
             case .unreachable(let failure):
-                throw RuntimeError("cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
+                throw RuntimeError(ClusterWaitFailure.unreachableMessage(failure, kafka: kafka, timeout: timeout))
             }
         }
+    }
+}
+
+extension ClusterWaitFailure {
+    /// What every role says when no broker answered in time: the servers it tried, the last
+    /// error, and what to check.
+    package static func unreachableMessage(_ failure: KafkaError, kafka: KafkaConfiguration, timeout: Duration) -> String {
+        "cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout"
     }
 }
 

@@ -592,17 +592,5 @@ extension AuditReconciler where Windows == InMemoryDetector {
     }
 }
 
-extension AuditPosition: Comparable {
-    /// Lines before records; lines by number; records by topic, partition and offset.
-    public static func < (a: AuditPosition, b: AuditPosition) -> Bool {
-        switch (a, b) {
-        case (.line(let x), .line(let y)): x < y
-        case (.line, .record): true
-        case (.record, .line): false
-        case (.record(let t1, let p1, let o1), .record(let t2, let p2, let o2)): (t1, p1, o1) < (t2, p2, o2)
-        }
-    }
-}
-
 /// The reconciler of a batch audit (`audit --files`, `audit --once`): everything in memory.
 public typealias BatchAuditReconciler = AuditReconciler<InMemoryDetector>

@@ -4,6 +4,7 @@ import PolyglotSupport
 import FraudModel
 import KafkaClient
 import Observability
+import StreamEngine
 
 /// The settings of `polyglot produce` as given on the command line (nil: not given), resolved
 /// through the same settings file, environment and `-X` layers as `process`
@@ -272,7 +273,7 @@ public struct InputLoader: Sendable {
             case .authentication(let reason): throw InputLoaderError(.kafka, "authentication failed: \(reason)")
             case .failed(let failure): throw InputLoaderError(.kafka, "Kafka: \(failure.message)")
             case .unreachable(let failure):
-                throw InputLoaderError(.unreachable, "cannot reach Kafka at \(kafka.bootstrapServers ?? "(no servers)") within \(timeout) (\(failure.message)); check --bootstrap-servers and that the brokers are up, or raise --connect-timeout")
+                throw InputLoaderError(.unreachable, ClusterWaitFailure.unreachableMessage(failure, kafka: kafka, timeout: timeout))
             }
         }
         guard let count = counts[topic], count > 0 else {
