@@ -7,28 +7,95 @@ import PolyglotSupport
 import KafkaClient
 import StateStore
 
-// The commit pipeline: one cycle sealed and committed to Kafka while the next is handled,
-// then its stores; aborts roll back and rewind.
+// The commit pipeline, carrying out what the commit lifecycle (``CommitLifecycle``) decides:
+// one cycle sealed and committed to Kafka while the next is handled, then its stores; aborts
+// roll back and rewind.
 extension StreamRuntime {
     // MARK: - Commit
 
-    /// Ends the cycle and waits for its commit: at revocation, shutdown and `--until-end`.
-    func commitCycle(leaving: Set<Int32> = []) throws {
-        try finishCommit(wait: true, leaving: leaving)
-        try startCommit(leaving: leaving)
-        try finishCommit(wait: true, leaving: leaving)
+    /// Feeds `event` to the commit lifecycle and performs the actions it returns, and those
+    /// its reports lead to, until none is left.
+    func drive(_ event: CommitLifecycle.Event) throws {
+        var next: CommitLifecycle.Event? = event
+        while let event = next {
+            next = nil
+            for action in try lifecycle.handle(event) {
+                // Only the last action of a list reports back (the lifecycle's tests hold it to that).
+                if next != nil { throw RuntimeError("internal error: the commit lifecycle asked for \(action) after an action that reports back") }
+                next = try perform(action)
+            }
+        }
     }
 
-    /// Starts ending the cycle: the tasks' records are drained into the producer, their
-    /// changelog records and consumed offsets go into the transaction, the stores seal their
-    /// changes, and the Kafka commit starts on the commit thread. Records handled until it
-    /// returns belong to the next cycle (the collector holds them).
-    func startCommit(leaving: Set<Int32> = []) throws {
-        precondition(inFlight == nil, "a commit is in flight")
+    /// Ends the cycle and waits for its commit: at revocation, shutdown and `--until-end`.
+    func commitCycle(leaving: Set<Int32> = []) throws {
+        try drive(.endCycle(leaving: leaving))
+    }
+
+    /// Carries out one action of the commit lifecycle; returns its report, if it has one.
+    func perform(_ action: CommitLifecycle.Action) throws -> CommitLifecycle.Event? {
+        switch action {
+        case .sealCycle:
+            sealsAttempted &+= 1
+            return try sealCycle()
+        case .startKafkaCommit:
+            collector.emitter.isHolding = coordinator.client.holdsRecordsDuringCommit
+            coordinator.startCommit()
+            return nil
+        case .collectKafkaCommit(let wait):
+            return try collectKafkaCommit(wait: wait)
+        case .commitStores(let recordingStatistics):
+            guard let commit = finished else { throw RuntimeError("internal error: no finished commit whose stores could commit") }
+            finished = nil
+            if recordingStatistics {
+                let start = ContinuousClock.now
+                defer { addCommitTime(since: start) }
+                try commitStoresRecordingStatistics(of: commit)
+            } else {
+                try commitStores(of: commit)
+            }
+            return nil
+        case .beginNextTransaction:
+            let start = ContinuousClock.now
+            defer { addCommitTime(since: start) }
+            do {
+                if collector.emitter.hasUnsent { try coordinator.beginIfNeeded() }
+            } catch {
+                return try abortRequired(by: error)
+            }
+            return .nextTransactionBegun
+        case .releaseHeldRecords:
+            collector.emitter.release()
+            return nil
+        case .discardHeldRecords:
+            collector.emitter.discard()
+            try? collector.emitter.drain()
+            return nil
+        case .abortTransaction:
+            do { try coordinator.abort() } catch { throw Self.stopping(error) }
+            return nil
+        case .rollBackAndRewind(let leaving):
+            try rollBackAndRewind(skippingSeekOf: leaving)
+            return nil
+        case .abandonKafkaCommit:
+            _ = try? coordinator.finishCommit(wait: true)
+            inFlight = nil
+            return nil
+        case .abortTransactionQuietly:
+            _ = try? coordinator.abort()
+            return nil
+        }
+    }
+
+    /// Seals the cycle: the tasks' records are drained into the producer, their changelog
+    /// records and consumed offsets go into the transaction, and the stores seal their
+    /// changes. Records handled from the Kafka commit's start belong to the next cycle (the
+    /// collector holds them).
+    func sealCycle() throws -> CommitLifecycle.Event {
         let changed = tasks.running.filter(\.changed)
         guard !changed.isEmpty else {
             cycleOpenedAt = nil
-            return
+            return .nothingToSeal
         }
         let commitStart = ContinuousClock.now
         defer { addCommitTime(since: commitStart) }
@@ -82,59 +149,55 @@ extension StreamRuntime {
             swap(&timestamps, &cycleTimestamps)
             inFlight = CommitInFlight(slots: changed, changelogRecords: changelogCount, started: commitStart, kafkaStarted: kafkaStart,
                                       timestamps: timestamps)
-            collector.emitter.isHolding = coordinator.client.holdsRecordsDuringCommit
-            coordinator.startCommit()
+            return .sealed(holdsRecordsDuringCommit: coordinator.client.holdsRecordsDuringCommit)
         } catch {
-            try recover(from: error, leaving: leaving)
+            return try abortRequired(by: error)
         }
-        if !coordinator.client.holdsRecordsDuringCommit { try finishCommit(wait: true, leaving: leaving) }
     }
 
-    /// Finishes the commit in flight, if any (returning at once when `wait` is false and it is
-    /// still running): the stores commit what they sealed, the next transaction begins and
-    /// receives the records held meanwhile. A failed commit rolls everything back and rewinds.
-    func finishCommit(wait: Bool, leaving: Set<Int32> = []) throws {
-        guard let commit = inFlight else { return }
+    /// The result of the commit in flight, if it has one (at once when `wait` is false); the
+    /// commit is then kept in `finished` for its stores. A fatal error stops the run.
+    func collectKafkaCommit(wait: Bool) throws -> CommitLifecycle.Event? {
+        guard let commit = inFlight else { throw RuntimeError("internal error: no commit in flight to collect") }
         let result: Result<Void, TransactionAbortRequired>
         do {
-            guard let r = try coordinator.finishCommit(wait: wait) else { return }
+            guard let r = try coordinator.finishCommit(wait: wait) else { return nil }
             result = r
         } catch {
             inFlight = nil
             throw Self.stopping(error)
         }
         inFlight = nil
-        defer { addCommitTime(since: .now) }
+        finished = commit
         switch result {
         case .success:
-            let storeStart = ContinuousClock.now
-            try commitStores(of: commit)
-            let storeEnd = ContinuousClock.now
-            let processing = firstRecordAt.map { Self.seconds(storeEnd - $0) } ?? 0
-            let counters = coordinator.counters
-            statsBox.withLock {
-                $0.kafkaCommitSeconds += Self.seconds(storeStart - commit.kafkaStarted)
-                $0.storeCommitSeconds += Self.seconds(storeEnd - storeStart)
-                $0.transactionsCommitted = counters.committed
-                $0.transactionRetries = counters.retries
-                $0.changelogRecords += commit.changelogRecords
-                $0.processingSeconds = processing
-                $0.lastCommitAt = storeEnd
-                $0.consecutiveAborts = 0
-            }
-            observer?.commitEnded(CommitTiming(total: storeEnd - commit.started, transaction: storeStart - commit.kafkaStarted))
-            // What was handled meanwhile goes into the next transaction, which begins first.
-            do {
-                if collector.emitter.hasUnsent { try coordinator.beginIfNeeded() }
-            } catch {
-                try recover(from: error, leaving: leaving)
-                return
-            }
-            collector.emitter.release()
+            return .kafkaCommitFinished(succeeded: true)
         case .failure(let abort):
-            logger.warning("transaction commit failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
-            try abortAndRewind(skippingSeekOf: leaving)
+            if lifecycle.state == .committing {
+                logger.warning("transaction commit failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
+            }
+            return .kafkaCommitFinished(succeeded: false)
         }
+    }
+
+    /// Commits the stores of a cycle whose Kafka commit succeeded and counts the commit.
+    func commitStoresRecordingStatistics(of commit: CommitInFlight) throws {
+        let storeStart = ContinuousClock.now
+        try commitStores(of: commit)
+        let storeEnd = ContinuousClock.now
+        let processing = firstRecordAt.map { Self.seconds(storeEnd - $0) } ?? 0
+        let counters = coordinator.counters
+        statsBox.withLock {
+            $0.kafkaCommitSeconds += Self.seconds(storeStart - commit.kafkaStarted)
+            $0.storeCommitSeconds += Self.seconds(storeEnd - storeStart)
+            $0.transactionsCommitted = counters.committed
+            $0.transactionRetries = counters.retries
+            $0.changelogRecords += commit.changelogRecords
+            $0.processingSeconds = processing
+            $0.lastCommitAt = storeEnd
+            $0.consecutiveAborts = 0
+        }
+        observer?.commitEnded(CommitTiming(total: storeEnd - commit.started, transaction: storeStart - commit.kafkaStarted))
     }
 
     func addCommitTime(since start: ContinuousClock.Instant) {
@@ -142,23 +205,24 @@ extension StreamRuntime {
         statsBox.withLock { $0.commitSeconds += t }
     }
 
-    /// An abortable failure rolls everything back and rewinds; a fatal one stops the run.
-    func recover(from error: any Error, leaving: Set<Int32>) throws {
+    /// The lifecycle's event for `error`: an abortable failure (a refused record, a failed
+    /// transaction call, a store read) rolls everything back and rewinds; a fatal one stops the
+    /// run (thrown).
+    func abortRequired(by error: any Error) throws -> CommitLifecycle.Event {
         if let kafka = error as? KafkaError {
             // A refused changelog record: the coordinator says whether the transaction aborts.
-            do { try coordinator.recordFailed(kafka) } catch { return try recover(from: error, leaving: leaving) }
-            return try recover(from: TransactionAbortRequired(underlying: kafka, operation: "produce"), leaving: leaving)
+            do { try coordinator.recordFailed(kafka) } catch { return try abortRequired(by: error) }
+            return try abortRequired(by: TransactionAbortRequired(underlying: kafka, operation: "produce"))
         }
         switch error {
         case let abort as TransactionAbortRequired:
             logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
-            try abortAndRewind(skippingSeekOf: leaving)
         case let error as SQLiteError:
             logger.warning("store read failed; aborting and rewinding to the last commit", metadata: ["error": "\(error)"])
-            try abortAndRewind(skippingSeekOf: leaving)
         default:
             throw Self.stopping(error)
         }
+        return .abortRequired
     }
 
     /// The one-line reason a run stops with.
@@ -190,19 +254,8 @@ extension StreamRuntime {
         }
     }
 
-    /// Aborts the transaction, rolls every store back and seeks to the committed positions.
-    func abortAndRewind(skippingSeekOf leaving: Set<Int32> = []) throws {
-        // A commit in flight may have succeeded: its stores commit before the rest rolls back
-        // (a failed one aborts below).
-        if let commit = inFlight {
-            inFlight = nil
-            let result: Result<Void, TransactionAbortRequired>?
-            do { result = try coordinator.finishCommit(wait: true) } catch { throw Self.stopping(error) }
-            if case .success = result { try commitStores(of: commit) }
-        }
-        collector.emitter.discard()
-        try? collector.emitter.drain()
-        do { try coordinator.abort() } catch { throw Self.stopping(error) }
+    /// Rolls every store back and seeks to the committed positions (after the abort).
+    func rollBackAndRewind(skippingSeekOf leaving: Set<Int32>) throws {
         pendingRecords = 0
         var seeks: [KafkaTopicPartitionOffset] = []
         let sources = role.sources

@@ -26,21 +26,9 @@ extension StreamRuntime {
 
     func revoked(_ partitions: [KafkaTopicPartition], lost: Bool) {
         let leaving = Set(partitions.map(\.partition))
-        if failing {
-            // Never abort while a commit runs on the commit thread: let it end first.
-            if inFlight != nil {
-                _ = try? coordinator.finishCommit(wait: true)
-                inFlight = nil
-            }
-            collector.emitter.discard()
-            try? collector.emitter.drain()
-            _ = try? coordinator.abort()
-        } else if lost {
-            // Another member owns them already: whatever is open cannot commit.
-            do { try abortAndRewind(skippingSeekOf: leaving) } catch { hookError = hookError ?? error }
-        } else {
-            do { try commitCycle(leaving: leaving) } catch { hookError = hookError ?? error }
-        }
+        // Committed, aborted (lost: another member owns them already) or, when the run is
+        // failing, abandoned: the commit lifecycle decides.
+        do { try drive(.partitionsRevoked(leaving, lost: lost)) } catch { hookError = hookError ?? error }
         for slot in tasks.remove(leaving) { close(slot) }
         let running = tasks.running.count, assigned = tasks.all.count
         statsBox.withLock {

@@ -28,7 +28,7 @@ extension StreamRuntime {
     // MARK: - Until end
 
     func reachedEnd() throws -> Bool {
-        guard !tasks.isEmpty, tasks.allRunning, pendingRecords == 0, coordinator.state == .idle, inFlight == nil else { return false }
+        guard !tasks.isEmpty, tasks.allRunning, pendingRecords == 0, coordinator.state == .idle, lifecycle.state == .idle else { return false }
         let running = tasks.running
         for (i, source) in role.sources.enumerated() {
             let tps = running.map { KafkaTopicPartition(source.name, $0.partition) }

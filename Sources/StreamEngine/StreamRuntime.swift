@@ -55,8 +55,6 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// An error raised inside a rebalance hook (which cannot throw), rethrown after the poll.
     var hookError: (any Error)?
     var firstRecordAt: ContinuousClock.Instant?
-    /// Set when ``run()`` is leaving because of an error: the revoke hook then commits nothing.
-    var failing = false
     /// When the open cycle got its first record (or punctuation change): its commit starts one
     /// interval later, so no record waits longer than the interval (plus a commit in flight)
     /// for its commit to start. nil while the cycle holds nothing.
@@ -64,7 +62,14 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// The Kafka timestamps of the open cycle's records, for ``RuntimeStatistics/recordLatency``.
     var cycleTimestamps: [Int64] = []
     var spareTimestamps: [Int64] = []
+    /// What the commit pipeline does next (the decisions; the I/O is the runtime's).
+    var lifecycle = CommitLifecycle()
+    /// The cycle whose Kafka commit is in flight, and the one whose result was just collected
+    /// (its stores commit next, if it succeeded).
     var inFlight: CommitInFlight?
+    var finished: CommitInFlight?
+    /// How often a cycle's seal was attempted (`--until-end` looks for its end after one).
+    var sealsAttempted = 0
     /// When consumer lag and store sizes were last sampled.
     var lagSampledAt: ContinuousClock.Instant?
     var storesSampledAt: ContinuousClock.Instant?
@@ -185,7 +190,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         defer {
             if !closed {
                 // Leaving on an error: the revoke hook must not commit what the failure interrupted.
-                failing = true
+                _ = try? lifecycle.handle(.failing)
                 consumer.close()
                 closeAllStores()
             }
@@ -213,7 +218,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                     try punctuate()
                 } catch let abort as TransactionAbortRequired {
                     logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
-                    try abortAndRewind()
+                    try drive(.abortRequired)
                     continue
                 }
             }
@@ -226,7 +231,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             var waited: ContinuousClock.Instant? = nil
             // While restoring, or while a commit is in flight, come back soon; and no later
             // than the open cycle's commit is due.
-            var timeout: Duration = restoring ? .zero : .milliseconds(inFlight == nil ? 50 : 5)
+            var timeout: Duration = restoring ? .zero : .milliseconds(lifecycle.isCommitting ? 5 : 50)
             if let opened = cycleOpenedAt { timeout = max(.zero, min(timeout, opened + c.commitInterval - .now)) }
             let polled: Int
             do {
@@ -237,31 +242,27 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 }
             } catch let abort as TransactionAbortRequired {
                 logger.warning("transaction failed; aborting and rewinding to the last commit", metadata: ["error": "\(abort)"])
-                try abortAndRewind()
+                try drive(.abortRequired)
                 continue
             }
             collector.emitter.send()
             let pollTime = Self.seconds((waited ?? ContinuousClock.now) - pollStart)
             if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
             if let error = hookError { throw error }
-            try finishCommit(wait: false)
+            try drive(.checkCommit(wait: false))
             let now = ContinuousClock.now
             sampleLagAndStores(now: now)
-            var committed = false
+            let sealsBefore = sealsAttempted
             if cycleOpenedAt.map({ now - $0 >= c.commitInterval }) ?? false || pendingRecords >= c.maxRecordsPerTransaction {
-                // One commit in flight at a time; a full cycle waits for it rather than hold more.
-                if pendingRecords >= c.maxRecordsPerTransaction { try finishCommit(wait: true) }
-                if inFlight == nil {
-                    try startCommit()
-                    committed = true
-                }
+                try drive(.commitDue(full: pendingRecords >= c.maxRecordsPerTransaction))
             }
+            let committed = sealsAttempted != sealsBefore
             if now - lastReport >= .seconds(10) {
                 reportedRecords = logProgress(now: now, since: lastReport, recordsThen: reportedRecords)
                 lastReport = now
             }
             if c.untilEnd, committed || polled == 0 {
-                if pendingRecords == 0 { try finishCommit(wait: true) }
+                if pendingRecords == 0 { try drive(.checkCommit(wait: true)) }
                 if try reachedEnd() {
                     try commitCycle()
                     logger.info("reached the end offsets seen at start")
