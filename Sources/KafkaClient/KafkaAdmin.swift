@@ -99,12 +99,7 @@ public final class KafkaAdmin: @unchecked Sendable {
 
     public func createTopics(_ topics: [KafkaTopicSpecification], ignoreExisting: Bool = true,
                              timeout: Duration = .seconds(30)) async throws {
-        let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
-            executor.queue.async {
-                continuation.resume(returning: Result { try self.createTopics(topics, ignoreExisting: ignoreExisting, timeout: timeout) })
-            }
-        }
-        try result.get()
+        try await executor.run { () throws in try self.createTopics(topics, ignoreExisting: ignoreExisting, timeout: timeout) }
     }
 
     /// Deletes topics; one that does not exist is not an error.

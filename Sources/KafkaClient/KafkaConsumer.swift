@@ -424,12 +424,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     }
 
     public func close() async {
-        await withCheckedContinuation { continuation in
-            executor.queue.async {
-                self.close()
-                continuation.resume()
-            }
-        }
+        await executor.run { self.close() }
     }
 }
 

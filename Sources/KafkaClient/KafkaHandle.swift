@@ -127,16 +127,22 @@ enum KafkaHandleFactory {
 
 /// Runs blocking librdkafka calls off the Swift cooperative pool, on a serial dispatch queue
 /// (its threads are not the cooperative pool's), and bridges the result back with a continuation.
+///
+/// Not a `DedicatedWorker`: a worker's thread lives until its owner stops and joins it, but the
+/// async `close` of a client runs on this executor (a worker could not join itself there), and
+/// most clients never make an async call, so each would park a thread for nothing. A dispatch
+/// queue takes a thread only while it has work, and needs no stopping.
 struct BlockingExecutor: Sendable {
-    let queue: DispatchQueue
+    private let queue: DispatchQueue
     init(label: String) {
         queue = DispatchQueue(label: label)
     }
 
-    func run<T: Sendable>(_ body: @escaping @Sendable () throws(KafkaError) -> T) async throws(KafkaError) -> T {
-        let result: Result<T, KafkaError> = await withCheckedContinuation { continuation in
+    /// Runs `body` on the queue and waits for it: its result, or the error it threw.
+    func run<T: Sendable, Failure: Error>(_ body: @escaping @Sendable () throws(Failure) -> T) async throws(Failure) -> T {
+        let result: Result<T, Failure> = await withCheckedContinuation { continuation in
             queue.async {
-                do throws(KafkaError) {
+                do throws(Failure) {
                     continuation.resume(returning: .success(try body()))
                 } catch {
                     continuation.resume(returning: .failure(error))

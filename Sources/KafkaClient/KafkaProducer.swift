@@ -373,9 +373,7 @@ public final class KafkaProducer: @unchecked Sendable {
     }
 
     public func close(flushTimeout: Duration = .seconds(10)) async -> Int {
-        await withCheckedContinuation { continuation in
-            executor.queue.async { continuation.resume(returning: self.close(flushTimeout: flushTimeout)) }
-        }
+        await executor.run { self.close(flushTimeout: flushTimeout) }
     }
 
     /// Topic handles are cached: looking a topic up by name on every record costs a lock and a hash.

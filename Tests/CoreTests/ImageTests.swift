@@ -241,7 +241,7 @@ struct ImageTests {
         auditorWithFile.processor = withFile
         #expect("\(try auditorWithFile.resolve(environment: [:]))" == "\(try auditor.resolve(environment: bare))")
         for port in [ObservabilitySettings.processMetricsPort, ObservabilitySettings.auditMetricsPort] {
-            #expect(try ObservabilitySettings().resolve(environment: withFile.mergedEnvironment([:]), defaultMetricsPort: port)
+            #expect(try ObservabilitySettings().resolve(environment: SettingsLayers(configFile: withFile.configFile, environment: [:]).environment, defaultMetricsPort: port)
                     == ObservabilitySettings().resolve(environment: [:], defaultMetricsPort: port))
         }
     }

@@ -221,7 +221,7 @@ struct ObservabilityTests {
         try "POLYGLOT_METRICS_PORT=9600\nPOLYGLOT_LOG_LEVEL=error\n".write(to: file, atomically: true, encoding: .utf8)
         var processor = ProcessorSettings()
         processor.configFile = file.path
-        let layered = try processor.mergedEnvironment(["POLYGLOT_LOG_LEVEL": "notice"])
+        let layered = try SettingsLayers(configFile: processor.configFile, environment: ["POLYGLOT_LOG_LEVEL": "notice"]).environment
         let c = try ObservabilitySettings().resolve(environment: layered, defaultMetricsPort: 9464)
         #expect(c.metricsPort == 9600)
         #expect(c.logLevel == .notice, "the environment wins over the file")

@@ -50,7 +50,7 @@ struct SettingTableTests {
             let environment = [Setting.configFileVariable: path]
             var processor = ProcessorSettings()
             processor.fingerprintDigest = String(repeating: "0", count: 64)
-            let merged = try processor.mergedEnvironment(environment)
+            let merged = try SettingsLayers(configFile: processor.configFile, environment: environment).environment
             switch role {
             case .process:
                 let observability = try ObservabilitySettings().resolve(environment: merged, defaultMetricsPort: ObservabilitySettings.processMetricsPort)

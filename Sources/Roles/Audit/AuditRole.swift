@@ -398,7 +398,8 @@ public final class AuditTask: StreamTask {
     }
 
     /// A valid input whose card belongs to another partition goes there, through the auditor's
-    /// repartition topic, by the processor's rule; true when it went.
+    /// repartition topic, by the processor's rule; true when it went. Unlike the processor's
+    /// forward it drops the input's headers: the audit reads only the value and its source.
     private func forwardIfAway(_ m: borrowing KafkaRecordView, value: UnsafeRawBufferPointer, view: TransactionView) -> Bool {
         let record = value.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let escaped: Transaction? = view.idsAreRaw ? nil : decoder.transaction(from: view, in: value)

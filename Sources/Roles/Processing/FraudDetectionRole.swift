@@ -168,7 +168,8 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
                 if fromInput, home != m.partition {
                     // Not on its card's partition (another producer's partitioner, or another
                     // key): through the repartition topic to the task that owns the card, as
-                    // Kafka Streams' groupBy does. Placed explicitly, by the same rule.
+                    // Kafka Streams' groupBy does. Placed explicitly, by the same rule. Unlike the
+                    // auditor's forward it keeps the input's headers, as Kafka Streams does.
                     let source = source
                     collector.send(to: topics.repartition, partition: home, key: UnsafeRawBufferPointer(card), value: value,
                                    timestamp: m.timestamp) { headers in

@@ -83,7 +83,7 @@ public struct ProcessorSettings: Sendable {
     }
 
     /// The detector's parameters from the flags over `environment` (already merged with the
-    /// settings file, as ``mergedEnvironment(_:)`` gives it) over the defaults.
+    /// settings file, as ``SettingsLayers/environment`` holds it) over the defaults.
     public func detectorParameters(environment: [String: String]) throws(ConfigurationError) -> DetectorParameters {
         func pick(_ flag: String?, _ setting: Setting) -> String? { setting.pick(flag, in: environment)?.text }
         func milliseconds(_ flag: String?, _ setting: Setting, _ fallback: Int64) throws(ConfigurationError) -> Int64 {
@@ -113,12 +113,6 @@ public struct ProcessorSettings: Sendable {
             retention: milliseconds(retention, .retention, d.retention),
             maxFutureSkew: milliseconds(maxFutureSkew, .maxFutureSkew, d.maxFutureSkew))
         return parameters
-    }
-
-    /// `environment` over the settings file (``configFile`` or `POLYGLOT_CONFIG`), when there is one.
-    public func mergedEnvironment(_ environment: [String: String]) throws(ConfigurationError) -> [String: String] {
-        guard let path = configFile ?? environment[Setting.configFileVariable].flatMap({ $0.isEmpty ? nil : $0 }) else { return environment }
-        return try Self.readFile(path).merging(environment) { _, env in env }
     }
 
     /// Resolves and validates; a bad setting gives a one-line ``ConfigurationError``.

@@ -27,7 +27,7 @@ public struct ObservabilitySettings: Sendable {
     public static let everyInterface = ObservabilityServer.everyInterface
 
     /// Resolves over `environment`: the process environment layered over the settings file
-    /// (``ProcessorSettings/mergedEnvironment(_:)``).
+    /// (``SettingsLayers/environment``).
     public func resolve(environment: [String: String], defaultMetricsPort: Int) throws(ConfigurationError) -> ObservabilityConfiguration {
         func pick(_ flag: String?, _ setting: Setting) -> (text: String, source: String)? { setting.pick(flag, in: environment) }
         var port: Int? = defaultMetricsPort
