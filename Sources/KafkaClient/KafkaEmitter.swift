@@ -26,31 +26,52 @@ public final class KafkaEmitter: @unchecked Sendable {
     // spare list, and the counters are atomics or mutexes.
     /// Records copied into one buffer. Owned by one thread at a time: the queue and the spare
     /// list (both locked) pass it on.
+    @usableFromInline
     final class Batch: @unchecked Sendable {
         // @unchecked: see above; a batch has one owner at any time.
-        struct Record {
-            var topic: KafkaProducerTopic
+        @usableFromInline struct Record {
+            @usableFromInline var topic: KafkaProducerTopic
             /// nil: the producer's partitioner chooses.
-            var partition: Int32?
+            @usableFromInline var partition: Int32?
             /// Offsets in `bytes`; a negative start means nil (a null key or value).
-            var keyStart: Int
-            var keyCount: Int
-            var valueStart: Int
-            var valueCount: Int
-            var headers: Range<Int>
-            var timestamp: Int64?
+            @usableFromInline var keyStart: Int
+            @usableFromInline var keyCount: Int
+            @usableFromInline var valueStart: Int
+            @usableFromInline var valueCount: Int
+            @usableFromInline var headers: Range<Int>
+            @usableFromInline var timestamp: Int64?
+
+            @inlinable
+            init(topic: KafkaProducerTopic, partition: Int32?, keyStart: Int, keyCount: Int, valueStart: Int,
+                 valueCount: Int, headers: Range<Int>, timestamp: Int64?) {
+                self.topic = topic
+                self.partition = partition
+                self.keyStart = keyStart
+                self.keyCount = keyCount
+                self.valueStart = valueStart
+                self.valueCount = valueCount
+                self.headers = headers
+                self.timestamp = timestamp
+            }
         }
 
-        struct Header {
-            var name: String
+        @usableFromInline struct Header {
+            @usableFromInline var name: String
             /// -1: a null value.
-            var valueStart: Int
-            var valueCount: Int
+            @usableFromInline var valueStart: Int
+            @usableFromInline var valueCount: Int
+
+            @inlinable
+            init(name: String, valueStart: Int, valueCount: Int) {
+                self.name = name
+                self.valueStart = valueStart
+                self.valueCount = valueCount
+            }
         }
 
-        var bytes: [UInt8] = []
-        var records: [Record] = []
-        var headers: [Header] = []
+        @usableFromInline var bytes: [UInt8] = []
+        @usableFromInline var records: [Record] = []
+        @usableFromInline var headers: [Header] = []
 
         var isEmpty: Bool { records.isEmpty }
 
@@ -60,6 +81,7 @@ public final class KafkaEmitter: @unchecked Sendable {
             headers.removeAll(keepingCapacity: true)
         }
 
+        @inlinable
         func copy(_ buffer: UnsafeRawBufferPointer?) -> Int {
             guard let buffer else { return -1 }
             let start = bytes.count
@@ -78,7 +100,7 @@ public final class KafkaEmitter: @unchecked Sendable {
     private let pending = ConditionLock(0)
     private var thread: DedicatedThread?
 
-    private var current = Batch()
+    @usableFromInline var current = Batch()
     private var held: [Batch] = []
     /// Whether ``send()`` keeps batches back (see the type's notes).
     public var isHolding = false
@@ -96,8 +118,9 @@ public final class KafkaEmitter: @unchecked Sendable {
     }
 
     /// Appends a record to the open batch. `headers` are (name, value) pairs; a nil value is a
-    /// null header.
-    @inline(__always)
+    /// null header. `@inlinable` with its batch and writer: it runs once per record sent, from
+    /// the roles' module, where an inlined copy also inlines the caller's `headers` closure.
+    @inlinable @inline(__always)
     public func append(to topic: KafkaProducerTopic, partition: Int32? = nil, key: UnsafeRawBufferPointer?,
                        value: UnsafeRawBufferPointer?, timestamp: Int64? = nil, headers: (inout HeaderWriter) -> Void) {
         let keyStart = current.copy(key)
@@ -111,9 +134,12 @@ public final class KafkaEmitter: @unchecked Sendable {
 
     /// Adds headers to the record being appended.
     public struct HeaderWriter {
-        let batch: Batch
+        @usableFromInline let batch: Batch
 
-        @inline(__always)
+        @inlinable
+        init(batch: Batch) { self.batch = batch }
+
+        @inlinable @inline(__always)
         public mutating func add(_ name: String, _ value: UnsafeRawBufferPointer?) {
             let start = batch.copy(value)
             batch.headers.append(Batch.Header(name: name, valueStart: start, valueCount: value?.count ?? 0))

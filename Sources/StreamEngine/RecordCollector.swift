@@ -9,7 +9,7 @@ import StateStore
 /// transaction). Changelog records go straight to the producer from the commit.
 public final class RecordCollector {
     let producer: KafkaProducer
-    let emitter: KafkaEmitter
+    @usableFromInline let emitter: KafkaEmitter
     private var topics: [String: KafkaProducerTopic] = [:]
     /// Partition counts of the role's sources, changelog and sinks, as checked at start.
     public internal(set) var partitionCounts: [String: Int] = [:]
@@ -28,8 +28,8 @@ public final class RecordCollector {
     }
 
     /// Sends one record (copied now): to `partition`, or where the producer's partitioner puts
-    /// `key` when nil.
-    @inline(__always)
+    /// `key` when nil. `@inlinable`: the roles call it per record from their own module.
+    @inlinable @inline(__always)
     public func send(to topic: KafkaProducerTopic, partition: Int32? = nil, key: UnsafeRawBufferPointer?,
                      value: UnsafeRawBufferPointer?, timestamp: Int64? = nil,
                      headers: (inout KafkaEmitter.HeaderWriter) -> Void) {

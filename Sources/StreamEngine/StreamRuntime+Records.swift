@@ -12,7 +12,12 @@ extension StreamRuntime {
     // MARK: - Records
 
     /// Dispatches one record to its task, keeping the task's positions.
-    @inline(__always)
+    ///
+    /// `@inlinable`, with what it touches `@usableFromInline`: the run loop calls it through
+    /// ``recordHandler``, which ``specializeRecordHandling()`` makes where `Role` is concrete,
+    /// so this body is compiled for the role there. Compiled here it ran generic, with a
+    /// generic dictionary lookup, runtime metadata and witness calls on every record.
+    @inlinable @inline(__always)
     func handle(_ m: borrowing KafkaRecordView) throws {
         // A rebalance hook failed during this poll: the run stops right after it.
         guard hookError == nil, let slot = tasks.slot(m.partition), let task = slot.task,
@@ -44,7 +49,7 @@ extension StreamRuntime {
     /// offset, the records from there to the log start (or to this record, when the log start
     /// moved past it since) were deleted before the task read them, and the task hears of them
     /// in the open cycle, before the record itself.
-    @inline(never)
+    @usableFromInline @inline(never)
     func noticeDeletedRecords(_ slot: TaskSlot<Role>, _ task: Role.Task, source: Int, expected: Int64,
                               topic: String, partition: Int32, offset: Int64) throws {
         let tp = KafkaTopicPartition(topic, partition)

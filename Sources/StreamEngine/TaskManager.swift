@@ -5,11 +5,11 @@ import StateStore
 /// A task's offset per source topic (``unknown``: none yet), indexed as the role's sources.
 public struct SourcePositions: Equatable, Sendable {
     public static let unknown = Int64.min
-    var offsets: [Int64]
+    @usableFromInline var offsets: [Int64]
 
     init(count: Int) { offsets = Array(repeating: Self.unknown, count: count) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     subscript(source: Int) -> Int64? {
         get { let o = offsets[source]; return o == Self.unknown ? nil : o }
         set { offsets[source] = newValue ?? Self.unknown }
@@ -20,8 +20,9 @@ public struct SourcePositions: Equatable, Sendable {
 }
 
 /// One partition group's task: the role's task (once restored), its store and its positions.
+@usableFromInline
 final class TaskSlot<Role: StreamRole> {
-    enum Phase {
+    @usableFromInline enum Phase {
         /// Assigned; the store is not open yet (the run loop opens it).
         case assigned
         /// Its store is replaying the changelog; input stays paused.
@@ -32,19 +33,19 @@ final class TaskSlot<Role: StreamRole> {
 
     let partition: Int32
     let directory: String
-    var phase: Phase = .assigned
+    @usableFromInline var phase: Phase = .assigned
     var store: Role.Task.Store?
     /// Next offset to handle, per source.
-    var next: SourcePositions
+    @usableFromInline var next: SourcePositions
     /// Next offset as of the last commit: where an abort rewinds to.
-    var committed: SourcePositions
+    @usableFromInline var committed: SourcePositions
     /// Next offset as of the sealed cycle whose commit is in flight.
     var sealed: SourcePositions
     /// Where the restored state says input resumes (from the changelog's position headers or
     /// the store's checkpoint).
     var restoredPositions: [Int64] = []
     /// Records handled since the last commit.
-    var changed = false
+    @usableFromInline var changed = false
     /// Reused per commit: the store's changelog records.
     var changelog = ChangelogBatch()
 
@@ -56,7 +57,7 @@ final class TaskSlot<Role: StreamRole> {
         sealed = next
     }
 
-    var task: Role.Task? {
+    @inlinable var task: Role.Task? {
         if case .running(let task) = phase { return task }
         return nil
     }
@@ -65,12 +66,13 @@ final class TaskSlot<Role: StreamRole> {
 /// The tasks of one runtime: created when the group assigns a partition group, restored, run
 /// and closed when it is revoked. Partition p of every source topic belongs to task p; an
 /// assignment that splits a group is refused (it would give one key's state to two tasks).
+@usableFromInline
 final class TaskManager<Role: StreamRole> {
     let role: Role
     let stateRoot: String
     /// The role's source topic names, looked up once per record.
-    let sourceNames: [String]
-    private(set) var slots: [Int32: TaskSlot<Role>] = [:]
+    @usableFromInline let sourceNames: [String]
+    @usableFromInline private(set) var slots: [Int32: TaskSlot<Role>] = [:]
 
     init(role: Role, stateRoot: String) {
         self.role = role
@@ -88,20 +90,20 @@ final class TaskManager<Role: StreamRole> {
     var running: [TaskSlot<Role>] { all.filter { $0.task != nil } }
     var allRunning: Bool { slots.values.allSatisfy { $0.task != nil } }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func slot(_ partition: Int32) -> TaskSlot<Role>? { slots[partition] }
 
     /// The source index of `topic`, or nil.
-    @inline(__always)
+    @inlinable @inline(__always)
     func sourceIndex(_ topic: String) -> Int? {
         sourceNames.firstIndex(of: topic)
     }
 
     /// Records this runtime's aborted transactions wrote, skipped when read back (kept only
     /// under an observer of transactions: see ``AbortedRecords``).
-    var abortedRecords: AbortedRecords?
+    @usableFromInline var abortedRecords: AbortedRecords?
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func wasAborted(source: Int, partition: Int32, offset: Int64) -> Bool {
         guard let abortedRecords else { return false }
         return abortedRecords.contains(KafkaTopicPartition(sourceNames[source], partition), offset)

@@ -47,6 +47,7 @@ public final class TransactionFaultInjector: Sendable {
 /// cluster hides them from read_committed readers; librdkafka's mock writes no transaction
 /// markers and shows them, so under an observer that asked for transactions the runtime skips
 /// them itself, as a real cluster would.
+@usableFromInline
 final class AbortedRecords: Sendable {
     private let records = Mutex<[KafkaTopicPartition: Set<Int64>]>([:])
 
@@ -54,6 +55,7 @@ final class AbortedRecords: Sendable {
         records.withLock { r in for (tp, offsets) in written { r[tp, default: []].formUnion(offsets) } }
     }
 
+    @usableFromInline
     func contains(_ tp: KafkaTopicPartition, _ offset: Int64) -> Bool {
         records.withLock { $0[tp]?.contains(offset) ?? false }
     }

@@ -23,6 +23,7 @@ public final class RoleRunner<Role: RunnableRole>: Sendable {
     init(role: Role, runtimeConfiguration: RuntimeConfiguration, logger: Logger, observer: (any RuntimeObserver)?) {
         self.role = role
         runtime = StreamRuntime(role: role, configuration: runtimeConfiguration, logger: logger, observer: observer)
+        runtime.specializeRecordHandling()
     }
 
     /// The settings the role was made from.
