@@ -1,7 +1,9 @@
 import Foundation
 import Logging
+import Synchronization
 import Testing
 @testable import PolyglotSupport
+@testable import FraudModel
 @testable import KafkaClient
 @testable import StreamEngine
 @testable import Roles
@@ -114,5 +116,95 @@ struct AuditorRetentionTests {
             #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
             #expect((finding["input"] as? [String: Any])?["topic"] as? String == topics.input, "\(finding)")
         }
+    }
+
+    /// `count` names `prefix0`, `prefix1`, ... whose murmur2 partition of `partitions` is `partition`.
+    static func names(_ prefix: String, count: Int, partition: Int32, of partitions: Int) -> [String] {
+        var found: [String] = []
+        var i = 0
+        while found.count < count {
+            var name = "\(prefix)\(i)"
+            if name.withUTF8({ KafkaPartitioner.murmur2.partition(of: $0, count: Int32(partitions)) }) == partition { found.append(name) }
+            i += 1
+        }
+        return found
+    }
+
+    /// Inputs `first..<first + count` of `cards` (round robin), keyed by `keys` (round robin, or by
+    /// card), with event times 1.5 s apart from `start`.
+    static func inputs(_ first: Int, count: Int, cards: [String], keys: [String]? = nil, start: Int64) -> [(key: [UInt8]?, value: [UInt8]?)] {
+        (first..<(first + count)).map { i in
+            let card = cards[i % cards.count]
+            let value = "{\"transactionId\":\"t-\(i)\",\"cardId\":\"\(card)\",\"amount\":\(i % 97).50,\"timestamp\":\(start + Int64(i) * 1_500)}"
+            return (Array((keys.map { $0[i % $0.count] } ?? card).utf8), Array(value.utf8))
+        }
+    }
+
+    /// Two partitions. 200 inputs read on input partition 1 whose cards belong to partition 0
+    /// (forwarded there) were processed first; then 30,000 inputs of partition 0's other cards
+    /// pushed all their outputs out of output partition 0, and no later output of partition 1's
+    /// inputs reached it. The auditor read it all (one `truncated`), was stopped, and the
+    /// processor's group then committed past everything, 5 more inputs of partition 0 without
+    /// outputs included. The restarted auditor knows what it learned of the gap: the 200 are
+    /// not missing, the 5 are (partition 0's deleted outputs were accounted for before the
+    /// restart, so they are not excused), and the gap is not reported again.
+    @Test(.longOnTheBroker) func restartedAuditorKeepsWhatItLearnedOfAGap() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 2)
+        let home = Self.names("card-", count: 80, partition: 0, of: 2)
+        let (forwardedCards, directCards) = (Array(home[..<40]), Array(home[40...]))
+        let awayKeys = Self.names("account-", count: 4, partition: 1, of: 2)
+        let start = Workload.epoch - 60_000_000, forwarded = 200, direct = 30_000
+        let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(at: processorState)
+            try? FileManager.default.removeItem(at: auditorState)
+        }
+        let processing = topics.configuration(stateDirectory: processorState, guarantee: AuditPositionTests.guarantee)
+        try await topics.produce(Self.inputs(0, count: forwarded, cards: forwardedCards, keys: awayKeys, start: start))
+        try await run(StreamProcessor(configuration: processing, logger: logger))
+        try await topics.produce(Self.inputs(forwarded, count: direct, cards: directCards, start: start))
+        try await run(StreamProcessor(configuration: processing, logger: logger))
+        let first = try await logStart(topics, topics.output)
+        if cluster.isMock { #expect(first > Int64(forwarded), "the dev broker kept outputs of the forwarded inputs: nothing to check") }
+        guard first > Int64(forwarded) else { return }
+        // Five inputs the group commits past without outputs: the true findings after the restart.
+        try await topics.produce(Self.inputs(forwarded + direct, count: 5, cards: directCards, start: start))
+
+        // What the auditor reads as the processor's progress: a group of its own, committed
+        // only once the first auditor stopped (its repartition topic is empty: nothing forwarded
+        // is still on its way).
+        let progressGroup = "\(topics.applicationID)-progress"
+        try cluster.createExactTopic("\(progressGroup)-repartition", partitions: 2)
+        let auditorGroup = "audit-\(UUID().uuidString.prefix(8).lowercased())"
+        let positions = AuditPositionTests()
+        let before = try positions.auditor(topics, state: auditorState, processorGroup: progressGroup, group: auditorGroup)
+        let outputs = forwarded + direct - Int(first), inputs = forwarded + direct + 5
+        try await positions.audit(before) { $0.truncated == 1 && $0.outputs == outputs && $0.inputs == inputs }
+        let b = before.counts
+        #expect(b.missing == 0 && b.orphan == 0 && b.duplicate == 0 && b.mismatch == 0 && b.drift == 0, "\(b)")
+
+        let consumer = try cluster.consumer(group: progressGroup)
+        try await consumer.commit([KafkaTopicPartitionOffset(KafkaTopicPartition(topics.input, 0), offset: Int64(direct + 5)),
+                                   KafkaTopicPartitionOffset(KafkaTopicPartition(topics.input, 1), offset: Int64(forwarded))])
+        await consumer.close()
+        let after = try positions.auditor(topics, state: auditorState, processorGroup: progressGroup, group: auditorGroup)
+        // The forwarded inputs are due one probe after partition 0's own: once the 5 are missing,
+        // a few more probes (and the punctuation and commit after them) decide them too.
+        let probesThen = Mutex<Int?>(nil)
+        try await positions.audit(after) { c in
+            guard c.missing >= 5, let probes = after.runtime.role.progress?.probes else { return false }
+            let then = probesThen.withLock { t in
+                if t == nil { t = probes }
+                return t!
+            }
+            return probes >= then + 10
+        }
+        let c = after.counts
+        #expect(c.missing == 5 && c.truncated == 0 && c.orphan == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
+        let found = try await findings(topics, after, count: b.truncated + b.flagged + c.missing + c.flagged)
+        #expect(found.filter { $0["kind"] as? String == "truncated" }.count == 1)
+        #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
+                == ((forwarded + direct)..<(forwarded + direct + 5)).map { "t-\($0)" }.sorted())
     }
 }

@@ -79,7 +79,7 @@ final class TruncationState {
     /// Valid inputs of truncated lanes, per input partition in offset order.
     private(set) var waiting: [Int32: [(offset: Int64, lane: Int32, id: String)]] = [:]
     /// Per truncated lane, the input partitions whose deleted outputs are accounted for.
-    private(set) var accounted: [Int32: Set<Int32>] = [:]
+    fileprivate(set) var accounted: [Int32: Set<Int32>] = [:]
     /// Per truncated lane, inputs whose outputs were deleted.
     var inputsOfDeletedOutputs: [Int32: Int] = [:]
     /// Outputs and dead letters whose input was deleted.
@@ -88,11 +88,15 @@ final class TruncationState {
     /// Rejected inputs whose dead letter was deleted.
     var rejectedOfDeletedDeadLetters = 0
     /// Per dead-letter partition, the input offset of its first dead letter still held.
-    private var firstDeadLetterSource: [Int32: Int64] = [:]
+    fileprivate var firstDeadLetterSource: [Int32: Int64] = [:]
     /// The continuous auditor's: the valid inputs of an input partition below an offset still
     /// waiting in its stored ledger (which outlives the cycles and restarts this state does not),
     /// in offset order. Nil (a batch audit): inputs are kept in ``waiting`` as they are read.
     let waitingInLedger: ((Int32, Int64) -> [(offset: Int64, id: String)])?
+    /// The continuous auditor's: keeps what this state knows in the task's store, in the open
+    /// cycle, whenever it changes (nil: a batch audit keeps nothing).
+    var persist: ((KnownGaps) -> Void)?
+    fileprivate var persisted: KnownGaps?
 
     init(_ truncation: AuditTruncation, inputTopic: String, laneOfCard: @escaping (String) -> Int32,
          waitingInLedger: ((Int32, Int64) -> [(offset: Int64, id: String)])? = nil) {
@@ -126,7 +130,7 @@ final class TruncationState {
 
     /// Takes the inputs of `partition` for `lane` below `offset`, and marks the pair accounted.
     func takeWaiting(partition: Int32, lane: Int32, below offset: Int64) -> [(offset: Int64, id: String)] {
-        accounted[lane, default: []].insert(partition)
+        if accounted[lane, default: []].insert(partition).inserted { save() }
         if let waitingInLedger { return waitingInLedger(partition, offset) }
         guard var entries = waiting[partition] else { return [] }
         var taken: [(offset: Int64, id: String)] = []
@@ -162,6 +166,7 @@ final class TruncationState {
         if case .record(_, let partition, _)? = position, firstDeadLetterSource[partition] == nil,
            case .record(let topic, _, let offset)? = source, topic == inputTopic {
             firstDeadLetterSource[partition] = offset
+            save()
         }
         guard inputWasDeleted(source) else { return false }
         deadLettersOfDeletedInputs += 1
@@ -187,6 +192,32 @@ final class TruncationState {
     }
 }
 
+extension TruncationState {
+    /// What this state knows, as the task's store keeps it.
+    var known: KnownGaps {
+        KnownGaps(inputs: truncation.inputs, outputs: truncation.outputs, deadLetters: truncation.deadLetters,
+                  accounted: accounted, firstDeadLetterSource: firstDeadLetterSource)
+    }
+
+    /// Takes back what the task's store kept: which lanes' deleted outputs are accounted for, and
+    /// where each truncated dead-letter partition's dead letters resumed. The gaps themselves
+    /// come from the task (``update(_:)``).
+    func restore(_ gaps: KnownGaps) {
+        accounted = gaps.accounted
+        firstDeadLetterSource = gaps.firstDeadLetterSource
+        persisted = gaps
+    }
+
+    /// Keeps what this state knows in the task's store when it changed since it was last kept.
+    func save() {
+        guard let persist else { return }
+        let now = known
+        guard now != persisted else { return }
+        persist(now)
+        persisted = now
+    }
+}
+
 extension AuditReconciler {
     /// A batch audit: partitions of `truncation` lost their oldest records before the audit
     /// began. `laneOfCard` is the output partition the processor writes a card's outputs to.
@@ -202,12 +233,20 @@ extension AuditReconciler {
         guard !truncation.isEmpty else { return }
         if let state = self.truncation {
             state.update(truncation)
+            state.save()
             return
         }
         let waiting: (Int32, Int64) -> [(offset: Int64, id: String)] = { [ledger] partition, offset in
             (ledger as? StoredAuditLedger)?.waitingInputs(partition: partition, below: offset) ?? []
         }
-        self.truncation = TruncationState(truncation, inputTopic: inputTopic, laneOfCard: { _ in lane }, waitingInLedger: waiting)
+        let state = TruncationState(truncation, inputTopic: inputTopic, laneOfCard: { _ in lane }, waitingInLedger: waiting)
+        if let stored = ledger as? StoredAuditLedger {
+            // What the task accounted for before a restart or a rolled-back cycle holds as of its store.
+            state.restore(stored.knownGaps)
+            state.persist = { [unowned stored] in stored.setKnownGaps($0) }
+        }
+        self.truncation = state
+        state.save()
     }
 
     /// Before `lane`'s first output from an input partition after the gap: the inputs of that
