@@ -207,4 +207,55 @@ struct AuditorRetentionTests {
         #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
                 == ((forwarded + direct)..<(forwarded + direct + 5)).map { "t-\($0)" }.sorted())
     }
+
+    /// Three partitions; only output partition 0 lost records (30,000 outputs of its cards
+    /// against 300 in each other lane). The processor's group then committed past 5 more inputs
+    /// of partition 0's cards and 5 of partition 1's without outputs. An auditor from scratch
+    /// reports partition 0 truncated and nothing else about it, and still checks the other lanes:
+    /// exactly the 10 are missing (the 5 of the truncated lane come after its gap), none of the
+    /// inputs whose outputs were deleted.
+    @Test(.longOnTheBroker) func onlyTheTruncatedLaneIsExcused() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
+        let cards = (0..<3).map { Self.names("card-\($0)-", count: 20, partition: Int32($0), of: 3) }
+        let start = Workload.epoch - 60_000_000, large = 30_000, small = 300
+        let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(at: processorState)
+            try? FileManager.default.removeItem(at: auditorState)
+        }
+        try await topics.produce(Self.inputs(0, count: large, cards: cards[0], start: start)
+            + Self.inputs(large, count: small, cards: cards[1], start: start)
+            + Self.inputs(large + small, count: small, cards: cards[2], start: start))
+        try await run(StreamProcessor(configuration: topics.configuration(stateDirectory: processorState, guarantee: AuditPositionTests.guarantee),
+                                      logger: logger))
+        let processed = large + 2 * small
+        let first = try await logStart(topics, topics.output)
+        if cluster.isMock { #expect(first > 0, "the dev broker kept every output: nothing to check") }
+        let unprocessed = Self.inputs(processed, count: 5, cards: cards[0], start: start) + Self.inputs(processed + 5, count: 5, cards: cards[1], start: start)
+        try await topics.produce(unprocessed)
+        let progressGroup = "\(topics.applicationID)-progress"
+        try cluster.createExactTopic("\(progressGroup)-repartition", partitions: 3)
+        let consumer = try cluster.consumer(group: progressGroup)
+        let partitions = (0..<Int32(3)).map { KafkaTopicPartition(topics.input, $0) }
+        let ends = try consumer.endOffsets(partitions, timeout: .seconds(10))
+        try await consumer.commit(partitions.map { KafkaTopicPartitionOffset($0, offset: ends[$0]!) })
+        await consumer.close()
+
+        let auditor = try AuditPositionTests().auditor(topics, state: auditorState, processorGroup: progressGroup)
+        try await AuditPositionTests().audit(auditor) { $0.missing >= 10 && $0.outputs == processed - Int(first) }
+        let c = auditor.counts
+        #expect(c.inputs == processed + 10)
+        #expect(c.missing == 10 && c.orphan == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
+        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c)")
+        let found = try await findings(topics, auditor, count: c.missing + c.truncated + c.flagged)
+        let truncated = found.filter { $0["kind"] as? String == "truncated" }
+        #expect(truncated.count == c.truncated)
+        if let finding = truncated.first {
+            #expect((finding["output"] as? [String: Any])?["partition"] as? Int == 0, "\(finding)")
+            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+        }
+        #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
+                == (processed..<(processed + 10)).map { "t-\($0)" }.sorted())
+    }
 }
