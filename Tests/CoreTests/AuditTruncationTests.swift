@@ -147,8 +147,8 @@ struct ReadBalanceTests {
     /// What a continuous auditor task learned of gaps comes back from its changelog record as it
     /// was, and a damaged record is refused with a clear error rather than read wrong.
     @Test func knownGapsComeBackFromTheirChangelogRecord() throws {
-        let gaps = KnownGaps(inputs: [2: 40], outputs: [0: 1_234], deadLetters: [1: 7], accounted: [0: [0, 2]],
-                             firstDeadLetterSource: [1: 99])
+        let gaps = KnownGaps(inputs: [2: 40], outputs: [0: 1_234], deadLetters: [1: 7], repartition: [0: 12], accounted: [0: [0, 2]],
+                             firstDeadLetterSource: [1: 99], forwardedAfterGap: [1: 5, 2: 8])
         var bytes: [UInt8] = []
         LedgerEntry.gaps(gaps).encode(into: &bytes)
         let back = try bytes.withUnsafeBytes { try LedgerEntry.decode($0) }

@@ -258,4 +258,70 @@ struct AuditorRetentionTests {
         #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
                 == (processed..<(processed + 10)).map { "t-\($0)" }.sorted())
     }
+
+    /// Three partitions. 6,000 inputs of about 1 KB read on input partitions 1 and 2 belong to
+    /// partition 0's cards; the processor processed them. An auditor forwarded them all to
+    /// partition 0 of its repartition topic and committed past them on partitions 1 and 2, but
+    /// its task 0 had not read them yet when the dev broker dropped the oldest (its instance was
+    /// down, say). The auditor reports that partition truncated (on the repartition topic), and
+    /// the outputs of the forwarded inputs it lost are not orphans.
+    @Test(.longOnTheBroker) func lostForwardedInputsAreTruncatedNotOrphans() async throws {
+        let cluster = try TestCluster()
+        let topics = try ProcessorTopics(cluster: cluster, partitions: 3)
+        let cards = Self.names("card-", count: 40, partition: 0, of: 3)
+        let start = Workload.epoch - 60_000_000, half = 3_000
+        // A member the processor ignores makes each input about 1 KB, its output a third of that.
+        let note = String(repeating: "n", count: 1_000)
+        func padded(_ records: [(key: [UInt8]?, value: [UInt8]?)]) -> [(key: [UInt8]?, value: [UInt8]?)] {
+            records.map { ($0.key, Array($0.value!.dropLast()) + Array(",\"note\":\"\(note)\"}".utf8)) }
+        }
+        let processorState = try TestPaths.temporaryDirectory(), auditorState = try TestPaths.temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(at: processorState)
+            try? FileManager.default.removeItem(at: auditorState)
+        }
+        // In two runs, so that the processor's own repartition partition never holds more than
+        // the dev broker keeps.
+        let processing = topics.configuration(stateDirectory: processorState, guarantee: AuditPositionTests.guarantee)
+        var forwarded: [(partition: Int32, records: [(key: [UInt8]?, value: [UInt8]?)])] = []
+        for (i, partition) in [Int32(1), 2].enumerated() {
+            let keys = Self.names("account-", count: 4, partition: partition, of: 3)
+            let records = padded(Self.inputs(i * half, count: half, cards: cards, keys: keys, start: start))
+            forwarded.append((partition, records))
+            try await topics.produce(records)
+            try await run(StreamProcessor(configuration: processing, logger: logger))
+        }
+        // What the auditor's tasks 1 and 2 did before: forwarded each input, unchanged, keyed by
+        // its card, with its position, and committed past it.
+        let auditor = try AuditPositionTests().auditor(topics, state: auditorState)
+        let group = auditor.configuration.pipeline.applicationID, repartition = auditor.configuration.repartitionTopic
+        let committer = try cluster.consumer(group: group)
+        try await committer.commit([1, 2].map { KafkaTopicPartitionOffset(KafkaTopicPartition(topics.input, $0), offset: Int64(half)) })
+        await committer.close()
+        let producer = try cluster.producer(["message.max.bytes": "4194304"])
+        var decoder = TransactionDecoder()
+        for (partition, records) in forwarded {
+            for (offset, record) in records.enumerated() {
+                let card = try decoder.decode(record.value!).cardId
+                try producer.produce(topic: repartition, partition: 0, key: Array(card.utf8), value: record.value,
+                                     headers: [KafkaHeader(HeaderName.source, "\(topics.input)/\(partition)/\(offset)")], blockIfQueueFull: true)
+            }
+        }
+        try await producer.flush(timeout: .seconds(30))
+        _ = await producer.close()
+        let first = try await logStart(topics, repartition)
+        if cluster.isMock { #expect(first > 0, "the dev broker kept every forwarded input: nothing to check") }
+
+        try await AuditPositionTests().audit(auditor) { $0.outputs == 2 * half && $0.inputs == 2 * half - Int(first) }
+        let c = auditor.counts
+        let found = try await findings(topics, auditor, count: c.truncated + c.flagged + c.orphan + c.missing)
+        let truncated = found.filter { $0["kind"] as? String == "truncated" }
+        #expect(c.orphan == 0 && c.missing == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
+        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c) \(truncated)")
+        #expect(truncated.count == c.truncated)
+        if let finding = truncated.first {
+            #expect((finding["output"] as? [String: Any])?["topic"] as? String == repartition, "\(finding)")
+            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+        }
+    }
 }

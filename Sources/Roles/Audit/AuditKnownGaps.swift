@@ -7,10 +7,11 @@ import StateStore
 /// restarted task would call the inputs whose outputs were deleted `missing` once the processor
 /// commits past them, and the outputs of deleted inputs orphans.
 ///
-/// Value (ledger entry kind 4), big-endian: input, output and dead-letter gaps (each a count (4),
-/// then per partition: partition (4), first offset still held (8)); accounted lanes (count (4),
-/// per lane: lane (4), count (4), input partitions (4 each)); first dead-letter sources (count
-/// (4), per dead-letter partition: partition (4), input offset (8)).
+/// Value (ledger entry kind 4), big-endian: input, output, dead-letter and repartition gaps
+/// (each a count (4), then per partition: partition (4), first offset still held (8)); accounted
+/// lanes (count (4), per lane: lane (4), count (4), input partitions (4 each)); first dead-letter
+/// sources and first records forwarded after a repartition gap (each a count (4), then per
+/// partition: partition (4), input offset (8)).
 struct KnownGaps: Equatable, Sendable {
     /// Input partition → its first offset still held.
     var inputs: [Int32: Int64] = [:]
@@ -18,10 +19,15 @@ struct KnownGaps: Equatable, Sendable {
     var outputs: [Int32: Int64] = [:]
     /// Dead-letter partition → its first offset still held.
     var deadLetters: [Int32: Int64] = [:]
+    /// The auditor's repartition partition → its first offset still held.
+    var repartition: [Int32: Int64] = [:]
     /// Per truncated lane, the input partitions whose deleted outputs are accounted for.
     var accounted: [Int32: Set<Int32>] = [:]
     /// Per dead-letter partition, the input offset of its first dead letter read after its gap.
     var firstDeadLetterSource: [Int32: Int64] = [:]
+    /// After a repartition gap, per input partition: the offset of the first record forwarded
+    /// from it read after the gap (inputs forwarded below it were read before or lost).
+    var forwardedAfterGap: [Int32: Int64] = [:]
 
     static let kind: UInt8 = 4
     /// The one key of a task's store that holds them.
@@ -35,12 +41,13 @@ struct KnownGaps: Equatable, Sendable {
         t.inputs = inputs
         t.outputs = outputs
         t.deadLetters = deadLetters
+        t.repartition = repartition
         return t
     }
 
     func encode(into bytes: inout [UInt8]) {
         bytes.append(Self.kind)
-        for map in [inputs, outputs, deadLetters] { Self.append(map, &bytes) }
+        for map in [inputs, outputs, deadLetters, repartition] { Self.append(map, &bytes) }
         LedgerEntry.append(UInt32(accounted.count), &bytes)
         for (lane, partitions) in accounted.sorted(by: { $0.key < $1.key }) {
             LedgerEntry.append(UInt32(bitPattern: lane), &bytes)
@@ -48,6 +55,7 @@ struct KnownGaps: Equatable, Sendable {
             for p in partitions.sorted() { LedgerEntry.append(UInt32(bitPattern: p), &bytes) }
         }
         Self.append(firstDeadLetterSource, &bytes)
+        Self.append(forwardedAfterGap, &bytes)
     }
 
     /// Reads the fields after the kind byte, checking each.
@@ -56,6 +64,7 @@ struct KnownGaps: Equatable, Sendable {
         gaps.inputs = try offsets(&r, "input gap")
         gaps.outputs = try offsets(&r, "output gap")
         gaps.deadLetters = try offsets(&r, "dead-letter gap")
+        gaps.repartition = try offsets(&r, "repartition gap")
         let lanes = try r.uint32()
         for _ in 0..<lanes {
             let lane = try partition(&r)
@@ -64,6 +73,7 @@ struct KnownGaps: Equatable, Sendable {
             gaps.accounted[lane] = partitions
         }
         gaps.firstDeadLetterSource = try offsets(&r, "first dead-letter source")
+        gaps.forwardedAfterGap = try offsets(&r, "first forwarded input")
         return gaps
     }
 

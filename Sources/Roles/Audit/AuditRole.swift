@@ -331,9 +331,12 @@ public final class AuditTask: StreamTask {
                     reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
                 }
                 if case .record(_, let p, let offset)? = TopicAudit.position(read, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes),
-                   p >= 0, p < partitionCount, p != partition, offset > readUpTo[Int(p)] {
-                    readUpTo[Int(p)] = offset
-                    reconciler.drainOrphans()
+                   p >= 0, p < partitionCount, p != partition {
+                    reconciler.truncation?.noteForwarded(from: p, at: offset)
+                    if offset > readUpTo[Int(p)] {
+                        readUpTo[Int(p)] = offset
+                        reconciler.drainOrphans()
+                    }
                 }
                 sendFindings()
                 return
@@ -341,6 +344,7 @@ public final class AuditTask: StreamTask {
             let position = m.header(HeaderName.source).flatMap {
                 TopicAudit.position($0, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes)
             } ?? .record(topic: role.configuration.repartitionTopic, partition: m.partition, offset: m.offset)
+            reconciler.truncation?.noteForwarded(position)
             reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
         case AuditRole.output:
             reconciler.output(value, position: .record(topic: outputTopic, partition: m.partition, offset: m.offset),
@@ -372,7 +376,7 @@ public final class AuditTask: StreamTask {
         case AuditRole.deadLetter:
             (side, topic, accounted) = (.deadLetter, r.deadLetterTopic, "rejected inputs whose dead letters were among them are not mismatches")
         default:
-            (side, topic, accounted) = (.repartition, c.repartitionTopic, "inputs forwarded there went unchecked")
+            (side, topic, accounted) = (.repartition, c.repartitionTopic, "inputs forwarded there went unchecked; their outputs are not orphans")
         }
         if truncation.deleted(side, partition: partition, below: to) {
             reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)

@@ -20,6 +20,8 @@ public struct AuditTruncation: Sendable, Hashable {
     public var inputs: [Int32: Int64] = [:]
     /// Dead-letter partition → its first offset still held.
     public var deadLetters: [Int32: Int64] = [:]
+    /// The continuous auditor's repartition partition → its first offset still held.
+    public var repartition: [Int32: Int64] = [:]
     /// Whether the dead-letter topic has as many partitions as the input topic (the processor
     /// then writes each dead letter on its input's partition).
     public var deadLettersOnInputPartitions = true
@@ -29,7 +31,7 @@ public struct AuditTruncation: Sendable, Hashable {
         self.deadLetterTopic = deadLetterTopic
     }
 
-    public var isEmpty: Bool { outputs.isEmpty && inputs.isEmpty && deadLetters.isEmpty }
+    public var isEmpty: Bool { outputs.isEmpty && inputs.isEmpty && deadLetters.isEmpty && repartition.isEmpty }
 
     /// Notes that `side`'s partition lost its records below `first`; false when that was known.
     @discardableResult
@@ -43,7 +45,7 @@ public struct AuditTruncation: Sendable, Hashable {
         case .input: return raise(&inputs)
         case .output: return raise(&outputs)
         case .deadLetter: return raise(&deadLetters)
-        case .repartition: return false
+        case .repartition: return raise(&repartition)
         }
     }
 }
@@ -89,6 +91,11 @@ final class TruncationState {
     var rejectedOfDeletedDeadLetters = 0
     /// Per dead-letter partition, the input offset of its first dead letter still held.
     fileprivate var firstDeadLetterSource: [Int32: Int64] = [:]
+    /// The continuous auditor's, after a gap in its repartition partition: per input partition,
+    /// the position of the first record its task forwarded that was read after the gap (an
+    /// input's, or its read progress). Inputs of that partition forwarded below it were read
+    /// before the gap or lost in it.
+    fileprivate var forwardedAfterGap: [Int32: Int64] = [:]
     /// The continuous auditor's: the valid inputs of an input partition below an offset still
     /// waiting in its stored ledger (which outlives the cycles and restarts this state does not),
     /// in offset order. Nil (a batch audit): inputs are kept in ``waiting`` as they are read.
@@ -112,6 +119,7 @@ final class TruncationState {
     func update(_ newer: AuditTruncation) {
         for (lane, first) in newer.outputs where truncation.outputs[lane] != first { accounted[lane] = nil }
         for (partition, first) in newer.deadLetters where truncation.deadLetters[partition] != first { firstDeadLetterSource[partition] = nil }
+        if newer.repartition != truncation.repartition { forwardedAfterGap = [:] }
         truncation = newer
     }
 
@@ -148,6 +156,30 @@ final class TruncationState {
         guard !truncation.inputs.isEmpty, case .record(let topic, let partition, let offset)? = source, topic == inputTopic,
               let first = truncation.inputs[partition] else { return false }
         return offset < first
+    }
+
+    /// Notes a record forwarded from input partition `partition` (an input at `offset`, or read
+    /// progress up to it) read from the repartition topic: the first one after a gap there bounds
+    /// the inputs of that partition the gap may have taken.
+    func noteForwarded(from partition: Int32, at offset: Int64) {
+        guard !truncation.repartition.isEmpty, forwardedAfterGap[partition] == nil else { return }
+        forwardedAfterGap[partition] = offset
+        save()
+    }
+
+    /// Notes a forwarded input read from the repartition topic at input `position`.
+    func noteForwarded(_ position: AuditPosition) {
+        guard !truncation.repartition.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else { return }
+        noteForwarded(from: partition, at: offset)
+    }
+
+    /// Whether `source` names an input forwarded to this task that a gap in its repartition
+    /// partition may have taken (the caller knows its transaction id is not in the ledger).
+    func forwardedInputWasLost(_ source: AuditPosition?) -> Bool {
+        guard !truncation.repartition.isEmpty, case .record(let topic, let partition, let offset)? = source, topic == inputTopic else {
+            return false
+        }
+        return offset < (forwardedAfterGap[partition] ?? 0)
     }
 
     /// Counts a valid input left without output as one whose output was deleted, and says so,
@@ -196,7 +228,8 @@ extension TruncationState {
     /// What this state knows, as the task's store keeps it.
     var known: KnownGaps {
         KnownGaps(inputs: truncation.inputs, outputs: truncation.outputs, deadLetters: truncation.deadLetters,
-                  accounted: accounted, firstDeadLetterSource: firstDeadLetterSource)
+                  repartition: truncation.repartition, accounted: accounted, firstDeadLetterSource: firstDeadLetterSource,
+                  forwardedAfterGap: forwardedAfterGap)
     }
 
     /// Takes back what the task's store kept: which lanes' deleted outputs are accounted for, and
@@ -205,6 +238,7 @@ extension TruncationState {
     func restore(_ gaps: KnownGaps) {
         accounted = gaps.accounted
         firstDeadLetterSource = gaps.firstDeadLetterSource
+        forwardedAfterGap = gaps.forwardedAfterGap
         persisted = gaps
     }
 
