@@ -25,9 +25,10 @@ struct AuditPositionTests {
     static let guarantee: ProcessingGuarantee = TestCluster.usesMock ? .atLeastOnce : .exactlyOnce
 
     /// An auditor whose settle time is far shorter than any wait in these tests: waiting decides nothing.
+    /// `group`: an auditor group of its own (default: a new one).
     func auditor(_ topics: ProcessorTopics, state: URL, stallAfter: Duration = .seconds(300),
-                 kafka extra: [String: String] = [:], processorGroup: String? = nil) throws -> ContinuousAuditor {
-        let group = "audit-\(UUID().uuidString.prefix(8).lowercased())"
+                 kafka extra: [String: String] = [:], processorGroup: String? = nil, group: String? = nil) throws -> ContinuousAuditor {
+        let group = group ?? "audit-\(UUID().uuidString.prefix(8).lowercased())"
         for topic in ["\(group)-ledger-changelog", "\(group)-repartition", "\(group)-findings"] {
             try? topics.cluster.createExactTopic(topic, partitions: topics.partitions)
         }

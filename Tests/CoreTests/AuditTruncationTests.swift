@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import FraudModel
 @testable import PolyglotSupport
+@testable import StateStore
 @testable import Roles
 
 /// A batch audit of topics whose oldest records retention deleted before the audit read them:
@@ -141,5 +142,24 @@ struct ReadBalanceTests {
         #expect(b.update(pendingInputs: 0, waitingOutputs: 500, inputsRead: 5, outputsRead: 5, inputsDone: false, outputsDone: false) == .pause(.outputs))
         #expect(b.update(pendingInputs: 0, waitingOutputs: 500, inputsRead: 5, outputsRead: 0, inputsDone: true, outputsDone: false) == .resume(.outputs))
         #expect(b.paused == nil)
+    }
+
+    /// What a continuous auditor task learned of gaps comes back from its changelog record as it
+    /// was, and a damaged record is refused with a clear error rather than read wrong.
+    @Test func knownGapsComeBackFromTheirChangelogRecord() throws {
+        let gaps = KnownGaps(inputs: [2: 40], outputs: [0: 1_234], deadLetters: [1: 7], repartition: [0: 12], accounted: [0: [0, 2]],
+                             firstDeadLetterSource: [1: 99], forwardedAfterGap: [1: 5, 2: 8])
+        var bytes: [UInt8] = []
+        LedgerEntry.gaps(gaps).encode(into: &bytes)
+        let back = try bytes.withUnsafeBytes { try LedgerEntry.decode($0) }
+        #expect(back == .gaps(gaps))
+        #expect(back.rank == .max, "known gaps never expire")
+        for cut in [1, 5, bytes.count - 1] {
+            #expect(throws: ChangelogDecodingError.self) { try Array(bytes[..<cut]).withUnsafeBytes { try LedgerEntry.decode($0) } }
+        }
+        var negative: [UInt8] = []
+        LedgerEntry.gaps(KnownGaps(outputs: [0: -1])).encode(into: &negative)
+        let error = #expect(throws: ChangelogDecodingError.self) { try negative.withUnsafeBytes { try LedgerEntry.decode($0) } }
+        #expect(error?.message.contains("negative") == true)
     }
 }

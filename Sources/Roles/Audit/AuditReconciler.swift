@@ -231,8 +231,9 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             return .done
         }
         let id = reader.string(view.transactionId, in: bytes)
-        // An output whose input retention deleted before the audit read it waits for nothing.
-        let inputDeleted = truncation?.inputWasDeleted(source) ?? false
+        // An output whose input retention deleted before the audit read it (from the input
+        // topic, or from the repartition topic it was forwarded through) waits for nothing.
+        let inputDeleted = truncation.map { $0.inputWasDeleted(source) || $0.forwardedInputWasLost(source) } ?? false
         // One ledger lookup finds and settles the input, except in a lane that lost outputs,
         // whose inputs before this output's source are settled first.
         let laneLostOutputs = truncation.map { $0.outputs[lane.id] != nil } ?? false

@@ -266,8 +266,9 @@ public final class AuditTask: StreamTask {
     /// The stall reported for this input partition and not yet resumed: its committed offset.
     private var stalledAt: Int64?
     /// Partitions that lost records before the auditor read them, as this task knows them: its
-    /// own (from the runtime) and other input partitions (from their tasks' read progress). Not
-    /// rolled back: a gap in a rolled-back cycle is met again, and each is known once.
+    /// own (from the runtime) and other input partitions (from their tasks' read progress). Kept
+    /// in the store (``KnownGaps``): a restart knows what the run before it learned, and a gap
+    /// met in a rolled-back cycle is met again.
     private var truncation: AuditTruncation
 
     /// The header of a read-progress record that says the sender's input partition lost records
@@ -295,9 +296,9 @@ public final class AuditTask: StreamTask {
         next = []
         readUpTo = []
         sentReadUpTo = []
-        truncation = AuditTruncation(outputTopic: role.configuration.pipeline.outputTopic,
-                                     deadLetterTopic: role.configuration.pipeline.deadLetterTopic)
+        truncation = store.ledger.knownGaps.truncation(outputTopic: outputTopic, deadLetterTopic: deadLetterTopic)
         reconciler = AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { _ in store.windows })
+        reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
         resetPositions()
         reconciler.sourceIsRead = { [unowned self] in self.sourceIsRead($0, receivedAt: $1) }
     }
@@ -330,9 +331,12 @@ public final class AuditTask: StreamTask {
                     reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
                 }
                 if case .record(_, let p, let offset)? = TopicAudit.position(read, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes),
-                   p >= 0, p < partitionCount, p != partition, offset > readUpTo[Int(p)] {
-                    readUpTo[Int(p)] = offset
-                    reconciler.drainOrphans()
+                   p >= 0, p < partitionCount, p != partition {
+                    reconciler.truncation?.noteForwarded(from: p, at: offset)
+                    if offset > readUpTo[Int(p)] {
+                        readUpTo[Int(p)] = offset
+                        reconciler.drainOrphans()
+                    }
                 }
                 sendFindings()
                 return
@@ -340,6 +344,7 @@ public final class AuditTask: StreamTask {
             let position = m.header(HeaderName.source).flatMap {
                 TopicAudit.position($0, inputTopic: inputTopic, inputTopicBytes: role.inputTopicBytes)
             } ?? .record(topic: role.configuration.repartitionTopic, partition: m.partition, offset: m.offset)
+            reconciler.truncation?.noteForwarded(position)
             reconciler.input(value, position: position, kafkaTimestamp: m.timestamp, readAt: now)
         case AuditRole.output:
             reconciler.output(value, position: .record(topic: outputTopic, partition: m.partition, offset: m.offset),
@@ -371,7 +376,7 @@ public final class AuditTask: StreamTask {
         case AuditRole.deadLetter:
             (side, topic, accounted) = (.deadLetter, r.deadLetterTopic, "rejected inputs whose dead letters were among them are not mismatches")
         default:
-            (side, topic, accounted) = (.repartition, c.repartitionTopic, "inputs forwarded there went unchecked")
+            (side, topic, accounted) = (.repartition, c.repartitionTopic, "inputs forwarded there went unchecked; their outputs are not orphans")
         }
         if truncation.deleted(side, partition: partition, below: to) {
             reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
@@ -530,6 +535,7 @@ public final class AuditTask: StreamTask {
         // which the runtime reads again.
         reconciler = AuditReconciler(configuration: role.configuration.audit, ledger: store.ledger, windows: { [store] _ in store.windows })
         reconciler.sourceIsRead = { [unowned self] in self.sourceIsRead($0, receivedAt: $1) }
+        truncation = store.ledger.knownGaps.truncation(outputTopic: outputTopic, deadLetterTopic: deadLetterTopic)
         reconciler.updateTruncation(truncation, inputTopic: inputTopic, lane: partition)
         cycleFindings.removeAll()
         sealedFindings.removeAll()

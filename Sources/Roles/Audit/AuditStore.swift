@@ -14,6 +14,7 @@ import StreamEngine
 /// | 1 transaction | settledAt (8), input count (4), per input: position, readAt (8), dead-lettered (1), transaction id, card id, amount (each a 2-byte length and UTF-8), event time (8) |
 /// | 2 rejected input | code (its index in ``RejectionCode/allCases``, 1), readAt (8) |
 /// | 3 early dead letters | count (4), per letter: code (1-byte presence, then a string), position (1-byte presence, then a position), receivedAt (8) |
+/// | 4 known gaps (key `'g'` alone) | see ``KnownGaps`` |
 ///
 /// A position is `0` and a line number (8), or `1`, a topic (string), partition (4), offset (8).
 /// The record is read back as input at a restore, so the decoder checks every length and value.
@@ -21,6 +22,7 @@ enum LedgerEntry: StoreValue {
     case absent
     case transaction(LedgerTransaction)
     case pairing(LedgerPairing)
+    case gaps(KnownGaps)
 
     static var changelogTag: UInt8 { UInt8(ascii: "a") }
     /// A one-byte namespace, then a transaction id of up to 1024 bytes.
@@ -38,6 +40,7 @@ enum LedgerEntry: StoreValue {
         case .absent: .max
         case .transaction(let t): t.rank
         case .pairing(let p): p.rank
+        case .gaps: .max
         }
     }
 
@@ -80,6 +83,8 @@ enum LedgerEntry: StoreValue {
                 }
                 Self.append(letter.receivedAt, &bytes)
             }
+        case .gaps(let gaps):
+            gaps.encode(into: &bytes)
         }
     }
 
@@ -120,6 +125,8 @@ enum LedgerEntry: StoreValue {
                 letters.append(LedgerDeadLetter(code: code, position: position, receivedAt: try r.time("receive time")))
             }
             entry = .pairing(.deadLetters(letters))
+        case KnownGaps.kind:
+            entry = .gaps(try KnownGaps.decode(&r))
         case let kind:
             throw ChangelogDecodingError("unknown ledger entry kind \(kind)")
         }

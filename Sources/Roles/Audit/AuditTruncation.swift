@@ -20,6 +20,8 @@ public struct AuditTruncation: Sendable, Hashable {
     public var inputs: [Int32: Int64] = [:]
     /// Dead-letter partition → its first offset still held.
     public var deadLetters: [Int32: Int64] = [:]
+    /// The continuous auditor's repartition partition → its first offset still held.
+    public var repartition: [Int32: Int64] = [:]
     /// Whether the dead-letter topic has as many partitions as the input topic (the processor
     /// then writes each dead letter on its input's partition).
     public var deadLettersOnInputPartitions = true
@@ -29,7 +31,7 @@ public struct AuditTruncation: Sendable, Hashable {
         self.deadLetterTopic = deadLetterTopic
     }
 
-    public var isEmpty: Bool { outputs.isEmpty && inputs.isEmpty && deadLetters.isEmpty }
+    public var isEmpty: Bool { outputs.isEmpty && inputs.isEmpty && deadLetters.isEmpty && repartition.isEmpty }
 
     /// Notes that `side`'s partition lost its records below `first`; false when that was known.
     @discardableResult
@@ -43,7 +45,7 @@ public struct AuditTruncation: Sendable, Hashable {
         case .input: return raise(&inputs)
         case .output: return raise(&outputs)
         case .deadLetter: return raise(&deadLetters)
-        case .repartition: return false
+        case .repartition: return raise(&repartition)
         }
     }
 }
@@ -79,7 +81,7 @@ final class TruncationState {
     /// Valid inputs of truncated lanes, per input partition in offset order.
     private(set) var waiting: [Int32: [(offset: Int64, lane: Int32, id: String)]] = [:]
     /// Per truncated lane, the input partitions whose deleted outputs are accounted for.
-    private(set) var accounted: [Int32: Set<Int32>] = [:]
+    fileprivate(set) var accounted: [Int32: Set<Int32>] = [:]
     /// Per truncated lane, inputs whose outputs were deleted.
     var inputsOfDeletedOutputs: [Int32: Int] = [:]
     /// Outputs and dead letters whose input was deleted.
@@ -88,11 +90,20 @@ final class TruncationState {
     /// Rejected inputs whose dead letter was deleted.
     var rejectedOfDeletedDeadLetters = 0
     /// Per dead-letter partition, the input offset of its first dead letter still held.
-    private var firstDeadLetterSource: [Int32: Int64] = [:]
+    fileprivate var firstDeadLetterSource: [Int32: Int64] = [:]
+    /// The continuous auditor's, after a gap in its repartition partition: per input partition,
+    /// the position of the first record its task forwarded that was read after the gap (an
+    /// input's, or its read progress). Inputs of that partition forwarded below it were read
+    /// before the gap or lost in it.
+    fileprivate var forwardedAfterGap: [Int32: Int64] = [:]
     /// The continuous auditor's: the valid inputs of an input partition below an offset still
     /// waiting in its stored ledger (which outlives the cycles and restarts this state does not),
     /// in offset order. Nil (a batch audit): inputs are kept in ``waiting`` as they are read.
     let waitingInLedger: ((Int32, Int64) -> [(offset: Int64, id: String)])?
+    /// The continuous auditor's: keeps what this state knows in the task's store, in the open
+    /// cycle, whenever it changes (nil: a batch audit keeps nothing).
+    var persist: ((KnownGaps) -> Void)?
+    fileprivate var persisted: KnownGaps?
 
     init(_ truncation: AuditTruncation, inputTopic: String, laneOfCard: @escaping (String) -> Int32,
          waitingInLedger: ((Int32, Int64) -> [(offset: Int64, id: String)])? = nil) {
@@ -108,6 +119,7 @@ final class TruncationState {
     func update(_ newer: AuditTruncation) {
         for (lane, first) in newer.outputs where truncation.outputs[lane] != first { accounted[lane] = nil }
         for (partition, first) in newer.deadLetters where truncation.deadLetters[partition] != first { firstDeadLetterSource[partition] = nil }
+        if newer.repartition != truncation.repartition { forwardedAfterGap = [:] }
         truncation = newer
     }
 
@@ -126,7 +138,7 @@ final class TruncationState {
 
     /// Takes the inputs of `partition` for `lane` below `offset`, and marks the pair accounted.
     func takeWaiting(partition: Int32, lane: Int32, below offset: Int64) -> [(offset: Int64, id: String)] {
-        accounted[lane, default: []].insert(partition)
+        if accounted[lane, default: []].insert(partition).inserted { save() }
         if let waitingInLedger { return waitingInLedger(partition, offset) }
         guard var entries = waiting[partition] else { return [] }
         var taken: [(offset: Int64, id: String)] = []
@@ -146,6 +158,30 @@ final class TruncationState {
         return offset < first
     }
 
+    /// Notes a record forwarded from input partition `partition` (an input at `offset`, or read
+    /// progress up to it) read from the repartition topic: the first one after a gap there bounds
+    /// the inputs of that partition the gap may have taken.
+    func noteForwarded(from partition: Int32, at offset: Int64) {
+        guard !truncation.repartition.isEmpty, forwardedAfterGap[partition] == nil else { return }
+        forwardedAfterGap[partition] = offset
+        save()
+    }
+
+    /// Notes a forwarded input read from the repartition topic at input `position`.
+    func noteForwarded(_ position: AuditPosition) {
+        guard !truncation.repartition.isEmpty, case .record(let topic, let partition, let offset) = position, topic == inputTopic else { return }
+        noteForwarded(from: partition, at: offset)
+    }
+
+    /// Whether `source` names an input forwarded to this task that a gap in its repartition
+    /// partition may have taken (the caller knows its transaction id is not in the ledger).
+    func forwardedInputWasLost(_ source: AuditPosition?) -> Bool {
+        guard !truncation.repartition.isEmpty, case .record(let topic, let partition, let offset)? = source, topic == inputTopic else {
+            return false
+        }
+        return offset < (forwardedAfterGap[partition] ?? 0)
+    }
+
     /// Counts a valid input left without output as one whose output was deleted, and says so,
     /// when its lane is truncated and no output of its partition reached the lane after the gap
     /// (the inputs before the first one that did were taken already).
@@ -162,6 +198,7 @@ final class TruncationState {
         if case .record(_, let partition, _)? = position, firstDeadLetterSource[partition] == nil,
            case .record(let topic, _, let offset)? = source, topic == inputTopic {
             firstDeadLetterSource[partition] = offset
+            save()
         }
         guard inputWasDeleted(source) else { return false }
         deadLettersOfDeletedInputs += 1
@@ -187,6 +224,34 @@ final class TruncationState {
     }
 }
 
+extension TruncationState {
+    /// What this state knows, as the task's store keeps it.
+    var known: KnownGaps {
+        KnownGaps(inputs: truncation.inputs, outputs: truncation.outputs, deadLetters: truncation.deadLetters,
+                  repartition: truncation.repartition, accounted: accounted, firstDeadLetterSource: firstDeadLetterSource,
+                  forwardedAfterGap: forwardedAfterGap)
+    }
+
+    /// Takes back what the task's store kept: which lanes' deleted outputs are accounted for, and
+    /// where each truncated dead-letter partition's dead letters resumed. The gaps themselves
+    /// come from the task (``update(_:)``).
+    func restore(_ gaps: KnownGaps) {
+        accounted = gaps.accounted
+        firstDeadLetterSource = gaps.firstDeadLetterSource
+        forwardedAfterGap = gaps.forwardedAfterGap
+        persisted = gaps
+    }
+
+    /// Keeps what this state knows in the task's store when it changed since it was last kept.
+    func save() {
+        guard let persist else { return }
+        let now = known
+        guard now != persisted else { return }
+        persist(now)
+        persisted = now
+    }
+}
+
 extension AuditReconciler {
     /// A batch audit: partitions of `truncation` lost their oldest records before the audit
     /// began. `laneOfCard` is the output partition the processor writes a card's outputs to.
@@ -202,12 +267,20 @@ extension AuditReconciler {
         guard !truncation.isEmpty else { return }
         if let state = self.truncation {
             state.update(truncation)
+            state.save()
             return
         }
         let waiting: (Int32, Int64) -> [(offset: Int64, id: String)] = { [ledger] partition, offset in
             (ledger as? StoredAuditLedger)?.waitingInputs(partition: partition, below: offset) ?? []
         }
-        self.truncation = TruncationState(truncation, inputTopic: inputTopic, laneOfCard: { _ in lane }, waitingInLedger: waiting)
+        let state = TruncationState(truncation, inputTopic: inputTopic, laneOfCard: { _ in lane }, waitingInLedger: waiting)
+        if let stored = ledger as? StoredAuditLedger {
+            // What the task accounted for before a restart or a rolled-back cycle holds as of its store.
+            state.restore(stored.knownGaps)
+            state.persist = { [unowned stored] in stored.setKnownGaps($0) }
+        }
+        self.truncation = state
+        state.save()
     }
 
     /// Before `lane`'s first output from an input partition after the gap: the inputs of that
