@@ -39,6 +39,29 @@ struct AuditorRetentionTests {
     /// were never written; the dev broker dropped the oldest outputs. An auditor started from
     /// scratch reports the output partition truncated, exactly the 5 as missing, and none of
     /// the inputs whose outputs were deleted.
+    /// Audits until the inputs `missing` (ids `t-N`) are reported missing and the outputs still
+    /// held (`firstHeld` is the output partition's first offset held) are read; expects exactly
+    /// those missing, no other discrepancy, and one `truncated` finding when outputs were
+    /// deleted, from offset 0 to the one before `firstHeld`, which it returns.
+    func auditExpectingExactlyMissing(_ missing: Range<Int>, inputs: Int, outputsHeld: Int, firstHeld first: Int64,
+                                      topics: ProcessorTopics, state: URL, processorGroup: String) async throws -> [String: Any]? {
+        let auditor = try AuditPositionTests().auditor(topics, state: state, processorGroup: processorGroup)
+        try await AuditPositionTests().audit(auditor) { $0.missing >= missing.count && $0.outputs == outputsHeld }
+        let c = auditor.counts
+        #expect(c.inputs == inputs)
+        #expect(c.missing == missing.count && c.orphan == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
+        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c)")
+        let found = try await findings(topics, auditor, count: c.missing + c.truncated + c.flagged)
+        let truncated = found.filter { $0["kind"] as? String == "truncated" }
+        #expect(truncated.count == c.truncated)
+        if let finding = truncated.first {
+            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+        }
+        #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
+                == missing.map { "t-\($0)" }.sorted())
+        return truncated.first
+    }
+
     @Test(.longOnTheBroker) func truncatedOutputIsTruncatedNotMissing() async throws {
         let cluster = try TestCluster()
         let topics = try ProcessorTopics(cluster: cluster, partitions: 1)
@@ -62,21 +85,11 @@ struct AuditorRetentionTests {
         await consumer.close()
         let first = try await logStart(topics, topics.output)
         if cluster.isMock { #expect(first > 0, "the dev broker kept every output: nothing to check") }
-        let auditor = try AuditPositionTests().auditor(topics, state: auditorState, processorGroup: progressGroup)
-        try await AuditPositionTests().audit(auditor) { $0.missing >= 5 && $0.outputs == n - Int(first) }
-        let c = auditor.counts
-        #expect(c.inputs == n + 5)
-        #expect(c.missing == 5 && c.orphan == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
-        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c)")
-        let found = try await findings(topics, auditor, count: c.missing + c.truncated + c.flagged)
-        let truncated = found.filter { $0["kind"] as? String == "truncated" }
-        #expect(truncated.count == c.truncated)
-        if let finding = truncated.first {
-            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+        if let finding = try await auditExpectingExactlyMissing(n..<(n + 5), inputs: n + 5, outputsHeld: n - Int(first),
+                                                                 firstHeld: first, topics: topics, state: auditorState,
+                                                                 processorGroup: progressGroup) {
             #expect((finding["output"] as? [String: Any])?["topic"] as? String == topics.output, "\(finding)")
         }
-        #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
-                == (n..<(n + 5)).map { "t-\($0)" }.sorted())
     }
 
     /// The processor processed 2,000 inputs, then further large inputs (not processed yet) pushed
@@ -242,21 +255,11 @@ struct AuditorRetentionTests {
         try await consumer.commit(partitions.map { KafkaTopicPartitionOffset($0, offset: ends[$0]!) })
         await consumer.close()
 
-        let auditor = try AuditPositionTests().auditor(topics, state: auditorState, processorGroup: progressGroup)
-        try await AuditPositionTests().audit(auditor) { $0.missing >= 10 && $0.outputs == processed - Int(first) }
-        let c = auditor.counts
-        #expect(c.inputs == processed + 10)
-        #expect(c.missing == 10 && c.orphan == 0 && c.duplicate == 0 && c.mismatch == 0 && c.drift == 0, "\(c)")
-        #expect(c.truncated == (first > 0 ? 1 : 0), "\(c)")
-        let found = try await findings(topics, auditor, count: c.missing + c.truncated + c.flagged)
-        let truncated = found.filter { $0["kind"] as? String == "truncated" }
-        #expect(truncated.count == c.truncated)
-        if let finding = truncated.first {
+        if let finding = try await auditExpectingExactlyMissing(processed..<(processed + 10), inputs: processed + 10,
+                                                                 outputsHeld: processed - Int(first), firstHeld: first, topics: topics,
+                                                                 state: auditorState, processorGroup: progressGroup) {
             #expect((finding["output"] as? [String: Any])?["partition"] as? Int == 0, "\(finding)")
-            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
         }
-        #expect(found.filter { $0["kind"] as? String == "missing" }.compactMap { $0["transactionId"] as? String }.sorted()
-                == (processed..<(processed + 10)).map { "t-\($0)" }.sorted())
     }
 
     /// Three partitions. 6,000 inputs of about 1 KB read on input partitions 1 and 2 belong to

@@ -69,15 +69,13 @@ protocol AuditLedger: AnyObject {
     /// False when no position holds dead letters (a lookup per input can be skipped).
     var mayHoldDeadLetters: Bool { get }
 
-    // The per-record operations, which a ledger may do in place rather than read and write back.
+    // The per-record operations, each done in place rather than read and written back.
     /// Adds a valid input to `id`'s waiting inputs.
     func appendInput(_ input: LedgerInput, for id: String)
     /// Whether `id` has an input waiting or was settled.
     func isKnown(_ id: String) -> Bool
-    /// Takes `id`'s first waiting input and marks `id` settled as of its read time; nil when none waits.
-    func settleFirstInput(of id: String) -> LedgerInput?
-    /// What an output of `id` finds, in one lookup: the first waiting input, which it settles
-    /// (as ``settleFirstInput(of:)``), or that `id` was settled already, or nothing.
+    /// What an output of `id` finds, in one lookup: the first waiting input, which it takes and
+    /// marks `id` settled as of its read time, or that `id` was settled already, or nothing.
     func matchOutput(_ id: String) -> OutputMatch
 }
 
@@ -89,30 +87,6 @@ enum OutputMatch {
     case settled
     /// The id is unknown.
     case unknown
-}
-
-extension AuditLedger {
-    func appendInput(_ input: LedgerInput, for id: String) {
-        var known = transaction(id)
-        known.inputs.append(input)
-        setTransaction(known, for: id)
-    }
-
-    func isKnown(_ id: String) -> Bool { !transaction(id).isEmpty }
-
-    func settleFirstInput(of id: String) -> LedgerInput? {
-        var known = transaction(id)
-        guard !known.inputs.isEmpty else { return nil }
-        let first = known.inputs.removeFirst()
-        known.settledAt = max(known.settledAt, first.readAt)
-        setTransaction(known, for: id)
-        return first
-    }
-
-    func matchOutput(_ id: String) -> OutputMatch {
-        if let input = settleFirstInput(of: id) { return .input(input) }
-        return isKnown(id) ? .settled : .unknown
-    }
 }
 
 /// The ledger of a batch audit. Settled ids are kept as hashes, as a batch audit of a large
@@ -188,7 +162,7 @@ final class MemoryAuditLedger: AuditLedger {
         return pending[key] != nil || (!settled.isEmpty && settled[key.hash] != nil)
     }
 
-    func settleFirstInput(of id: String) -> LedgerInput? {
+    private func settleFirstInput(of id: String) -> LedgerInput? {
         let key = hashed(id)
         guard var waiting = pending.removeValue(forKey: key) else { return nil }
         pendingInputCount -= 1

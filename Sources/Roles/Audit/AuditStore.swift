@@ -353,11 +353,6 @@ final class StoredAuditLedger: AuditLedger {
         withTransactionKey(id) { k in store.existingEntry(for: k) != nil }
     }
 
-    func settleFirstInput(of id: String) -> LedgerInput? {
-        if case .input(let input) = matchOutput(id) { return input }
-        return nil
-    }
-
     func matchOutput(_ id: String) -> OutputMatch {
         withTransactionKey(id) { k in
             guard let e = store.existingEntry(for: k), case .transaction(let known) = store[e] else { return .unknown }
