@@ -61,9 +61,16 @@ public final class AuditReconciler<Windows: PartitionDetector> {
 
     /// Rejected inputs by content, for dead letters without a source (in memory only: entries
     /// whose input has since been answered are dropped when met).
-    private var rejectedByContent: [Int: [AuditPosition]] = [:]
+    var rejectedByContent: [Int: [AuditPosition]] = [:]
     /// Dead letters without a source whose input has not been read, by content (in memory only).
-    private var sourcelessDeadLetters: [Int: [LedgerDeadLetter]] = [:]
+    var sourcelessDeadLetters: [Int: [LedgerDeadLetter]] = [:]
+
+    /// An output's members as read when its turn first came: an output that then waits for its
+    /// input keeps them, so its next turn does not read it again.
+    struct ReadOutput {
+        var view: EnrichedRecordView
+        var id: String
+    }
 
     struct WaitingOutput {
         var bytes: [UInt8]
@@ -72,6 +79,8 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         var fingerprint: String?
         var detector: String?
         var receivedAt: Int64
+        /// Set once its turn came and it had to wait.
+        var read: ReadOutput?
     }
 
     final class Lane {
@@ -90,7 +99,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         var isWaiting: Bool { head < waiting.count }
     }
 
-    private var lanes: [Int32: Lane] = [:]
+    var lanes: [Int32: Lane] = [:]
     /// A batch audit's partitions whose oldest records retention deleted (``setTruncation(_:inputTopic:laneOfCard:)``).
     var truncation: TruncationState?
     /// Lanes whose first waiting output waits for this id's input.
@@ -120,6 +129,9 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         defer { findings.removeAll(keepingCapacity: true) }
         return findings
     }
+
+    /// Whether ``takeFindings()`` has something to give.
+    var hasFindings: Bool { !findings.isEmpty }
 
     /// Whether some lane has outputs waiting for an input not read yet.
     public var hasWaitingOutputs: Bool { !blocked.isEmpty }
@@ -192,14 +204,16 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     public func output(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, lane laneID: Int32 = 0,
                        source: AuditPosition? = nil, fingerprint: String? = nil, detector: String? = nil, receivedAt: Int64 = 0) {
         let lane = self.lane(laneID)
+        var read: ReadOutput?
         if !lane.isWaiting {
             let orphan = inputsComplete || (sourceIsRead?(source, receivedAt) ?? false)
-            switch handle(bytes, position: position, source: source, fingerprint: fingerprint, detector: detector, lane: lane,
-                          orphan: orphan) {
+            switch handle(bytes, read: nil, position: position, source: source, fingerprint: fingerprint, detector: detector,
+                          lane: lane, orphan: orphan) {
             case .done: return
-            case .waiting(let id):
-                blocked[id, default: []].append(laneID)
-                lane.blockedOn = id
+            case .waiting(let output):
+                blocked[output.id, default: []].append(laneID)
+                lane.blockedOn = output.id
+                read = output
             }
         }
         if lane.waiting.count == lane.head {
@@ -208,29 +222,33 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         }
         waitingOutputCount += 1
         lane.waiting.append(WaitingOutput(bytes: Array(bytes), position: position, source: source, fingerprint: fingerprint,
-                                          detector: detector, receivedAt: receivedAt))
+                                          detector: detector, receivedAt: receivedAt, read: read))
     }
 
     private enum OutputOutcome {
         case done
-        /// Its input is unknown: it waits for this transaction id.
-        case waiting(String)
+        /// Its input is unknown: it waits for the input of its transaction id.
+        case waiting(ReadOutput)
     }
 
     /// Counts and checks one output whose turn in its lane has come, unless its input is unknown
     /// and it is not yet an `orphan`.
-    private func handle(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, source: AuditPosition?, fingerprint: String?,
-                        detector: String?, lane: Lane, orphan: Bool) -> OutputOutcome {
-        let view: EnrichedRecordView
-        do {
-            view = try reader.read(bytes)
-        } catch {
-            counts.outputs += 1
-            report(AuditFinding(kind: .unreadableOutput, input: source, output: position,
-                                actual: String(decoding: bytes, as: UTF8.self), message: error.message))
-            return .done
+    private func handle(_ bytes: UnsafeRawBufferPointer, read: ReadOutput?, position: AuditPosition, source: AuditPosition?,
+                        fingerprint: String?, detector: String?, lane: Lane, orphan: Bool) -> OutputOutcome {
+        let view: EnrichedRecordView, id: String
+        if let read {
+            (view, id) = (read.view, read.id)
+        } else {
+            do {
+                view = try reader.read(bytes)
+            } catch {
+                counts.outputs += 1
+                report(AuditFinding(kind: .unreadableOutput, input: source, output: position,
+                                    actual: String(decoding: bytes, as: UTF8.self), message: error.message))
+                return .done
+            }
+            id = reader.string(view.transactionId, in: bytes)
         }
-        let id = reader.string(view.transactionId, in: bytes)
         // An output whose input retention deleted before the audit read it (from the input
         // topic, or from the repartition topic it was forwarded through) waits for nothing.
         let inputDeleted = truncation.map { $0.inputWasDeleted(source) || $0.forwardedInputWasLost(source) } ?? false
@@ -239,10 +257,10 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         let laneLostOutputs = truncation.map { $0.outputs[lane.id] != nil } ?? false
         var match = OutputMatch.unknown
         if laneLostOutputs {
-            guard orphan || inputDeleted || ledger.isKnown(id) else { return .waiting(id) }
+            guard orphan || inputDeleted || ledger.isKnown(id) else { return .waiting(ReadOutput(view: view, id: id)) }
         } else {
             match = ledger.matchOutput(id)
-            if case .unknown = match, !orphan, !inputDeleted { return .waiting(id) }
+            if case .unknown = match, !orphan, !inputDeleted { return .waiting(ReadOutput(view: view, id: id)) }
         }
         counts.outputs += 1
         if view.isFlagged {
@@ -371,112 +389,6 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         (ledger as? MemoryAuditLedger)?.removeAll()
     }
 
-    /// Continuous mode: gives up on what has waited since before `cutoff` (the caller's clock,
-    /// say now minus the settle time). Outputs waiting since then for an input are orphans,
-    /// valid inputs read before then without output (or dead letter) are missing, rejected ones
-    /// without dead letter and dead letters without input are reported; settled ids read before
-    /// then are forgotten (a later output for one is an orphan, not a duplicate). Returns
-    /// whether anything changed.
-    @discardableResult
-    public func expire(olderThan cutoff: Int64) -> Bool {
-        let positional = sourceIsRead != nil
-        var changed = false
-        for id in lanes.keys.sorted() where drain(id, orphansBefore: positional ? nil : cutoff) { changed = true }
-
-        var missing: [LedgerInput] = []
-        var unanswered: [(position: AuditPosition, code: RejectionCode)] = []
-        var orphans: [(source: AuditPosition?, letter: LedgerDeadLetter)] = []
-        for key in ledger.expiring(before: cutoff) {
-            switch key {
-            case .transaction(let id):
-                var known = ledger.transaction(id)
-                let before = known
-                if !positional {
-                    missing += known.inputs.filter { $0.readAt < cutoff }
-                    known.inputs.removeAll { $0.readAt < cutoff }
-                }
-                if known.settledAt >= 0, known.settledAt < cutoff { known.settledAt = -1 }
-                if known != before {
-                    ledger.setTransaction(known, for: id)
-                    changed = true
-                }
-            case .pairing(let position):
-                switch ledger.pairing(at: position) {
-                case .rejected(let code, let readAt)? where readAt < cutoff && !positional:
-                    ledger.setPairing(nil, at: position)
-                    unanswered.append((position, code))
-                    changed = true
-                case .deadLetters(let letters)? where !positional:
-                    let old = letters.filter { $0.receivedAt < cutoff }
-                    guard !old.isEmpty else { continue }
-                    orphans += old.map { (position, $0) }
-                    let young = letters.filter { $0.receivedAt >= cutoff }
-                    ledger.setPairing(young.isEmpty ? nil : .deadLetters(young), at: position)
-                    changed = true
-                default:
-                    continue
-                }
-            }
-        }
-        reportMissing(missing, unanswered)
-        for (hash, letters) in sourcelessDeadLetters {
-            let old = letters.filter { $0.receivedAt < cutoff }
-            guard !old.isEmpty else { continue }
-            orphans += old.map { (nil, $0) }
-            let young = letters.filter { $0.receivedAt >= cutoff }
-            sourcelessDeadLetters[hash] = young.isEmpty ? nil : young
-        }
-        if cutoff == .max { rejectedByContent.removeAll() }
-        for (source, letter) in orphans.sorted(by: { ($0.source ?? $0.letter.position ?? .line(0)) < ($1.source ?? $1.letter.position ?? .line(0)) }) {
-            report(AuditFinding(kind: .orphan, input: source, output: letter.position, actualCode: letter.code,
-                                message: "a dead letter whose input was not read"))
-        }
-        return changed || !missing.isEmpty || !orphans.isEmpty
-    }
-
-    private func reportMissing(_ missing: [LedgerInput], _ unanswered: [(position: AuditPosition, code: RejectionCode)]) {
-        var missing = missing, unanswered = unanswered
-        if let truncation {
-            missing.removeAll { !$0.deadLettered && truncation.countIfOutputDeleted(of: $0) }
-            unanswered.removeAll { truncation.countIfDeadLetterDeleted(of: $0.position) }
-        }
-        for input in missing.sorted(by: { $0.position < $1.position }) where !input.deadLettered {
-            report(AuditFinding(kind: .missing, transactionId: input.transaction.transactionId,
-                                cardId: input.transaction.cardId, input: input.position))
-        }
-        for input in unanswered.sorted(by: { $0.position < $1.position }) {
-            report(AuditFinding(kind: .deadLetterMismatch, input: input.position, expectedCode: input.code.rawValue,
-                                message: "the rejected input has no dead letter"))
-        }
-    }
-
-    /// Continuous mode: the processor has committed past `due[p]` on input partition p (and its
-    /// outputs and dead letters up to there are reconciled), so a valid input of `inputTopic`
-    /// partition p below it still without output or dead letter is missing, and a rejected one
-    /// without dead letter is reported. Returns whether anything changed.
-    @discardableResult
-    func decideMissing(below due: [Int64], inputTopic: String) -> Bool {
-        guard let ledger = ledger as? StoredAuditLedger else { return false }
-        var missing: [LedgerInput] = []
-        var unanswered: [(position: AuditPosition, code: RejectionCode)] = []
-        for (p, bound) in due.enumerated() where bound > 0 {
-            for (offset, id) in ledger.takeDue(partition: Int32(p), below: bound) {
-                let position = AuditPosition.record(topic: inputTopic, partition: Int32(p), offset: offset)
-                if let id {
-                    var known = ledger.transaction(id)
-                    guard let i = known.inputs.firstIndex(where: { $0.position == position }) else { continue }
-                    missing.append(known.inputs.remove(at: i))
-                    ledger.setTransaction(known, for: id)
-                } else if case .rejected(let code, _)? = ledger.pairing(at: position) {
-                    ledger.setPairing(nil, at: position)
-                    unanswered.append((position, code))
-                }
-            }
-        }
-        reportMissing(missing, unanswered)
-        return !missing.isEmpty || !unanswered.isEmpty
-    }
-
     /// Continuous mode: drains every lane whose first waiting output's input is now known to be
     /// absent (``sourceIsRead``). Returns whether anything changed.
     @discardableResult
@@ -499,7 +411,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     /// that arrived before `orphansBefore` (or after ``endOfInputs()``) is an orphan, any other
     /// stops the lane again. A waiting lane's first output is always in `blocked`.
     @discardableResult
-    private func drain(_ laneID: Int32, orphansBefore cutoff: Int64?) -> Bool {
+    func drain(_ laneID: Int32, orphansBefore cutoff: Int64?) -> Bool {
         guard let lane = lanes[laneID], lane.isWaiting else { return false }
         if let id = lane.blockedOn { unblock(id, laneID) }
         lane.blockedOn = nil
@@ -509,12 +421,13 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             let orphan = inputsComplete || (cutoff.map { output.receivedAt < $0 } ?? false)
                 || (sourceIsRead?(output.source, output.receivedAt) ?? false)
             let outcome = output.bytes.withUnsafeBytes {
-                handle($0, position: output.position, source: output.source, fingerprint: output.fingerprint, detector: output.detector,
-                       lane: lane, orphan: orphan)
+                handle($0, read: output.read, position: output.position, source: output.source, fingerprint: output.fingerprint,
+                       detector: output.detector, lane: lane, orphan: orphan)
             }
-            if case .waiting(let id) = outcome {
-                blocked[id, default: []].append(laneID)
-                lane.blockedOn = id
+            if case .waiting(let read) = outcome {
+                blocked[read.id, default: []].append(laneID)
+                lane.blockedOn = read.id
+                lane.waiting[lane.head].read = read
                 return lane.head != head
             }
             lane.waiting[lane.head].bytes = []

@@ -278,6 +278,7 @@ final class StoredAuditLedger: AuditLedger {
 
     /// Rebuilds the expiry queue and the position index from the committed entries (the task's start).
     func loadQueue() {
+        lastAppended = nil
         queue.removeAll()
         positions.removeAll()
         deadLetterEntries = 0
@@ -354,17 +355,23 @@ final class StoredAuditLedger: AuditLedger {
     }
 
     func matchOutput(_ id: String) -> OutputMatch {
-        withTransactionKey(id) { k in
-            guard let e = store.existingEntry(for: k), case .transaction(let known) = store[e] else { return .unknown }
-            guard !known.inputs.isEmpty else { return .settled }
-            var first: LedgerInput?
-            updateTransaction(e) { t in
-                let input = t.inputs.removeFirst()
-                t.settledAt = max(t.settledAt, input.readAt)
-                first = input
-            }
-            return .input(first!)
+        if let last = lastAppended, last.id == id { return match(entry: last.entry) }
+        return withTransactionKey(id) { k in
+            guard let e = store.existingEntry(for: k) else { return .unknown }
+            return match(entry: e)
         }
+    }
+
+    private func match(entry e: Int) -> OutputMatch {
+        guard case .transaction(let known) = store[e] else { return .unknown }
+        guard !known.inputs.isEmpty else { return .settled }
+        var first: LedgerInput?
+        updateTransaction(e) { t in
+            let input = t.inputs.removeFirst()
+            t.settledAt = max(t.settledAt, input.readAt)
+            first = input
+        }
+        return .input(first!)
     }
 
     func setTransaction(_ value: LedgerTransaction, for id: String) {
@@ -385,8 +392,18 @@ final class StoredAuditLedger: AuditLedger {
 
     func appendInput(_ input: LedgerInput, for id: String) {
         if case .record(_, let p, let o) = input.position { positions.append(partition: p, offset: o, id: id) }
-        withTransactionKey(id) { k in updateTransaction(store.entry(for: k)) { $0.inputs.append(input) } }
+        withTransactionKey(id) { k in
+            let e = store.entry(for: k)
+            updateTransaction(e) { $0.inputs.append(input) }
+            lastAppended = (id, e)
+        }
     }
+
+    /// The entry of the last input appended, and its id: an output that comes right after its
+    /// input (one that waited for it, most of all) settles it without building its key and
+    /// looking it up. An entry's number holds until the store's cache is flushed or rolled
+    /// back, which happens only at a commit or a rollback.
+    private var lastAppended: (id: String, entry: Int)?
 
     /// The inputs of input partition `partition` below `offset` not taken before (the caller
     /// checks each is still waiting): an offset and its transaction id, or nil for a rejected input.
@@ -431,11 +448,13 @@ final class StoredAuditLedger: AuditLedger {
     }
 
     func sealed() {
+        lastAppended = nil
         sealedHead = head
         positions.sealed()
     }
 
     func committed() {
+        lastAppended = nil
         positions.committed()
         committedHead = sealedHead
         // Keep the queue's storage bounded: drop what every live cycle has passed.
@@ -448,6 +467,7 @@ final class StoredAuditLedger: AuditLedger {
     }
 
     func rolledBack() {
+        lastAppended = nil
         head = committedHead
         sealedHead = committedHead
         positions.rolledBack()

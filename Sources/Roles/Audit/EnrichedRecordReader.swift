@@ -42,7 +42,7 @@ struct EnrichedRecordReader {
         }
         func member(_ value: JSONScanner.ValueRef?, _ name: String, _ kind: JSONScanner.Kind) throws(Unreadable) -> JSONScanner.ValueRef {
             guard let value else { throw Unreadable(message: "missing member \"\(name)\"") }
-            guard value.kind == kind else { throw Unreadable(message: "\(name) must be a \(kind.name), got \(value.kind.name)") }
+            guard value.kind.rawValue == kind.rawValue else { throw Unreadable(message: "\(name) must be a \(kind.name), got \(value.kind.name)") }
             return value
         }
         let transactionId = try member(m.transactionId, "transactionId", .string)
