@@ -65,8 +65,9 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     /// Dead letters without a source whose input has not been read, by content (in memory only).
     var sourcelessDeadLetters: [Int: [LedgerDeadLetter]] = [:]
 
-    /// An output's members as read when its turn first came: an output that then waits for its
-    /// input keeps them, so its next turn does not read it again.
+    /// An output's members as read when its turn first came: a lane whose first output then
+    /// waits for its input keeps them (``Lane/firstRead``), so its next turn does not read it
+    /// again. Only a lane's first output has had its turn, so the waiting outputs do not carry it.
     struct ReadOutput {
         var view: EnrichedRecordView
         var id: String
@@ -79,8 +80,6 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         var fingerprint: String?
         var detector: String?
         var receivedAt: Int64
-        /// Set once its turn came and it had to wait.
-        var read: ReadOutput?
     }
 
     final class Lane {
@@ -90,6 +89,8 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         var head = 0
         /// The transaction id the first waiting output waits for.
         var blockedOn: String?
+        /// The first waiting output as read when it had its turn.
+        var firstRead: ReadOutput?
 
         init(id: Int32, detector: Windows) {
             self.id = id
@@ -204,7 +205,6 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     public func output(_ bytes: UnsafeRawBufferPointer, position: AuditPosition, lane laneID: Int32 = 0,
                        source: AuditPosition? = nil, fingerprint: String? = nil, detector: String? = nil, receivedAt: Int64 = 0) {
         let lane = self.lane(laneID)
-        var read: ReadOutput?
         if !lane.isWaiting {
             let orphan = inputsComplete || (sourceIsRead?(source, receivedAt) ?? false)
             switch handle(bytes, read: nil, position: position, source: source, fingerprint: fingerprint, detector: detector,
@@ -213,7 +213,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             case .waiting(let output):
                 blocked[output.id, default: []].append(laneID)
                 lane.blockedOn = output.id
-                read = output
+                lane.firstRead = output
             }
         }
         if lane.waiting.count == lane.head {
@@ -222,7 +222,7 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         }
         waitingOutputCount += 1
         lane.waiting.append(WaitingOutput(bytes: Array(bytes), position: position, source: source, fingerprint: fingerprint,
-                                          detector: detector, receivedAt: receivedAt, read: read))
+                                          detector: detector, receivedAt: receivedAt))
     }
 
     private enum OutputOutcome {
@@ -420,14 +420,16 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             let output = lane.waiting[lane.head]
             let orphan = inputsComplete || (cutoff.map { output.receivedAt < $0 } ?? false)
                 || (sourceIsRead?(output.source, output.receivedAt) ?? false)
+            let firstRead = lane.firstRead
+            lane.firstRead = nil
             let outcome = output.bytes.withUnsafeBytes {
-                handle($0, read: output.read, position: output.position, source: output.source, fingerprint: output.fingerprint,
+                handle($0, read: firstRead, position: output.position, source: output.source, fingerprint: output.fingerprint,
                        detector: output.detector, lane: lane, orphan: orphan)
             }
             if case .waiting(let read) = outcome {
                 blocked[read.id, default: []].append(laneID)
                 lane.blockedOn = read.id
-                lane.waiting[lane.head].read = read
+                lane.firstRead = read
                 return lane.head != head
             }
             lane.waiting[lane.head].bytes = []
