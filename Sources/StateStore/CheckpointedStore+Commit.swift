@@ -178,7 +178,9 @@ extension CheckpointedStore {
         for e in unflushed {
             let e = Int(e)
             cache[e].unflushed = false
-            cache[e].row = committedValue(e).exists ? .present : .absent
+            let exists = committedValue(e).exists
+            noteRowWritten(e, exists: exists)
+            cache[e].row = exists ? .present : .absent
         }
         statistics.keysFlushed += written
         statistics.flushes += 1
@@ -194,6 +196,22 @@ extension CheckpointedStore {
                 retainEntries { $0.undo >= 0 }
             }
             cacheHoldsEveryCard = false
+        }
+    }
+
+    /// Keeps ``storedKeys`` in step with a flushed entry's row (before `row` is updated): a row
+    /// whose previous state is not known (restored over, or a failed read) drops the index.
+    private func noteRowWritten(_ e: Int, exists: Bool) {
+        guard storedKeys != nil else { return }
+        switch (cache[e].row, exists) {
+        case (.absent, true):
+            storedKeys!.inserted(cache.key(e))
+        case (.present, false):
+            if !storedKeys!.deleted(cache.key(e)) { storedKeys = nil }
+        case (.present, true), (.absent, false):
+            break
+        case (.unknown, _), (.failed, _):
+            storedKeys = nil
         }
     }
 

@@ -127,6 +127,11 @@ public final class CheckpointedStore<Value: StoreValue> {
     @usableFromInline var cacheHoldsEveryCard = false
     /// Reused by ``flush()``: the row value being written.
     var rowValue: [UInt8] = []
+    /// The keys SQLite holds, once misses that find nothing are frequent; nil until then, and
+    /// after a write whose effect on the table is not known.
+    var storedKeys: StoredKeyIndex?
+    /// Reads that found no row since ``storedKeys`` was last dropped.
+    var absentReads = 0
 
     let selectEntry: SQLiteStatement
     let upsertEntry: SQLiteStatement
@@ -329,12 +334,23 @@ public final class CheckpointedStore<Value: StoreValue> {
     /// that holds every key without it).
     @usableFromInline
     func load(_ key: CardBytes) -> Int {
+        if storedKeys == nil, absentReads >= options.absentReadsBeforeKeyIndex {
+            // On failure the reads go on as before, and the index is tried again later.
+            storedKeys = try? StoredKeyIndex(connection: connection)
+            absentReads = 0
+        }
+        if let storedKeys, !storedKeys.mayHold(key) { return cache.insert(key, Entry(value: .absent, row: .absent)) }
+        statistics.keysRead += 1
         let statement = selectEntry
         // SQLite reads a SQLITE_STATIC binding only while stepping, and every use binds afresh.
         statement.bindBlobNoCopy(UnsafeRawBufferPointer(key.buffer), at: 1)
         defer { statement.reset() }
         do throws(SQLiteError) {
-            guard try statement.step() else { return cache.insert(key, Entry(value: .absent, row: .absent)) }
+            guard try statement.step() else {
+                statistics.absentKeysRead += 1
+                absentReads += 1
+                return cache.insert(key, Entry(value: .absent, row: .absent))
+            }
             let value = try statement.withBlob(0) { value in
                 Result { () throws(SQLiteError) in try Self.decodeRow(value) }
             }.get()

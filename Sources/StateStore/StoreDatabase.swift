@@ -16,6 +16,10 @@ public struct StoreOptions: Sendable, Hashable {
     public var flushInterval: Duration?
     /// ... or once this many committed keys wait to be written (0: at every commit).
     public var flushKeys: Int
+    /// After this many SQLite reads that found no row, the store indexes the keys SQLite holds
+    /// in memory (``StoredKeyIndex``) and answers such misses without a read. A store whose
+    /// misses are rare (cards met again) never pays for the index.
+    public var absentReadsBeforeKeyIndex: Int
 
     public enum IntegrityCheck: Sendable, Hashable {
         /// No check (tests and benchmarks that open many stores).
@@ -27,12 +31,13 @@ public struct StoreOptions: Sendable, Hashable {
     }
 
     public init(cacheCapacity: Int = 50_000, pageCacheKiB: Int = 8_192, integrityCheck: IntegrityCheck = .quick,
-                flushInterval: Duration? = .seconds(5), flushKeys: Int = 50_000) {
+                flushInterval: Duration? = .seconds(5), flushKeys: Int = 50_000, absentReadsBeforeKeyIndex: Int = 1_000) {
         self.cacheCapacity = cacheCapacity
         self.pageCacheKiB = pageCacheKiB
         self.integrityCheck = integrityCheck
         self.flushInterval = flushInterval
         self.flushKeys = flushKeys
+        self.absentReadsBeforeKeyIndex = absentReadsBeforeKeyIndex
     }
 }
 
@@ -40,6 +45,9 @@ public struct StoreOptions: Sendable, Hashable {
 public struct StoreStatistics: Sendable, Hashable {
     public var flushes = 0
     public var keysFlushed = 0
+    /// SQLite reads of one key (a cache miss), and those of them that found no row.
+    public var keysRead = 0
+    public var absentKeysRead = 0
     public var flushTime = Duration.zero
     public var recordsRestored = 0
 }
