@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import FraudModel
 @testable import StateStore
+@testable import Roles
 
 /// Sliding windows (SEMANTICS.md §2b): the detector against a literal model, both stores, the
 /// changelog encoding and restore.
@@ -77,7 +78,7 @@ struct SlidingWindowTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let sqlite = try SQLiteDetectorStore(directory: dir.path, parameters: p,
                                              options: StoreOptions(cacheCapacity: 3, integrityCheck: .none, flushInterval: nil, flushKeys: 0))
-        var rng = SplitMix(seed: UInt64(window + threshold * 7 + grace * 13))
+        var rng = SplitMix64(seed: UInt64(window + threshold * 7 + grace * 13))
         var t: Int64 = 0
         for i in 0..<6_000 {
             t += Int64(rng.next() % UInt64(max(1, window / 3)))
@@ -165,7 +166,7 @@ struct SlidingWindowTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let live = try SQLiteDetectorStore(directory: dir.appendingPathComponent("live").path, parameters: p)
         var changelog: [ChangelogRecord] = []
-        var rng = SplitMix(seed: 9)
+        var rng = SplitMix64(seed: 9)
         for cycle in 0..<20 {
             for i in 0..<50 { _ = live.process(card: "card-\(rng.next() % 6)", eventTime: Int64(cycle * 400 + i * 7)) }
             var batch = ChangelogBatch()
@@ -193,15 +194,3 @@ struct SlidingWindowTests {
     }
 }
 
-/// A small deterministic generator for tests.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

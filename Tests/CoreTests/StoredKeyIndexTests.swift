@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import FraudModel
 @testable import StateStore
+@testable import Roles
 
 extension StateTests {
     /// A store whose cache forgot keys answers a key SQLite does not hold without reading
@@ -142,15 +143,3 @@ extension StateTests {
     }
 }
 
-/// A seeded generator, so that a failing random test fails the same way again.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

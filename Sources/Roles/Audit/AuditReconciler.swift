@@ -87,9 +87,8 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         let detector: Windows
         var waiting: [WaitingOutput] = []
         var head = 0
-        /// The transaction id the first waiting output waits for.
-        var blockedOn: String?
-        /// The first waiting output as read when it had its turn.
+        /// The first waiting output as read when it had its turn: its id is the transaction
+        /// whose input the lane waits for.
         var firstRead: ReadOutput?
 
         init(id: Int32, detector: Windows) {
@@ -130,9 +129,6 @@ public final class AuditReconciler<Windows: PartitionDetector> {
         defer { findings.removeAll(keepingCapacity: true) }
         return findings
     }
-
-    /// Whether ``takeFindings()`` has something to give.
-    var hasFindings: Bool { !findings.isEmpty }
 
     /// Whether some lane has outputs waiting for an input not read yet.
     public var hasWaitingOutputs: Bool { !blocked.isEmpty }
@@ -212,7 +208,6 @@ public final class AuditReconciler<Windows: PartitionDetector> {
             case .done: return
             case .waiting(let output):
                 blocked[output.id, default: []].append(laneID)
-                lane.blockedOn = output.id
                 lane.firstRead = output
             }
         }
@@ -413,22 +408,21 @@ public final class AuditReconciler<Windows: PartitionDetector> {
     @discardableResult
     func drain(_ laneID: Int32, orphansBefore cutoff: Int64?) -> Bool {
         guard let lane = lanes[laneID], lane.isWaiting else { return false }
-        if let id = lane.blockedOn { unblock(id, laneID) }
-        lane.blockedOn = nil
+        var firstRead = lane.firstRead
+        lane.firstRead = nil
+        if let id = firstRead?.id { unblock(id, laneID) }
         let head = lane.head
         while lane.isWaiting {
             let output = lane.waiting[lane.head]
             let orphan = inputsComplete || (cutoff.map { output.receivedAt < $0 } ?? false)
                 || (sourceIsRead?(output.source, output.receivedAt) ?? false)
-            let firstRead = lane.firstRead
-            lane.firstRead = nil
             let outcome = output.bytes.withUnsafeBytes {
                 handle($0, read: firstRead, position: output.position, source: output.source, fingerprint: output.fingerprint,
                        detector: output.detector, lane: lane, orphan: orphan)
             }
+            firstRead = nil
             if case .waiting(let read) = outcome {
                 blocked[read.id, default: []].append(laneID)
-                lane.blockedOn = read.id
                 lane.firstRead = read
                 return lane.head != head
             }

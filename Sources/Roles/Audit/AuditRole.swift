@@ -454,7 +454,6 @@ public final class AuditTask: StreamTask {
     }
 
     private func sendFindings() {
-        guard reconciler.hasFindings else { return }
         let findings = reconciler.takeFindings()
         guard !findings.isEmpty else { return }
         for finding in findings { role.send(finding, collector: collector) }
