@@ -448,7 +448,6 @@ final class StoredAuditLedger: AuditLedger {
     }
 
     func sealed() {
-        lastAppended = nil
         sealedHead = head
         positions.sealed()
     }
