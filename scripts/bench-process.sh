@@ -21,6 +21,8 @@
 # fails unless it matched every input to its output or dead letter with no discrepancy, and
 # prints its records/s over its processing_seconds (inputs, outputs and dead letters it read,
 # and its own repartition records), then the median of each run's auditor rate over its processor rate.
+# Each role runs its default stream threads (process 1, audit 2); PROCESS_THREADS=n and
+# AUDIT_THREADS=n set them (--stream-threads), to compare the roles at equal threads.
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
 # puts dir first in the library path of the `process` runs only (the broker runs as built).
 # METRICS_PORT=port serves /metrics and /healthz during the runs (default 0: off, so that
@@ -90,6 +92,7 @@ one_run() {
         local line
         line=$("${process_env[@]}" /usr/bin/time -o "$work/time" -f '%U' \
             "$bin" process --bootstrap-servers "$bootstrap" --state-dir "$work/state" --until-end --log-level notice \
+            ${PROCESS_THREADS:+--stream-threads "$PROCESS_THREADS"} \
             --metrics-port "${METRICS_PORT:-0}" -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
             grep -E 'stopped|error' | json_fields)
         echo "$line userCPUSeconds=$(tail -1 "$work/time")"
@@ -110,7 +113,7 @@ one_run() {
     if [[ "${AUDIT:-}" == continuous ]]; then
         local auditor counts
         auditor=$(/usr/bin/time -o "$work/time" -f '%U' "$bin" audit --bootstrap-servers "$bootstrap" --state-dir "$work/audit-state" \
-            --until-end --settle 10m --log-level notice --metrics-port "${METRICS_PORT:-0}" -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
+            --until-end --settle 10m --log-level notice ${AUDIT_THREADS:+--stream-threads "$AUDIT_THREADS"} --metrics-port "${METRICS_PORT:-0}" -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
             grep -vE 'AUDIT-(INPUT|OUTPUT)' | grep -E 'stopped|error|^inputs ' | json_fields | sed -E 's/^[^ ]+ [a-z]+ polyglot.audit: //')
         rm -rf "$work/audit-state"
         counts=$(grep '^inputs ' <<<"$auditor") || fail "the auditor failed: $auditor"

@@ -211,6 +211,9 @@ extension KafkaConfiguration {
     /// holds well over a second of input, so the pause never empties it.
     public mutating func setConsumerPrefetchDefaults() {
         setDefault("queued.min.messages", "10000000")
-        setDefault("queued.max.messages.kbytes", "131072")
+        setDefault("queued.max.messages.kbytes", String(Self.defaultPrefetchKilobytes))
     }
+
+    /// The byte limit of ``setConsumerPrefetchDefaults()``: 128 MiB.
+    public static let defaultPrefetchKilobytes = 131_072
 }

@@ -35,6 +35,9 @@ public struct RuntimeConfiguration: Sendable {
     /// How long a partition's restore may go without advancing before it looks for the
     /// changelog's end again and, still short of it, reports why it waits (log, `/healthz`).
     public var restoreStallLimit: Duration = .seconds(30)
+    /// Stream threads of the instance (``StreamThreadGroup``): each is a group member with its
+    /// own partitions, clients and role instance.
+    public var streamThreads = 1
 
     public init(kafka: KafkaConfiguration, groupID: String, stateDirectory: String, guarantee: ProcessingGuarantee,
                 commitInterval: Duration, untilEnd: Bool, transactionalID: String, connectTimeout: Duration = .seconds(15),
@@ -48,6 +51,23 @@ public struct RuntimeConfiguration: Sendable {
         self.transactionalID = transactionalID
         self.connectTimeout = connectTimeout
         self.maxRecordsPerTransaction = maxRecordsPerTransaction
+    }
+
+    /// The settings of stream thread `index` (from 0) of `count`: thread 1 keeps the instance's
+    /// transactional id, so an instance with one thread has the id it always had; thread n's
+    /// ends in `-n`. An instance restarted with fewer threads leaves the others' ids unused:
+    /// an open transaction of theirs is aborted by the broker after `transaction.timeout.ms`.
+    public func forThread(_ index: Int, of count: Int) -> RuntimeConfiguration {
+        var c = self
+        c.streamThreads = count
+        if index > 0 { c.transactionalID += "-\(index + 1)" }
+        return c
+    }
+
+    /// The prefetch of one thread's consumers, unless `-X queued.max.messages.kbytes` sets it:
+    /// an equal share of one consumer's default, so more threads do not hold more memory.
+    var consumerPrefetchKilobytes: String {
+        String(max(1_024, KafkaConfiguration.defaultPrefetchKilobytes / max(1, streamThreads)))
     }
 
     /// The group's members must assign partition p of every source to one member; `range` does
@@ -85,6 +105,8 @@ public struct RuntimeStatistics: Sendable, Hashable {
     public var restoreSeconds = 0.0
     /// From the first record handled to the last commit (excludes joining the group and restoring).
     public var processingSeconds = 0.0
+    /// When the first record was handled (the start of ``processingSeconds``).
+    public var firstRecordAt: ContinuousClock.Instant?
     /// Of which: waiting in poll, and committing (changelog, offsets, Kafka and SQLite commits).
     public var pollSeconds = 0.0
     public var commitSeconds = 0.0

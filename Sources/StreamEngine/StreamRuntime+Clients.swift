@@ -61,6 +61,7 @@ extension StreamRuntime {
         restoreConfig.set("auto.offset.reset", "earliest")
         restoreConfig.setDefault("fetch.wait.max.ms", "10")
         restoreConfig.setDefault("max.partition.fetch.bytes", "4194304")
+        restoreConfig.setDefault("queued.max.messages.kbytes", c.consumerPrefetchKilobytes)
         restoreConfig.setConsumerPrefetchDefaults()
         return restoreConfig
     }
@@ -77,6 +78,7 @@ extension StreamRuntime {
         if c.untilEnd { consumerConfig.set("enable.partition.eof", "true") }
         consumerConfig.setDefault("auto.offset.reset", "earliest")
         consumerConfig.setDefault("fetch.wait.max.ms", "10")
+        consumerConfig.setDefault("queued.max.messages.kbytes", c.consumerPrefetchKilobytes)
         consumerConfig.setConsumerPrefetchDefaults()
         return consumerConfig
     }

@@ -194,6 +194,7 @@ extension StreamRuntime {
             $0.transactionRetries = counters.retries
             $0.changelogRecords += commit.changelogRecords
             $0.processingSeconds = processing
+            $0.firstRecordAt = firstRecordAt
             $0.lastCommitAt = storeEnd
             $0.consecutiveAborts = 0
         }

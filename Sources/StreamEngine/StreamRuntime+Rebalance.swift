@@ -13,6 +13,7 @@ extension StreamRuntime {
 
     func assigned(_ partitions: [KafkaTopicPartition]) -> [KafkaTopicPartition: Int64] {
         guard hookError == nil else { return [:] }
+        hasBeenAssigned = true
         do {
             _ = try tasks.assigned(partitions)
         } catch {

@@ -28,7 +28,9 @@ extension StreamRuntime {
     // MARK: - Until end
 
     func reachedEnd() throws -> Bool {
-        guard !tasks.isEmpty, tasks.allRunning, pendingRecords == 0, coordinator.state == .idle, lifecycle.state == .idle else { return false }
+        // A thread the group gave no partition (more threads than partitions) has nothing to
+        // wait for; a lone member without partitions waits for some.
+        guard !tasks.isEmpty || (coordination != nil && hasBeenAssigned), tasks.allRunning, pendingRecords == 0, coordinator.state == .idle, lifecycle.state == .idle else { return false }
         let running = tasks.running
         for (i, source) in role.sources.enumerated() {
             let tps = running.map { KafkaTopicPartition(source.name, $0.partition) }

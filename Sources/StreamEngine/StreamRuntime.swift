@@ -12,9 +12,9 @@ import StateStore
 /// records (the role's ``StreamTask``), send what they produce (``RecordCollector``) and commit
 /// in one transaction per interval (``TransactionCoordinator``).
 ///
-/// Runs on one dedicated thread (``run()`` blocks): the consumer poll, the rebalance hooks,
-/// the tasks, the stores and the transaction calls all happen there, so none of them touches
-/// the Swift cooperative pool and no state needs a lock. Helpers take blocking work off it: the
+/// One stream thread of a ``StreamThreadGroup``, which runs it on a dedicated thread: the
+/// consumer poll, the rebalance hooks, the tasks, the stores and the transaction calls all
+/// happen there, so none of them touches the Swift cooperative pool and no state needs a lock. Helpers take blocking work off it: the
 /// collector's emitter thread produces the records tasks send, and each commit runs on the
 /// coordinator's commit thread while this one handles the next cycle. ``requestStop()`` may be
 /// called from any thread.
@@ -75,6 +75,14 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     var storesSampledAt: ContinuousClock.Instant?
     var sampledStores = 0
     let lagSampler = ConsumerLagSampler()
+    /// The instance's other stream threads, when it has several (``StreamThreadGroup``), and
+    /// this thread's place among them.
+    var coordination: StreamThreadCoordination?
+    var threadIndex = 0
+    /// Whether the group has given this member an assignment yet, even an empty one.
+    var hasBeenAssigned = false
+    /// Whether `--until-end` found this thread at its end once.
+    var reachedEndOnce = false
 
     /// How the run loop hands each polled record to ``handle(_:)``. The default runs the generic
     /// body; ``specializeRecordHandling()`` replaces it with one compiled for the concrete role.
@@ -127,40 +135,21 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
 
     // MARK: - Run
 
-    /// Runs on a dedicated thread (named `threadName`, at most 15 bytes) until stopped, bridged
-    /// to async.
-    public func runOnDedicatedThread(threadName: String) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            DedicatedThread.detach(name: threadName, stackSize: 8 << 20) {
-                continuation.resume(with: Result { try self.run() })
-            }
-        }
-    }
-
-    /// Runs on a dedicated thread until stopped or until the service group shuts down
-    /// gracefully (SIGTERM, SIGINT), which stops the run the way ``requestStop()`` does. So
-    /// does cancellation: the group cancels it when a service beside it fails (the HTTP
-    /// endpoints cannot listen), and the run then commits what it holds and leaves the group.
-    public func runUntilGracefulShutdown(threadName: String) async throws {
-        try await withTaskCancellationOrGracefulShutdownHandler {
-            try await runOnDedicatedThread(threadName: threadName)
-        } onCancelOrGracefulShutdown: {
-            self.requestStop()
-        }
-    }
-
-    /// Blocking: the whole run. Call on a dedicated thread.
-    public func run() throws {
-        let started = ContinuousClock.now
+    /// Blocking: one thread's whole run (``StreamThreadGroup/run(threadName:)`` calls it on each
+    /// thread). Returns false when stopped before start-up finished.
+    func runThread() throws -> Bool {
         defer { statsBox.withLock { $0.phase = .stopped } }
         do {
             try runLoop()
         } catch is RuntimeStopped {
-            logger.notice("stopped before start-up finished")
-            return
+            return false
         }
-        let s = statistics
-        let elapsed = Self.seconds(ContinuousClock.now - started)
+        return true
+    }
+
+    /// The run's final log line: the runtime's counters (of every thread) and the role's.
+    func logStopped(statistics s: RuntimeStatistics, elapsed: Duration) {
+        let elapsed = Self.seconds(elapsed)
         let processing = max(s.processingSeconds, 1e-6)
         var metadata = Logger.Metadata(uniqueKeysWithValues: role.summary.map { ($0.key.snakeCased, Int($0.value).map { .number($0) } ?? .string($0.value)) })
         metadata.merge([
@@ -174,6 +163,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             "restored_records": .number(s.restoredRecords), "restore_seconds": .number(s.restoreSeconds),
             "restore_rate_per_second": .number(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0),
         ]) { role, _ in role }
+        if coordination != nil || configuration.streamThreads > 1 { metadata["stream_threads"] = .number(configuration.streamThreads) }
         logger.notice("stopped", metadata: metadata)
     }
 
@@ -218,6 +208,8 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             : AtLeastOnceClient(producer: producer, consumer: consumer)
         coordinator = TransactionCoordinator(client: ObservedTransactionClient.attach(to: client, configuration: c, observer: observer) { tasks.abortedRecords = $0 })
         defer { coordinator.close() }
+        // The instance's other stream threads join the group in the same rebalance.
+        try coordination?.arriveAtStart()
         try consumer.subscribe(sources.map(\.name))
         statsBox.withLock { $0.phase = .running }
         logger.info("running", metadata: [
@@ -230,7 +222,10 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         var reportedRecords = 0
         while !isStopping {
             try startAssignedTasks()
-            if let interval = role.punctuationInterval, ContinuousClock.now - lastPunctuation >= interval {
+            // Past its end under --until-end a thread only handles what its peers still send it:
+            // punctuating would send them work in turn (as the auditor's read progress does),
+            // and the threads would never all be at their end at once.
+            if let interval = role.punctuationInterval, !reachedEndOnce, ContinuousClock.now - lastPunctuation >= interval {
                 lastPunctuation = .now
                 do {
                     try punctuate()
@@ -281,7 +276,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             }
             if c.untilEnd, committed || polled == 0 {
                 if pendingRecords == 0 { try drive(.checkCommit(wait: true)) }
-                if try reachedEnd() {
+                let atEnd = try reachedEnd()
+                if atEnd { reachedEndOnce = true }
+                if coordination.map({ $0.reportEnd(thread: threadIndex, atEnd: atEnd) }) ?? atEnd {
                     try commitCycle()
                     logger.info("reached the end offsets seen at start")
                     break

@@ -26,6 +26,9 @@ struct RuntimeOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "How often the open transaction commits (default: \(Setting.commitInterval.defaultText)).")
     var commitInterval: String?
 
+    @Option(parsing: .unconditional, help: "Stream threads of this instance, each a group member with its own partitions (default: \(Setting.processStreamThreads) for process, \(Setting.auditStreamThreads) for audit).")
+    var streamThreads: String?
+
     @Option(help: "Stable id of this instance for its transactional producer (default: the one kept in the state directory's instance-id file, created at first start).")
     var instanceId: String?
 
@@ -74,6 +77,7 @@ struct RuntimeOptions: ParsableArguments {
         settings.stateDirectory = stateDir
         settings.guarantee = guarantee
         settings.commitInterval = commitInterval
+        settings.streamThreads = streamThreads
         settings.instanceID = instanceId
         settings.untilEnd = untilEnd
         settings.partitioner = partitioner

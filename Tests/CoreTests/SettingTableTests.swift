@@ -12,7 +12,7 @@ struct SettingTableTests {
         "POLYGLOT_CONNECT_TIMEOUT": "7s", "POLYGLOT_PARTITIONER": "crc32",
         "POLYGLOT_INPUT_TOPIC": "probe-in", "POLYGLOT_OUTPUT_TOPIC": "probe-out", "POLYGLOT_DLQ_TOPIC": "probe-dlq",
         "POLYGLOT_APPLICATION_ID": "probe-app", "POLYGLOT_STATE_DIR": "(the fixture's other state directory)", "POLYGLOT_GUARANTEE": "at-least-once",
-        "POLYGLOT_COMMIT_INTERVAL": "7s", "POLYGLOT_INSTANCE_ID": "probe-instance", "POLYGLOT_UNTIL_END": "true",
+        "POLYGLOT_COMMIT_INTERVAL": "7s", "POLYGLOT_STREAM_THREADS": "7", "POLYGLOT_INSTANCE_ID": "probe-instance", "POLYGLOT_UNTIL_END": "true",
         "POLYGLOT_WINDOW_KIND": "sliding", "POLYGLOT_WINDOW": "7s", "POLYGLOT_THRESHOLD": "7", "POLYGLOT_GRACE": "7s", "POLYGLOT_RETENTION": "7h",
         "POLYGLOT_MAX_FUTURE_SKEW": "7m",
         "POLYGLOT_AUDIT_GROUP": "probe-group", "POLYGLOT_AUDIT_FINDINGS_TOPIC": "probe-findings",

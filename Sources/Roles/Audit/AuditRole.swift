@@ -115,15 +115,23 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
         var repartition: KafkaProducerTopic
     }
     var topics: Topics?
-    private let shared = Mutex(AuditCounts())
-    /// The processor group's progress, read on a thread of its own while tasks run.
-    private(set) var progress: ProcessorProgress?
-    /// Whether the runtime this role runs on is stopping or stopped (set by ``ContinuousAuditor``):
+    /// What the role's instances on the run's stream threads share: the counts, and the
+    /// processor group's progress, read once for all of them.
+    private final class Shared: Sendable {
+        let counts = Mutex(AuditCounts())
+        let progress = Mutex<ProcessorProgress?>(nil)
+    }
+    private let shared: Shared
+    /// Whether the run this role is part of is stopping or stopped (set by ``ContinuousAuditor``):
     /// the progress thread ends with it.
     var runtimeIsStopping: @Sendable () -> Bool = { false }
-    private let progressBox = Mutex<ProcessorProgress?>(nil)
 
-    public init(configuration: AuditorConfiguration, logger: Logger) {
+    public convenience init(configuration: AuditorConfiguration, logger: Logger) {
+        self.init(configuration: configuration, logger: logger, shared: Shared())
+    }
+
+    private init(configuration: AuditorConfiguration, logger: Logger, shared: Shared) {
+        self.shared = shared
         self.configuration = configuration
         self.logger = logger
         let r = configuration.pipeline
@@ -134,7 +142,19 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
     }
 
     /// Counts of committed work: records read and findings by kind.
-    public var counts: AuditCounts { shared.withLock { $0 } }
+    public var counts: AuditCounts { shared.counts.withLock { $0 } }
+
+    /// The processor group's progress, read on a thread of its own while tasks run (nil until
+    /// the first task starts).
+    var progress: ProcessorProgress? { shared.progress.withLock { $0 } }
+
+    /// Another instance for another stream thread of the same run, sharing ``counts`` and the
+    /// processor's progress.
+    public func makeThreadInstance() -> AuditRole {
+        let sibling = AuditRole(configuration: configuration, logger: logger, shared: shared)
+        sibling.runtimeIsStopping = runtimeIsStopping
+        return sibling
+    }
 
     public func openStore(directory: String) throws(SQLiteError) -> AuditStore {
         try AuditStore(directory: directory, parameters: configuration.pipeline.parameters, options: configuration.pipeline.storeOptions)
@@ -150,7 +170,8 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
                             repartition: try collector.topic(configuration.repartitionTopic))
         }
         store.ledger.loadQueue()
-        if progress == nil || progress!.isStopped {
+        let progress = shared.progress.withLock { current in
+            if let current, !current.isStopped { return current }
             let c = configuration, r = c.pipeline
             let progress = ProcessorProgress(
                 kafka: r.kafka, group: c.processorGroup,
@@ -158,11 +179,11 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
                               repartition: PipelineNames.repartitionTopic(group: c.processorGroup)),
                 partitions: partitionCount, interval: c.probeInterval, logger: logger)
             progress.start(isStopping: runtimeIsStopping)
-            self.progress = progress
-            progressBox.withLock { $0 = progress }
+            current = progress
+            return progress
         }
         return AuditTask(role: self, partition: partition, partitionCount: Int32(partitionCount), store: store, collector: collector,
-                         progress: progress!)
+                         progress: progress)
     }
 
     public func didHandleBatch() {}
@@ -181,7 +202,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
                                       (AuditFinding.Kind.highValue.rawValue, c.highValue), ("flagged", c.flagged), ("drift", c.drift), ("unreadable", c.unreadable),
                                       ("stalled", c.stalled), ("resumed", c.resumed), ("truncated", c.truncated)]
         let now = AuditTask.wallClock()
-        let waiting = progressBox.withLock { $0?.allWaiting } ?? []
+        let waiting = progress?.allWaiting ?? []
         return kinds.map { MetricSample("polyglot_audit_findings_total", labels: ["kind": $0.0], value: $0.1) }
             + [("input", c.inputs), ("output", c.outputs), ("dead_letter", c.deadLetters)].map {
                 MetricSample("polyglot_audit_records_total", labels: ["record": $0.0], value: $0.1)
@@ -208,7 +229,7 @@ public final class AuditRole: StreamRole, @unchecked Sendable {
                 logger.warning("\(finding.logLine)", metadata: ["kind": "\(finding.kind.rawValue)"])
             }
         }
-        shared.withLock { $0.add(counts) }
+        shared.counts.withLock { $0.add(counts) }
     }
 
     /// Sends one finding to the findings topic, keyed by its transaction id.
@@ -564,7 +585,8 @@ extension RoleRunner where Role == AuditRole {
         self.init(role: AuditRole(configuration: configuration, logger: logger),
                   runtimeConfiguration: RuntimeConfiguration(role: configuration.pipeline), logger: logger, observer: observer)
         let runtime = self.runtime
-        role.runtimeIsStopping = { runtime.isStopping || runtime.statistics.phase == .stopped }
+        let isStopping: @Sendable () -> Bool = { runtime.isStopping || runtime.statistics.phase == .stopped }
+        for thread in runtime.runtimes { thread.role.runtimeIsStopping = isStopping }
     }
 
     /// Committed counts: records read and findings by kind.

@@ -34,7 +34,8 @@ public struct AuditorSettings: Sendable {
         var settings = processor
         let processorGroup = pick(processor.applicationID, .applicationID) ?? Setting.applicationID.defaultText
         settings.applicationID = pick(group, .auditGroup) ?? Setting.auditGroup.defaultText
-        let pipeline = try settings.resolve(layers: layers)
+        var pipeline = try settings.resolve(layers: layers)
+        if pick(processor.streamThreads, .streamThreads) == nil { pipeline.streamThreads = Setting.auditStreamThreads }
         let highValueText = pick(highValue, .auditHighValue) ?? Setting.auditHighValue.defaultText
         guard let threshold = DecimalText(highValueText.trimmingCharacters(in: .whitespaces)) else {
             throw ConfigurationError("\(highValue != nil ? Setting.auditHighValue.flag : Setting.auditHighValue.variable) must be a JSON number, got '\(highValueText)'")

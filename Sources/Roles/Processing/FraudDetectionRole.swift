@@ -55,10 +55,19 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
     var topics: Topics?
     /// Counted per record without a lock, published once per poll.
     var cycle = FraudDetectionCounters()
-    private let shared = Mutex(FraudDetectionCounters())
+    /// What the run counts, shared by the role's instances on the run's stream threads.
+    private final class Shared: Sendable {
+        let counters = Mutex(FraudDetectionCounters())
+    }
+    private let shared: Shared
 
-    public init(configuration: ProcessorConfiguration) {
+    public convenience init(configuration: ProcessorConfiguration) {
+        self.init(configuration: configuration, shared: Shared())
+    }
+
+    private init(configuration: ProcessorConfiguration, shared: Shared) {
         self.configuration = configuration
+        self.shared = shared
         sources = [SourceTopic(configuration.inputTopic, label: "input"),
                    SourceTopic(configuration.repartitionTopic, isInternal: true, label: "repartition")]
         encoder = EnrichedRecordEncoder(parameters: configuration.parameters)
@@ -68,7 +77,13 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
         detectorBytes = Array(configuration.parameters.header.utf8)
     }
 
-    public var counters: FraudDetectionCounters { shared.withLock { $0 } }
+    public var counters: FraudDetectionCounters { shared.counters.withLock { $0 } }
+
+    /// Another instance for another stream thread of the same run, counting into the same
+    /// ``counters``.
+    public func makeThreadInstance() -> FraudDetectionRole {
+        FraudDetectionRole(configuration: configuration, shared: shared)
+    }
 
     public func openStore(directory: String) throws(SQLiteError) -> SQLiteDetectorStore {
         try SQLiteDetectorStore(directory: directory, parameters: configuration.parameters, options: configuration.storeOptions)
@@ -96,7 +111,7 @@ public final class FraudDetectionRole: StreamRole, @unchecked Sendable {
         let c = cycle
         guard c != FraudDetectionCounters() else { return }
         cycle = FraudDetectionCounters()
-        shared.withLock {
+        shared.counters.withLock {
             $0.outputs += c.outputs
             $0.deadLetters += c.deadLetters
             for (code, n) in c.deadLettersByCode { $0.deadLettersByCode[code, default: 0] += n }

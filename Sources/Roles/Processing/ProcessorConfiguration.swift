@@ -17,6 +17,7 @@ extension RuntimeConfiguration {
                   transactionalID: Self.transactionalID(c), connectTimeout: c.connectTimeout,
                   maxRecordsPerTransaction: c.maxRecordsPerTransaction)
         restoreStallLimit = c.restoreStallLimit
+        streamThreads = c.streamThreads
     }
 
     static func transactionalID(_ c: ProcessorConfiguration) -> String {
@@ -62,6 +63,8 @@ public struct ProcessorConfiguration: Sendable {
     /// How long a restore may go without advancing before it reports why it waits
     /// (``RuntimeConfiguration/restoreStallLimit``).
     public var restoreStallLimit: Duration = .seconds(30)
+    /// Stream threads of this instance (``StreamThreadGroup``).
+    public var streamThreads = 1
 
     public init(kafka: KafkaConfiguration,
                 applicationID: String = PipelineNames.applicationID,
@@ -128,6 +131,7 @@ public struct ProcessorConfiguration: Sendable {
             throw ConfigurationError("enable.auto.commit=true is not allowed: offsets commit with the state")
         }
         guard connectTimeout > .zero else { throw ConfigurationError("the connect timeout must be more than 0") }
+        guard (1...64).contains(streamThreads) else { throw ConfigurationError("stream threads must be between 1 and 64") }
         try RuntimeConfiguration.checkAssignmentStrategy(kafka)
     }
 

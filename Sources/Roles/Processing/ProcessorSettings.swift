@@ -17,6 +17,8 @@ public struct ProcessorSettings: Sendable {
     public var stateDirectory: String?
     public var guarantee: String?
     public var commitInterval: String?
+    /// A whole number; nil: environment, file, else the role's default.
+    public var streamThreads: String?
     public var instanceID: String?
     public var untilEnd: Bool = false
     /// `murmur2` (Java's, the default) or `crc32` (librdkafka's): which partition a card belongs to.
@@ -136,6 +138,13 @@ public struct ProcessorSettings: Sendable {
         let intervalMs = try Durations.milliseconds(pick(commitInterval, .commitInterval) ?? Setting.commitInterval.defaultText, setting: "commit interval")
         let partitionerValue = try layers.partitioner(partitioner)
         let connectTimeoutValue = try layers.connectTimeout(connectTimeout)
+        let threadsText = pick(streamThreads, .streamThreads)
+        let threads = try threadsText.map { text throws(ConfigurationError) in
+            guard let n = Int(text.trimmingCharacters(in: .whitespaces)), (1...64).contains(n) else {
+                throw ConfigurationError("\(streamThreads != nil ? Setting.streamThreads.flag : Setting.streamThreads.variable) must be a whole number from 1 to 64, got '\(text)'")
+            }
+            return n
+        }
         let untilEndValue = untilEnd || ["1", "true", "yes"].contains(environment[Setting.untilEnd.variable]?.lowercased() ?? "")
         // The header carries the real environment's digest, computed once per process (hashing
         // the binary takes a fraction of a second), so the auditor's drift check means something.
@@ -165,7 +174,7 @@ public struct ProcessorSettings: Sendable {
             instanceIDValue = try StateDirectory.storedInstanceID(in: stateDirectoryValue) ?? StateDirectory.newInstanceID()
         }
 
-        let configuration = ProcessorConfiguration(
+        var configuration = ProcessorConfiguration(
             kafka: kafka,
             applicationID: pick(applicationID, .applicationID) ?? Setting.applicationID.defaultText,
             inputTopic: layers.inputTopic(inputTopic),
@@ -180,6 +189,7 @@ public struct ProcessorSettings: Sendable {
             instanceID: instanceIDValue,
             partitioner: partitionerValue,
             connectTimeout: connectTimeoutValue)
+        configuration.streamThreads = threads ?? Setting.processStreamThreads
         try configuration.validate()
         return configuration
     }

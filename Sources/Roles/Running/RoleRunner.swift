@@ -10,19 +10,24 @@ public protocol RunnableRole: StreamRole, Sendable {
     var configuration: Configuration { get }
     /// The role's own metric samples (the runtime's come from its statistics). Any thread.
     var metricSamples: [MetricSample] { get }
+    /// Another instance for another stream thread of the same run: per-thread state of its
+    /// own, what the run reports (counters, samples) shared with this one.
+    func makeThreadInstance() -> Self
 }
 
-/// One role on the stream runtime: the role, its runtime, and what a command needs of them
-/// (stop, snapshot, run). `polyglot process` is ``StreamProcessor`` and the continuous
+/// One role on the stream runtime: the role, its stream threads, and what a command needs of
+/// them (stop, snapshot, run). `polyglot process` is ``StreamProcessor`` and the continuous
 /// `polyglot audit` is ``ContinuousAuditor``: this type with their role.
 public final class RoleRunner<Role: RunnableRole>: Sendable {
-    public let role: Role
-    public let runtime: StreamRuntime<Role>
+    /// The role's instance on the first stream thread; the others share what it reports.
+    public var role: Role { runtime.role }
+    /// The run: ``RuntimeConfiguration/streamThreads`` stream threads, one role instance each.
+    public let runtime: StreamThreadGroup<Role>
 
-    /// `observer` hears of each commit (``RoleMetrics`` is one).
+    /// `observer` hears of each commit (``RoleMetrics`` is one), from every stream thread.
     init(role: Role, runtimeConfiguration: RuntimeConfiguration, logger: Logger, observer: (any RuntimeObserver)?) {
-        self.role = role
-        runtime = StreamRuntime(role: role, configuration: runtimeConfiguration, logger: logger, observer: observer)
+        let roles = [role] + (1..<max(1, runtimeConfiguration.streamThreads)).map { _ in role.makeThreadInstance() }
+        runtime = StreamThreadGroup(roles: roles, configuration: runtimeConfiguration, logger: logger, observer: observer)
         runtime.specializeRecordHandling()
     }
 
@@ -39,9 +44,10 @@ public final class RoleRunner<Role: RunnableRole>: Sendable {
         RoleSnapshot(runtime: runtime.statistics, samples: role.metricSamples)
     }
 
-    /// Blocking: the whole run. Call on a dedicated thread.
-    public func run() throws {
-        try runtime.run()
+    /// Blocking: the whole run, the first stream thread on the calling thread (named
+    /// `threadName`, the others after it). Call on a dedicated thread.
+    public func run(threadName: String = "polyglot-run") throws {
+        try runtime.run(threadName: threadName)
     }
 }
 

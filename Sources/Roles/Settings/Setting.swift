@@ -133,6 +133,17 @@ public struct Setting: Sendable, Hashable {
     public static let commitInterval = Setting(
         "POLYGLOT_COMMIT_INTERVAL", flag: "--commit-interval", default: "100ms",
         help: "How often a role commits its Kafka transaction (and SQLite with it).", roles: runtimeRoles, section: .processing)
+    /// `POLYGLOT_STREAM_THREADS`.
+    public static let streamThreads = Setting(
+        "POLYGLOT_STREAM_THREADS", flag: "--stream-threads", default: "",
+        help: "Stream threads of this instance, each a group member with its own partitions, as Kafka Streams' num.stream.threads.",
+        notes: "Unset: \(processStreamThreads) for process, \(auditStreamThreads) for audit, which reads two records (an input and its output) for each one the processor reads. More threads than cores, or than partitions, gain nothing.",
+        roles: runtimeRoles, section: .processing)
+    /// The processor's stream threads when nothing sets them.
+    public static let processStreamThreads = 1
+    /// The continuous auditor's: it reads twice the records the processor reads, so it gets
+    /// twice the threads to keep up.
+    public static let auditStreamThreads = 2
     /// `POLYGLOT_INSTANCE_ID`.
     public static let instanceID = Setting(
         "POLYGLOT_INSTANCE_ID", flag: "--instance-id", default: "",
@@ -236,7 +247,7 @@ public struct Setting: Sendable, Hashable {
     public static let all: [Setting] = [
         bootstrapServers, kafkaProperties, connectTimeout, partitioner,
         inputTopic, outputTopic, deadLetterTopic,
-        applicationID, stateDirectory, guarantee, commitInterval, instanceID, untilEnd,
+        applicationID, stateDirectory, guarantee, commitInterval, streamThreads, instanceID, untilEnd,
         windowKind, window, threshold, grace, retention, maxFutureSkew,
         auditGroup, auditFindingsTopic, auditSettle, auditStallAfter, auditHighValue,
         logLevel, metricsPort, metricsAddress, healthBrokerTimeout,
