@@ -20,7 +20,7 @@
 # instead (`polyglot audit --until-end`, its own group, state and findings topic, exactly once),
 # fails unless it matched every input to its output or dead letter with no discrepancy, and
 # prints its records/s over its processing_seconds (inputs, outputs and dead letters it read,
-# and its own repartition records), then the median of each run's auditor rate over its processor rate.
+# and its own repartition records) and its peak memory, then the median of each run's auditor rate over its processor rate.
 # Each role runs its default stream threads (process 1, audit 2); PROCESS_THREADS=n and
 # AUDIT_THREADS=n set them (--stream-threads), to compare the roles at equal threads.
 # BIN=path runs an already built binary instead (to compare builds); PROCESS_LIBRARY_PATH=dir
@@ -112,7 +112,7 @@ one_run() {
     processed=$(process)
     if [[ "${AUDIT:-}" == continuous ]]; then
         local auditor counts
-        auditor=$(/usr/bin/time -o "$work/time" -f '%U' "$bin" audit --bootstrap-servers "$bootstrap" --state-dir "$work/audit-state" \
+        auditor=$(/usr/bin/time -o "$work/time" -f '%U %M' "$bin" audit --bootstrap-servers "$bootstrap" --state-dir "$work/audit-state" \
             --until-end --settle 10m --log-level notice ${AUDIT_THREADS:+--stream-threads "$AUDIT_THREADS"} --metrics-port "${METRICS_PORT:-0}" -X session.timeout.ms=6000 -X heartbeat.interval.ms=500 2>&1 |
             grep -vE 'AUDIT-(INPUT|OUTPUT)' | grep -E 'stopped|error|^inputs ' | json_fields | sed -E 's/^[^ ]+ [a-z]+ polyglot.audit: //')
         rm -rf "$work/audit-state"
@@ -120,7 +120,7 @@ one_run() {
         [[ "$counts" == "inputs $records, outputs $valid, deadLetters $rejected, missing 0, duplicate 0, orphan 0, mismatch 0,"* &&
             "$counts" == *"drift 0, unreadable 0"* ]] || fail "the auditor did not match every record: $counts"
         audit_rate=$(field average_rate_per_second "$auditor")
-        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '\b(records|processing_seconds|average_rate_per_second|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time")" >&2
+        echo "run $run: continuous audit: $counts; $(grep stopped <<<"$auditor" | grep -oE '\b(records|processing_seconds|average_rate_per_second|commits)=[^ ]+' | tr '\n' ' ')userCPUSeconds=$(tail -1 "$work/time" | cut -d' ' -f1) peakMemoryMiB=$(( $(tail -1 "$work/time" | cut -d' ' -f2) / 1024 ))" >&2
     elif [[ -n "${AUDIT:-}" ]]; then
         audited=$(/usr/bin/time -o "$work/audit-time" -f '%M' "$bin" audit --once --bootstrap-servers "$bootstrap" 2>&1 >/dev/null | grep '^audit:') ||
             fail "audit --once reported discrepancies or failed: ${audited:-no summary}"

@@ -346,13 +346,22 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// Moves assigned partitions to these offsets. Blocking (up to `timeout`). Forgets where
     /// those partitions last reached their end (``endOfPartition(_:)``): after a rewind, the
     /// records between the new position and that end are still to be read.
-    public func seek(_ offsets: [KafkaTopicPartitionOffset], timeout: Duration) throws(KafkaError) {
-        guard !offsets.isEmpty else { return }
+    ///
+    /// Returns the partitions librdkafka refuses to seek because their fetcher is not running
+    /// (`_STATE`, or `_PREV_IN_PROGRESS` while it stops): not started yet (an assignment waits
+    /// for the group's committed offsets first), or stopped (unassigned). Such a partition
+    /// fetches nothing until its fetcher starts, so the seek can be retried then. Any other
+    /// refusal throws.
+    @discardableResult
+    public func seek(_ offsets: [KafkaTopicPartitionOffset], timeout: Duration) throws(KafkaError) -> [KafkaTopicPartition] {
+        guard !offsets.isEmpty else { return [] }
         state.withLock { s in for o in offsets { s.partitionEnds[o.topicPartition] = nil } }
         let list = PartitionList.make(offsets)
         defer { rd_kafka_topic_partition_list_destroy(list) }
         try KafkaError.check(rd_kafka_seek_partitions(handle, list, milliseconds(timeout)))
-        if let error = PartitionList.firstError(list) { throw error }
+        let stoppedFetcher = [RD_KAFKA_RESP_ERR__STATE, RD_KAFKA_RESP_ERR__PREV_IN_PROGRESS]
+        if let error = PartitionList.firstError(list, excluding: stoppedFetcher) { throw error }
+        return PartitionList.partitions(list, failedWith: stoppedFetcher)
     }
 
     /// The high watermarks (end offsets) of many partitions in one request per leader, rather

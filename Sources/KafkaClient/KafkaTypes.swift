@@ -132,10 +132,19 @@ enum PartitionList {
         }
     }
 
-    /// The first per-partition error in a list, if any.
-    static func firstError(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>) -> KafkaError? {
+    /// The partitions of a list whose per-partition error is one of `errors`.
+    static func partitions(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>, failedWith errors: [rd_kafka_resp_err_t]) -> [KafkaTopicPartition] {
+        guard let elems = list.pointee.elems else { return [] }
+        return (0..<Int(list.pointee.cnt)).filter { errors.contains(elems[$0].err) }.map {
+            KafkaTopicPartition(String(cString: elems[$0].topic), elems[$0].partition)
+        }
+    }
+
+    /// The first per-partition error in a list, if any (`excluding` those errors).
+    static func firstError(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>,
+                           excluding excluded: [rd_kafka_resp_err_t] = []) -> KafkaError? {
         guard let elems = list.pointee.elems else { return nil }
-        for i in 0..<Int(list.pointee.cnt) where elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR {
+        for i in 0..<Int(list.pointee.cnt) where elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR && !excluded.contains(elems[i].err) {
             let e = elems[i]
             return KafkaError(e.err, detail: "\(String(cString: e.topic))/\(e.partition): \(String(cString: rd_kafka_err2str(e.err)))")
         }

@@ -271,7 +271,7 @@ extension StreamRuntime {
             }
             slot.next = slot.committed
         }
-        try consumer.seek(seeks, timeout: .seconds(30))
+        _ = try seek(seeks)
         let counters = coordinator.counters
         statsBox.withLock {
             $0.transactionsAborted = counters.aborted

@@ -31,6 +31,7 @@ extension StreamRuntime {
         // failing, abandoned: the commit lifecycle decides.
         do { try drive(.partitionsRevoked(leaving, lost: lost)) } catch { hookError = hookError ?? error }
         for slot in tasks.remove(leaving) { close(slot) }
+        seeksAwaitingFetcher = seeksAwaitingFetcher.filter { !leaving.contains($0.key.partition) }
         let running = tasks.running.count, assigned = tasks.all.count
         statsBox.withLock {
             $0.tasks = running

@@ -60,8 +60,8 @@ extension StreamRuntime {
         }
         let task = try role.makeTask(partition: slot.partition, partitionCount: partitionCount, store: slot.store!, collector: collector)
         slot.phase = .running(task)
-        try consumer.seek(seeks, timeout: .seconds(30))
-        try consumer.resume(tps)
+        let waiting = try seek(seeks)
+        try consumer.resume(tps.filter { !waiting.contains($0) })
         statsBox.withLock { $0.tasks = tasks.running.count }
         logger.info("task started", metadata: [
             "partition": .number(Int(slot.partition)),
@@ -80,5 +80,31 @@ extension StreamRuntime {
         do { try store.close() } catch { logger.warning("closing store failed", metadata: ["partition": .number(Int(slot.partition)), "error": "\(error)"]) }
         slot.store = nil
         logger.info("task stopped", metadata: ["partition": .number(Int(slot.partition))])
+    }
+
+    /// Seeks; a partition whose fetcher librdkafka has not started yet (an assignment still
+    /// fetching the group's committed offsets) or has stopped (a rebalance taking it away)
+    /// refuses, so it stays paused and its seek waits in ``seeksAwaitingFetcher``: retried at
+    /// every turn of the loop until its fetcher takes it, then resumed; dropped if the partition
+    /// is revoked. Returns the partitions that wait.
+    func seek(_ seeks: [KafkaTopicPartitionOffset]) throws -> Set<KafkaTopicPartition> {
+        let refused = Set(try consumer.seek(seeks, timeout: .seconds(30)))
+        guard !refused.isEmpty else { return [] }
+        try consumer.pause(Array(refused))
+        for s in seeks where refused.contains(s.topicPartition) { seeksAwaitingFetcher[s.topicPartition] = s.offset }
+        logger.info("seek waits for the partitions' fetchers", metadata: [
+            "partitions": "\(refused.sorted { ($0.topic, $0.partition) < ($1.topic, $1.partition) }.map { "\($0.topic)/\($0.partition)" }.joined(separator: ","))",
+        ])
+        return refused
+    }
+
+    /// Retries the seeks that waited for their partitions' fetchers, and resumes those done.
+    func retrySeeksAwaitingFetcher() throws {
+        guard !seeksAwaitingFetcher.isEmpty else { return }
+        let seeks = seeksAwaitingFetcher.map { KafkaTopicPartitionOffset($0.key, offset: $0.value) }
+        let refused = Set(try consumer.seek(seeks, timeout: .seconds(30)))
+        let done = seeks.map(\.topicPartition).filter { !refused.contains($0) }
+        for tp in done { seeksAwaitingFetcher[tp] = nil }
+        try consumer.resume(done)
     }
 }

@@ -14,10 +14,10 @@ import StateStore
 ///
 /// One stream thread of a ``StreamThreadGroup``, which runs it on a dedicated thread: the
 /// consumer poll, the rebalance hooks, the tasks, the stores and the transaction calls all
-/// happen there, so none of them touches the Swift cooperative pool and no state needs a lock. Helpers take blocking work off it: the
-/// collector's emitter thread produces the records tasks send, and each commit runs on the
-/// coordinator's commit thread while this one handles the next cycle. ``requestStop()`` may be
-/// called from any thread.
+/// happen there, so none of them touches the Swift cooperative pool and no state needs a lock.
+/// Helpers take blocking work off it: the collector's emitter thread produces the records tasks
+/// send, and each commit runs on the coordinator's commit thread while this one handles the
+/// next cycle. ``requestStop()`` may be called from any thread.
 ///
 /// Per commit interval, exactly-once: one Kafka transaction holds what the tasks sent, their
 /// stores' changelog records (the last of a task's carrying the source positions it covers) and
@@ -83,6 +83,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     var hasBeenAssigned = false
     /// Whether `--until-end` found this thread at its end once.
     var reachedEndOnce = false
+    /// Seeks librdkafka refused because the partition's fetcher was not running, by partition
+    /// (the partitions stay paused until one succeeds).
+    var seeksAwaitingFetcher: [KafkaTopicPartition: Int64] = [:]
 
     /// How the run loop hands each polled record to ``handle(_:)``. The default runs the generic
     /// body; ``specializeRecordHandling()`` replaces it with one compiled for the concrete role.
@@ -222,6 +225,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         var reportedRecords = 0
         while !isStopping {
             try startAssignedTasks()
+            try retrySeeksAwaitingFetcher()
             // Past its end under --until-end a thread only handles what its peers still send it:
             // punctuating would send them work in turn (as the auditor's read progress does),
             // and the threads would never all be at their end at once.

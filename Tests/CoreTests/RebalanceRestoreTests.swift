@@ -258,3 +258,45 @@ struct KafkaPauseTests {
         #expect(counts == [3, 0, 3])
     }
 }
+
+/// librdkafka refuses to seek a partition whose fetcher is not running (`_STATE`): one no
+/// longer assigned, or one just assigned whose fetcher waits for the group's committed offsets.
+/// The consumer's seek returns those partitions (the runtime keeps them paused and seeks them
+/// again later) and still moves the others (a librdkafka behaviour, not the mock's: fetchers
+/// are client-side).
+@Suite("librdkafka seek", .brokerHeavy)
+struct KafkaSeekTests {
+    @Test func aSeekReturnsThePartitionsWithoutARunningFetcherAndMovesTheOthers() async throws {
+        let cluster = try TestCluster()
+        let topic = try cluster.topic("seek", partitions: 2)
+        let producer = try cluster.producer()
+        for p in Int32(0)..<2 {
+            for i in 0..<3 { try producer.produce(topic: topic, partition: p, key: nil, value: Array("r\(i)".utf8), blockIfQueueFull: true) }
+        }
+        try await producer.flush(timeout: .seconds(10))
+        _ = await producer.close()
+        let consumer = try cluster.consumer()
+        let (p0, p1) = (KafkaTopicPartition(topic, 0), KafkaTopicPartition(topic, 1))
+        let (refused, reread) = try await offPool { () -> ([KafkaTopicPartition], [Int64]) in
+            func read(_ count: Int) throws -> [Int64] {
+                var offsets: [Int64] = []
+                let deadline = ContinuousClock.now + .seconds(10)
+                while offsets.count < count, ContinuousClock.now < deadline {
+                    offsets += try consumer.poll(maxMessages: 100, timeout: .milliseconds(100)).map(\.offset)
+                }
+                return offsets
+            }
+            try consumer.assign([KafkaTopicPartitionOffset(p0, offset: KafkaOffset.beginning), KafkaTopicPartitionOffset(p1, offset: KafkaOffset.beginning)])
+            _ = try read(6)
+            // p1 is no longer assigned; p0's fetcher runs again once its records come back.
+            try consumer.assign([KafkaTopicPartitionOffset(p0, offset: KafkaOffset.beginning)])
+            _ = try read(3)
+            let refused = try consumer.seek([KafkaTopicPartitionOffset(p0, offset: 1), KafkaTopicPartitionOffset(p1, offset: 0)],
+                                            timeout: .seconds(10))
+            return (refused, try read(2))
+        }
+        await consumer.close()
+        #expect(refused == [p1])
+        #expect(reread == [1, 2], "p0 moved back to offset 1")
+    }
+}
