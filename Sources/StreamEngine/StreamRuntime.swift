@@ -150,8 +150,9 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         return true
     }
 
-    /// The run's final log line: the runtime's counters (of every thread) and the role's.
-    func logStopped(statistics s: RuntimeStatistics, elapsed: Duration) {
+    /// The run's final log line, on `logger` (the instance's, not one thread's): the runtime's
+    /// counters (of every thread) and the role's.
+    func logStopped(statistics s: RuntimeStatistics, elapsed: Duration, on logger: Logger) {
         let elapsed = Self.seconds(elapsed)
         let processing = max(s.processingSeconds, 1e-6)
         var metadata = Logger.Metadata(uniqueKeysWithValues: role.summary.map { ($0.key.snakeCased, Int($0.value).map { .number($0) } ?? .string($0.value)) })

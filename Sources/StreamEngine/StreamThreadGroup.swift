@@ -28,7 +28,10 @@ public final class StreamThreadGroup<Role: StreamRole>: Sendable {
         self.coordination = coordination
         self.logger = logger
         runtimes = roles.enumerated().map { i, role in
-            let runtime = StreamRuntime(role: role, configuration: configuration.forThread(i, of: roles.count), logger: logger, observer: observer)
+            // Each thread's lines say which thread wrote them, when there are several.
+            var threadLogger = logger
+            if roles.count > 1 { threadLogger[metadataKey: "stream_thread"] = .stringConvertible(i + 1) }
+            let runtime = StreamRuntime(role: role, configuration: configuration.forThread(i, of: roles.count), logger: threadLogger, observer: observer)
             runtime.coordination = roles.count > 1 ? coordination : nil
             runtime.threadIndex = i
             return runtime
@@ -93,7 +96,7 @@ public final class StreamThreadGroup<Role: StreamRole>: Sendable {
 
     private func logEnd(started: Bool, since start: ContinuousClock.Instant) {
         if started {
-            runtimes[0].logStopped(statistics: statistics, elapsed: ContinuousClock.now - start)
+            runtimes[0].logStopped(statistics: statistics, elapsed: ContinuousClock.now - start, on: logger)
         } else {
             logger.notice("stopped before start-up finished")
         }

@@ -356,9 +356,10 @@ struct ObservabilityBrokerTests {
         defer { try? FileManager.default.removeItem(at: state) }
         // Many small transactions, so the changelog holds many batches: the dev broker answers a
         // fetch with one batch, so the slowed restore below takes a 200 ms round trip per batch
-        // (about 2 s here), a wider window for a check that tests beside it keep waiting.
+        // (several seconds here), a window wide enough for a check that tests beside it keep
+        // waiting. (A longer round trip instead fails the processor's start-up.)
         var firstConfiguration = topics.configuration(stateDirectory: state)
-        firstConfiguration.maxRecordsPerTransaction = 25
+        firstConfiguration.maxRecordsPerTransaction = 10
         let first = try StreamProcessor(configuration: firstConfiguration, logger: logger)
         try await run(first)
         let changelog = first.statistics.changelogRecords
