@@ -166,11 +166,7 @@ public struct KafkaBenchmark: Sendable {
         guard lentBytes == bytes else {
             throw KafkaError(code: -1, name: "BENCH", message: "borrowed \(lentBytes) bytes, copied \(bytes)")
         }
-        return Result(records: seen, bytes: bytes, produceSeconds: Self.seconds(produceTime), consumeSeconds: Self.seconds(consumeTime),
-                      borrowingConsumeSeconds: Self.seconds(borrowTime))
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        return Result(records: seen, bytes: bytes, produceSeconds: produceTime.inSeconds, consumeSeconds: consumeTime.inSeconds,
+                      borrowingConsumeSeconds: borrowTime.inSeconds)
     }
 }

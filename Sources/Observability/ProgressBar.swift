@@ -26,7 +26,7 @@ public struct ProgressBar {
         guard now - lastDraw >= .milliseconds(100) else { return }
         lastDraw = now
         drewOnce = true
-        let elapsed = Self.seconds(now - started)
+        let elapsed = (now - started).inSeconds
         let rate = elapsed > 0 ? Int(Double(records) / elapsed) : 0
         var line = "\r"
         if let total, total > 0 {
@@ -43,9 +43,5 @@ public struct ProgressBar {
     /// Clears the line before the summary is printed.
     public func finish() {
         if drewOnce { StandardError.write("\r\u{1B}[K") }
-    }
-
-    package static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 }

@@ -55,3 +55,10 @@ extension String {
         return String(s)
     }
 }
+
+extension Duration {
+    /// The duration in seconds, fractions included: for rates, log fields and summaries.
+    package var inSeconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import FraudModel
+import PolyglotSupport
 
 /// Timings of ``SQLiteWindowStore`` on its three hot paths, for a benchmark command and for
 /// tuning. Not a test: the figures depend on the machine.
@@ -124,11 +125,11 @@ public enum WindowStoreBenchmark {
         figures.records = c.records
         figures.flushesInDetect = store.statistics.flushes
         figures.keysFlushedInDetect = store.statistics.keysFlushed
-        figures.flushSecondsInDetect = seconds(store.statistics.flushTime)
-        figures.detectSeconds = seconds(clock.now - detectStart - untimed)
-        figures.detectCPUSeconds = threadCPUSeconds() - detectCPU - seconds(untimed)
-        figures.commitSecondsInDetect = seconds(commitTime)
-        figures.pendingChangesSecondsInDetect = seconds(pendingTime)
+        figures.flushSecondsInDetect = store.statistics.flushTime.inSeconds
+        figures.detectSeconds = (clock.now - detectStart - untimed).inSeconds
+        figures.detectCPUSeconds = threadCPUSeconds() - detectCPU - untimed.inSeconds
+        figures.commitSecondsInDetect = commitTime.inSeconds
+        figures.pendingChangesSecondsInDetect = pendingTime.inSeconds
         try store.close()
 
         // 2. One commit of `commitKeys` changed cards, inserted, then updated.
@@ -144,7 +145,7 @@ public enum WindowStoreBenchmark {
             let cpu0 = threadCPUSeconds()
             try commitStore.commit(checkpoint: StoreCheckpoint(sourceOffset: Int64(round), changelogOffset: Int64(round)))
             try commitStore.flush()
-            let elapsed = seconds(clock.now - t0)
+            let elapsed = (clock.now - t0).inSeconds
             let cpu = threadCPUSeconds() - cpu0
             if round == 0 {
                 figures.commitInsertSeconds = elapsed
@@ -168,7 +169,7 @@ public enum WindowStoreBenchmark {
             }
         }
         try restored.commitRestore(checkpoint: StoreCheckpoint(sourceOffset: offset, changelogOffset: Int64(changelog.count)))
-        figures.restoreSeconds = seconds(clock.now - restoreStart)
+        figures.restoreSeconds = (clock.now - restoreStart).inSeconds
         figures.restoreCPUSeconds = threadCPUSeconds() - restoreCPU
         figures.changelogRecords = changelog.count
         try restored.close()
@@ -179,9 +180,5 @@ public enum WindowStoreBenchmark {
         var ts = timespec()
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 }

@@ -193,7 +193,7 @@ final class ChangelogRestorer<Role: StreamRole> {
                     job.sinceCommit = 0
                 }
                 if job.next >= job.end {
-                    let elapsed = Self.seconds(ContinuousClock.now - job.began)
+                    let elapsed = (ContinuousClock.now - job.began).inSeconds
                     restoredRecords += job.applied
                     // Paused rather than unassigned: reassigning would restart every other
                     // partition's fetch.
@@ -282,7 +282,7 @@ final class ChangelogRestorer<Role: StreamRole> {
     private func idle() throws {
         try consumer.unassign()
         assignmentIsStale = false
-        if let since = busySince { restoreSeconds += Self.seconds(ContinuousClock.now - since) }
+        if let since = busySince { restoreSeconds += (ContinuousClock.now - since).inSeconds }
         busySince = nil
     }
 
@@ -291,9 +291,5 @@ final class ChangelogRestorer<Role: StreamRole> {
         var positions = checkpoint?.positions ?? []
         if positions.count < count { positions += Array(repeating: -1, count: count - positions.count) }
         return Array(positions.prefix(count))
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 }

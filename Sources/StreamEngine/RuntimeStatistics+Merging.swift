@@ -1,3 +1,5 @@
+import PolyglotSupport
+
 extension RuntimeStatistics {
     /// The statistics of an instance's stream threads as one: counts and times spent add up;
     /// the processing and restore spans run side by side, so they are the threads' union and
@@ -40,8 +42,7 @@ extension RuntimeStatistics {
         let spans = threads.compactMap { s in s.firstRecordAt.map { ($0, $0 + .seconds(s.processingSeconds)) } }
         if let start = spans.map(\.0).min(), let end = spans.map(\.1).max() {
             merged.firstRecordAt = start
-            let (seconds, attoseconds) = (end - start).components
-            merged.processingSeconds = Double(seconds) + Double(attoseconds) / 1e18
+            merged.processingSeconds = (end - start).inSeconds
         }
         return merged
     }

@@ -134,7 +134,7 @@ extension StreamRuntime {
                 }
             }
             let kafkaStart = ContinuousClock.now
-            statsBox.withLock { $0.changelogSeconds += Self.seconds(kafkaStart - commitStart) }
+            statsBox.withLock { $0.changelogSeconds += (kafkaStart - commitStart).inSeconds }
             try coordinator.sendOffsets(offsets)
             for (slot, positions) in zip(changed, positions) {
                 try slot.store!.seal()
@@ -185,11 +185,11 @@ extension StreamRuntime {
         let storeStart = ContinuousClock.now
         try commitStores(of: commit)
         let storeEnd = ContinuousClock.now
-        let processing = firstRecordAt.map { Self.seconds(storeEnd - $0) } ?? 0
+        let processing = firstRecordAt.map { (storeEnd - $0).inSeconds } ?? 0
         let counters = coordinator.counters
         statsBox.withLock {
-            $0.kafkaCommitSeconds += Self.seconds(storeStart - commit.kafkaStarted)
-            $0.storeCommitSeconds += Self.seconds(storeEnd - storeStart)
+            $0.kafkaCommitSeconds += (storeStart - commit.kafkaStarted).inSeconds
+            $0.storeCommitSeconds += (storeEnd - storeStart).inSeconds
             $0.transactionsCommitted = counters.committed
             $0.transactionRetries = counters.retries
             $0.changelogRecords += commit.changelogRecords
@@ -202,7 +202,7 @@ extension StreamRuntime {
     }
 
     func addCommitTime(since start: ContinuousClock.Instant) {
-        let t = Self.seconds(ContinuousClock.now - start)
+        let t = (ContinuousClock.now - start).inSeconds
         statsBox.withLock { $0.commitSeconds += t }
     }
 

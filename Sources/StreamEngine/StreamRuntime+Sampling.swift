@@ -64,7 +64,7 @@ extension StreamRuntime {
     /// last one. Returns the record count it reported.
     func logProgress(now: ContinuousClock.Instant, since lastReport: ContinuousClock.Instant, recordsThen: Int) -> Int {
         let s = statistics
-        let rate = Double(s.records - recordsThen) / Self.seconds(now - lastReport)
+        let rate = Double(s.records - recordsThen) / (now - lastReport).inSeconds
         // Idle, stuck in a group join and cut off from the broker must read differently.
         let health = RoleHealth.evaluate(s, now: now)
         var metadata: Logger.Metadata = [

@@ -153,7 +153,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
     /// The run's final log line, on `logger` (the instance's, not one thread's): the runtime's
     /// counters (of every thread) and the role's.
     func logStopped(statistics s: RuntimeStatistics, elapsed: Duration, on logger: Logger) {
-        let elapsed = Self.seconds(elapsed)
+        let elapsed = elapsed.inSeconds
         let processing = max(s.processingSeconds, 1e-6)
         var metadata = Logger.Metadata(uniqueKeysWithValues: role.summary.map { ($0.key.snakeCased, Int($0.value).map { .number($0) } ?? .string($0.value)) })
         metadata.merge([
@@ -167,7 +167,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
             "restored_records": .number(s.restoredRecords), "restore_seconds": .number(s.restoreSeconds),
             "restore_rate_per_second": .number(s.restoreSeconds > 0 ? Int(Double(s.restoredRecords) / s.restoreSeconds) : 0),
         ]) { role, _ in role }
-        if coordination != nil || configuration.streamThreads > 1 { metadata["stream_threads"] = .number(configuration.streamThreads) }
+        if configuration.streamThreads > 1 { metadata["stream_threads"] = .number(configuration.streamThreads) }
         logger.notice("stopped", metadata: metadata)
     }
 
@@ -264,7 +264,7 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
                 continue
             }
             collector.emitter.send()
-            let pollTime = Self.seconds((waited ?? ContinuousClock.now) - pollStart)
+            let pollTime = ((waited ?? ContinuousClock.now) - pollStart).inSeconds
             if firstRecordAt != nil { statsBox.withLock { $0.pollSeconds += pollTime } }
             if let error = hookError { throw error }
             try drive(.checkCommit(wait: false))
@@ -297,9 +297,5 @@ public final class StreamRuntime<Role: StreamRole>: @unchecked Sendable {
         consumer.close()
         closeAllStores()
         if let error = hookError { throw error }
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 }

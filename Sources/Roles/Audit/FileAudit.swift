@@ -63,7 +63,7 @@ public struct FileAudit {
         let started = clock.now
         do {
             let counts = try runUnwrapped(findings: findings)
-            return FileAuditSummary(counts: counts, seconds: ProgressBar.seconds(clock.now - started))
+            return FileAuditSummary(counts: counts, seconds: (clock.now - started).inSeconds)
         } catch let error as FileAuditError {
             throw error
         } catch {

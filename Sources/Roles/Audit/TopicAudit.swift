@@ -186,7 +186,7 @@ public struct TopicAudit {
         reconciler.endOfInputs()
         reconciler.finish()
         try findings(reconciler.takeFindings())
-        return FileAuditSummary(counts: reconciler.counts, seconds: ProgressBar.seconds(clock.now - started))
+        return FileAuditSummary(counts: reconciler.counts, seconds: (clock.now - started).inSeconds)
     }
 
     /// A `polyglot-source` header (`topic/partition/offset`) without splitting it into Strings:

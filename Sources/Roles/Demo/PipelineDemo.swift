@@ -233,7 +233,7 @@ public final class PipelineDemo: Sendable {
             let rejected = try await Self.countDeadLetters(kafka: kafka, topic: PipelineNames.deadLetterTopic,
                                                           partitions: o.partitions, expected: p.deadLetters, logger: quiet)
             return DemoSummary(records: expected, outputs: p.outputs, flagged: p.flagged, rejectedByCode: rejected,
-                               audit: auditor.counts, seconds: ProgressBar.seconds(clock.now - started))
+                               audit: auditor.counts, seconds: (clock.now - started).inSeconds)
         }
     }
 

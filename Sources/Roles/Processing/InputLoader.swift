@@ -249,7 +249,7 @@ public struct InputLoader: Sendable {
             throw Self.deliveryFailure(counts, sent: sent)
         }
         summary.records = sent
-        summary.seconds = ProgressBar.seconds(clock.now - started)
+        summary.seconds = (clock.now - started).inSeconds
         return summary
     }
 

@@ -141,7 +141,7 @@ public struct OutputLatencyBenchmark: Sendable {
             while sent < total {
                 // Whatever the schedule says is due by now, then a short nap.
                 let elapsed = ContinuousClock.now - start
-                let due = min(total, Int(Self.seconds(elapsed) * Double(rate)) + 1)
+                let due = min(total, Int(elapsed.inSeconds * Double(rate)) + 1)
                 while sent < due {
                     let now = Self.wallClockMillis()
                     let card = Self.card(phase: phase, n: sent, cards: o.cards)
@@ -171,7 +171,7 @@ public struct OutputLatencyBenchmark: Sendable {
         }
         shared.expected.store(sentPerPhase.reduce(0, +), ordering: .releasing)
         // Outputs still in flight arrive within the drain timeout, or count as not received.
-        readerDone.wait(until: { $0 }, timeout: .milliseconds(Int(Self.seconds(o.drainTimeout) * 1000))) { _, _ in }
+        readerDone.wait(until: { $0 }, timeout: .milliseconds(Int(o.drainTimeout.inSeconds * 1000))) { _, _ in }
         shared.stop.store(true, ordering: .releasing)
         if let failure = shared.failure.withLock({ $0 }) {
             throw KafkaError(code: -1, name: "BENCH", message: "the reader failed: \(failure)")
@@ -227,8 +227,4 @@ public struct OutputLatencyBenchmark: Sendable {
     }
 
     static func wallClockMillis() -> Int64 { RecordLatencyHistogram.wallClockMillis() }
-
-    static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
-    }
 }

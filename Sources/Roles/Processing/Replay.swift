@@ -233,7 +233,7 @@ public struct Replay {
         }
         try input.close()
         progress?.finish()
-        summary.seconds = ProgressBar.seconds(clock.now - started)
+        summary.seconds = (clock.now - started).inSeconds
         return summary
     }
 
