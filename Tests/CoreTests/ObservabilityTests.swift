@@ -346,7 +346,7 @@ struct ObservabilityBrokerTests {
         }
     }
 
-    @Test(.enabled(if: TestCluster.usesMock, TestCluster.needsMock))
+    @Test(.longOnTheBroker, .enabled(if: TestCluster.usesMock, TestCluster.needsMock))
     func healthIsUnavailableWhileRestoring() async throws {
         let cluster = try TestCluster()
         let mock = try #require(cluster.mock)
@@ -355,9 +355,7 @@ struct ObservabilityBrokerTests {
         let state = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: state) }
         // Many small transactions, so the changelog holds many batches: the dev broker answers a
-        // fetch with one batch, so the slowed restore below takes a 200 ms round trip per batch
-        // (several seconds here), a window wide enough for a check that tests beside it keep
-        // waiting. (A longer round trip instead fails the processor's start-up.)
+        // fetch with one batch, so the slowed restore below takes a 200 ms round trip per batch.
         var firstConfiguration = topics.configuration(stateDirectory: state)
         firstConfiguration.maxRecordsPerTransaction = 10
         let first = try StreamProcessor(configuration: firstConfiguration, logger: logger)
@@ -370,9 +368,15 @@ struct ObservabilityBrokerTests {
         try FileManager.default.removeItem(at: state)
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
         // Slowed before the processor starts: slowing it once the group was seen joined lost the
-        // race to a restore that had already finished.
+        // race to a restore that had already finished. On a busy machine the round trips alone
+        // left too short a window for a check that tests beside it keep waiting, so the first
+        // 40 fetches fail too, each backing off 500 ms: the restore stands still for about 20 s
+        // (only the restore fetches then; the group consumer's partitions wait paused).
         try mock.setBrokerRTT(1, milliseconds: 200)
-        let running = try RunningProcessor(configuration: topics.configuration(stateDirectory: state, untilEnd: false), logger: logger)
+        mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 40))
+        var restoring = topics.configuration(stateDirectory: state, untilEnd: false)
+        restoring.kafka.set("fetch.error.backoff.ms", "500")
+        let running = try RunningProcessor(configuration: restoring, logger: logger)
         try await running.whileRunning { processor, client in
             let restoring = try await client.waitForHealth(503) { ($0["state"] as? String) == "restoring" }
             #expect((try restoring.json()["reason"] as? String)?.hasPrefix("restoring ") == true)
