@@ -315,7 +315,20 @@ struct AuditorRetentionTests {
         let first = try await logStart(topics, repartition)
         if cluster.isMock { #expect(first > 0, "the dev broker kept every forwarded input: nothing to check") }
 
-        try await AuditPositionTests().audit(auditor) { $0.outputs == 2 * half && $0.inputs == 2 * half - Int(first) }
+        // The partition is full: each record the running auditor sends to it (its read progress)
+        // can make the dev broker drop another of the oldest batches before task 0 reads there.
+        // The finding names what was gone when it did; it reads every input after that.
+        let lostUpTo = Mutex<Int?>(first > 0 ? nil : 0)
+        try await AuditPositionTests().audit(auditor, whileRunning: {
+            guard first > 0 else { return }
+            guard try await waitUntil(within: .seconds(60), { auditor.counts.truncated > 0 }) else { return }
+            let c = auditor.counts
+            let found = try await self.findings(topics, auditor, count: c.truncated + c.flagged + c.orphan + c.missing)
+            let last = found.first { $0["kind"] as? String == "truncated" }?["lastDeleted"] as? Int
+            lostUpTo.withLock { $0 = last.map { $0 + 1 } }
+        }) { c in
+            lostUpTo.withLock { $0 }.map { c.outputs == 2 * half && c.inputs == 2 * half - $0 } ?? false
+        }
         let c = auditor.counts
         let found = try await findings(topics, auditor, count: c.truncated + c.flagged + c.orphan + c.missing)
         let truncated = found.filter { $0["kind"] as? String == "truncated" }
@@ -324,7 +337,8 @@ struct AuditorRetentionTests {
         #expect(truncated.count == c.truncated)
         if let finding = truncated.first {
             #expect((finding["output"] as? [String: Any])?["topic"] as? String == repartition, "\(finding)")
-            #expect(finding["firstDeleted"] as? Int == 0 && finding["lastDeleted"] as? Int == Int(first) - 1, "\(finding)")
+            // At least what was gone before the auditor started.
+            #expect(finding["firstDeleted"] as? Int == 0 && (finding["lastDeleted"] as? Int).map { $0 >= Int(first) - 1 } == true, "\(finding)")
         }
     }
 }

@@ -179,8 +179,15 @@ func run(_ processor: StreamProcessor, timeout: Duration = .seconds(120)) async 
         group.addTask { try await processor.runOnDedicatedThread() }
         group.addTask {
             try await Task.sleep(for: timeout)
+            // Where it stood, for a failure seen only in a log.
+            let s = processor.statistics.runtime
+            let health = RoleHealth.evaluate(s)
             processor.requestStop()
-            Issue.record("processor did not finish within \(timeout)")
+            Issue.record("""
+                processor did not finish within \(timeout): \(s.phase.rawValue), \(health.state.rawValue)\(health.reason.map { " (\($0))" } ?? ""); \
+                \(s.assignedPartitions) partitions assigned, \(s.tasks) tasks, \(s.records) records, \(s.transactionsCommitted) commits, \
+                lag \(s.consumerLag.sorted { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }.map { "\($0.key.topic)/\($0.key.partition)=\($0.value)" })
+                """)
         }
         try await group.next()
         group.cancelAll()

@@ -107,13 +107,17 @@ struct RebalanceRestoreTests {
                 return nil
             }
             group.addTask {
-                var seen: RuntimeStatistics?
+                var seen: RuntimeStatistics?, last: RuntimeStatistics?
                 _ = try await waitUntil(within: .seconds(90)) {
                     let s = restoring.statistics.runtime
+                    last = s
                     // Stalled, and the lag of every assigned partition sampled.
                     guard s.restores.contains(where: { $0.stall != nil }), s.consumerLag.count == 4 else { return s.phase == .stopped }
                     seen = s
                     return true
+                }
+                if seen == nil, let s = last {
+                    Issue.record("last seen: \(s.phase.rawValue), \(s.assignedPartitions) partitions, restores \(s.restores.map(\.summary)), lag of \(s.consumerLag.count) partitions")
                 }
                 return seen
             }
