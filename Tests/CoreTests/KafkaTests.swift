@@ -71,6 +71,18 @@ final class TestCluster: @unchecked Sendable {
         KafkaConfiguration(bootstrapServers: bootstrap)
     }
 
+    /// Creates a topic whose partitions each hold `recordsEach` records (`r0`, `r1`, ...).
+    func topic(_ base: String, partitions: Int, recordsEach: Int) async throws -> String {
+        let name = try topic(base, partitions: partitions)
+        let producer = try producer()
+        for p in 0..<Int32(partitions) {
+            for i in 0..<recordsEach { try producer.produce(topic: name, partition: p, key: nil, value: Array("r\(i)".utf8), blockIfQueueFull: true) }
+        }
+        try await producer.flush(timeout: .seconds(10))
+        _ = await producer.close()
+        return name
+    }
+
     func producer(_ extra: [String: String] = [:]) throws -> KafkaProducer {
         var c = configuration.merging(KafkaConfiguration(extra))
         c.setDefault("linger.ms", "1")
@@ -99,6 +111,11 @@ func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thro
 func readAll(_ consumer: KafkaConsumer, topic: String, partitions: Int, count: Int,
              timeout: Duration = .seconds(20)) throws -> [KafkaMessage] {
     try consumer.assign((0..<partitions).map { KafkaTopicPartitionOffset(topic, Int32($0), offset: KafkaOffset.beginning) })
+    return try poll(consumer, until: count, within: timeout)
+}
+
+/// Polls what `consumer` is assigned until `count` records or `timeout`.
+func poll(_ consumer: KafkaConsumer, until count: Int, within timeout: Duration) throws -> [KafkaMessage] {
     var out: [KafkaMessage] = []
     let deadline = ContinuousClock.now + timeout
     while out.count < count, ContinuousClock.now < deadline {

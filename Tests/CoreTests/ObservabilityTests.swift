@@ -373,9 +373,8 @@ struct ObservabilityBrokerTests {
         // 40 fetches fail too, each backing off 500 ms: the restore stands still for about 20 s
         // (only the restore fetches then; the group consumer's partitions wait paused).
         try mock.setBrokerRTT(1, milliseconds: 200)
-        mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 40))
         var restoring = topics.configuration(stateDirectory: state, untilEnd: false)
-        restoring.kafka.set("fetch.error.backoff.ms", "500")
+        stallRestoreFetches(on: mock, reader: &restoring)
         let running = try RunningProcessor(configuration: restoring, logger: logger)
         try await running.whileRunning { processor, client in
             let restoring = try await client.waitForHealth(503) { ($0["state"] as? String) == "restoring" }

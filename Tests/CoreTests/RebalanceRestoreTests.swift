@@ -97,8 +97,7 @@ struct RebalanceRestoreTests {
         // long enough to be seen by a check that other tests keep waiting for its turn.
         var c = configuration(topics, state: states[1], untilEnd: true)
         c.restoreStallLimit = .seconds(1)
-        c.kafka.set("fetch.error.backoff.ms", "500")
-        mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 40))
+        stallRestoreFetches(on: mock, reader: &c)
         let restoring = try StreamProcessor(configuration: c, logger: logger, observer: recorder)
         // The statistics while a restore stalled, if it ever did.
         let seen = try await withThrowingTaskGroup(of: RuntimeStatistics?.self) { group in
@@ -227,6 +226,14 @@ struct RebalanceRestoreTests {
     }
 }
 
+/// Makes the next restore of a processor configured with `reader` stand still for about 20 s:
+/// the dev broker fails the next 40 fetches (of any client; a restoring processor's group
+/// consumer waits paused, so they are its restore's), each backing off 500 ms.
+func stallRestoreFetches(on mock: MockCluster, reader: inout ProcessorConfiguration) {
+    reader.kafka.set("fetch.error.backoff.ms", "500")
+    mock.pushRequestErrors(apiKey: MockCluster.APIKey.fetch, errors: Array(repeating: KafkaError.Code.notLeaderForPartition, count: 40))
+}
+
 /// librdkafka keeps a partition paused by the application through unassign and assign: only
 /// resume ends the pause. A client that pauses a partition it later assigns again must resume
 /// it, or it never fetches (a librdkafka behaviour, not the mock's: pausing is client-side).
@@ -234,20 +241,11 @@ struct RebalanceRestoreTests {
 struct KafkaPauseTests {
     @Test func aPausedPartitionStaysPausedThroughUnassignAndAssign() async throws {
         let cluster = try TestCluster()
-        let topic = try cluster.topic("pause", partitions: 1)
-        let producer = try cluster.producer()
-        for i in 0..<3 { try producer.produce(topic: topic, partition: 0, key: nil, value: Array("r\(i)".utf8), blockIfQueueFull: true) }
-        try await producer.flush(timeout: .seconds(10))
-        _ = await producer.close()
+        let topic = try await cluster.topic("pause", partitions: 1, recordsEach: 3)
         let consumer = try cluster.consumer()
         let tp = KafkaTopicPartition(topic, 0)
         let counts = try await offPool { () -> [Int] in
-            func drain(_ within: Duration) throws -> Int {
-                var n = 0
-                let deadline = ContinuousClock.now + within
-                while n < 3, ContinuousClock.now < deadline { n += try consumer.poll(maxMessages: 100, timeout: .milliseconds(100)).count }
-                return n
-            }
+            func drain(_ within: Duration) throws -> Int { try poll(consumer, until: 3, within: within).count }
             try consumer.assign([KafkaTopicPartitionOffset(tp, offset: KafkaOffset.beginning)])
             let first = try drain(.seconds(10))
             try consumer.pause([tp])
@@ -272,24 +270,11 @@ struct KafkaPauseTests {
 struct KafkaSeekTests {
     @Test func aSeekReturnsThePartitionsWithoutARunningFetcherAndMovesTheOthers() async throws {
         let cluster = try TestCluster()
-        let topic = try cluster.topic("seek", partitions: 2)
-        let producer = try cluster.producer()
-        for p in Int32(0)..<2 {
-            for i in 0..<3 { try producer.produce(topic: topic, partition: p, key: nil, value: Array("r\(i)".utf8), blockIfQueueFull: true) }
-        }
-        try await producer.flush(timeout: .seconds(10))
-        _ = await producer.close()
+        let topic = try await cluster.topic("seek", partitions: 2, recordsEach: 3)
         let consumer = try cluster.consumer()
         let (p0, p1) = (KafkaTopicPartition(topic, 0), KafkaTopicPartition(topic, 1))
         let (refused, reread) = try await offPool { () -> ([KafkaTopicPartition], [Int64]) in
-            func read(_ count: Int) throws -> [Int64] {
-                var offsets: [Int64] = []
-                let deadline = ContinuousClock.now + .seconds(10)
-                while offsets.count < count, ContinuousClock.now < deadline {
-                    offsets += try consumer.poll(maxMessages: 100, timeout: .milliseconds(100)).map(\.offset)
-                }
-                return offsets
-            }
+            func read(_ count: Int) throws -> [Int64] { try poll(consumer, until: count, within: .seconds(10)).map(\.offset) }
             try consumer.assign([KafkaTopicPartitionOffset(p0, offset: KafkaOffset.beginning), KafkaTopicPartitionOffset(p1, offset: KafkaOffset.beginning)])
             _ = try read(6)
             // p1 is no longer assigned; p0's fetcher runs again once its records come back.
